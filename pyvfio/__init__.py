@@ -1,0 +1,58 @@
+"""pyvfio: the Linux VFIO and iommufd userspace driver interface, in Python.
+
+Layers, bottom up: :mod:`pyvfio._uapi` (the kernel's structs and constants,
+compiled with cffi), :mod:`pyvfio.backend` (the syscalls: the real kernel or
+:mod:`pyvfio.fake`), the objects (:class:`Container`, :class:`Group`,
+:class:`IommuFd`, :class:`IOAS`, :class:`HWPT`, :class:`Device`).
+"""
+
+from __future__ import annotations
+
+from ._uapi import ffi, lib
+from .backend import Backend, MemoryMap, default_backend
+from .caps import IovaRange
+from .container import (
+    Container,
+    DmaMapping,
+    Extension,
+    Group,
+    GroupStatus,
+    IommuInfo,
+    IommuType,
+)
+from .device import Device, DeviceInfo, HotResetDevice, IrqInfo, PciIrq, PciRegion, RegionInfo
+from .errors import (
+    ClosedError,
+    InvalidArgumentError,
+    IoctlError,
+    NotViableError,
+    UnsupportedError,
+    VfioError,
+)
+from .iommufd import (
+    HWPT,
+    IOAS,
+    FaultQueue,
+    HwInfo,
+    HwInfoType,
+    HwptDataType,
+    HwQueue,
+    IoasMapping,
+    IommuFd,
+    RlimitMode,
+    Vdevice,
+    Veventq,
+    Viommu,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ffi", "lib", "Backend", "MemoryMap", "default_backend", "IovaRange",
+    "Container", "DmaMapping", "Extension", "Group", "GroupStatus", "IommuInfo", "IommuType",
+    "Device", "DeviceInfo", "HotResetDevice", "IrqInfo", "PciIrq", "PciRegion", "RegionInfo",
+    "ClosedError", "InvalidArgumentError", "IoctlError", "NotViableError", "UnsupportedError",
+    "VfioError",
+    "HWPT", "IOAS", "FaultQueue", "HwInfo", "HwInfoType", "HwptDataType", "HwQueue",
+    "IoasMapping", "IommuFd", "RlimitMode", "Vdevice", "Veventq", "Viommu",
+]

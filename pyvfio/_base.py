@@ -1,0 +1,225 @@
+"""Lifetime management and ioctl plumbing shared by all objects."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Callable, Iterator, TypeVar
+
+from ._uapi import ffi
+from .backend import Backend, default_backend
+from .backend.base import IoctlArg
+from .errors import ClosedError, InvalidArgumentError, ioctl_error
+
+#: A cffi pointer or array (untyped: the layouts are checked by tests).
+CData = Any
+
+__all__ = ["Resource", "FdResource", "CData", "U64_MAX", "check_u64", "check_flags"]
+
+U64_MAX = (1 << 64) - 1
+
+R = TypeVar("R", bound="Resource")
+
+
+class Resource:
+    """Something that must be released: an fd, a kernel object, a mapping.
+
+    * ``close()`` is idempotent and releases children first, newest first
+      (mappings before the IOAS, the IOAS before the iommufd).
+    * After ``close()`` every operation raises :class:`ClosedError`.
+    * A resource garbage-collected while open emits :class:`ResourceWarning`
+      and is then released.
+    * Resources are context managers.
+    """
+
+    #: What this is called in messages ("IOAS", "container", ...).
+    kind = "resource"
+
+    _closed = True  # until __init__ has run (a failed __init__ leaves no work)
+
+    def __init__(self, backend: Backend | None = None) -> None:
+        self._backend: Backend = backend if backend is not None else default_backend()
+        self._children: dict[int, Resource] = {}
+        self._parent: Resource | None = None
+        self._closed = False
+
+    # -- identity -----------------------------------------------------------
+    @property
+    def backend(self) -> Backend:
+        """The backend this object's syscalls go to."""
+        return self._backend
+
+    def describe(self) -> str:
+        """Short description used in error messages, e.g. ``"IOAS 2"``."""
+        return self.kind
+
+    def __repr__(self) -> str:
+        state = " closed" if self._closed else ""
+        return f"<{type(self).__name__} {self.describe()}{state}>"
+
+    # -- lifetime -------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        """True once the object has been closed."""
+        return self._closed
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError(self.describe())
+
+    def _adopt(self, child: R) -> R:
+        """Make ``child`` close before this object does."""
+        child._parent = self
+        self._children[id(child)] = child
+        return child
+
+    def _forget(self, child: Resource) -> None:
+        self._children.pop(id(child), None)
+
+    def _live_children(self) -> Iterator[Resource]:
+        return (c for c in list(self._children.values()) if not c._closed)
+
+    def close(self) -> None:
+        """Release the object (children first); does nothing if closed."""
+        if self._closed:
+            return
+        errors: list[BaseException] = []
+        for child in reversed(list(self._children.values())):
+            try:
+                child.close()
+            except Exception as exc:  # keep releasing the rest
+                errors.append(exc)
+        self._children.clear()
+        self._closed = True
+        try:
+            self._release()
+        finally:
+            if self._parent is not None:
+                self._parent._forget(self)
+                self._parent = None
+        if errors:
+            raise errors[0]
+
+    def _release(self) -> None:
+        """Free the underlying kernel resource (subclasses)."""
+
+    def _mark_closed(self) -> None:
+        """Record that the kernel already released this (e.g. parent teardown)."""
+        for child in list(self._children.values()):
+            child._mark_closed()
+        self._children.clear()
+        self._closed = True
+        if self._parent is not None:
+            self._parent._forget(self)
+            self._parent = None
+
+    def __enter__(self: R) -> R:
+        self._check_open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if self._closed or self._parent is not None:
+            # A child is released by its parent; nothing to do here.
+            return
+        warnings.warn(
+            f"unclosed {self.describe()}; use close() or a with-block",
+            ResourceWarning,
+            stacklevel=2,
+            source=self,
+        )
+        try:
+            self.close()
+        except Exception:  # pragma: no cover - best effort at interpreter exit
+            pass
+
+
+class FdResource(Resource):
+    """A resource that owns a file descriptor."""
+
+    #: Error-message vocabulary for this fd's ioctls ("vfio" or "iommufd").
+    family = "vfio"
+
+    _fd = -1
+
+    def __init__(self, fd: int, backend: Backend | None = None) -> None:
+        super().__init__(backend)
+        self._fd = fd
+
+    @property
+    def fd(self) -> int:
+        """The file descriptor (raises :class:`ClosedError` once closed)."""
+        self._check_open()
+        return self._fd
+
+    def fileno(self) -> int:
+        """The file descriptor, for ``select`` and friends."""
+        return self.fd
+
+    def _release(self) -> None:
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            self._backend.close(fd)
+
+    def _ioctl(
+        self, name: str, request: int, arg: IoctlArg = 0, *, target: str | None = None
+    ) -> int:
+        """Issue an ioctl on this fd, turning OSError into IoctlError."""
+        self._check_open()
+        try:
+            return self._backend.ioctl(self._fd, request, arg)
+        except OSError as exc:
+            if exc.errno is None:  # pragma: no cover - backends always set errno
+                raise
+            raise ioctl_error(exc.errno, name, target or self.describe(), self.family) from None
+
+    def _ioctl_argsz(
+        self,
+        name: str,
+        request: int,
+        ctype: str,
+        fill: Callable[[CData], None] | None = None,
+        *,
+        extra: int = 0,
+        target: str | None = None,
+    ) -> tuple[CData, CData]:
+        """Issue a vfio ``argsz`` ioctl, growing the buffer when the kernel
+        reports (through ``argsz``) that its capability chain did not fit.
+
+        Returns ``(struct pointer, raw buffer)``; capability offsets are
+        relative to the start of the raw buffer.
+        """
+        size = ffi.sizeof(ctype) + extra
+        for _attempt in range(8):
+            raw = ffi.new("char[]", size)
+            info = ffi.cast(ctype + " *", raw)
+            info.argsz = size
+            if fill is not None:
+                fill(info)
+            self._ioctl(name, request, info, target=target)
+            if info.argsz <= size:
+                return info, raw
+            size = int(info.argsz)
+        raise ioctl_error(22, name, target or self.describe(), self.family)  # pragma: no cover
+
+
+def check_u64(name: str, value: int, *, ioctl: str | None = None, target: str | None = None) -> int:
+    """Reject values that do not fit an unsigned 64-bit field."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidArgumentError(f"{name} must be an int, not {type(value).__name__}",
+                                   ioctl=ioctl, target=target)
+    if not 0 <= value <= U64_MAX:
+        raise InvalidArgumentError(f"{name} {value:#x} is outside 0..2**64-1",
+                                   ioctl=ioctl, target=target)
+    return value
+
+
+def check_flags(name: str, flags: int, allowed: int, *, ioctl: str | None = None,
+                target: str | None = None) -> int:
+    """Reject flag bits outside ``allowed``."""
+    check_u64(name, flags, ioctl=ioctl, target=target)
+    if flags & ~allowed:
+        raise InvalidArgumentError(f"unknown {name} bits {flags & ~allowed:#x}",
+                                   ioctl=ioctl, target=target)
+    return flags

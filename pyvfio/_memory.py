@@ -1,0 +1,51 @@
+"""Turning user buffers into (address, length) for DMA mapping ioctls."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ._uapi import ffi
+from .errors import InvalidArgumentError
+
+__all__ = ["UserBuffer", "user_buffer"]
+
+
+@dataclass(frozen=True)
+class UserBuffer:
+    """A range of this process's memory and the object that keeps it alive."""
+
+    address: int  #: virtual address of the first byte
+    length: int  #: bytes
+    owner: Any  #: referenced while the memory is mapped for DMA
+    writable: bool
+
+
+def user_buffer(obj: Any, *, ioctl: str | None = None, target: str | None = None) -> UserBuffer:
+    """Accept a :class:`~pyvfio.backend.base.MemoryMap` (or anything with
+    ``address`` and ``length``, such as a DMA buffer) or any object exposing
+    the buffer protocol (``bytearray``, ``mmap.mmap``, numpy arrays)."""
+    address = getattr(obj, "address", None)
+    length = getattr(obj, "length", None)
+    if isinstance(address, int) and isinstance(length, int):
+        if getattr(obj, "closed", False):
+            raise InvalidArgumentError("the buffer is closed", ioctl=ioctl, target=target)
+        return UserBuffer(address, length, obj, True)
+    try:
+        cdata = ffi.from_buffer(obj, require_writable=True)
+        writable = True
+    except TypeError:
+        try:
+            cdata = ffi.from_buffer(obj)
+        except TypeError:
+            raise InvalidArgumentError(
+                f"cannot map a {type(obj).__name__}: pass a DMA buffer, a memory map "
+                "or an object supporting the buffer protocol",
+                ioctl=ioctl,
+                target=target,
+            ) from None
+        writable = False
+    n = ffi.sizeof(cdata)
+    if n == 0:
+        raise InvalidArgumentError("the buffer is empty", ioctl=ioctl, target=target)
+    return UserBuffer(int(ffi.cast("uintptr_t", cdata)), n, (obj, cdata), writable)

@@ -1,0 +1,576 @@
+"""The legacy VFIO interface: a container (``/dev/vfio/vfio``) holding
+IOMMU groups (``/dev/vfio/N``), with the type1 IOMMU's DMA map/unmap.
+
+Typical use::
+
+    with Container() as container, Group(26) as group:
+        group.set_container(container)
+        container.set_iommu(IommuType.TYPE1v2)
+        mapping = container.map_dma(buffer, iova=0x100000)
+        with group.open_device("0000:00:04.0") as device:
+            ...
+
+The container may also be an iommufd (``/dev/iommu``): Linux serves the
+container ioctls there too ("vfio compatibility"), see :meth:`Container.compat`.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from . import sysfs
+from ._base import FdResource, Resource, check_flags, check_u64
+from ._memory import UserBuffer, user_buffer
+from ._uapi import ffi, lib
+from .backend import Backend
+from .caps import Capability, DmaAvailCap, IovaRange, IovaRangeCap, MigrationCap, parse_chain
+from .errors import InvalidArgumentError, NotViableError
+
+if TYPE_CHECKING:
+    from .device import Device
+
+__all__ = [
+    "IommuType",
+    "Extension",
+    "IommuInfo",
+    "GroupStatus",
+    "DmaMapping",
+    "Container",
+    "Group",
+    "iommu_types_supported",
+]
+
+
+class IommuType(enum.IntEnum):
+    """IOMMU models for :meth:`Container.set_iommu` (VFIO_SET_IOMMU)."""
+
+    TYPE1 = lib.VFIO_TYPE1_IOMMU
+    SPAPR_TCE = lib.VFIO_SPAPR_TCE_IOMMU
+    TYPE1v2 = lib.VFIO_TYPE1v2_IOMMU
+    SPAPR_TCE_v2 = lib.VFIO_SPAPR_TCE_v2_IOMMU
+    NOIOMMU = lib.VFIO_NOIOMMU_IOMMU
+
+
+class Extension(enum.IntEnum):
+    """Everything VFIO_CHECK_EXTENSION can be asked about."""
+
+    TYPE1 = lib.VFIO_TYPE1_IOMMU
+    SPAPR_TCE = lib.VFIO_SPAPR_TCE_IOMMU
+    TYPE1v2 = lib.VFIO_TYPE1v2_IOMMU
+    DMA_CC = lib.VFIO_DMA_CC_IOMMU
+    EEH = lib.VFIO_EEH
+    SPAPR_TCE_v2 = lib.VFIO_SPAPR_TCE_v2_IOMMU
+    NOIOMMU = lib.VFIO_NOIOMMU_IOMMU
+    UNMAP_ALL = lib.VFIO_UNMAP_ALL
+    UPDATE_VADDR = lib.VFIO_UPDATE_VADDR
+
+
+@dataclass(frozen=True)
+class IommuInfo:
+    """VFIO_IOMMU_GET_INFO for the type1 IOMMU."""
+
+    flags: int
+    #: Bitmap of supported IOMMU page sizes (bytes); the lowest set bit is
+    #: the granularity IOVAs and sizes must be aligned to.
+    iova_pgsizes: int
+    capabilities: tuple[Capability, ...]
+
+    @property
+    def min_page_size(self) -> int:
+        """Smallest supported IOMMU page size in bytes."""
+        return self.iova_pgsizes & -self.iova_pgsizes if self.iova_pgsizes else 0
+
+    @property
+    def iova_ranges(self) -> tuple[IovaRange, ...]:
+        """Usable IOVA ranges (empty when the kernel does not report them)."""
+        for cap in self.capabilities:
+            if isinstance(cap, IovaRangeCap):
+                return cap.ranges
+        return ()
+
+    @property
+    def migration(self) -> MigrationCap | None:
+        """Dirty page logging support, when reported."""
+        return next((c for c in self.capabilities if isinstance(c, MigrationCap)), None)
+
+    @property
+    def dma_avail(self) -> int | None:
+        """How many more DMA mappings the container accepts, when reported."""
+        cap = next((c for c in self.capabilities if isinstance(c, DmaAvailCap)), None)
+        return cap.avail if cap else None
+
+
+@dataclass(frozen=True)
+class GroupStatus:
+    """VFIO_GROUP_GET_STATUS."""
+
+    flags: int
+
+    @property
+    def viable(self) -> bool:
+        """Every device in the group is usable by the user (no host driver)."""
+        return bool(self.flags & lib.VFIO_GROUP_FLAGS_VIABLE)
+
+    @property
+    def container_set(self) -> bool:
+        """The group is attached to a container."""
+        return bool(self.flags & lib.VFIO_GROUP_FLAGS_CONTAINER_SET)
+
+
+class DmaMapping(Resource):
+    """A type1 DMA mapping made by :meth:`Container.map_dma`.
+
+    Closing it unmaps exactly this range.  The mapped buffer is kept alive
+    while the mapping exists.
+    """
+
+    kind = "DMA mapping"
+
+    def __init__(self, container: Container, iova: int, size: int, vaddr: int,
+                 flags: int, owner: Any) -> None:
+        super().__init__(container.backend)
+        self.container = container
+        self.iova = iova  #: first IOVA (bytes)
+        self.size = size  #: bytes
+        self.vaddr = vaddr  #: process virtual address backing it
+        self.flags = flags  #: VFIO_DMA_MAP_FLAG_* bits
+        self._owner = owner
+
+    @property
+    def readable(self) -> bool:
+        return bool(self.flags & lib.VFIO_DMA_MAP_FLAG_READ)
+
+    @property
+    def writeable(self) -> bool:
+        return bool(self.flags & lib.VFIO_DMA_MAP_FLAG_WRITE)
+
+    def describe(self) -> str:
+        return f"DMA mapping [{self.iova:#x}, +{self.size:#x}) of {self.container.describe()}"
+
+    def unmap(self) -> None:
+        """Unmap this range (same as :meth:`close`)."""
+        self.close()
+
+    def _release(self) -> None:
+        if not self.container.closed:
+            self.container._unmap(self.iova, self.size, 0)
+        self._owner = None
+
+
+class Container(FdResource):
+    """A VFIO container: ``/dev/vfio/vfio`` (or an iommufd in compat mode)."""
+
+    kind = "container"
+
+    def __init__(self, path: str = "/dev/vfio/vfio", *, backend: Backend | None = None) -> None:
+        super().__init__(-1, backend)
+        self.path = path
+        self._fd = self._backend.open(path)
+        self._iommu_type: int | None = None
+        self._groups: list[Group] = []
+        self._mappings: dict[int, DmaMapping] = {}
+        self._min_page: int | None = None
+
+    def describe(self) -> str:
+        return f"container {self.path}" + (f" (fd {self._fd})" if self._fd >= 0 else "")
+
+    @classmethod
+    def compat(cls, *, backend: Backend | None = None) -> Container:
+        """A container served by iommufd's vfio compatibility (``/dev/iommu``)."""
+        return cls("/dev/iommu", backend=backend)
+
+    # -- queries --------------------------------------------------------------
+    @property
+    def api_version(self) -> int:
+        """VFIO_GET_API_VERSION (``VFIO_API_VERSION`` == 0 on every kernel)."""
+        return self._ioctl("VFIO_GET_API_VERSION", lib.VFIO_GET_API_VERSION)
+
+    def check_extension(self, extension: int) -> int:
+        """VFIO_CHECK_EXTENSION: non-zero when ``extension`` is supported."""
+        return self._ioctl("VFIO_CHECK_EXTENSION", lib.VFIO_CHECK_EXTENSION, int(extension))
+
+    @property
+    def extensions(self) -> frozenset[Extension]:
+        """Every :class:`Extension` the kernel reports as supported."""
+        return frozenset(e for e in Extension if self.check_extension(e))
+
+    @property
+    def iommu_type(self) -> IommuType | None:
+        """The IOMMU model set with :meth:`set_iommu`, or ``None``."""
+        return None if self._iommu_type is None else IommuType(self._iommu_type)
+
+    @property
+    def groups(self) -> tuple[Group, ...]:
+        """Groups attached to this container through pyvfio."""
+        return tuple(self._groups)
+
+    @property
+    def mappings(self) -> tuple[DmaMapping, ...]:
+        """Live DMA mappings made through this object, by IOVA."""
+        return tuple(self._mappings[k] for k in sorted(self._mappings))
+
+    # -- setup ----------------------------------------------------------------
+    def set_iommu(self, iommu_type: int = IommuType.TYPE1v2) -> None:
+        """VFIO_SET_IOMMU: choose the IOMMU model.  Needs a group attached
+        first (the kernel gives EINVAL otherwise)."""
+        self._check_open()
+        if not self._groups:
+            # Checked here because the kernel's EINVAL does not say why.
+            raise InvalidArgumentError(
+                "attach a group (Group.set_container) before choosing the IOMMU",
+                ioctl="VFIO_SET_IOMMU", target=self.describe(),
+            )
+        self._ioctl("VFIO_SET_IOMMU", lib.VFIO_SET_IOMMU, int(iommu_type))
+        self._iommu_type = int(iommu_type)
+        self._min_page = None
+
+    def info(self) -> IommuInfo:
+        """VFIO_IOMMU_GET_INFO with its capability chain."""
+        info, raw = self._ioctl_argsz(
+            "VFIO_IOMMU_GET_INFO", lib.VFIO_IOMMU_GET_INFO, "struct vfio_iommu_type1_info"
+        )
+        caps: list[Capability] = []
+        if info.flags & lib.VFIO_IOMMU_INFO_CAPS and info.cap_offset:
+            caps = parse_chain("iommu", raw, int(info.cap_offset), int(info.argsz))
+        return IommuInfo(int(info.flags), int(info.iova_pgsizes), tuple(caps))
+
+    def _page(self) -> int:
+        if self._min_page is None:
+            try:
+                self._min_page = self.info().min_page_size or self._backend.page_size
+            except OSError:
+                self._min_page = self._backend.page_size
+        return self._min_page
+
+    # -- DMA ------------------------------------------------------------------
+    def _check_range(self, ioctl: str, iova: int, size: int) -> None:
+        check_u64("iova", iova, ioctl=ioctl, target=self.describe())
+        check_u64("size", size, ioctl=ioctl, target=self.describe())
+        if size == 0:
+            raise InvalidArgumentError("size must not be zero", ioctl=ioctl, target=self.describe())
+        if iova + size - 1 > (1 << 64) - 1:
+            raise InvalidArgumentError(
+                f"[{iova:#x}, +{size:#x}) wraps past the end of the IOVA space",
+                ioctl=ioctl, target=self.describe(),
+            )
+        page = self._page()
+        if iova % page or size % page:
+            raise InvalidArgumentError(
+                f"iova {iova:#x} and size {size:#x} must be multiples of the IOMMU page "
+                f"size {page:#x}",
+                ioctl=ioctl, target=self.describe(),
+            )
+
+    def map_dma(self, buffer: Any, iova: int, *, readable: bool = True,
+                writeable: bool = True) -> DmaMapping:
+        """VFIO_IOMMU_MAP_DMA of a whole buffer at ``iova``.
+
+        ``buffer`` is a DMA buffer, a memory map or any buffer-protocol object
+        whose memory is page aligned.
+        """
+        ub = user_buffer(buffer, ioctl="VFIO_IOMMU_MAP_DMA", target=self.describe())
+        return self._map(ub, iova, ub.length, readable, writeable)
+
+    def map_dma_va(self, vaddr: int, iova: int, size: int, *, readable: bool = True,
+                   writeable: bool = True) -> DmaMapping:
+        """VFIO_IOMMU_MAP_DMA of ``size`` bytes at process address ``vaddr``."""
+        check_u64("vaddr", vaddr, ioctl="VFIO_IOMMU_MAP_DMA", target=self.describe())
+        return self._map(UserBuffer(vaddr, size, None, True), iova, size, readable, writeable)
+
+    def _map(self, ub: UserBuffer, iova: int, size: int, readable: bool,
+             writeable: bool) -> DmaMapping:
+        name = "VFIO_IOMMU_MAP_DMA"
+        self._check_open()
+        self._check_range(name, iova, size)
+        if writeable and not ub.writable:
+            raise InvalidArgumentError("a read-only buffer cannot be mapped writeable",
+                                       ioctl=name, target=self.describe())
+        flags = (lib.VFIO_DMA_MAP_FLAG_READ if readable else 0) | (
+            lib.VFIO_DMA_MAP_FLAG_WRITE if writeable else 0)
+        arg = ffi.new("struct vfio_iommu_type1_dma_map *")
+        arg.argsz = ffi.sizeof(arg[0])
+        arg.flags = flags
+        arg.vaddr = ub.address
+        arg.iova = iova
+        arg.size = size
+        self._ioctl(name, lib.VFIO_IOMMU_MAP_DMA, arg)
+        mapping = self._adopt(DmaMapping(self, iova, size, ub.address, flags, ub.owner))
+        self._mappings[iova] = mapping
+        return mapping
+
+    def _unmap(self, iova: int, size: int, flags: int, bitmap: Any = None) -> int:
+        arg_size = ffi.sizeof("struct vfio_iommu_type1_dma_unmap")
+        if bitmap is not None:
+            arg_size += ffi.sizeof("struct vfio_bitmap")
+        raw = ffi.new("char[]", arg_size)
+        arg = ffi.cast("struct vfio_iommu_type1_dma_unmap *", raw)
+        arg.argsz = arg_size
+        arg.flags = flags
+        arg.iova = iova
+        arg.size = size
+        if bitmap is not None:
+            ffi.memmove(arg.data, bitmap, ffi.sizeof("struct vfio_bitmap"))
+        self._ioctl("VFIO_IOMMU_UNMAP_DMA", lib.VFIO_IOMMU_UNMAP_DMA, arg)
+        unmapped = int(arg.size)
+        if not flags & lib.VFIO_DMA_UNMAP_FLAG_VADDR:
+            self._forget_range(iova, size, everything=bool(flags & lib.VFIO_DMA_UNMAP_FLAG_ALL))
+        return unmapped
+
+    def _forget_range(self, iova: int, size: int, *, everything: bool = False) -> None:
+        last = iova + size - 1
+        for start in list(self._mappings):
+            m = self._mappings[start]
+            if everything or (start >= iova and start + m.size - 1 <= last):
+                del self._mappings[start]
+                m._mark_closed()
+
+    def unmap_dma(self, iova: int, size: int) -> int:
+        """VFIO_IOMMU_UNMAP_DMA of ``[iova, iova + size)``; returns the number
+        of bytes unmapped.  Mappings made through pyvfio inside the range are
+        closed."""
+        name = "VFIO_IOMMU_UNMAP_DMA"
+        self._check_open()
+        self._check_range(name, iova, size)
+        return self._unmap(iova, size, 0)
+
+    def unmap_all(self) -> int:
+        """VFIO_IOMMU_UNMAP_DMA with VFIO_DMA_UNMAP_FLAG_ALL (needs the
+        UNMAP_ALL extension); returns the bytes unmapped."""
+        self._check_open()
+        return self._unmap(0, 0, lib.VFIO_DMA_UNMAP_FLAG_ALL)
+
+    def unmap_dma_with_dirty(self, iova: int, size: int, page_size: int) -> bytes:
+        """Unmap and return the dirty bitmap of the range (one bit per
+        ``page_size`` bytes, VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP)."""
+        name = "VFIO_IOMMU_UNMAP_DMA"
+        self._check_open()
+        self._check_range(name, iova, size)
+        data, bitmap = _bitmap(size, page_size)
+        self._unmap(iova, size, lib.VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP, bitmap)
+        return bytes(ffi.buffer(data))
+
+    def invalidate_vaddr(self, iova: int, size: int) -> None:
+        """Invalidate the process addresses of mappings in the range
+        (VFIO_DMA_UNMAP_FLAG_VADDR); DMA continues, and the kernel blocks
+        pinning until :meth:`update_vaddr` supplies the new address."""
+        name = "VFIO_IOMMU_UNMAP_DMA"
+        self._check_open()
+        self._check_range(name, iova, size)
+        self._unmap(iova, size, lib.VFIO_DMA_UNMAP_FLAG_VADDR)
+
+    def update_vaddr(self, mapping: DmaMapping, buffer: Any) -> None:
+        """Give an invalidated mapping its new process memory
+        (VFIO_IOMMU_MAP_DMA with VFIO_DMA_MAP_FLAG_VADDR)."""
+        name = "VFIO_IOMMU_MAP_DMA"
+        mapping._check_open()
+        ub = user_buffer(buffer, ioctl=name, target=self.describe())
+        if ub.length < mapping.size:
+            raise InvalidArgumentError(
+                f"the new buffer ({ub.length:#x} bytes) is smaller than the mapping "
+                f"({mapping.size:#x} bytes)", ioctl=name, target=self.describe())
+        arg = ffi.new("struct vfio_iommu_type1_dma_map *")
+        arg.argsz = ffi.sizeof(arg[0])
+        arg.flags = lib.VFIO_DMA_MAP_FLAG_VADDR
+        arg.vaddr = ub.address
+        arg.iova = mapping.iova
+        arg.size = mapping.size
+        self._ioctl(name, lib.VFIO_IOMMU_MAP_DMA, arg)
+        mapping.vaddr = ub.address
+        mapping._owner = ub.owner
+
+    # -- dirty page tracking ----------------------------------------------------
+    def _dirty(self, flags: int, extra: bytes = b"") -> None:
+        size = ffi.sizeof("struct vfio_iommu_type1_dirty_bitmap") + len(extra)
+        raw = ffi.new("char[]", size)
+        arg = ffi.cast("struct vfio_iommu_type1_dirty_bitmap *", raw)
+        arg.argsz = size
+        arg.flags = flags
+        if extra:
+            ffi.memmove(arg.data, extra, len(extra))
+        self._ioctl("VFIO_IOMMU_DIRTY_PAGES", lib.VFIO_IOMMU_DIRTY_PAGES, arg)
+
+    def start_dirty_tracking(self) -> None:
+        """VFIO_IOMMU_DIRTY_PAGES_FLAG_START."""
+        self._dirty(lib.VFIO_IOMMU_DIRTY_PAGES_FLAG_START)
+
+    def stop_dirty_tracking(self) -> None:
+        """VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP."""
+        self._dirty(lib.VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP)
+
+    def dirty_bitmap(self, iova: int, size: int, page_size: int) -> bytes:
+        """VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP: one bit per ``page_size``
+        bytes of ``[iova, iova + size)``, least significant bit first."""
+        name = "VFIO_IOMMU_DIRTY_PAGES"
+        self._check_open()
+        self._check_range(name, iova, size)
+        data, bitmap = _bitmap(size, page_size)
+        get = ffi.new("struct vfio_iommu_type1_dirty_bitmap_get *")
+        get.iova = iova
+        get.size = size
+        get.bitmap = bitmap[0]
+        self._dirty(lib.VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP, bytes(ffi.buffer(get)))
+        return bytes(ffi.buffer(data))
+
+    # -- lifetime -----------------------------------------------------------------
+    def _release(self) -> None:
+        # Mappings were closed first (children); groups keep the kernel's
+        # container alive until they are unset or closed.
+        self._mappings.clear()
+        for group in self._groups:
+            group._container = None
+        self._groups.clear()
+        super()._release()
+
+
+def _bitmap(size: int, page_size: int) -> tuple[Any, Any]:
+    if page_size <= 0 or page_size & (page_size - 1):
+        raise InvalidArgumentError(f"page size {page_size} is not a power of two")
+    pages = -(-size // page_size)
+    words = max(-(-pages // 64), 1)
+    data = ffi.new("__u64[]", words)
+    bitmap = ffi.new("struct vfio_bitmap *")
+    bitmap.pgsize = page_size
+    bitmap.size = words * 8
+    bitmap.data = data
+    return data, bitmap
+
+
+class Group(FdResource):
+    """A VFIO group: ``/dev/vfio/N``, the unit of isolation.
+
+    ``group`` is the IOMMU group number or the path of the group's device
+    node.  Opening refuses a non-viable group only when it is used
+    (the kernel checks at :meth:`set_container`); :meth:`viability` explains
+    what blocks it.
+    """
+
+    kind = "group"
+
+    def __init__(self, group: int | str, *, backend: Backend | None = None) -> None:
+        super().__init__(-1, backend)
+        if isinstance(group, int):
+            self.id = group
+            self.path = sysfs.group_dev_path(group, self._backend)
+        else:
+            self.path = group
+            base = os.path.basename(group)
+            self.id = int(base.rsplit("-", 1)[-1]) if base.rsplit("-", 1)[-1].isdigit() else -1
+        self._container: Container | None = None
+        self._fd = self._backend.open(self.path)
+
+    @classmethod
+    def for_device(cls, bdf: str, *, backend: Backend | None = None) -> Group:
+        """Open the group that PCI device ``bdf`` belongs to."""
+        return cls(sysfs.device_group(bdf, backend), backend=backend)
+
+    def describe(self) -> str:
+        return f"group {self.id}"
+
+    @property
+    def noiommu(self) -> bool:
+        """True for an unsafe no-IOMMU group (``/dev/vfio/noiommu-N``)."""
+        return os.path.basename(self.path).startswith("noiommu-")
+
+    # -- state --------------------------------------------------------------------
+    @property
+    def status(self) -> GroupStatus:
+        """VFIO_GROUP_GET_STATUS."""
+        arg = ffi.new("struct vfio_group_status *")
+        arg.argsz = ffi.sizeof(arg[0])
+        self._ioctl("VFIO_GROUP_GET_STATUS", lib.VFIO_GROUP_GET_STATUS, arg)
+        return GroupStatus(int(arg.flags))
+
+    @property
+    def viable(self) -> bool:
+        """Whether the kernel considers the group viable."""
+        return self.status.viable
+
+    @property
+    def devices(self) -> list[str]:
+        """BDFs of the devices in this group (from sysfs)."""
+        return sysfs.group_devices(self.id, self._backend)
+
+    def viability(self) -> list[sysfs.Blocker]:
+        """Devices that keep the group from being viable (empty when viable)."""
+        return sysfs.viability_blockers(self.id, self._backend)
+
+    @property
+    def container(self) -> Container | None:
+        """The container this group was attached to through pyvfio."""
+        return self._container
+
+    # -- container ------------------------------------------------------------------
+    def set_container(self, container: Container) -> None:
+        """VFIO_GROUP_SET_CONTAINER.  Fails with :class:`NotViableError`
+        (naming the blocking devices) when the group is not viable."""
+        self._check_open()
+        container._check_open()
+        arg = ffi.new("__s32 *", container.fd)
+        try:
+            self._ioctl("VFIO_GROUP_SET_CONTAINER", lib.VFIO_GROUP_SET_CONTAINER, arg)
+        except OSError as exc:
+            if exc.errno == 1:  # EPERM: the DMA ownership claim failed
+                blockers = self.viability()
+                if blockers:
+                    raise NotViableError(
+                        f"VFIO_GROUP_SET_CONTAINER on {self.describe()}: the group is not "
+                        "viable: " + "; ".join(b.reason for b in blockers),
+                        blockers=[(b.bdf, b.reason) for b in blockers],
+                        target=self.describe(), ioctl="VFIO_GROUP_SET_CONTAINER",
+                    ) from None
+            raise
+        self._container = container
+        container._groups.append(self)
+
+    def unset_container(self) -> None:
+        """VFIO_GROUP_UNSET_CONTAINER (close the group's devices first)."""
+        self._ioctl("VFIO_GROUP_UNSET_CONTAINER", lib.VFIO_GROUP_UNSET_CONTAINER)
+        self._detach_from_container()
+
+    def _detach_from_container(self) -> None:
+        if self._container is not None:
+            if self in self._container._groups:
+                self._container._groups.remove(self)
+            self._container = None
+
+    # -- devices --------------------------------------------------------------------
+    def get_device_fd(self, name: str) -> int:
+        """VFIO_GROUP_GET_DEVICE_FD: a raw fd for device ``name`` (a BDF for
+        PCI).  Prefer :meth:`open_device`, which owns the fd."""
+        self._check_open()
+        arg = ffi.new("char[]", name.encode())
+        return self._ioctl("VFIO_GROUP_GET_DEVICE_FD", lib.VFIO_GROUP_GET_DEVICE_FD, arg,
+                           target=f"{self.describe()} (device {name})")
+
+    def open_device(self, name: str) -> Device:
+        """Open device ``name`` of this group; closed before the group is."""
+        from .device import Device
+
+        if _looks_like_bdf(name):
+            name = sysfs.normalize_bdf(name)
+        fd = self.get_device_fd(name)
+        return self._adopt(Device(fd, name, backend=self._backend, group=self))
+
+    def _release(self) -> None:
+        # Closing the group fd detaches it from its container in the kernel.
+        self._detach_from_container()
+        super()._release()
+
+
+def _looks_like_bdf(name: str) -> bool:
+    try:
+        sysfs.normalize_bdf(name)
+        return True
+    except InvalidArgumentError:
+        return False
+
+
+def iommu_types_supported(container: Container) -> list[IommuType]:
+    """The IOMMU models the container can be set to, best first."""
+    order = [IommuType.TYPE1v2, IommuType.TYPE1, IommuType.SPAPR_TCE_v2,
+             IommuType.SPAPR_TCE, IommuType.NOIOMMU]
+    return [t for t in order if container.check_extension(t)]
+

@@ -1,0 +1,433 @@
+"""VFIO devices: opened through a group (legacy) or as a character device
+bound to an iommufd (``/dev/vfio/devices/vfioN``).
+
+::
+
+    # iommufd + cdev
+    with IommuFd() as iommufd, Device.open("0000:00:04.0") as dev:
+        dev.bind(iommufd)
+        ioas = iommufd.ioas()
+        dev.attach(ioas)
+        print(dev.info, dev.regions[0])
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Sequence
+
+from . import sysfs
+from ._base import FdResource, check_u64
+from ._uapi import ffi, lib
+from .backend import Backend
+from .caps import Capability, RegionTypeCap, SparseMmapCap, parse_chain
+from .errors import InvalidArgumentError
+
+if TYPE_CHECKING:
+    from .container import Group
+    from .iommufd import HWPT, IOAS, IommuFd
+
+__all__ = [
+    "Device",
+    "DeviceInfo",
+    "RegionInfo",
+    "IrqInfo",
+    "HotResetDevice",
+    "PciRegion",
+    "PciIrq",
+    "region_offset",
+]
+
+
+class PciRegion(enum.IntEnum):
+    """vfio-pci's fixed region indices."""
+
+    BAR0 = lib.VFIO_PCI_BAR0_REGION_INDEX
+    BAR1 = lib.VFIO_PCI_BAR1_REGION_INDEX
+    BAR2 = lib.VFIO_PCI_BAR2_REGION_INDEX
+    BAR3 = lib.VFIO_PCI_BAR3_REGION_INDEX
+    BAR4 = lib.VFIO_PCI_BAR4_REGION_INDEX
+    BAR5 = lib.VFIO_PCI_BAR5_REGION_INDEX
+    ROM = lib.VFIO_PCI_ROM_REGION_INDEX
+    CONFIG = lib.VFIO_PCI_CONFIG_REGION_INDEX
+    VGA = lib.VFIO_PCI_VGA_REGION_INDEX
+
+
+class PciIrq(enum.IntEnum):
+    """vfio-pci's IRQ indices."""
+
+    INTX = lib.VFIO_PCI_INTX_IRQ_INDEX
+    MSI = lib.VFIO_PCI_MSI_IRQ_INDEX
+    MSIX = lib.VFIO_PCI_MSIX_IRQ_INDEX
+    ERR = lib.VFIO_PCI_ERR_IRQ_INDEX
+    REQ = lib.VFIO_PCI_REQ_IRQ_INDEX
+
+
+def region_offset(index: int) -> int:
+    """File offset of vfio-pci region ``index`` (VFIO_PCI_INDEX_TO_OFFSET)."""
+    return index << 40
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """VFIO_DEVICE_GET_INFO."""
+
+    flags: int
+    num_regions: int
+    num_irqs: int
+    capabilities: tuple[Capability, ...]
+
+    @property
+    def is_pci(self) -> bool:
+        return bool(self.flags & lib.VFIO_DEVICE_FLAGS_PCI)
+
+    @property
+    def can_reset(self) -> bool:
+        """VFIO_DEVICE_RESET is available."""
+        return bool(self.flags & lib.VFIO_DEVICE_FLAGS_RESET)
+
+
+@dataclass(frozen=True)
+class RegionInfo:
+    """VFIO_DEVICE_GET_REGION_INFO: a region of the device file."""
+
+    index: int
+    flags: int
+    size: int  #: bytes
+    offset: int  #: file offset of the region in the device fd
+    capabilities: tuple[Capability, ...]
+
+    @property
+    def name(self) -> str:
+        """``BAR0``..``BAR5``, ``ROM``, ``CONFIG``, ``VGA`` or ``region<N>``."""
+        try:
+            return PciRegion(self.index).name
+        except ValueError:
+            return f"region{self.index}"
+
+    @property
+    def readable(self) -> bool:
+        return bool(self.flags & lib.VFIO_REGION_INFO_FLAG_READ)
+
+    @property
+    def writable(self) -> bool:
+        return bool(self.flags & lib.VFIO_REGION_INFO_FLAG_WRITE)
+
+    @property
+    def mmappable(self) -> bool:
+        return bool(self.flags & lib.VFIO_REGION_INFO_FLAG_MMAP)
+
+    @property
+    def sparse_areas(self) -> tuple[tuple[int, int], ...] | None:
+        """``(offset, size)`` of the mmap-able areas when the region is sparse."""
+        for cap in self.capabilities:
+            if isinstance(cap, SparseMmapCap):
+                return tuple((a.offset, a.size) for a in cap.areas)
+        return None
+
+    @property
+    def type(self) -> tuple[int, int] | None:
+        """``(type, subtype)`` of a device-specific region."""
+        for cap in self.capabilities:
+            if isinstance(cap, RegionTypeCap):
+                return cap.type, cap.subtype
+        return None
+
+
+@dataclass(frozen=True)
+class IrqInfo:
+    """VFIO_DEVICE_GET_IRQ_INFO: an interrupt index and its vector count."""
+
+    index: int
+    flags: int
+    count: int
+
+    @property
+    def name(self) -> str:
+        try:
+            return PciIrq(self.index).name
+        except ValueError:
+            return f"irq{self.index}"
+
+    @property
+    def eventfd(self) -> bool:
+        return bool(self.flags & lib.VFIO_IRQ_INFO_EVENTFD)
+
+    @property
+    def maskable(self) -> bool:
+        return bool(self.flags & lib.VFIO_IRQ_INFO_MASKABLE)
+
+    @property
+    def automasked(self) -> bool:
+        return bool(self.flags & lib.VFIO_IRQ_INFO_AUTOMASKED)
+
+    @property
+    def noresize(self) -> bool:
+        return bool(self.flags & lib.VFIO_IRQ_INFO_NORESIZE)
+
+
+@dataclass(frozen=True)
+class HotResetDevice:
+    """A device affected by a PCI hot reset (VFIO_DEVICE_GET_PCI_HOT_RESET_INFO)."""
+
+    segment: int
+    bus: int
+    devfn: int
+    #: IOMMU group (group form) or iommufd dev_id (cdev form; -1 when the
+    #: device is not owned by the caller, 0 when owned but unbound).
+    id: int
+
+    @property
+    def bdf(self) -> str:
+        return f"{self.segment:04x}:{self.bus:02x}:{self.devfn >> 3:02x}.{self.devfn & 7}"
+
+
+class Device(FdResource):
+    """An open VFIO device.
+
+    Obtain one with :meth:`pyvfio.Group.open_device` (legacy) or
+    :meth:`Device.open` (cdev; then :meth:`bind` to an iommufd).
+    """
+
+    kind = "device"
+
+    def __init__(self, fd: int, name: str, *, backend: Backend | None = None,
+                 group: Group | None = None, path: str | None = None) -> None:
+        super().__init__(fd, backend)
+        self.name = name  #: the device name (PCI address for PCI devices)
+        self.group = group  #: the group it was opened through (legacy path)
+        self.path = path  #: the cdev path (cdev path)
+        self._iommufd: IommuFd | None = None
+        self._dev_id: int | None = None
+        self._attached: dict[int | None, IOAS | HWPT] = {}
+        self._info: DeviceInfo | None = None
+
+    @classmethod
+    def open(cls, device: str, *, backend: Backend | None = None) -> Device:
+        """Open a device's vfio character device, by PCI address or by path
+        (``/dev/vfio/devices/vfioN``)."""
+        from .backend import default_backend
+
+        b = backend if backend is not None else default_backend()
+        if device.startswith("/"):
+            path, name = device, device
+        else:
+            name = sysfs.normalize_bdf(device)
+            path = sysfs.device_cdev_path(name, b)
+        fd = b.open(path)
+        return cls(fd, name, backend=b, path=path)
+
+    def describe(self) -> str:
+        return f"device {self.name}"
+
+    # -- iommufd binding (cdev) ---------------------------------------------------------------
+    @property
+    def dev_id(self) -> int | None:
+        """The iommufd device ID once bound."""
+        return self._dev_id
+
+    @property
+    def iommufd(self) -> IommuFd | None:
+        """The iommufd the device is bound to."""
+        return self._iommufd
+
+    def bind(self, iommufd: IommuFd, token: uuid.UUID | None = None) -> int:
+        """VFIO_DEVICE_BIND_IOMMUFD; returns the device's ID in the iommufd.
+        ``token`` is the VF token of an SR-IOV PF/VF pair, if one is set."""
+        self._check_open()
+        iommufd._check_open()
+        arg = ffi.new("struct vfio_device_bind_iommufd *")
+        arg.argsz = ffi.sizeof(arg[0])
+        arg.iommufd = iommufd.fd
+        token_buf = None
+        if token is not None:
+            token_buf = ffi.new("char[16]", token.bytes)
+            arg.flags = lib.VFIO_DEVICE_BIND_FLAG_TOKEN
+            arg.token_uuid_ptr = int(ffi.cast("uintptr_t", token_buf))
+        self._ioctl("VFIO_DEVICE_BIND_IOMMUFD", lib.VFIO_DEVICE_BIND_IOMMUFD, arg)
+        self._iommufd = iommufd
+        self._dev_id = int(arg.out_devid)
+        return self._dev_id
+
+    def attach(self, pt: IOAS | HWPT, *, pasid: int | None = None) -> int:
+        """VFIO_DEVICE_ATTACH_IOMMUFD_PT: route the device's DMA (or one
+        PASID's) through an IOAS or HWPT.  Attaching while attached replaces
+        the page table atomically.  Returns the ID the kernel attached (the
+        automatically created HWPT's when ``pt`` is an IOAS)."""
+        self._check_open()
+        pt._check_open()
+        if self._dev_id is None:
+            raise InvalidArgumentError("bind the device to an iommufd first",
+                                       ioctl="VFIO_DEVICE_ATTACH_IOMMUFD_PT",
+                                       target=self.describe())
+        arg = ffi.new("struct vfio_device_attach_iommufd_pt *")
+        arg.argsz = ffi.sizeof(arg[0])
+        arg.pt_id = pt.id
+        if pasid is not None:
+            check_u64("pasid", pasid, ioctl="VFIO_DEVICE_ATTACH_IOMMUFD_PT",
+                      target=self.describe())
+            arg.flags = lib.VFIO_DEVICE_ATTACH_PASID
+            arg.pasid = pasid
+        self._ioctl("VFIO_DEVICE_ATTACH_IOMMUFD_PT", lib.VFIO_DEVICE_ATTACH_IOMMUFD_PT, arg)
+        old = self._attached.get(pasid)
+        if old is not None:
+            old._attached.pop(id(self), None)
+        self._attached[pasid] = pt
+        pt._attached[id(self)] = self
+        return int(arg.pt_id)
+
+    def replace(self, pt: IOAS | HWPT, *, pasid: int | None = None) -> int:
+        """Replace the attached page table (same as :meth:`attach` when attached)."""
+        return self.attach(pt, pasid=pasid)
+
+    def detach(self, *, pasid: int | None = None) -> None:
+        """VFIO_DEVICE_DETACH_IOMMUFD_PT: DMA (of ``pasid``) is blocked again."""
+        self._check_open()
+        arg = ffi.new("struct vfio_device_detach_iommufd_pt *")
+        arg.argsz = ffi.sizeof(arg[0])
+        if pasid is not None:
+            arg.flags = lib.VFIO_DEVICE_DETACH_PASID
+            arg.pasid = pasid
+        self._ioctl("VFIO_DEVICE_DETACH_IOMMUFD_PT", lib.VFIO_DEVICE_DETACH_IOMMUFD_PT, arg)
+        old = self._attached.pop(pasid, None)
+        if old is not None:
+            old._attached.pop(id(self), None)
+
+    @property
+    def attached(self) -> IOAS | HWPT | None:
+        """The IOAS or HWPT the device (without PASID) is attached to."""
+        return self._attached.get(None)
+
+    # -- information ------------------------------------------------------------------------
+    @property
+    def info(self) -> DeviceInfo:
+        """VFIO_DEVICE_GET_INFO (cached after the first call)."""
+        if self._info is None:
+            info, raw = self._ioctl_argsz("VFIO_DEVICE_GET_INFO", lib.VFIO_DEVICE_GET_INFO,
+                                          "struct vfio_device_info")
+            caps: list[Capability] = []
+            if info.flags & lib.VFIO_DEVICE_FLAGS_CAPS and info.cap_offset:
+                caps = parse_chain("device", raw, int(info.cap_offset), int(info.argsz))
+            self._info = DeviceInfo(int(info.flags), int(info.num_regions), int(info.num_irqs),
+                                    tuple(caps))
+        return self._info
+
+    def region_info(self, index: int) -> RegionInfo:
+        """VFIO_DEVICE_GET_REGION_INFO of region ``index``, capabilities parsed."""
+        check_u64("index", index, ioctl="VFIO_DEVICE_GET_REGION_INFO", target=self.describe())
+
+        def fill(info: Any) -> None:
+            info.index = index
+
+        info, raw = self._ioctl_argsz("VFIO_DEVICE_GET_REGION_INFO",
+                                      lib.VFIO_DEVICE_GET_REGION_INFO, "struct vfio_region_info",
+                                      fill, target=f"{self.describe()} region {index}")
+        caps: list[Capability] = []
+        if info.flags & lib.VFIO_REGION_INFO_FLAG_CAPS and info.cap_offset:
+            caps = parse_chain("region", raw, int(info.cap_offset), int(info.argsz))
+        return RegionInfo(index, int(info.flags), int(info.size), int(info.offset), tuple(caps))
+
+    @property
+    def regions(self) -> list[RegionInfo]:
+        """Every region of the device, by index."""
+        return [self.region_info(i) for i in range(self.info.num_regions)]
+
+    def irq_info(self, index: int) -> IrqInfo:
+        """VFIO_DEVICE_GET_IRQ_INFO of interrupt index ``index``."""
+        check_u64("index", index, ioctl="VFIO_DEVICE_GET_IRQ_INFO", target=self.describe())
+        arg = ffi.new("struct vfio_irq_info *")
+        arg.argsz = ffi.sizeof(arg[0])
+        arg.index = index
+        self._ioctl("VFIO_DEVICE_GET_IRQ_INFO", lib.VFIO_DEVICE_GET_IRQ_INFO, arg,
+                    target=f"{self.describe()} irq {index}")
+        return IrqInfo(index, int(arg.flags), int(arg.count))
+
+    @property
+    def irqs(self) -> list[IrqInfo]:
+        """Every interrupt index of the device."""
+        return [self.irq_info(i) for i in range(self.info.num_irqs)]
+
+    # -- region access ----------------------------------------------------------------------
+    def pread(self, region: RegionInfo | int, offset: int, size: int) -> bytes:
+        """Read ``size`` bytes at ``offset`` of a region via pread(2)."""
+        info = region if isinstance(region, RegionInfo) else self.region_info(region)
+        self._check_region_range(info, offset, size)
+        try:
+            return self._backend.pread(self.fd, size, info.offset + offset)
+        except OSError as exc:
+            from .errors import ioctl_error
+
+            raise ioctl_error(exc.errno or 5, "pread", f"{self.describe()} {info.name}") from None
+
+    def pwrite(self, region: RegionInfo | int, offset: int, data: bytes) -> int:
+        """Write ``data`` at ``offset`` of a region via pwrite(2)."""
+        info = region if isinstance(region, RegionInfo) else self.region_info(region)
+        self._check_region_range(info, offset, len(data))
+        try:
+            return self._backend.pwrite(self.fd, data, info.offset + offset)
+        except OSError as exc:
+            from .errors import ioctl_error
+
+            raise ioctl_error(exc.errno or 5, "pwrite", f"{self.describe()} {info.name}") from None
+
+    def _check_region_range(self, info: RegionInfo, offset: int, size: int) -> None:
+        if offset < 0 or size < 0 or offset + size > info.size:
+            raise InvalidArgumentError(
+                f"[{offset:#x}, +{size:#x}) is outside {info.name} ({info.size:#x} bytes)",
+                target=self.describe())
+
+    # -- reset ------------------------------------------------------------------------------
+    def reset(self) -> None:
+        """VFIO_DEVICE_RESET: a function-level reset (FLR or the best
+        available method)."""
+        self._ioctl("VFIO_DEVICE_RESET", lib.VFIO_DEVICE_RESET)
+
+    def hot_reset_info(self) -> list[HotResetDevice]:
+        """VFIO_DEVICE_GET_PCI_HOT_RESET_INFO: devices a bus reset would affect."""
+        name = "VFIO_DEVICE_GET_PCI_HOT_RESET_INFO"
+        count = 8
+        while True:
+            size = (ffi.sizeof("struct vfio_pci_hot_reset_info")
+                    + count * ffi.sizeof("struct vfio_pci_dependent_device"))
+            raw = ffi.new("char[]", size)
+            arg = ffi.cast("struct vfio_pci_hot_reset_info *", raw)
+            arg.argsz = size
+            try:
+                self._ioctl(name, lib.VFIO_DEVICE_GET_PCI_HOT_RESET_INFO, arg)
+            except OSError as exc:
+                # ENOSPC: the array was too small; count says how many.
+                if exc.errno == 28 and arg.count > count:
+                    count = int(arg.count)
+                    continue
+                raise
+            cdev = bool(arg.flags & lib.VFIO_PCI_HOT_RESET_FLAG_DEV_ID)
+            out = []
+            for d in arg.devices[0: int(arg.count)]:
+                ident = ffi.cast("__s32", d.devid) if cdev else d.group_id
+                out.append(HotResetDevice(int(d.segment), int(d.bus), int(d.devfn), int(ident)))
+            return out
+
+    def hot_reset(self, groups: Sequence[Group] = ()) -> None:
+        """VFIO_DEVICE_PCI_HOT_RESET.  Legacy form: pass the open groups of
+        every affected device.  cdev form (no groups): the kernel checks that
+        every affected device is bound to the same iommufd."""
+        fds = [g.fd for g in groups]
+        size = ffi.sizeof("struct vfio_pci_hot_reset") + 4 * len(fds)
+        raw = ffi.new("char[]", size)
+        arg = ffi.cast("struct vfio_pci_hot_reset *", raw)
+        arg.argsz = size
+        arg.count = len(fds)
+        for i, fd in enumerate(fds):
+            arg.group_fds[i] = fd
+        self._ioctl("VFIO_DEVICE_PCI_HOT_RESET", lib.VFIO_DEVICE_PCI_HOT_RESET, arg)
+
+    # -- lifetime -----------------------------------------------------------------------------
+    def _release(self) -> None:
+        for pt in self._attached.values():
+            pt._attached.pop(id(self), None)
+        self._attached.clear()
+        self._iommufd = None
+        self._dev_id = None
+        super()._release()
