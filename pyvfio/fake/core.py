@@ -1,0 +1,346 @@
+"""The fake kernel's core: file table, user memory and the DMA path.
+
+The fake kernel serves pyvfio's :class:`~pyvfio.backend.base.Backend`
+interface.  Every file it opens is a :class:`FakeFile`; each fd handed to
+the user is a real file descriptor (a duplicate of ``/dev/null``) so that
+numbers never collide with the process's other fds and stay valid for
+``fcntl``-style bookkeeping, while all VFIO/iommufd semantics are served
+from Python.  Eventfds are real eventfds.
+
+User memory is real memory of this process: the fake pins it by address
+(checked against ``/proc/self/maps``) and device models DMA into it through
+the simulated IOMMU (:class:`IoDomain`).
+"""
+
+from __future__ import annotations
+
+import abc
+import bisect
+import errno
+import os
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+from .._uapi import ffi
+from ..backend.base import Backend, IoctlArg, MemoryMap
+from ..backend.kernel import KernelBackend
+
+if TYPE_CHECKING:
+    from .system import System
+
+__all__ = [
+    "FakeFile",
+    "FakeBackend",
+    "IoDomain",
+    "IommuFault",
+    "UserMemory",
+    "errno_error",
+    "cast_arg",
+]
+
+
+def errno_error(err: int, detail: str = "") -> OSError:
+    """An OSError as the kernel would return it (``detail`` is for debugging)."""
+    message = os.strerror(err)
+    if detail:
+        message = f"{message} ({detail})"
+    return OSError(err, message)
+
+
+def cast_arg(arg: IoctlArg, ctype: str) -> "ffi.CData":
+    """View an ioctl argument as a pointer to ``ctype`` (like the kernel's
+    ``copy_from_user`` of a user pointer).  An int argument where a pointer
+    is needed gives EFAULT, as a bad user pointer would."""
+    if isinstance(arg, int):
+        if arg == 0:
+            raise errno_error(errno.EFAULT, "NULL user pointer")
+        return ffi.cast(ctype + " *", arg)
+    return ffi.cast(ctype + " *", arg)
+
+
+class FakeFile:
+    """An open file description on the fake kernel.
+
+    Subclasses override the operations their file supports; the defaults
+    fail the way the kernel's default file operations do.
+    """
+
+    #: Path the file was opened at (or a description for anonymous files).
+    path: str = "anon"
+
+    def __init__(self, kernel: FakeBackend) -> None:
+        self.kernel = kernel
+
+    @property
+    def system(self) -> System:
+        return self.kernel.system
+
+    def ioctl(self, request: int, arg: IoctlArg) -> int:
+        raise errno_error(errno.ENOTTY)
+
+    def pread(self, size: int, offset: int) -> bytes:
+        raise errno_error(errno.EINVAL)
+
+    def pwrite(self, data: bytes, offset: int) -> int:
+        raise errno_error(errno.EINVAL)
+
+    def read(self, size: int) -> bytes:
+        raise errno_error(errno.EINVAL)
+
+    def write(self, data: bytes) -> int:
+        raise errno_error(errno.EINVAL)
+
+    def mmap(self, length: int, prot: int, flags: int, offset: int) -> MemoryMap:
+        raise errno_error(errno.ENODEV)
+
+    def release(self) -> None:
+        """Called when the last fd referring to this file is closed."""
+
+
+class IommuFault(Exception):
+    """A DMA was blocked by the simulated IOMMU."""
+
+    def __init__(self, iova: int, length: int, write: bool, reason: str) -> None:
+        super().__init__(f"IOMMU fault: {'write' if write else 'read'} of {length} bytes at IOVA {iova:#x}: {reason}")
+        self.iova = iova
+        self.length = length
+        self.write = write
+        self.reason = reason
+
+
+class IoDomain(abc.ABC):
+    """An I/O page table that device DMA is translated through."""
+
+    @abc.abstractmethod
+    def translate(self, iova: int, length: int, write: bool) -> list[tuple[int, int]]:
+        """Translate ``[iova, iova + length)`` into ``(user_va, length)`` runs.
+
+        Raises :class:`IommuFault` when any byte is unmapped or, for a
+        write, mapped read-only.
+        """
+
+    def note_dirty(self, iova: int, length: int) -> None:
+        """Called after a device wrote ``[iova, iova + length)`` (dirty tracking)."""
+
+
+@dataclass
+class FaultRecord:
+    """One blocked DMA, as an IOMMU would log it."""
+
+    bdf: str
+    iova: int
+    length: int
+    write: bool
+    reason: str
+
+
+class UserMemory:
+    """Validation of user virtual addresses, and pinned-page accounting.
+
+    The kernel pins user pages with ``pin_user_pages`` and charges them to
+    RLIMIT_MEMLOCK (iommufd's default "user" accounting, type1's
+    ``vfio_lock_acct``).  A page pinned twice by the same IOAS counts once.
+    """
+
+    def __init__(self, limit: Callable[[], int]) -> None:
+        self._limit = limit
+        self.pinned_pages = 0
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _maps() -> list[tuple[int, int, str]]:
+        regions = []
+        with open("/proc/self/maps", encoding="ascii") as f:
+            for line in f:
+                addr, perms = line.split()[:2]
+                lo, hi = addr.split("-")
+                regions.append((int(lo, 16), int(hi, 16), perms))
+        return regions
+
+    def check(self, va: int, length: int, write: bool = True) -> None:
+        """EFAULT unless every byte of ``[va, va + length)`` is mapped
+        (and writable when ``write``)."""
+        if length <= 0:
+            return
+        end = va + length
+        regions = self._maps()
+        starts = [r[0] for r in regions]
+        pos = va
+        i = bisect.bisect_right(starts, pos) - 1
+        while pos < end:
+            if i < 0 or i >= len(regions):
+                raise errno_error(errno.EFAULT, f"user address {pos:#x} is not mapped")
+            lo, hi, perms = regions[i]
+            if not lo <= pos < hi:
+                raise errno_error(errno.EFAULT, f"user address {pos:#x} is not mapped")
+            if "r" not in perms or (write and "w" not in perms):
+                raise errno_error(errno.EFAULT, f"user address {pos:#x} is not accessible")
+            pos = hi
+            i += 1
+
+    def pin(self, pages: int) -> None:
+        """Charge ``pages`` pages; ENOMEM past RLIMIT_MEMLOCK."""
+        with self._lock:
+            limit = self._limit()
+            if limit >= 0:
+                page = os.sysconf("SC_PAGE_SIZE")
+                if (self.pinned_pages + pages) * page > limit:
+                    raise errno_error(errno.ENOMEM, "RLIMIT_MEMLOCK exceeded")
+            self.pinned_pages += pages
+
+    def unpin(self, pages: int) -> None:
+        with self._lock:
+            assert pages <= self.pinned_pages, "unpinning more pages than pinned"
+            self.pinned_pages -= pages
+
+    @staticmethod
+    def read(va: int, length: int) -> bytes:
+        """Read process memory at ``va`` (already validated)."""
+        return bytes(ffi.buffer(ffi.cast("char *", va), length))
+
+    @staticmethod
+    def write(va: int, data: bytes) -> None:
+        ffi.memmove(ffi.cast("char *", va), data, len(data))
+
+
+@dataclass
+class _OpenFile:
+    file: FakeFile
+    refs: int = 1
+
+
+class FakeBackend(Backend):
+    """The :class:`~pyvfio.backend.base.Backend` of a fake :class:`System`."""
+
+    name = "fake"
+
+    def __init__(self, system: System) -> None:
+        self.system = system
+        self._files: dict[int, _OpenFile] = {}
+        self._real = KernelBackend()
+        self._lock = threading.RLock()
+
+    # -- the fd table -------------------------------------------------------
+    def install(self, file: FakeFile) -> int:
+        """Give ``file`` a new fd (used by ioctls that return fds)."""
+        fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        with self._lock:
+            self._files[fd] = _OpenFile(file)
+        return fd
+
+    def file(self, fd: int) -> FakeFile:
+        """The file behind ``fd``; EBADF when it is not a fake file."""
+        entry = self._files.get(fd)
+        if entry is None:
+            raise errno_error(errno.EBADF, f"fd {fd} is not open on the fake kernel")
+        return entry.file
+
+    def file_or_none(self, fd: int) -> FakeFile | None:
+        entry = self._files.get(fd)
+        return entry.file if entry else None
+
+    @property
+    def open_files(self) -> list[FakeFile]:
+        """Every file currently open (for leak checks in tests)."""
+        return [entry.file for entry in self._files.values()]
+
+    # -- Backend: files -----------------------------------------------------
+    def open(self, path: str, flags: int = os.O_RDWR | os.O_CLOEXEC) -> int:
+        file = self.system.open_path(self, path, flags)
+        return self.install(file)
+
+    def close(self, fd: int) -> None:
+        with self._lock:
+            entry = self._files.pop(fd, None)
+        if entry is None:
+            os.close(fd)  # a real fd (eventfd, memfd): the real close
+            return
+        os.close(fd)
+        entry.file.release()
+
+    def ioctl(self, fd: int, request: int, arg: IoctlArg = 0) -> int:
+        file = self.file(fd)
+        with self.system.lock:
+            return file.ioctl(request, arg)
+
+    def pread(self, fd: int, size: int, offset: int) -> bytes:
+        file = self.file_or_none(fd)
+        if file is None:
+            return os.pread(fd, size, offset)
+        with self.system.lock:
+            return file.pread(size, offset)
+
+    def pwrite(self, fd: int, data: bytes | bytearray | memoryview, offset: int) -> int:
+        file = self.file_or_none(fd)
+        if file is None:
+            return os.pwrite(fd, data, offset)
+        with self.system.lock:
+            return file.pwrite(bytes(data), offset)
+
+    def read(self, fd: int, size: int) -> bytes:
+        file = self.file_or_none(fd)
+        if file is None:
+            return os.read(fd, size)
+        with self.system.lock:
+            return file.read(size)
+
+    def write(self, fd: int, data: bytes | bytearray | memoryview) -> int:
+        file = self.file_or_none(fd)
+        if file is None:
+            return os.write(fd, data)
+        with self.system.lock:
+            return file.write(bytes(data))
+
+    def exists(self, path: str) -> bool:
+        return self.system.path_exists(path)
+
+    def access(self, path: str, mode: int) -> bool:
+        return self.system.path_exists(path)
+
+    # -- Backend: memory ----------------------------------------------------
+    def mmap(
+        self, length: int, prot: int, flags: int, fd: int = -1, offset: int = 0
+    ) -> MemoryMap:
+        file = self.file_or_none(fd) if fd >= 0 else None
+        if file is None:
+            # Anonymous memory, memfds and other real files: real mmap.
+            return self._real.mmap(length, prot, flags, fd, offset)
+        with self.system.lock:
+            return file.mmap(length, prot, flags, offset)
+
+    def memfd_create(self, name: str, flags: int = 0) -> int:
+        return self._real.memfd_create(name, flags)
+
+    def ftruncate(self, fd: int, length: int) -> None:
+        self._real.ftruncate(fd, length)
+
+    def eventfd(self, initval: int = 0, flags: int = 0) -> int:
+        return self._real.eventfd(initval, flags)
+
+    @property
+    def page_size(self) -> int:
+        return self.system.page_size
+
+    def memlock_limit(self) -> int:
+        return self.system.memlock_limit
+
+    # -- Backend: sysfs -----------------------------------------------------
+    def sysfs_read(self, path: str) -> str:
+        with self.system.lock:
+            return self.system.sysfs.read(path)
+
+    def sysfs_write(self, path: str, value: str) -> None:
+        with self.system.lock:
+            self.system.sysfs.write(path, value)
+
+    def sysfs_listdir(self, path: str) -> list[str]:
+        with self.system.lock:
+            return self.system.sysfs.listdir(path)
+
+    def sysfs_readlink(self, path: str) -> str:
+        with self.system.lock:
+            return self.system.sysfs.readlink(path)
+
+    def __repr__(self) -> str:
+        return f"<FakeBackend of {self.system!r}>"
