@@ -5,7 +5,8 @@ VFIO_DEVICE_GET_REGION_INFO) append a chain of capabilities after the fixed
 structure: each starts with ``struct vfio_info_cap_header`` whose ``next``
 is the offset of the following one from the start of the buffer (0 ends
 the chain).  :func:`parse_chain` turns a chain into the dataclasses below;
-a capability pyvfio does not know becomes :class:`UnknownCap`.
+a capability pyvfio does not know (such as the s390 zPCI capabilities,
+declared in linux/vfio_zdev.h) becomes :class:`UnknownCap`.
 """
 
 from __future__ import annotations
@@ -28,10 +29,6 @@ __all__ = [
     "Nvlink2SsatgtCap",
     "Nvlink2LnkspdCap",
     "PciAtomicCompCap",
-    "ZpciBaseCap",
-    "ZpciGroupCap",
-    "ZpciUtilCap",
-    "ZpciPfipCap",
     "UnknownCap",
     "parse_chain",
 ]
@@ -126,49 +123,6 @@ class PciAtomicCompCap:
 
 
 @dataclass(frozen=True)
-class ZpciBaseCap:
-    """VFIO_DEVICE_INFO_CAP_ZPCI_BASE (s390)."""
-
-    start_dma: int
-    end_dma: int
-    pchid: int
-    vfn: int
-    fmb_length: int
-    pft: int
-    gid: int
-    fh: int
-
-
-@dataclass(frozen=True)
-class ZpciGroupCap:
-    """VFIO_DEVICE_INFO_CAP_ZPCI_GROUP (s390)."""
-
-    dasm: int
-    msi_addr: int
-    flags: int
-    mui: int
-    noi: int
-    maxstbl: int
-    version: int
-    reserved: int
-    imaxstbl: int
-
-
-@dataclass(frozen=True)
-class ZpciUtilCap:
-    """VFIO_DEVICE_INFO_CAP_ZPCI_UTIL (s390): the utility string."""
-
-    util_str: bytes
-
-
-@dataclass(frozen=True)
-class ZpciPfipCap:
-    """VFIO_DEVICE_INFO_CAP_ZPCI_PFIP (s390): the PCI function path."""
-
-    pfip: bytes
-
-
-@dataclass(frozen=True)
 class UnknownCap:
     """A capability pyvfio does not decode; ``data`` excludes the header."""
 
@@ -179,8 +133,7 @@ class UnknownCap:
 
 Capability = Union[
     IovaRangeCap, MigrationCap, DmaAvailCap, SparseMmapCap, RegionTypeCap,
-    MsixMappableCap, Nvlink2SsatgtCap, Nvlink2LnkspdCap, PciAtomicCompCap,
-    ZpciBaseCap, ZpciGroupCap, ZpciUtilCap, ZpciPfipCap, UnknownCap,
+    MsixMappableCap, Nvlink2SsatgtCap, Nvlink2LnkspdCap, PciAtomicCompCap, UnknownCap,
 ]
 
 _Parser = Callable[[Any, int, int], Capability]
@@ -242,34 +195,6 @@ def _atomic(buf: Any, off: int, end: int) -> Capability:
     return PciAtomicCompCap(int(cap.flags))
 
 
-def _fields(ctype: str, buf: Any, off: int, names: tuple[str, ...]) -> list[int]:
-    cap = ffi.cast(ctype + " *", buf + off)
-    return [int(getattr(cap, n)) for n in names]
-
-
-def _zpci_base(buf: Any, off: int, end: int) -> Capability:
-    names = ("start_dma", "end_dma", "pchid", "vfn", "fmb_length", "pft", "gid", "fh")
-    return ZpciBaseCap(*_fields("struct vfio_device_info_cap_zpci_base", buf, off, names))
-
-
-def _zpci_group(buf: Any, off: int, end: int) -> Capability:
-    names = ("dasm", "msi_addr", "flags", "mui", "noi", "maxstbl", "version", "reserved",
-             "imaxstbl")
-    return ZpciGroupCap(*_fields("struct vfio_device_info_cap_zpci_group", buf, off, names))
-
-
-def _zpci_util(buf: Any, off: int, end: int) -> Capability:
-    cap = ffi.cast("struct vfio_device_info_cap_zpci_util *", buf + off)
-    n = min(int(cap.size), end - off - ffi.sizeof("struct vfio_device_info_cap_zpci_util"))
-    return ZpciUtilCap(bytes(ffi.buffer(cap.util_str, max(n, 0))))
-
-
-def _zpci_pfip(buf: Any, off: int, end: int) -> Capability:
-    cap = ffi.cast("struct vfio_device_info_cap_zpci_pfip *", buf + off)
-    n = min(int(cap.len), end - off - ffi.sizeof("struct vfio_device_info_cap_zpci_pfip"))
-    return ZpciPfipCap(bytes(ffi.buffer(cap.pfip, max(n, 0))))
-
-
 #: Parsers per chain kind: "iommu" (VFIO_IOMMU_GET_INFO), "region"
 #: (VFIO_DEVICE_GET_REGION_INFO) and "device" (VFIO_DEVICE_GET_INFO).
 _PARSERS: dict[str, dict[int, _Parser]] = {
@@ -286,10 +211,6 @@ _PARSERS: dict[str, dict[int, _Parser]] = {
         lib.VFIO_REGION_INFO_CAP_NVLINK2_LNKSPD: _lnkspd,
     },
     "device": {
-        lib.VFIO_DEVICE_INFO_CAP_ZPCI_BASE: _zpci_base,
-        lib.VFIO_DEVICE_INFO_CAP_ZPCI_GROUP: _zpci_group,
-        lib.VFIO_DEVICE_INFO_CAP_ZPCI_UTIL: _zpci_util,
-        lib.VFIO_DEVICE_INFO_CAP_ZPCI_PFIP: _zpci_pfip,
         lib.VFIO_DEVICE_INFO_CAP_PCI_ATOMIC_COMP: _atomic,
     },
 }
