@@ -6,7 +6,7 @@ import warnings
 from typing import Any, Callable, Iterator, TypeVar
 
 from ._uapi import ffi
-from .backend import Backend, default_backend
+from .backend import Backend, resolve_backend
 from .backend.base import IoctlArg
 from .errors import ClosedError, InvalidArgumentError, ioctl_error
 
@@ -37,7 +37,7 @@ class Resource:
     _closed = True  # until __init__ has run (a failed __init__ leaves no work)
 
     def __init__(self, backend: Backend | None = None) -> None:
-        self._backend: Backend = backend if backend is not None else default_backend()
+        self._backend: Backend = resolve_backend(backend)
         self._children: dict[int, Resource] = {}
         self._parent: Resource | None = None
         self._closed = False
@@ -197,7 +197,8 @@ class FdResource(Resource):
             info.argsz = size
             if fill is not None:
                 fill(info)
-            self._ioctl(name, request, info, target=target)
+            # Pass the whole buffer: the kernel may write argsz bytes.
+            self._ioctl(name, request, raw, target=target)
             if info.argsz <= size:
                 return info, raw
             size = int(info.argsz)

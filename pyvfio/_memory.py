@@ -34,7 +34,7 @@ def user_buffer(obj: Any, *, ioctl: str | None = None, target: str | None = None
     try:
         cdata = ffi.from_buffer(obj, require_writable=True)
         writable = True
-    except TypeError:
+    except (TypeError, BufferError):
         try:
             cdata = ffi.from_buffer(obj)
         except TypeError:

@@ -25,7 +25,7 @@ from . import sysfs
 from ._base import FdResource, Resource, check_flags, check_u64
 from ._memory import UserBuffer, user_buffer
 from ._uapi import ffi, lib
-from .backend import Backend
+from .backend import Backend, resolve_backend
 from .caps import Capability, DmaAvailCap, IovaRange, IovaRangeCap, MigrationCap, parse_chain
 from .errors import InvalidArgumentError, NotViableError
 
@@ -166,9 +166,9 @@ class Container(FdResource):
     kind = "container"
 
     def __init__(self, path: str = "/dev/vfio/vfio", *, backend: Backend | None = None) -> None:
-        super().__init__(-1, backend)
+        b = resolve_backend(backend)
+        super().__init__(b.open(path), b)
         self.path = path
-        self._fd = self._backend.open(path)
         self._iommu_type: int | None = None
         self._groups: list[Group] = []
         self._mappings: dict[int, DmaMapping] = {}
@@ -414,6 +414,15 @@ class Container(FdResource):
         self._dirty(lib.VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP, bytes(ffi.buffer(get)))
         return bytes(ffi.buffer(data))
 
+    def _iommu_released(self) -> None:
+        # The last group left: the kernel releases the IOMMU model and with
+        # it every DMA mapping (__vfio_group_unset_container).
+        for mapping in list(self._mappings.values()):
+            mapping._mark_closed()
+        self._mappings.clear()
+        self._iommu_type = None
+        self._min_page = None
+
     # -- lifetime -----------------------------------------------------------------
     def _release(self) -> None:
         # Mappings were closed first (children); groups keep the kernel's
@@ -450,16 +459,18 @@ class Group(FdResource):
     kind = "group"
 
     def __init__(self, group: int | str, *, backend: Backend | None = None) -> None:
-        super().__init__(-1, backend)
+        b = resolve_backend(backend)
         if isinstance(group, int):
-            self.id = group
-            self.path = sysfs.group_dev_path(group, self._backend)
+            path = sysfs.group_dev_path(group, b)
+            group_id = group
         else:
-            self.path = group
-            base = os.path.basename(group)
-            self.id = int(base.rsplit("-", 1)[-1]) if base.rsplit("-", 1)[-1].isdigit() else -1
+            path = group
+            tail = os.path.basename(group).rsplit("-", 1)[-1]
+            group_id = int(tail) if tail.isdigit() else -1
+        super().__init__(b.open(path), b)
+        self.id = group_id  #: the IOMMU group number
+        self.path = path  #: the group's device node
         self._container: Container | None = None
-        self._fd = self._backend.open(self.path)
 
     @classmethod
     def for_device(cls, bdf: str, *, backend: Backend | None = None) -> Group:
@@ -531,10 +542,11 @@ class Group(FdResource):
         self._detach_from_container()
 
     def _detach_from_container(self) -> None:
-        if self._container is not None:
-            if self in self._container._groups:
-                self._container._groups.remove(self)
-            self._container = None
+        container, self._container = self._container, None
+        if container is not None and self in container._groups:
+            container._groups.remove(self)
+            if not container._groups:
+                container._iommu_released()
 
     # -- devices --------------------------------------------------------------------
     def get_device_fd(self, name: str) -> int:

@@ -14,6 +14,7 @@ bound to an iommufd (``/dev/vfio/devices/vfioN``).
 from __future__ import annotations
 
 import enum
+import errno
 import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
@@ -21,9 +22,9 @@ from typing import TYPE_CHECKING, Any, Sequence
 from . import sysfs
 from ._base import FdResource, check_u64
 from ._uapi import ffi, lib
-from .backend import Backend
+from .backend import Backend, resolve_backend
 from .caps import Capability, RegionTypeCap, SparseMmapCap, parse_chain
-from .errors import InvalidArgumentError
+from .errors import InvalidArgumentError, IoctlError, UnsupportedError
 
 if TYPE_CHECKING:
     from .container import Group
@@ -208,9 +209,7 @@ class Device(FdResource):
     def open(cls, device: str, *, backend: Backend | None = None) -> Device:
         """Open a device's vfio character device, by PCI address or by path
         (``/dev/vfio/devices/vfioN``)."""
-        from .backend import default_backend
-
-        b = backend if backend is not None else default_backend()
+        b = resolve_backend(backend)
         if device.startswith("/"):
             path, name = device, device
         else:
@@ -330,9 +329,18 @@ class Device(FdResource):
         return RegionInfo(index, int(info.flags), int(info.size), int(info.offset), tuple(caps))
 
     @property
-    def regions(self) -> list[RegionInfo]:
-        """Every region of the device, by index."""
-        return [self.region_info(i) for i in range(self.info.num_regions)]
+    def regions(self) -> dict[int, RegionInfo]:
+        """The device's regions by index.  Indices the device does not
+        implement (vfio-pci's VGA region without VGA, for example: EINVAL)
+        are left out."""
+        out: dict[int, RegionInfo] = {}
+        for i in range(self.info.num_regions):
+            try:
+                out[i] = self.region_info(i)
+            except IoctlError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+        return out
 
     def irq_info(self, index: int) -> IrqInfo:
         """VFIO_DEVICE_GET_IRQ_INFO of interrupt index ``index``."""
@@ -345,9 +353,18 @@ class Device(FdResource):
         return IrqInfo(index, int(arg.flags), int(arg.count))
 
     @property
-    def irqs(self) -> list[IrqInfo]:
-        """Every interrupt index of the device."""
-        return [self.irq_info(i) for i in range(self.info.num_irqs)]
+    def irqs(self) -> dict[int, IrqInfo]:
+        """The device's interrupt indices.  Indices the device does not
+        implement (vfio-pci's ERR index on conventional PCI: EINVAL) are
+        left out."""
+        out: dict[int, IrqInfo] = {}
+        for i in range(self.info.num_irqs):
+            try:
+                out[i] = self.irq_info(i)
+            except IoctlError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+        return out
 
     # -- region access ----------------------------------------------------------------------
     def pread(self, region: RegionInfo | int, offset: int, size: int) -> bytes:
@@ -381,7 +398,14 @@ class Device(FdResource):
     # -- reset ------------------------------------------------------------------------------
     def reset(self) -> None:
         """VFIO_DEVICE_RESET: a function-level reset (FLR or the best
-        available method)."""
+        available method).  :class:`UnsupportedError` (EINVAL, as the
+        kernel would give) when the device reports no reset method."""
+        if not self.info.can_reset:
+            raise UnsupportedError(
+                errno.EINVAL,
+                f"VFIO_DEVICE_RESET on {self.describe()}: the device has no reset method "
+                "(VFIO_DEVICE_FLAGS_RESET is clear)",
+                ioctl="VFIO_DEVICE_RESET", target=self.describe())
         self._ioctl("VFIO_DEVICE_RESET", lib.VFIO_DEVICE_RESET)
 
     def hot_reset_info(self) -> list[HotResetDevice]:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 from ._base import U64_MAX, FdResource, Resource, check_u64
 from ._memory import UserBuffer, user_buffer
 from ._uapi import ffi, lib
-from .backend import Backend
+from .backend import Backend, resolve_backend
 from .caps import IovaRange
 from .errors import InvalidArgumentError, IoctlError
 
@@ -121,9 +121,9 @@ class IommuFd(FdResource):
     family = "iommufd"
 
     def __init__(self, path: str = "/dev/iommu", *, backend: Backend | None = None) -> None:
-        super().__init__(-1, backend)
+        b = resolve_backend(backend)
+        super().__init__(b.open(path), b)
         self.path = path
-        self._fd = self._backend.open(path)
 
     def describe(self) -> str:
         return "iommufd" + (f" (fd {self._fd})" if self._fd >= 0 else "")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .base import Backend, IoctlArg, MemoryMap
 
-__all__ = ["Backend", "IoctlArg", "MemoryMap", "default_backend"]
+__all__ = ["Backend", "IoctlArg", "MemoryMap", "default_backend", "resolve_backend"]
 
 _default: Backend | None = None
 
@@ -17,3 +17,8 @@ def default_backend() -> Backend:
 
         _default = KernelBackend()
     return _default
+
+
+def resolve_backend(backend: Backend | None) -> Backend:
+    """``backend``, or the default (real kernel) backend when ``None``."""
+    return backend if backend is not None else default_backend()

@@ -1,0 +1,53 @@
+"""Test-suite wide configuration.
+
+Tests marked ``kernel`` need the real VFIO/iommufd kernel interface.  They
+run inside the test VM (``python tests/vm/guest.py --pytest``, started by
+``tests/run_all.py``), where ``PYVFIO_GUEST=1``; on the host they are
+reported as skipped with that reason.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+IN_GUEST = os.environ.get("PYVFIO_GUEST") == "1"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if IN_GUEST:
+        return
+    skip = pytest.mark.skip(
+        reason="needs the real VFIO/iommufd kernel: runs in the test VM "
+        "(tests/run_all.py boots it; or python tests/vm/guest.py --pytest)"
+    )
+    for item in items:
+        if "kernel" in item.keywords:
+            item.add_marker(skip)
+
+
+# -- fake systems for the object-layer tests ------------------------------------------
+from typing import Iterator  # noqa: E402
+
+EDU_BDF = "0000:00:02.0"
+
+
+def bind_vfio(backend: object, bdf: str) -> None:
+    """Bind ``bdf`` to vfio-pci the way setup scripts do it."""
+    b = backend  # a pyvfio Backend
+    b.sysfs_write(f"/sys/bus/pci/devices/{bdf}/driver_override", "vfio-pci")  # type: ignore[attr-defined]
+    b.sysfs_write("/sys/bus/pci/drivers_probe", bdf)  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def fake_system() -> Iterator[object]:
+    """A fake machine with one edu device bound to vfio-pci; checks at the
+    end that the test left no file open."""
+    from pyvfio.fake import System
+
+    system = System("minimal")
+    bind_vfio(system.backend, EDU_BDF)
+    yield system
+    leaked = system.backend.open_files
+    assert not leaked, f"files left open: {leaked}"

@@ -1,0 +1,106 @@
+#!/usr/bin/env python3
+"""Run the whole test suite: host tests, then the real-kernel tests in the VM.
+
+    python tests/run_all.py [--host-only] [--guest-only] [-- PYTEST ARGS]
+
+1. The host suite: ``pytest`` on this machine (bindings, layout proof,
+   objects on the fake kernel, the fake itself).  Tests marked ``kernel``
+   are skipped here.
+2. The guest suite: ``tests/vm/guest.py --pytest`` boots a Linux 7.3 guest
+   with an emulated IOMMU (building the kernel on first use) and runs the
+   tests marked ``kernel`` in it.
+
+The last line is the combined count in pytest's form.  When the VM cannot
+run here (no root to install QEMU, for example) the guest suite is
+reported as skipped with the reason, never as passed; under CI (``CI`` set)
+that is a failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def counts(junit: Path) -> dict[str, int]:
+    """passed/failed/skipped/errors from a JUnit XML file."""
+    out = {"passed": 0, "failed": 0, "skipped": 0, "errors": 0}
+    root = ET.parse(junit).getroot()
+    suites = [root] if root.tag == "testsuite" else root.findall("testsuite")
+    for s in suites:
+        tests = int(s.get("tests", 0))
+        failed = int(s.get("failures", 0))
+        errors = int(s.get("errors", 0))
+        skipped = int(s.get("skipped", 0))
+        out["failed"] += failed
+        out["errors"] += errors
+        out["skipped"] += skipped
+        out["passed"] += tests - failed - errors - skipped
+    return out
+
+
+def line(c: dict[str, int]) -> str:
+    text = f"{c['passed']} passed, {c['failed'] + c['errors']} failed"
+    if c["skipped"]:
+        text += f", {c['skipped']} skipped"
+    return text
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--host-only", action="store_true")
+    ap.add_argument("--guest-only", action="store_true")
+    ap.add_argument("pytest_args", nargs="*")
+    args = ap.parse_args()
+    total = {"passed": 0, "failed": 0, "skipped": 0, "errors": 0}
+    status = 0
+    with tempfile.TemporaryDirectory(prefix="pyvfio-tests-") as tmp:
+        if not args.guest_only:
+            junit = Path(tmp) / "host.xml"
+            print("== host suite ==", flush=True)
+            rc = subprocess.call(
+                [sys.executable, "-m", "pytest", "-q", f"--junitxml={junit}", *args.pytest_args],
+                cwd=REPO)
+            if junit.exists():
+                c = counts(junit)
+                for k in total:
+                    total[k] += c[k]
+                print(f"host: {line(c)}", flush=True)
+            if rc not in (0, 5):
+                status = 1
+        if not args.host_only:
+            junit = REPO / "build" / "guest-junit.xml"
+            junit.parent.mkdir(exist_ok=True)
+            if junit.exists():
+                junit.unlink()
+            print("== guest suite (Linux 7.3 VM, emulated Intel IOMMU) ==", flush=True)
+            rc = subprocess.call(
+                [sys.executable, str(REPO / "tests" / "vm" / "guest.py"), "-q",
+                 f"--junitxml={junit}", "--pytest", "-q", "-p", "no:cacheprovider",
+                 *args.pytest_args],
+                cwd=REPO)
+            if junit.exists():
+                c = counts(junit)
+                for k in total:
+                    total[k] += c[k]
+                print(f"guest: {line(c)}", flush=True)
+                if rc not in (0, 5):
+                    status = 1
+            else:
+                reason = f"the test VM did not produce results (exit status {rc})"
+                print(f"guest: SKIPPED: {reason}", flush=True)
+                if os.environ.get("CI"):
+                    status = 1
+    print(line(total), flush=True)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
