@@ -1,0 +1,559 @@
+"""Declarative descriptions of simulated machines.
+
+A topology is a plain dict (usually loaded from JSON) that lists the PCI
+devices of a :class:`~pyvfio.fake.system.System`, how they are grouped by
+the IOMMU, what the IOMMU can do and which kernel drivers start out bound.
+:func:`load` accepts a dict, the path of a JSON file or the name of a
+shipped topology (``pyvfio/fake/topologies/<name>.json``) and returns a
+validated, normalised copy with every default filled in; errors are
+:class:`TopologyError` with the offending key in the message.
+
+Schema (all keys but ``devices`` are optional)::
+
+    {
+      "name": "default",
+      "memlock_limit": 67108864,          # RLIMIT_MEMLOCK in bytes, -1 = unlimited
+      "numa_nodes": 1,                    # nodes 0..N-1 are online
+      "noiommu": false,                   # vfio.enable_unsafe_noiommu_mode
+      "modules": {"vfio": true, "vfio_pci": true, "vfio_iommu_type1": true,
+                  "iommufd": true, "pci_stub": true},
+      "type1": {"dma_entry_limit": 65535, "allow_unsafe_interrupts": false},
+      "iommu": {                          # null: no IOMMU (no groups)
+        "name": "dmar0",
+        "aperture": [0, 281474976710655],
+        "pgsize_bitmap": 1075843072,      # 4K | 2M | 1G
+        "reserved_regions": [{"start": 4276092928, "last": 4277141503, "type": "msi"}],
+        "dirty_tracking": false, "pasid_bits": 0, "hw_info_type": "intel_vtd",
+        "cache_coherency": true, "enforce_cache_coherency": true,
+        "interrupt_remapping": true, "default_domain": "DMA-FQ"
+      },
+      "devices": [
+        {"bdf": "0000:00:02.0", "model": "edu", "driver": null, ...},
+        ...
+      ],
+      "groups": [["0000:00:05.0", "0000:01:01.0"], {"id": 7, "devices": [...]}]
+    }
+
+Device entries carry the keys shared with the device models
+(``pyvfio.fake.models.create(spec)``): ``bdf``, ``model``, ``vendor``,
+``device``, ``class``, ``subsystem_vendor``, ``subsystem_device``,
+``revision``, ``bars`` (``[{"index", "size", "type": "mem32|mem64|io",
+"prefetchable"}]``), ``driver`` (bound at start, or null),
+``default_driver`` (what ``drivers_probe`` picks), ``numa_node`` and
+``reset_methods`` (and ``pcie`` and ``model_*`` parameters, passed to the
+model untouched); plus, for the system only, ``bridge`` (``{"secondary_bus":
+N, "conventional": bool}``) for PCI bridges and ``reserved_regions`` (extra
+per-device IOMMU reserved regions, like an RMRR).
+
+Without ``groups`` every device is alone in its group, except that the
+devices behind a conventional PCI bridge (a PCIe-to-PCI bridge) share the
+bridge's group: the IOMMU cannot tell their requester IDs apart.  Listed
+groups take the ids given (``{"id": N, ...}``) or, for plain lists, the
+lowest free ids in order; devices not listed get derived groups.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+from typing import Any
+
+__all__ = [
+    "TopologyError",
+    "load",
+    "shipped",
+    "normalize_bdf",
+    "RESERVED_REGION_TYPES",
+    "DEFAULT_IOMMU",
+    "KNOWN_MODELS",
+]
+
+TOPOLOGY_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "topologies")
+
+#: Types of IOMMU reserved regions, in the kernel's order (enum iommu_resv_type).
+RESERVED_REGION_TYPES = ("direct", "direct-relaxable", "reserved", "msi")
+
+#: 4 KiB | 2 MiB | 1 GiB: Intel VT-d second-stage page sizes.
+_VTD_PGSIZES = (1 << 12) | (1 << 21) | (1 << 30)
+
+DEFAULT_IOMMU: dict[str, Any] = {
+    "name": "dmar0",
+    "aperture": [0, (1 << 48) - 1],
+    "pgsize_bitmap": _VTD_PGSIZES,
+    # The x86 interrupt (MSI) address window, reserved in every group.
+    "reserved_regions": [{"start": 0xFEE00000, "last": 0xFEEFFFFF, "type": "msi"}],
+    "dirty_tracking": False,
+    "pasid_bits": 0,
+    "hw_info_type": "intel_vtd",
+    "cache_coherency": True,
+    "enforce_cache_coherency": True,
+    "interrupt_remapping": True,
+    "default_domain": "DMA-FQ",
+}
+
+DEFAULT_MODULES = {
+    "vfio": True,
+    "vfio_pci": True,
+    "vfio_iommu_type1": True,
+    "iommufd": True,
+    "pci_stub": True,
+}
+
+DEFAULT_TYPE1 = {"dma_entry_limit": 65535, "allow_unsafe_interrupts": False}
+
+#: IDs of QEMU's devices the shipped models implement, used when no device
+#: model is available to report them.  ``class`` is the 24-bit class code.
+KNOWN_MODELS: dict[str, dict[str, int]] = {
+    "edu": {"vendor": 0x1234, "device": 0x11E8, "class": 0x00FF00,
+            "subsystem_vendor": 0x1AF4, "subsystem_device": 0x1100, "revision": 0x10},
+    "nvme": {"vendor": 0x1B36, "device": 0x0010, "class": 0x010802,
+             "subsystem_vendor": 0x1AF4, "subsystem_device": 0x1100, "revision": 0x02},
+    "e1000e": {"vendor": 0x8086, "device": 0x10D3, "class": 0x020000,
+               "subsystem_vendor": 0x8086, "subsystem_device": 0x0000},
+    "e1000": {"vendor": 0x8086, "device": 0x100E, "class": 0x020000,
+              "subsystem_vendor": 0x1AF4, "subsystem_device": 0x1100, "revision": 0x03},
+    "virtio-net": {"vendor": 0x1AF4, "device": 0x1041, "class": 0x020000,
+                   "subsystem_vendor": 0x1AF4, "subsystem_device": 0x1100, "revision": 0x01},
+    "pcie-pci-bridge": {"vendor": 0x1B36, "device": 0x000E, "class": 0x060400},
+    "pcie-root-port": {"vendor": 0x1B36, "device": 0x000C, "class": 0x060400},
+}
+
+_DEVICE_KEYS = {
+    "bdf", "model", "vendor", "device", "class", "subsystem_vendor", "subsystem_device",
+    "revision", "bars", "driver", "default_driver", "numa_node", "reset_methods",
+    "bridge", "reserved_regions", "pcie",
+}
+# Keys that models may define for themselves: passed through untouched.
+_MODEL_PARAM_PREFIX = "model_"
+_TOP_KEYS = {
+    "name", "memlock_limit", "numa_nodes", "noiommu", "modules", "type1", "iommu",
+    "devices", "groups", "description",
+}
+_RESET_METHODS = ("device_specific", "acpi", "flr", "af_flr", "pm", "bus", "cxl_bus")
+_BAR_TYPES = ("mem32", "mem64", "io")
+_DOMAIN_TYPES = ("DMA", "DMA-FQ", "identity", "blocked", "unmanaged")
+_HW_INFO_TYPES = ("none", "intel_vtd", "arm_smmuv3", "amd")
+
+_BDF = re.compile(r"^(?:([0-9a-fA-F]{4}):)?([0-9a-fA-F]{2}):([0-1][0-9a-fA-F])\.([0-7])$")
+
+
+class TopologyError(ValueError):
+    """A topology is malformed; the message names the offending entry."""
+
+
+def normalize_bdf(bdf: object, where: str = "bdf") -> str:
+    """``"00:02.0"`` -> ``"0000:00:02.0"``; TopologyError when malformed."""
+    if not isinstance(bdf, str):
+        raise TopologyError(f"{where}: a PCI address must be a string, not {bdf!r}")
+    m = _BDF.match(bdf.strip())
+    if not m:
+        raise TopologyError(f"{where}: {bdf!r} is not a PCI address (DDDD:BB:DD.F)")
+    domain, bus, dev, fn = m.groups()
+    return f"{(domain or '0000').lower()}:{bus.lower()}:{dev.lower()}.{fn}"
+
+
+def shipped() -> list[str]:
+    """Names of the topologies shipped with pyvfio."""
+    return sorted(n[:-5] for n in os.listdir(TOPOLOGY_DIR) if n.endswith(".json"))
+
+
+def _read_json(path: str) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise TopologyError(f"{path}: invalid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise TopologyError(f"{path}: a topology is a JSON object, not {type(data).__name__}")
+    return data
+
+
+def load(source: dict[str, Any] | str | os.PathLike[str]) -> dict[str, Any]:
+    """Validate ``source`` (dict, JSON path or shipped name) and return a
+    normalised deep copy with all defaults filled in."""
+    if isinstance(source, dict):
+        raw = copy.deepcopy(source)
+    elif isinstance(source, (str, os.PathLike)):
+        text = os.fspath(source)
+        if os.sep not in text and not text.endswith(".json"):
+            path = os.path.join(TOPOLOGY_DIR, text + ".json")
+            if not os.path.exists(path):
+                raise TopologyError(
+                    f"no shipped topology {text!r} (shipped: {', '.join(shipped())})"
+                )
+        else:
+            path = text
+            if not os.path.exists(path):
+                raise TopologyError(f"no topology file {path!r}")
+        raw = _read_json(path)
+        raw.setdefault("name", os.path.splitext(os.path.basename(path))[0])
+    else:
+        raise TopologyError(
+            f"a topology is a dict, a JSON file path or a shipped name, not {type(source).__name__}"
+        )
+    return _validate(raw)
+
+
+# -- helpers -------------------------------------------------------------------
+def _int(value: object, where: str, lo: int | None = None, hi: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, str):
+            try:
+                value = int(value, 0)
+            except ValueError:
+                raise TopologyError(f"{where}: {value!r} is not an integer") from None
+        else:
+            raise TopologyError(f"{where}: {value!r} is not an integer")
+    assert isinstance(value, int)
+    if lo is not None and value < lo:
+        raise TopologyError(f"{where}: {value:#x} is below the minimum {lo:#x}")
+    if hi is not None and value > hi:
+        raise TopologyError(f"{where}: {value:#x} is above the maximum {hi:#x}")
+    return value
+
+
+def _bool(value: object, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise TopologyError(f"{where}: {value!r} is not true or false")
+    return value
+
+
+def _unknown(d: dict[str, Any], allowed: set[str], where: str) -> None:
+    extra = sorted(k for k in d if k not in allowed and not k.startswith(_MODEL_PARAM_PREFIX))
+    if extra:
+        raise TopologyError(f"{where}: unknown key(s) {', '.join(map(repr, extra))}")
+
+
+def _regions(value: object, where: str) -> list[dict[str, Any]]:
+    if not isinstance(value, list):
+        raise TopologyError(f"{where}: reserved regions are a list")
+    out = []
+    for i, r in enumerate(value):
+        w = f"{where}[{i}]"
+        if not isinstance(r, dict):
+            raise TopologyError(f"{w}: a reserved region is an object with start, last, type")
+        _unknown(r, {"start", "last", "type"}, w)
+        start = _int(r.get("start"), f"{w}.start", 0, (1 << 64) - 1)
+        last = _int(r.get("last"), f"{w}.last", 0, (1 << 64) - 1)
+        if last < start:
+            raise TopologyError(f"{w}: last {last:#x} is below start {start:#x}")
+        rtype = r.get("type", "reserved")
+        if rtype not in RESERVED_REGION_TYPES:
+            raise TopologyError(
+                f"{w}.type: {rtype!r} is not one of {', '.join(RESERVED_REGION_TYPES)}"
+            )
+        out.append({"start": start, "last": last, "type": rtype})
+    return out
+
+
+def _iommu(value: object) -> dict[str, Any] | None:
+    if value is None or value is False:
+        return None
+    if value is True:
+        value = {}
+    if not isinstance(value, dict):
+        raise TopologyError("iommu: an object, or null for a machine without an IOMMU")
+    _unknown(value, set(DEFAULT_IOMMU), "iommu")
+    out = copy.deepcopy(DEFAULT_IOMMU)
+    out.update(copy.deepcopy(value))
+    if not isinstance(out["name"], str) or not out["name"]:
+        raise TopologyError("iommu.name: a non-empty string")
+    ap = out["aperture"]
+    if not isinstance(ap, (list, tuple)) or len(ap) != 2:
+        raise TopologyError("iommu.aperture: [start, last]")
+    start = _int(ap[0], "iommu.aperture[0]", 0, (1 << 64) - 1)
+    last = _int(ap[1], "iommu.aperture[1]", 0, (1 << 64) - 1)
+    if last <= start:
+        raise TopologyError(f"iommu.aperture: last {last:#x} must be above start {start:#x}")
+    out["aperture"] = [start, last]
+    pgs = _int(out["pgsize_bitmap"], "iommu.pgsize_bitmap", 1, (1 << 64) - 1)
+    out["pgsize_bitmap"] = pgs
+    out["reserved_regions"] = _regions(out["reserved_regions"], "iommu.reserved_regions")
+    for key in ("dirty_tracking", "cache_coherency", "enforce_cache_coherency",
+                "interrupt_remapping"):
+        out[key] = _bool(out[key], f"iommu.{key}")
+    out["pasid_bits"] = _int(out["pasid_bits"], "iommu.pasid_bits", 0, 20)
+    if out["hw_info_type"] not in _HW_INFO_TYPES:
+        raise TopologyError(
+            f"iommu.hw_info_type: {out['hw_info_type']!r} is not one of {', '.join(_HW_INFO_TYPES)}"
+        )
+    if out["default_domain"] not in _DOMAIN_TYPES:
+        raise TopologyError(
+            f"iommu.default_domain: {out['default_domain']!r} is not one of {', '.join(_DOMAIN_TYPES)}"
+        )
+    return out
+
+
+def _bars(value: object, where: str) -> list[dict[str, Any]]:
+    if not isinstance(value, list):
+        raise TopologyError(f"{where}: bars are a list")
+    out = []
+    seen: set[int] = set()
+    for i, bar in enumerate(value):
+        w = f"{where}[{i}]"
+        if not isinstance(bar, dict):
+            raise TopologyError(f"{w}: a BAR is an object with index, size, type")
+        _unknown(bar, {"index", "size", "type", "prefetchable", "ram", "mmappable"}, w)
+        index = _int(bar.get("index"), f"{w}.index", 0, 5)
+        size = _int(bar.get("size"), f"{w}.size", 1)
+        if size & (size - 1):
+            raise TopologyError(f"{w}.size: {size:#x} is not a power of two")
+        btype = bar.get("type", "mem32")
+        if btype not in _BAR_TYPES:
+            raise TopologyError(f"{w}.type: {btype!r} is not one of {', '.join(_BAR_TYPES)}")
+        if btype == "mem64" and index == 5:
+            raise TopologyError(f"{w}: a 64-bit BAR cannot start at index 5")
+        if btype == "io" and size > 256:
+            raise TopologyError(f"{w}.size: I/O BARs are at most 256 bytes")
+        if btype == "mem32" and size > (1 << 31):
+            raise TopologyError(f"{w}.size: {size:#x} does not fit a 32-bit BAR")
+        taken = {index, index + 1} if btype == "mem64" else {index}
+        if taken & seen:
+            raise TopologyError(f"{w}: BAR {index} overlaps another BAR")
+        seen |= taken
+        pref = _bool(bar.get("prefetchable", False), f"{w}.prefetchable")
+        if btype == "io" and pref:
+            raise TopologyError(f"{w}: I/O BARs cannot be prefetchable")
+        entry = {"index": index, "size": size, "type": btype, "prefetchable": pref}
+        for flag in ("ram", "mmappable"):
+            if flag in bar:
+                entry[flag] = _bool(bar[flag], f"{w}.{flag}")
+        out.append(entry)
+    return sorted(out, key=lambda b: b["index"])
+
+
+def _driver_name(value: object, where: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", value):
+        raise TopologyError(f"{where}: {value!r} is not a driver name")
+    return value
+
+
+def _device(raw: object, i: int, numa_nodes: int) -> dict[str, Any]:
+    where = f"devices[{i}]"
+    if not isinstance(raw, dict):
+        raise TopologyError(f"{where}: a device is an object")
+    _unknown(raw, _DEVICE_KEYS, where)
+    dev = copy.deepcopy(raw)
+    bdf = normalize_bdf(raw.get("bdf"), f"{where}.bdf")
+    where = f"device {bdf}"
+    dev["bdf"] = bdf
+    model = raw.get("model", "generic")
+    if not isinstance(model, str) or not model:
+        raise TopologyError(f"{where}.model: a model name")
+    dev["model"] = model
+    for key, bits in (("vendor", 16), ("device", 16), ("subsystem_vendor", 16),
+                      ("subsystem_device", 16), ("revision", 8), ("class", 24)):
+        if key in raw:
+            dev[key] = _int(raw[key], f"{where}.{key}", 0, (1 << bits) - 1)
+        elif key in ("vendor", "device") and model == "generic":
+            raise TopologyError(f"{where}: {key!r} is required for model {model!r}")
+    if dev.get("vendor") == 0xFFFF:
+        raise TopologyError(f"{where}.vendor: 0xffff is not a valid vendor ID")
+    if "bars" in raw:
+        dev["bars"] = _bars(raw["bars"], f"{where}.bars")
+    dev["driver"] = _driver_name(raw.get("driver"), f"{where}.driver")
+    dev["default_driver"] = _driver_name(
+        raw.get("default_driver", dev["driver"] if dev["driver"] not in
+                ("vfio-pci", "pci-stub") else None),
+        f"{where}.default_driver",
+    )
+    if dev["default_driver"] in ("vfio-pci", "pci-stub"):
+        raise TopologyError(
+            f"{where}.default_driver: {dev['default_driver']!r} binds only through "
+            "driver_override or new_id"
+        )
+    node = _int(raw.get("numa_node", -1), f"{where}.numa_node", -1)
+    if node >= numa_nodes:
+        raise TopologyError(f"{where}.numa_node: node {node} is not online (numa_nodes={numa_nodes})")
+    dev["numa_node"] = node
+    if "reset_methods" in raw:
+        methods = raw["reset_methods"]
+        if not isinstance(methods, list) or any(m not in _RESET_METHODS for m in methods):
+            raise TopologyError(
+                f"{where}.reset_methods: a list of {', '.join(_RESET_METHODS)}"
+            )
+        if len(set(methods)) != len(methods):
+            raise TopologyError(f"{where}.reset_methods: duplicate method")
+        dev["reset_methods"] = list(methods)
+    bridge = raw.get("bridge")
+    if bridge is not None:
+        if not isinstance(bridge, dict):
+            raise TopologyError(f"{where}.bridge: {{'secondary_bus': N, 'conventional': bool}}")
+        _unknown(bridge, {"secondary_bus", "conventional"}, f"{where}.bridge")
+        dev["bridge"] = {
+            "secondary_bus": _int(bridge.get("secondary_bus"), f"{where}.bridge.secondary_bus", 1, 255),
+            "conventional": _bool(bridge.get("conventional", False), f"{where}.bridge.conventional"),
+        }
+        if dev.get("class", 0x060400) >> 8 != 0x0604:
+            raise TopologyError(f"{where}.bridge: the class of a PCI bridge is 0x0604xx")
+    if "pcie" in raw:
+        dev["pcie"] = _bool(raw["pcie"], f"{where}.pcie")
+    if "reserved_regions" in raw:
+        dev["reserved_regions"] = _regions(raw["reserved_regions"], f"{where}.reserved_regions")
+    return dev
+
+
+def _parents(devices: list[dict[str, Any]]) -> dict[str, str | None]:
+    """bdf -> bdf of the bridge whose secondary bus the device sits on."""
+    bridges: dict[tuple[str, int], str] = {}
+    for d in devices:
+        if "bridge" in d:
+            key = (d["bdf"][:4], d["bridge"]["secondary_bus"])
+            if key in bridges:
+                raise TopologyError(
+                    f"device {d['bdf']}: bus {key[1]:02x} is already the secondary bus of {bridges[key]}"
+                )
+            bridges[key] = d["bdf"]
+    parents: dict[str, str | None] = {}
+    for d in devices:
+        bus = int(d["bdf"][5:7], 16)
+        parents[d["bdf"]] = bridges.get((d["bdf"][:4], bus))
+    # No cycles: walking up must terminate.
+    for bdf in parents:
+        seen = {bdf}
+        p = parents[bdf]
+        while p is not None:
+            if p in seen:
+                raise TopologyError(f"device {bdf}: the bridge hierarchy has a cycle")
+            seen.add(p)
+            p = parents[p]
+    return parents
+
+
+def _groups(raw: object, devices: list[dict[str, Any]],
+            parents: dict[str, str | None]) -> list[dict[str, Any]]:
+    bdfs = [d["bdf"] for d in devices]
+    by_bdf = {d["bdf"]: d for d in devices}
+    explicit: list[tuple[int | None, list[str]]] = []
+    if raw is not None:
+        if not isinstance(raw, list):
+            raise TopologyError("groups: a list of groups (lists of PCI addresses)")
+        for i, g in enumerate(raw):
+            where = f"groups[{i}]"
+            gid: int | None = None
+            members: object = g
+            if isinstance(g, dict):
+                _unknown(g, {"id", "devices"}, where)
+                gid = _int(g.get("id"), f"{where}.id", 0, (1 << 31) - 1)
+                members = g.get("devices")
+            if not isinstance(members, list) or not members:
+                raise TopologyError(f"{where}: a non-empty list of PCI addresses")
+            explicit.append((gid, [normalize_bdf(b, where) for b in members]))
+    placed: dict[str, int] = {}
+    for i, (_gid, members) in enumerate(explicit):
+        for b in members:
+            if b not in by_bdf:
+                raise TopologyError(f"groups[{i}]: no device {b} in the topology")
+            if b in placed:
+                raise TopologyError(f"groups[{i}]: device {b} is already in groups[{placed[b]}]")
+            placed[b] = i
+    # Derived groups for the rest: each device's isolation root is the
+    # topmost conventional bridge above it (or itself).
+    derived: dict[str, list[str]] = {}
+    for b in bdfs:
+        if b in placed:
+            continue
+        root = b
+        p = parents[b]
+        while p is not None:
+            if by_bdf[p].get("bridge", {}).get("conventional"):
+                root = p
+            p = parents[p]
+        if root in placed:
+            raise TopologyError(
+                f"device {b} is behind the conventional PCI bridge {root}, which is listed in "
+                "'groups' without it: list them in the same group"
+            )
+        derived.setdefault(root, []).append(b)
+    used = {gid for gid, _ in explicit if gid is not None}
+    if len(used) != len([g for g, _ in explicit if g is not None]):
+        raise TopologyError("groups: duplicate group id")
+    out: list[dict[str, Any]] = []
+    next_id = 0
+
+    def fresh() -> int:
+        nonlocal next_id
+        while next_id in used:
+            next_id += 1
+        used.add(next_id)
+        return next_id
+
+    pending: list[tuple[int | None, list[str]]] = list(explicit)
+    derived_groups = sorted(derived.values(), key=lambda m: min(bdfs.index(x) for x in m))
+    pending += [(None, members) for members in derived_groups]
+    # Plain lists and derived groups are numbered in order of their first
+    # device in the device list, after the explicitly numbered ones.
+    for gid, members in pending:
+        if gid is None:
+            gid = fresh()
+        members = sorted(members, key=bdfs.index)
+        out.append({"id": gid, "devices": members})
+    return sorted(out, key=lambda g: int(g["id"]))
+
+
+def _validate(raw: dict[str, Any]) -> dict[str, Any]:
+    _unknown(raw, _TOP_KEYS, "topology")
+    topo: dict[str, Any] = {}
+    name = raw.get("name", "custom")
+    if not isinstance(name, str):
+        raise TopologyError("name: a string")
+    topo["name"] = name
+    if "description" in raw:
+        topo["description"] = str(raw["description"])
+    topo["memlock_limit"] = _int(raw.get("memlock_limit", 64 << 20), "memlock_limit", -1)
+    topo["numa_nodes"] = _int(raw.get("numa_nodes", 1), "numa_nodes", 1, 1024)
+    topo["noiommu"] = _bool(raw.get("noiommu", False), "noiommu")
+    modules = dict(DEFAULT_MODULES)
+    mods = raw.get("modules", {})
+    if not isinstance(mods, dict):
+        raise TopologyError("modules: an object of module name -> loaded")
+    _unknown(mods, set(DEFAULT_MODULES), "modules")
+    for k, v in mods.items():
+        modules[k] = _bool(v, f"modules.{k}")
+    if not modules["vfio"] and (modules["vfio_pci"] or modules["vfio_iommu_type1"]):
+        if "vfio_pci" in mods or "vfio_iommu_type1" in mods:
+            raise TopologyError("modules: vfio_pci and vfio_iommu_type1 need the vfio module")
+        modules["vfio_pci"] = modules["vfio_iommu_type1"] = False
+    topo["modules"] = modules
+    t1 = dict(DEFAULT_TYPE1)
+    t1raw = raw.get("type1", {})
+    if not isinstance(t1raw, dict):
+        raise TopologyError("type1: an object")
+    _unknown(t1raw, set(DEFAULT_TYPE1), "type1")
+    if "dma_entry_limit" in t1raw:
+        t1["dma_entry_limit"] = _int(t1raw["dma_entry_limit"], "type1.dma_entry_limit", 0,
+                                     (1 << 32) - 1)
+    if "allow_unsafe_interrupts" in t1raw:
+        t1["allow_unsafe_interrupts"] = _bool(t1raw["allow_unsafe_interrupts"],
+                                              "type1.allow_unsafe_interrupts")
+    topo["type1"] = t1
+    topo["iommu"] = _iommu(raw.get("iommu", {}))
+    if topo["noiommu"] and not modules["vfio"]:
+        raise TopologyError("noiommu: needs the vfio module")
+    devs = raw.get("devices")
+    if not isinstance(devs, list):
+        raise TopologyError("devices: a list of PCI devices is required")
+    devices = [_device(d, i, topo["numa_nodes"]) for i, d in enumerate(devs)]
+    seen: set[str] = set()
+    for d in devices:
+        if d["bdf"] in seen:
+            raise TopologyError(f"devices: {d['bdf']} is listed twice")
+        seen.add(d["bdf"])
+    parents = _parents(devices)
+    for d in devices:
+        if d["driver"] == "vfio-pci" and not modules["vfio_pci"]:
+            raise TopologyError(f"device {d['bdf']}: vfio-pci is not loaded (modules.vfio_pci)")
+        if d["driver"] == "pci-stub" and not modules["pci_stub"]:
+            raise TopologyError(f"device {d['bdf']}: pci-stub is not loaded (modules.pci_stub)")
+    topo["devices"] = devices
+    if topo["iommu"] is None:
+        if raw.get("groups"):
+            raise TopologyError("groups: a machine without an IOMMU has no IOMMU groups")
+        topo["groups"] = []
+    else:
+        topo["groups"] = _groups(raw.get("groups"), devices, parents)
+    return topo
