@@ -1,0 +1,192 @@
+"""Container, Group, DmaMapping and Device (legacy path) on the fake kernel."""
+
+from __future__ import annotations
+
+import errno
+import gc
+import mmap
+
+import pytest
+
+import pyvfio
+from pyvfio import Container, Group, IommuType
+from pyvfio.errors import ClosedError, InvalidArgumentError, IoctlError, NotViableError
+
+EDU_BDF = "0000:00:02.0"  # the edu device of the "minimal" topology
+
+
+@pytest.fixture
+def backend(fake_system):  # type: ignore[no-untyped-def]
+    return fake_system.backend
+
+
+@pytest.fixture
+def setup(backend):  # type: ignore[no-untyped-def]
+    container = Container(backend=backend)
+    group = Group.for_device(EDU_BDF, backend=backend)
+    group.set_container(container)
+    container.set_iommu(IommuType.TYPE1v2)
+    yield container, group
+    group.close()
+    container.close()
+
+
+def test_container_queries(backend) -> None:  # type: ignore[no-untyped-def]
+    with Container(backend=backend) as c:
+        assert c.api_version == pyvfio.lib.VFIO_API_VERSION
+        assert pyvfio.Extension.TYPE1v2 in c.extensions
+        assert c.check_extension(pyvfio.Extension.SPAPR_TCE) == 0
+        assert c.iommu_type is None
+        assert "container" in repr(c)
+
+
+def test_set_iommu_needs_a_group(backend) -> None:  # type: ignore[no-untyped-def]
+    with Container(backend=backend) as c:
+        with pytest.raises(InvalidArgumentError, match="attach a group"):
+            c.set_iommu()
+
+
+def test_group_status_and_devices(backend) -> None:  # type: ignore[no-untyped-def]
+    with Group.for_device(EDU_BDF, backend=backend) as g:
+        assert g.id == 0 and g.path == "/dev/vfio/0"
+        st = g.status
+        assert st.viable and not st.container_set
+        assert g.viable
+        assert g.devices == [EDU_BDF]
+        assert g.viability() == []
+        assert not g.noiommu
+
+
+def test_group_open_twice_is_busy(backend) -> None:  # type: ignore[no-untyped-def]
+    with Group(0, backend=backend):
+        with pytest.raises(OSError) as info:
+            Group(0, backend=backend)
+        assert info.value.errno == errno.EBUSY
+
+
+def test_info_and_capabilities(setup) -> None:  # type: ignore[no-untyped-def]
+    container, group = setup
+    assert group.status.container_set
+    assert container.iommu_type is IommuType.TYPE1v2
+    info = container.info()
+    assert info.min_page_size == 4096
+    ranges = info.iova_ranges
+    assert ranges, "type1 reports the IOVA ranges capability"
+    # the x86 MSI window is excluded
+    assert not any(r.start <= 0xFEE00000 <= r.last for r in ranges)
+    assert info.dma_avail is not None and info.dma_avail > 0
+
+
+def test_map_unmap_and_errors(setup) -> None:  # type: ignore[no-untyped-def]
+    container, _ = setup
+    buf = mmap.mmap(-1, 0x10000)
+    m = container.map_dma(buf, 0x100000)
+    assert (m.iova, m.size, m.readable, m.writeable) == (0x100000, 0x10000, True, True)
+    assert container.mappings == (m,)
+    with pytest.raises(IoctlError) as info:
+        container.map_dma(buf, 0x100000)
+    assert info.value.errno == errno.EEXIST
+    assert info.value.ioctl == "VFIO_IOMMU_MAP_DMA"
+    assert "container" in str(info.value) and "EEXIST" in str(info.value)
+    with pytest.raises(InvalidArgumentError, match="multiples of the IOMMU page size"):
+        container.map_dma(buf, 0x100800)
+    with pytest.raises(InvalidArgumentError, match="zero"):
+        container.unmap_dma(0x100000, 0)
+    with pytest.raises(InvalidArgumentError):
+        container.map_dma_va(-1, 0, 4096)
+    m.unmap()
+    assert m.closed and container.mappings == ()
+    m.close()  # idempotent
+    assert container.unmap_dma(0x100000, 0x10000) == 0
+
+
+def test_unmap_range_closes_inner_mappings(setup) -> None:  # type: ignore[no-untyped-def]
+    container, _ = setup
+    buf = mmap.mmap(-1, 0x4000)
+    a = container.map_dma(buf, 0x10000)
+    b = container.map_dma(buf, 0x20000)
+    assert container.unmap_dma(0, 0x100000) == 0x8000
+    assert a.closed and b.closed
+
+
+def test_unmap_all(setup) -> None:  # type: ignore[no-untyped-def]
+    container, _ = setup
+    buf = mmap.mmap(-1, 0x2000)
+    maps = [container.map_dma(buf, 0x10000 * i) for i in range(1, 4)]
+    assert container.unmap_all() == 3 * 0x2000
+    assert all(m.closed for m in maps)
+
+
+def test_readonly_buffer_cannot_be_writeable(setup) -> None:  # type: ignore[no-untyped-def]
+    container, _ = setup
+    with pytest.raises(InvalidArgumentError, match="read-only"):
+        container.map_dma(bytes(4096), 0x1000)
+
+
+def test_device_through_group(setup) -> None:  # type: ignore[no-untyped-def]
+    _, group = setup
+    dev = group.open_device(EDU_BDF)
+    assert dev.info.is_pci and dev.info.num_regions >= 9
+    bar0 = dev.regions[pyvfio.PciRegion.BAR0]
+    assert bar0.name == "BAR0" and bar0.size == 1 << 20 and bar0.mmappable
+    config = dev.region_info(pyvfio.PciRegion.CONFIG)
+    assert config.offset == pyvfio.device.region_offset(7)
+    assert dev.pread(config, 0, 4) == bytes.fromhex("3412e811")  # 1234:11e8
+    assert pyvfio.PciIrq.MSI in dev.irqs
+    with pytest.raises(InvalidArgumentError, match="outside"):
+        dev.pread(config, config.size - 2, 4)
+    group.close()
+    assert dev.closed, "closing a group closes its devices first"
+
+
+def test_closing_last_group_drops_mappings(backend) -> None:  # type: ignore[no-untyped-def]
+    c = Container(backend=backend)
+    g = Group(0, backend=backend)
+    g.set_container(c)
+    c.set_iommu()
+    m = c.map_dma(mmap.mmap(-1, 4096), 0x1000)
+    g.close()
+    assert m.closed and c.iommu_type is None
+    c.close()
+
+
+def test_closed_objects_raise(backend) -> None:  # type: ignore[no-untyped-def]
+    c = Container(backend=backend)
+    c.close()
+    c.close()
+    with pytest.raises(ClosedError, match="container .* is closed|container is closed"):
+        c.api_version
+    with pytest.raises(ClosedError):
+        c.fd
+
+
+def test_unclosed_container_warns(backend) -> None:  # type: ignore[no-untyped-def]
+    c = Container(backend=backend)
+    with pytest.warns(ResourceWarning, match="unclosed container"):
+        del c
+        gc.collect()
+
+
+def test_non_viable_group_is_explained() -> None:
+    from pyvfio.fake import System
+
+    system = System("multi-group")
+    b = system.backend
+    # find the multi-device group: one of its devices is on a kernel driver
+    groups = {}
+    for bdf in b.sysfs_listdir("/sys/bus/pci/devices"):
+        groups.setdefault(pyvfio.sysfs.device_group(bdf, b), []).append(bdf)
+    gid, members = next((g, m) for g, m in groups.items() if len(m) > 1)
+    blockers = pyvfio.sysfs.viability_blockers(gid, b)
+    assert blockers, "the shipped 1:N group has a device on a kernel driver"
+    for bdf in members:
+        if pyvfio.sysfs.device_driver(bdf, b) is None:
+            b.sysfs_write(f"/sys/bus/pci/devices/{bdf}/driver_override", "vfio-pci")
+            b.sysfs_write("/sys/bus/pci/drivers_probe", bdf)
+    with Container(backend=b) as c, Group(gid, backend=b) as g:
+        assert not g.viable
+        with pytest.raises(NotViableError) as info:
+            g.set_container(c)
+        assert info.value.errno == errno.EPERM
+        assert {bdf for bdf, _ in info.value.blockers} == {x.bdf for x in blockers}
+        assert blockers[0].driver in str(info.value)
