@@ -51,3 +51,12 @@ def fake_system() -> Iterator[object]:
     yield system
     leaked = system.backend.open_files
     assert not leaked, f"files left open: {leaked}"
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Report fake/real parity as "parity: N scenarios, M identical"."""
+    passed = [r for r in terminalreporter.stats.get("passed", []) if "::test_parity[" in r.nodeid]
+    failed = [r for r in terminalreporter.stats.get("failed", []) if "::test_parity[" in r.nodeid]
+    if passed or failed:
+        total = len(passed) + len(failed)
+        terminalreporter.write_line(f"parity: {total} scenarios, {len(passed)} identical")

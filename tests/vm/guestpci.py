@@ -1,0 +1,123 @@
+"""sysfs helpers for tests running inside the pyvfio test VM (stdlib only).
+
+Find the emulated test devices by vendor:device (never hard-code BDFs or
+group numbers), see their IOMMU group, and move them between their kernel
+driver and vfio-pci through ``driver_override`` + ``drivers_probe``::
+
+    from guestpci import find_one, bind_vfio, EDU
+    edu = find_one(*EDU)               # e.g. "0000:01:00.0"
+    group = bind_vfio(edu)             # -> IOMMU group number; /dev/vfio/<group>
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+PCI = Path("/sys/bus/pci/devices")
+
+# vendor, device of the devices guest.py attaches
+EDU = (0x1234, 0x11E8)             # QEMU edu: DMA engine + MSI/INTx
+NVME = (0x1B36, 0x0010)            # QEMU NVMe controller
+E1000E = (0x8086, 0x10D3)          # 82574L
+E1000 = (0x8086, 0x100E)           # 82540EM (two functions behind br0)
+PCIE_PCI_BRIDGE = (0x1B36, 0x000E)
+PCIE_ROOT_PORT = (0x1B36, 0x000C)
+
+
+@dataclass(frozen=True)
+class PciDevice:
+    bdf: str
+    vendor: int
+    device: int
+    driver: str | None
+    group: int | None
+
+    def __str__(self) -> str:
+        return (f"{self.bdf} {self.vendor:04x}:{self.device:04x} "
+                f"driver={self.driver or '-'} group={self.group}")
+
+
+def _read_hex(path: Path) -> int:
+    return int(path.read_text().strip(), 16)
+
+
+def device_info(bdf: str) -> PciDevice:
+    d = PCI / bdf
+    drv = d / "driver"
+    grp = d / "iommu_group"
+    return PciDevice(
+        bdf=bdf,
+        vendor=_read_hex(d / "vendor"),
+        device=_read_hex(d / "device"),
+        driver=os.path.basename(os.readlink(drv)) if drv.exists() else None,
+        group=int(os.path.basename(os.readlink(grp))) if grp.exists() else None,
+    )
+
+
+def list_devices() -> list[PciDevice]:
+    return [device_info(p.name) for p in sorted(PCI.iterdir())]
+
+
+def find(vendor: int, device: int) -> list[str]:
+    """BDFs of all functions with this vendor:device, sorted."""
+    return [d.bdf for d in list_devices()
+            if (d.vendor, d.device) == (vendor, device)]
+
+
+def find_one(vendor: int, device: int) -> str:
+    hits = find(vendor, device)
+    if len(hits) != 1:
+        raise LookupError(f"{vendor:04x}:{device:04x}: found {hits}")
+    return hits[0]
+
+
+def group_devices(group: int) -> list[str]:
+    return sorted(p.name for p in
+                  Path(f"/sys/kernel/iommu_groups/{group}/devices").iterdir())
+
+
+def _write(path: Path, text: str) -> None:
+    with open(path, "w") as fh:
+        fh.write(text)
+
+
+def bind_driver(bdf: str, driver: str | None) -> None:
+    """Rebind ``bdf`` to ``driver`` (None: let the kernel choose again)."""
+    d = PCI / bdf
+    _write(d / "driver_override", driver or "\n")
+    if (d / "driver").exists():
+        _write(d / "driver" / "unbind", bdf)
+    _write(Path("/sys/bus/pci/drivers_probe"), bdf)
+
+
+def bind_vfio(bdf: str, timeout: float = 10.0) -> int:
+    """Bind to vfio-pci; wait for /dev/vfio/<group>; return the group number."""
+    bind_driver(bdf, "vfio-pci")
+    info = device_info(bdf)
+    if info.driver != "vfio-pci":
+        raise RuntimeError(f"{bdf} did not bind to vfio-pci: {info}")
+    assert info.group is not None
+    node = Path(f"/dev/vfio/{info.group}")
+    deadline = time.monotonic() + timeout
+    while not node.exists():           # devtmpfs creates it asynchronously
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{node} did not appear")
+        time.sleep(0.05)
+    return info.group
+
+
+def vfio_cdev(bdf: str) -> Path | None:
+    """/dev/vfio/devices/vfioN of a vfio-pci bound device (VFIO_DEVICE_CDEV)."""
+    folder = PCI / bdf / "vfio-dev"
+    if not folder.exists():
+        return None
+    names = [p.name for p in folder.iterdir()]
+    return Path("/dev/vfio/devices") / names[0] if names else None
+
+
+def unbind_vfio(bdf: str) -> None:
+    """Give the device back to its default kernel driver (if any)."""
+    bind_driver(bdf, None)
