@@ -1,0 +1,20 @@
+"""The package type-checks with ``mypy --strict``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_mypy_strict() -> None:
+    pytest.importorskip("mypy", reason="mypy is not installed (pip install '.[test]')")
+    proc = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--no-error-summary", "pyvfio"],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
