@@ -40,6 +40,52 @@ def bind_vfio(backend: object, bdf: str) -> None:
     b.sysfs_write("/sys/bus/pci/drivers_probe", bdf)  # type: ignore[attr-defined]
 
 
+class VfioEnv:
+    """A backend with QEMU's edu device bound to vfio-pci (``edu`` is its BDF)."""
+
+    def __init__(self, kind: str, backend: object, edu: str) -> None:
+        self.kind = kind
+        self.backend = backend
+        self.edu = edu
+
+
+def _find_edu(backend: object) -> str:
+    from pyvfio import sysfs
+
+    b = backend
+    for bdf in b.sysfs_listdir(sysfs.PCI_DEVICES):  # type: ignore[attr-defined]
+        base = f"{sysfs.PCI_DEVICES}/{bdf}"
+        if (b.sysfs_read(f"{base}/vendor"), b.sysfs_read(f"{base}/device")) == (  # type: ignore[attr-defined]
+                "0x1234", "0x11e8"):
+            return str(bdf)
+    raise LookupError("no edu device (1234:11e8)")
+
+
+@pytest.fixture(params=["fake", pytest.param("kernel", marks=pytest.mark.kernel)])
+def vfio_env(request: pytest.FixtureRequest) -> Iterator[VfioEnv]:
+    """The same object-layer test on the fake kernel and, in the test VM,
+    on the real one: only the backend differs."""
+    if request.param == "fake":
+        from pyvfio.fake import System
+
+        system = System("minimal")
+        bind_vfio(system.backend, EDU_BDF)
+        yield VfioEnv("fake", system.backend, EDU_BDF)
+        leaked = system.backend.open_files
+        assert not leaked, f"files left open: {leaked}"
+        return
+    from pyvfio.backend.kernel import KernelBackend
+
+    kb = KernelBackend()
+    edu = _find_edu(kb)
+    bind_vfio(kb, edu)
+    try:
+        yield VfioEnv("kernel", kb, edu)
+    finally:
+        kb.sysfs_write(f"/sys/bus/pci/devices/{edu}/driver_override", "\n")
+        kb.sysfs_write("/sys/bus/pci/drivers/vfio-pci/unbind", edu)
+
+
 @pytest.fixture
 def fake_system() -> Iterator[object]:
     """A fake machine with one edu device bound to vfio-pci; checks at the

@@ -13,13 +13,17 @@ import pyvfio
 from pyvfio import Device, IommuFd
 from pyvfio.errors import ClosedError, InvalidArgumentError, IoctlError
 
-EDU_BDF = "0000:00:02.0"  # the edu device of the "minimal" topology
 U64_MAX = (1 << 64) - 1
 
 
 @pytest.fixture
-def backend(fake_system):  # type: ignore[no-untyped-def]
-    return fake_system.backend
+def backend(vfio_env):  # type: ignore[no-untyped-def]
+    return vfio_env.backend
+
+
+@pytest.fixture
+def edu(vfio_env):  # type: ignore[no-untyped-def]
+    return vfio_env.edu
 
 
 @pytest.fixture
@@ -145,8 +149,8 @@ def test_closing_iommufd_closes_children(backend) -> None:  # type: ignore[no-un
     assert a.closed and b.closed and m.closed and fd.closed
 
 
-def test_cdev_bind_attach_replace_detach(iommufd, backend) -> None:  # type: ignore[no-untyped-def]
-    with Device.open(EDU_BDF, backend=backend) as dev:
+def test_cdev_bind_attach_replace_detach(iommufd, backend, edu) -> None:  # type: ignore[no-untyped-def]
+    with Device.open(edu, backend=backend) as dev:
         assert dev.path and dev.path.startswith("/dev/vfio/devices/vfio")
         with pytest.raises(InvalidArgumentError, match="bind the device"):
             dev.attach(iommufd.ioas())
@@ -171,8 +175,8 @@ def test_cdev_bind_attach_replace_detach(iommufd, backend) -> None:  # type: ign
         assert "cap_reg" in info.decoded()
 
 
-def test_closing_ioas_detaches_devices(iommufd, backend) -> None:  # type: ignore[no-untyped-def]
-    with Device.open(EDU_BDF, backend=backend) as dev:
+def test_closing_ioas_detaches_devices(iommufd, backend, edu) -> None:  # type: ignore[no-untyped-def]
+    with Device.open(edu, backend=backend) as dev:
         dev.bind(iommufd)
         ioas = iommufd.ioas()
         ioas.map(mmap.mmap(-1, 0x1000))
@@ -181,8 +185,8 @@ def test_closing_ioas_detaches_devices(iommufd, backend) -> None:  # type: ignor
         assert ioas.closed and dev.attached is None
 
 
-def test_hwpt_alloc_and_dirty_tracking(iommufd, backend) -> None:  # type: ignore[no-untyped-def]
-    with Device.open(EDU_BDF, backend=backend) as dev:
+def test_hwpt_alloc_and_dirty_tracking(iommufd, backend, edu) -> None:  # type: ignore[no-untyped-def]
+    with Device.open(edu, backend=backend) as dev:
         dev.bind(iommufd)
         ioas = iommufd.ioas()
         hwpt = iommufd.hwpt_alloc(dev, ioas)

@@ -12,18 +12,22 @@ import pyvfio
 from pyvfio import Container, Group, IommuType
 from pyvfio.errors import ClosedError, InvalidArgumentError, IoctlError, NotViableError
 
-EDU_BDF = "0000:00:02.0"  # the edu device of the "minimal" topology
 
 
 @pytest.fixture
-def backend(fake_system):  # type: ignore[no-untyped-def]
-    return fake_system.backend
+def backend(vfio_env):  # type: ignore[no-untyped-def]
+    return vfio_env.backend
 
 
 @pytest.fixture
-def setup(backend):  # type: ignore[no-untyped-def]
+def edu(vfio_env):  # type: ignore[no-untyped-def]
+    return vfio_env.edu
+
+
+@pytest.fixture
+def setup(backend, edu):  # type: ignore[no-untyped-def]
     container = Container(backend=backend)
-    group = Group.for_device(EDU_BDF, backend=backend)
+    group = Group.for_device(edu, backend=backend)
     group.set_container(container)
     container.set_iommu(IommuType.TYPE1v2)
     yield container, group
@@ -46,21 +50,22 @@ def test_set_iommu_needs_a_group(backend) -> None:  # type: ignore[no-untyped-de
             c.set_iommu()
 
 
-def test_group_status_and_devices(backend) -> None:  # type: ignore[no-untyped-def]
-    with Group.for_device(EDU_BDF, backend=backend) as g:
-        assert g.id == 0 and g.path == "/dev/vfio/0"
+def test_group_status_and_devices(backend, edu) -> None:  # type: ignore[no-untyped-def]
+    with Group.for_device(edu, backend=backend) as g:
+        assert g.id == pyvfio.sysfs.device_group(edu, backend)
+        assert g.path == f"/dev/vfio/{g.id}"
         st = g.status
         assert st.viable and not st.container_set
         assert g.viable
-        assert g.devices == [EDU_BDF]
+        assert g.devices == [edu]
         assert g.viability() == []
         assert not g.noiommu
 
 
-def test_group_open_twice_is_busy(backend) -> None:  # type: ignore[no-untyped-def]
-    with Group(0, backend=backend):
+def test_group_open_twice_is_busy(backend, edu) -> None:  # type: ignore[no-untyped-def]
+    with Group.for_device(edu, backend=backend):
         with pytest.raises(OSError) as info:
-            Group(0, backend=backend)
+            Group.for_device(edu, backend=backend)
         assert info.value.errno == errno.EBUSY
 
 
@@ -123,9 +128,9 @@ def test_readonly_buffer_cannot_be_writeable(setup) -> None:  # type: ignore[no-
         container.map_dma(bytes(4096), 0x1000)
 
 
-def test_device_through_group(setup) -> None:  # type: ignore[no-untyped-def]
+def test_device_through_group(setup, edu) -> None:  # type: ignore[no-untyped-def]
     _, group = setup
-    dev = group.open_device(EDU_BDF)
+    dev = group.open_device(edu)
     assert dev.info.is_pci and dev.info.num_regions >= 9
     bar0 = dev.regions[pyvfio.PciRegion.BAR0]
     assert bar0.name == "BAR0" and bar0.size == 1 << 20 and bar0.mmappable
@@ -139,9 +144,9 @@ def test_device_through_group(setup) -> None:  # type: ignore[no-untyped-def]
     assert dev.closed, "closing a group closes its devices first"
 
 
-def test_closing_last_group_drops_mappings(backend) -> None:  # type: ignore[no-untyped-def]
+def test_closing_last_group_drops_mappings(backend, edu) -> None:  # type: ignore[no-untyped-def]
     c = Container(backend=backend)
-    g = Group(0, backend=backend)
+    g = Group.for_device(edu, backend=backend)
     g.set_container(c)
     c.set_iommu()
     m = c.map_dma(mmap.mmap(-1, 4096), 0x1000)
