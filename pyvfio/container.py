@@ -313,7 +313,7 @@ class Container(FdResource):
         arg.size = size
         if bitmap is not None:
             ffi.memmove(arg.data, bitmap, ffi.sizeof("struct vfio_bitmap"))
-        self._ioctl("VFIO_IOMMU_UNMAP_DMA", lib.VFIO_IOMMU_UNMAP_DMA, arg)
+        self._ioctl("VFIO_IOMMU_UNMAP_DMA", lib.VFIO_IOMMU_UNMAP_DMA, raw)
         unmapped = int(arg.size)
         if not flags & lib.VFIO_DMA_UNMAP_FLAG_VADDR:
             self._forget_range(iova, size, everything=bool(flags & lib.VFIO_DMA_UNMAP_FLAG_ALL))
@@ -390,7 +390,7 @@ class Container(FdResource):
         arg.flags = flags
         if extra:
             ffi.memmove(arg.data, extra, len(extra))
-        self._ioctl("VFIO_IOMMU_DIRTY_PAGES", lib.VFIO_IOMMU_DIRTY_PAGES, arg)
+        self._ioctl("VFIO_IOMMU_DIRTY_PAGES", lib.VFIO_IOMMU_DIRTY_PAGES, raw)
 
     def start_dirty_tracking(self) -> None:
         """VFIO_IOMMU_DIRTY_PAGES_FLAG_START."""

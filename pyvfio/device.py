@@ -419,7 +419,7 @@ class Device(FdResource):
             arg = ffi.cast("struct vfio_pci_hot_reset_info *", raw)
             arg.argsz = size
             try:
-                self._ioctl(name, lib.VFIO_DEVICE_GET_PCI_HOT_RESET_INFO, arg)
+                self._ioctl(name, lib.VFIO_DEVICE_GET_PCI_HOT_RESET_INFO, raw)
             except OSError as exc:
                 # ENOSPC: the array was too small; count says how many.
                 if exc.errno == 28 and arg.count > count:
@@ -445,7 +445,7 @@ class Device(FdResource):
         arg.count = len(fds)
         for i, fd in enumerate(fds):
             arg.group_fds[i] = fd
-        self._ioctl("VFIO_DEVICE_PCI_HOT_RESET", lib.VFIO_DEVICE_PCI_HOT_RESET, arg)
+        self._ioctl("VFIO_DEVICE_PCI_HOT_RESET", lib.VFIO_DEVICE_PCI_HOT_RESET, raw)
 
     # -- lifetime -----------------------------------------------------------------------------
     def _release(self) -> None:

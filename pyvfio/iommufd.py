@@ -661,12 +661,12 @@ class FaultQueue(IommufdObject):
         self.backend.write(self._fd, bytes(ffi.buffer(resp)))
 
     def _release(self) -> None:
+        # The open queue fd holds a reference to the object: close it first
+        # or IOMMU_DESTROY fails with EBUSY.
         fd, self._fd = self._fd, -1
-        try:
-            super()._release()
-        finally:
-            if fd >= 0:
-                self.backend.close(fd)
+        if fd >= 0:
+            self.backend.close(fd)
+        super()._release()
 
 
 class Viommu(IommufdObject):
@@ -736,12 +736,12 @@ class Veventq(IommufdObject):
         return self.backend.read(self._fd, size)
 
     def _release(self) -> None:
+        # The open queue fd holds a reference to the object: close it first
+        # or IOMMU_DESTROY fails with EBUSY.
         fd, self._fd = self._fd, -1
-        try:
-            super()._release()
-        finally:
-            if fd >= 0:
-                self.backend.close(fd)
+        if fd >= 0:
+            self.backend.close(fd)
+        super()._release()
 
 
 class HwQueue(IommufdObject):

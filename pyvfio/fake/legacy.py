@@ -106,11 +106,11 @@ class _UserPtr:
             self.address = arg & _ULONG
         else:
             self.address = int(ffi.cast("uintptr_t", arg))
-            ctype = ffi.typeof(arg)
-            if ctype.kind == "array":
+            # A cffi array knows its size; a struct pointer does not (the
+            # caller may have cast a larger buffer, as the kernel only trusts
+            # argsz): those are checked against the process's mappings.
+            if ffi.typeof(arg).kind == "array":
                 self.extent = ffi.sizeof(arg)
-            elif ctype.kind == "pointer" and ctype.item.kind in ("struct", "union"):
-                self.extent = ffi.sizeof(ctype.item)
 
     def check(self, offset: int, length: int, write: bool) -> None:
         if length <= 0:
