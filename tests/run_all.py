@@ -53,6 +53,23 @@ def line(c: dict[str, int]) -> str:
     return text
 
 
+def run_suite(title: str, command: list[str], junit: Path,
+              total: dict[str, int]) -> tuple[int, bool]:
+    """Run one suite; add its counts to ``total``.  Returns the exit status
+    and whether results (JUnit XML) were produced."""
+    if junit.exists():
+        junit.unlink()
+    print(f"== {title} ==", flush=True)
+    rc = subprocess.call(command, cwd=REPO)
+    if not junit.exists():
+        return rc, False
+    c = counts(junit)
+    for k in total:
+        total[k] += c[k]
+    print(f"{title.split()[0]}: {line(c)}", flush=True)
+    return rc, True
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--host-only", action="store_true")
@@ -64,40 +81,29 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="pyvfio-tests-") as tmp:
         if not args.guest_only:
             junit = Path(tmp) / "host.xml"
-            print("== host suite ==", flush=True)
-            rc = subprocess.call(
+            rc, _ = run_suite(
+                "host suite",
                 [sys.executable, "-m", "pytest", "-q", f"--junitxml={junit}", *args.pytest_args],
-                cwd=REPO)
-            if junit.exists():
-                c = counts(junit)
-                for k in total:
-                    total[k] += c[k]
-                print(f"host: {line(c)}", flush=True)
+                junit, total)
             if rc not in (0, 5):
                 status = 1
         if not args.host_only:
+            # The guest sees the host's file system, but not its /tmp.
             junit = REPO / "build" / "guest-junit.xml"
             junit.parent.mkdir(exist_ok=True)
-            if junit.exists():
-                junit.unlink()
-            print("== guest suite (Linux 7.3 VM, emulated Intel IOMMU) ==", flush=True)
-            rc = subprocess.call(
+            rc, produced = run_suite(
+                "guest suite (Linux 7.3 VM, emulated Intel IOMMU)",
                 [sys.executable, str(REPO / "tests" / "vm" / "guest.py"), "-q",
                  f"--junitxml={junit}", "--pytest", "-q", "-p", "no:cacheprovider",
                  *args.pytest_args],
-                cwd=REPO)
-            if junit.exists():
-                c = counts(junit)
-                for k in total:
-                    total[k] += c[k]
-                print(f"guest: {line(c)}", flush=True)
-                if rc not in (0, 5):
-                    status = 1
-            else:
-                reason = f"the test VM did not produce results (exit status {rc})"
-                print(f"guest: SKIPPED: {reason}", flush=True)
+                junit, total)
+            if not produced:
+                print(f"guest: SKIPPED: the test VM did not produce results (exit status {rc})",
+                      flush=True)
                 if os.environ.get("CI"):
                     status = 1
+            elif rc not in (0, 5):
+                status = 1
     print(line(total), flush=True)
     return status
 

@@ -75,6 +75,23 @@ EXIT_TIMEOUT = 124
 EXIT_VM_FAILED = 125
 
 
+#: Folders the guest covers with a tmpfs.
+TMPFS_DIRS = ("/tmp", "/var/tmp", "/run", "/dev/shm")
+
+
+def hidden_paths(paths: list[str]) -> list[str]:
+    """Those of ``paths`` that a guest tmpfs would hide (a checkout or venv
+    under /tmp, say): the init script mounts them back."""
+    out = []
+    for p in paths:
+        real = os.path.realpath(p)
+        if any(real == d or real.startswith(d + "/") for d in TMPFS_DIRS) and real not in out:
+            if " " in real or "," in real:
+                raise SystemExit(f"cannot share {real!r} with the guest (space or comma)")
+            out.append(real)
+    return out
+
+
 def log(msg: str) -> None:
     print(f"[guest] {msg}", file=sys.stderr, flush=True)
 
@@ -123,10 +140,23 @@ mount -t sysfs sysfs $R/sys
 mount -t devtmpfs devtmpfs $R/dev
 mkdir -p $R/dev/pts $R/dev/shm
 mount -t devpts devpts $R/dev/pts
+# Host folders the command needs (the checkout, its venv) that lie under a
+# folder about to be hidden by a tmpfs: keep them visible (pyvfio.keep=).
+KEEP=$(sed -n 's/.*pyvfio\.keep=\([^ ]*\).*/\1/p' /proc/cmdline | tr ',' ' ')
+n=0
+for p in $KEEP; do
+    mkdir -p /keep/$n && mount -o bind $R$p /keep/$n
+    n=$((n + 1))
+done
 mount -t tmpfs -o mode=1777 tmpfs $R/dev/shm
 mount -t tmpfs -o mode=1777 tmpfs $R/tmp
 mount -t tmpfs -o mode=1777 tmpfs $R/var/tmp
 mount -t tmpfs -o mode=755 tmpfs $R/run
+n=0
+for p in $KEEP; do
+    mkdir -p $R$p && mount -o move /keep/$n $R$p
+    n=$((n + 1))
+done
 mount -t debugfs debugfs $R/sys/kernel/debug 2>/dev/null
 mkdir -p $S
 # The writable results share (no caching: the host polls it for requests).
@@ -369,6 +399,9 @@ def run_guest(command: str, args: argparse.Namespace, *,
     qmp_sock = tmpdir / "qmp.sock"
     write_run_script(share, command, Path(args.cwd), guest_env(args.env))
     cmdline = DEFAULT_CMDLINE + ("" if args.verbose else " quiet")
+    keep = hidden_paths([args.cwd, sys.prefix])
+    if keep:
+        cmdline += " pyvfio.keep=" + ",".join(keep)
     if args.append:
         cmdline += " " + args.append
     argv = qemu_args(qemu, accel, kernel, initrd, cmdline, share, qmp_sock,
