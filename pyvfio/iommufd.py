@@ -246,6 +246,8 @@ class IommuFd(FdResource):
             fault_id=fault.id if fault is not None else 0,
         )
         hwpt = HWPT(self, int(cmd.out_hwpt_id), parent, flags)
+        if isinstance(parent, (IOAS, HWPT)):
+            parent._dependents[id(hwpt)] = hwpt
         return self._adopt(hwpt)
 
     def fault_queue(self) -> FaultQueue:
@@ -288,6 +290,14 @@ class IommufdObject(Resource):
         super().__init__(iommufd.backend)
         self.iommufd = iommufd
         self.id = object_id  #: the object ID
+        # Objects allocated on top of this one (HWPTs of an IOAS, nested
+        # HWPTs of a parent): they keep it busy, so they are destroyed first.
+        self._dependents: dict[int, IommufdObject] = {}
+
+    def _destroy_dependents(self) -> None:
+        for obj in reversed(list(self._dependents.values())):
+            obj.close()
+        self._dependents.clear()
 
     def describe(self) -> str:
         return f"{self.kind} {self.id}"
@@ -554,6 +564,7 @@ class IOAS(IommufdObject):
             if not device.closed:
                 device.detach()
         self._attached.clear()
+        self._destroy_dependents()
         if not self.iommufd.closed:
             if self._mappings:
                 self._unmap(0, U64_MAX)
@@ -623,6 +634,9 @@ class HWPT(IommufdObject):
             if not device.closed:
                 device.detach()
         self._attached.clear()
+        self._destroy_dependents()
+        if isinstance(self.parent, IommufdObject):
+            self.parent._dependents.pop(id(self), None)
         super()._release()
 
 

@@ -207,3 +207,15 @@ def test_unclosed_iommufd_warns(backend) -> None:  # type: ignore[no-untyped-def
     with pytest.warns(ResourceWarning, match="unclosed iommufd"):
         del fd
         gc.collect()
+
+
+def test_closing_ioas_destroys_its_hwpts_first(iommufd, backend, edu) -> None:  # type: ignore[no-untyped-def]
+    with Device.open(edu, backend=backend) as dev:
+        dev.bind(iommufd)
+        ioas = iommufd.ioas()
+        hwpt = iommufd.hwpt_alloc(dev, ioas)
+        with pytest.raises(IoctlError) as exc:
+            iommufd.destroy(ioas.id)  # the HWPT keeps the IOAS busy
+        assert exc.value.errno == errno.EBUSY
+        ioas.close()
+        assert hwpt.closed and ioas.closed
