@@ -35,7 +35,15 @@ Differences from the kernel:
 * dirty bits are tracked at 4 KiB granularity even where the kernel would
   use a huge IOPTE;
 * IOMMU_IOAS_NOIOMMU_GET_PA reports the process address of the page as its
-  "physical" address.
+  "physical" address, and no-IOMMU devices get no DMA translation.
+
+Machine features read from the :class:`~pyvfio.fake.system.System` when
+present (defaults in brackets): ``transparent_hugepage`` [True: automatic
+IOVAs are aligned up to 2 MiB, as with CONFIG_TRANSPARENT_HUGEPAGE],
+``cap_ipc_lock`` [False: pinned pages are charged], ``cap_sys_resource``
+[True], ``cap_sys_rawio``, ``iommufd_allow_unsafe_interrupts`` [False];
+``iommu.nesting``, ``iommu.cap_reg``/``iommu.ecap_reg``; per device
+``pasid_bits``, ``pri_supported`` and ``ats_supported`` [none].
 """
 
 from __future__ import annotations
@@ -144,7 +152,7 @@ class _UserArg:
             ctype = ffi.typeof(arg)
             if ctype.kind == "array":
                 self.extent = int(ffi.sizeof(arg))
-            elif ctype.kind == "pointer" and ctype.item.kind in ("struct", "union", "primitive"):
+            elif ctype.kind == "pointer" and ctype.item.kind in ("struct", "union"):
                 self.extent = int(ffi.sizeof(ctype.item))
 
     def check(self, offset: int, length: int, write: bool) -> None:
@@ -1812,14 +1820,13 @@ class IommufdFile(FakeFile):
         info = ffi.new("struct vfio_iommu_type1_info *")
         info.flags = lib.VFIO_IOMMU_INFO_PGSIZES
         info.iova_pgsizes = self._compat_pagesizes(ioas)
-        caps = [self._cap_dma_avail(), self._cap_iova(ioas)]
         total = info_size
         last_cap: int | None = None
-        for cap in caps:
+        for fill in (self._cap_dma_avail, self._cap_iova):
             avail = argsz - total if argsz > total else 0
-            if avail >= len(cap):
-                user.write(total, cap)
-            size = (len(cap) + 7) & ~7
+            # iommufd_fill_cap_*: write what fits, report the full size
+            size = fill(ioas, user, total, avail)
+            size = (size + 7) & ~7
             if last_cap is not None and argsz >= total:
                 # put_user of the previous header's next
                 user.write(last_cap + 4, total.to_bytes(4, "little"))
@@ -1844,24 +1851,36 @@ class IommufdFile(FakeFile):
         return max(bitmap, ioas.iopt.iova_alignment)
 
     @staticmethod
-    def _cap_dma_avail() -> bytes:
+    def _cap_dma_avail(ioas: _Ioas, user: _UserArg, offset: int, avail: int) -> int:
+        """iommufd_fill_cap_dma_avail."""
         cap = ffi.new("struct vfio_iommu_type1_info_dma_avail *")
         cap.header.id = lib.VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL
         cap.header.version = 1
         cap.avail = 0xFFFFFFFF
-        return bytes(ffi.buffer(cap))
+        data = bytes(ffi.buffer(cap))
+        if avail >= len(data):
+            user.write(offset, data)
+        return len(data)
 
     @staticmethod
-    def _cap_iova(ioas: _Ioas) -> bytes:
+    def _cap_iova(ioas: _Ioas, user: _UserArg, offset: int, avail: int) -> int:
+        """iommufd_fill_cap_iova: each range that fits, then the header if
+        everything fits."""
         ranges = ioas.iopt.iova_ranges()
-        cap = ffi.new("struct vfio_iommu_type1_info_cap_iova_range *")
-        cap.header.id = lib.VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE
-        cap.header.version = 1
-        cap.nr_iovas = len(ranges)
-        body = bytearray(ffi.buffer(cap))
-        for start, last in ranges:
-            body += start.to_bytes(8, "little") + last.to_bytes(8, "little")
-        return bytes(body)
+        head = int(ffi.sizeof("struct vfio_iommu_type1_info_cap_iova_range"))
+        entry = int(ffi.sizeof("struct vfio_iova_range"))
+        for i, (start, last) in enumerate(ranges):
+            if avail >= head + (i + 1) * entry:
+                user.write(offset + head + i * entry,
+                           start.to_bytes(8, "little") + last.to_bytes(8, "little"))
+        size = head + len(ranges) * entry
+        if avail >= size:
+            cap = ffi.new("struct vfio_iommu_type1_info_cap_iova_range *")
+            cap.header.id = lib.VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE
+            cap.header.version = 1
+            cap.nr_iovas = len(ranges)
+            user.write(offset, bytes(ffi.buffer(cap))[:head])
+        return size
 
     def _vfio_map_dma(self, arg: IoctlArg) -> int:
         """iommufd_vfio_map_dma."""
@@ -1907,11 +1926,15 @@ class IommufdFile(FakeFile):
                 # type1 semantics: cut the mappings at the range's ends
                 cuts = [(iova + size - 1) & ULONG_MAX] + ([(iova - 1) & ULONG_MAX] if iova else [])
                 ioas.iopt.cut_iova(cuts)
-            err, unmapped = ioas.iopt.unmap_iova(iova, size)
+            try:
+                err, unmapped = ioas.iopt.unmap_iova(iova, size)
+            except OSError as e:
+                # iommufd_vfio_unmap_dma: the size (0) is written back on errors too
+                err, unmapped = int(e.errno or errno.EINVAL), 0
         um.size = unmapped
         user.write(0, bytes(ffi.buffer(um))[:minsz])
         if err:
-            raise errno_error(err, "the range splits a mapping")
+            raise errno_error(err, "the range is empty, overflows or splits a mapping")
         return 0
 
 

@@ -153,9 +153,10 @@ class MapsSnapshot:
 class FreeSpace:
     """The holes of (reserved ranges ∪ areas) in ``[0, ULONG_MAX]``.
 
-    Holes are kept sorted by start in blocks of bounded size, each with the
-    length of its longest hole, so that first-fit searches skip whole
-    blocks and updates touch one or two holes.
+    Holes are kept sorted by start in blocks of bounded size, each with an
+    upper bound of the length of its longest hole (exact after a search
+    scanned the block), so that first-fit searches skip whole blocks and
+    updates touch one or two holes.
     """
 
     _BLOCK = 256
@@ -224,9 +225,8 @@ class FreeSpace:
             del self._firsts[b]
             del self._maxlen[b]
         else:
+            # the block's max stays an upper bound; holes() tightens it
             self._firsts[b] = block[0]
-            if last - start + 1 == self._maxlen[b]:
-                self._maxlen[b] = max(self._last[s] - s + 1 for s in block)
         return last
 
     def _floor(self, addr: int) -> int | None:
@@ -274,13 +274,20 @@ class FreeSpace:
         while b < len(self._blocks):
             if self._maxlen[b] >= min_length:
                 block = self._blocks[b]
-                for start in block[i:]:
+                longest = 0
+                for start in block[i:] if i else block:
                     if start > hi:
                         return
                     last = self._last[start]
-                    if last < lo or last - start + 1 < min_length:
+                    size = last - start + 1
+                    if size > longest:
+                        longest = size
+                    if last < lo or size < min_length:
                         continue
                     yield max(start, lo), min(last, hi)
+                if not i:
+                    # scanned the whole block: its exact longest hole
+                    self._maxlen[b] = longest
             elif self._blocks[b][0] > hi:
                 return
             b += 1
