@@ -131,6 +131,7 @@ class UnknownCap:
     data: bytes
 
 
+#: Any decoded capability: what :func:`parse_chain` returns a list of.
 Capability = Union[
     IovaRangeCap, MigrationCap, DmaAvailCap, SparseMmapCap, RegionTypeCap,
     MsixMappableCap, Nvlink2SsatgtCap, Nvlink2LnkspdCap, PciAtomicCompCap, UnknownCap,
