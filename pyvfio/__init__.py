@@ -21,6 +21,7 @@ from .container import (
     IommuType,
 )
 from .device import Device, DeviceInfo, HotResetDevice, IrqInfo, PciIrq, PciRegion, RegionInfo
+from .dma import DmaBuffer, DmaChunk, DmaPool, IovaAllocator, map_buffer
 from .errors import (
     ClosedError,
     InvalidArgumentError,
@@ -29,6 +30,7 @@ from .errors import (
     UnsupportedError,
     VfioError,
 )
+from .features import DeviceFeatures, MigrationState
 from .iommufd import (
     HWPT,
     IOAS,
@@ -44,6 +46,10 @@ from .iommufd import (
     Veventq,
     Viommu,
 )
+from .irq import EventFd, Irq, IrqMap, IrqVector
+from .pci_config import PciConfig
+from .region import Region, RegionMap, RegionMapping
+from .registers import Field, Register, RegisterBlock, RegisterIO
 
 __version__ = "0.1.0"
 
@@ -55,4 +61,7 @@ __all__ = [
     "VfioError",
     "HWPT", "IOAS", "FaultQueue", "HwInfo", "HwInfoType", "HwptDataType", "HwQueue",
     "IoasMapping", "IommuFd", "RlimitMode", "Vdevice", "Veventq", "Viommu",
+    "Region", "RegionMap", "RegionMapping", "Field", "Register", "RegisterBlock", "RegisterIO",
+    "PciConfig", "EventFd", "Irq", "IrqMap", "IrqVector", "DmaBuffer", "DmaChunk", "DmaPool",
+    "IovaAllocator", "map_buffer", "DeviceFeatures", "MigrationState",
 ]

@@ -8,7 +8,22 @@ bound to an iommufd (``/dev/vfio/devices/vfioN``).
         dev.bind(iommufd)
         ioas = iommufd.ioas()
         dev.attach(ioas)
-        print(dev.info, dev.regions[0])
+        print(dev.info, dev.regions["BAR0"])
+
+What a driver uses once the device is open:
+
+* ``dev.regions`` (:mod:`pyvfio.region`): BARs, ROM, config and
+  device-specific regions, with exact-width accessors through the device
+  file and ``mmap()`` for MMIO;
+* ``dev.config`` (:mod:`pyvfio.pci_config`): typed config-space access,
+  capabilities, bus mastering;
+* ``dev.irqs`` (:mod:`pyvfio.irq`): INTx/MSI/MSI-X/ERR/REQ with eventfds;
+* ``dev.features`` (:mod:`pyvfio.features`): ``VFIO_DEVICE_FEATURE``;
+* :meth:`Device.reset`, :meth:`Device.hot_reset_info`,
+  :meth:`Device.hot_reset`, :attr:`Device.reset_methods`.
+
+Mappings, enabled interrupts and feature fds are resources of the device:
+closing the device closes them first.
 """
 
 from __future__ import annotations
@@ -24,7 +39,11 @@ from ._base import FdResource, check_u64
 from ._uapi import ffi, lib
 from .backend import Backend, resolve_backend
 from .caps import Capability, RegionTypeCap, SparseMmapCap, parse_chain
-from .errors import InvalidArgumentError, IoctlError, UnsupportedError
+from .errors import InvalidArgumentError, IoctlError, UnsupportedError, VfioError, ioctl_error
+from .features import DeviceFeatures
+from .irq import Irq, IrqMap
+from .pci_config import PciConfig
+from .region import Region, RegionMap
 
 if TYPE_CHECKING:
     from .container import Group
@@ -204,6 +223,9 @@ class Device(FdResource):
         self._dev_id: int | None = None
         self._attached: dict[int | None, IOAS | HWPT] = {}
         self._info: DeviceInfo | None = None
+        self._regions: RegionMap | None = None
+        self._irqs: IrqMap | None = None
+        self._config: PciConfig | None = None
 
     @classmethod
     def open(cls, device: str, *, backend: Backend | None = None) -> Device:
@@ -329,18 +351,43 @@ class Device(FdResource):
         return RegionInfo(index, int(info.flags), int(info.size), int(info.offset), tuple(caps))
 
     @property
-    def regions(self) -> dict[int, RegionInfo]:
-        """The device's regions by index.  Indices the device does not
-        implement (vfio-pci's VGA region without VGA, for example: EINVAL)
-        are left out."""
-        out: dict[int, RegionInfo] = {}
-        for i in range(self.info.num_regions):
+    def regions(self) -> RegionMap:
+        """The device's regions (:class:`~pyvfio.region.RegionMap`): by index
+        (``regions[0]``), by name (``regions["BAR0"]``) or by device-specific
+        type (``regions.by_type(type, subtype)``).  Indices the device does
+        not implement (vfio-pci's VGA region without VGA, for example:
+        EINVAL) are left out.  Queried once, then cached."""
+        self._check_open()
+        if self._regions is None:
+            regions: list[Region] = []
+            for i in range(self.info.num_regions):
+                try:
+                    regions.append(Region(self, self.region_info(i)))
+                except IoctlError as exc:
+                    if exc.errno != errno.EINVAL:
+                        raise
+            self._regions = RegionMap(regions)
+        return self._regions
+
+    @property
+    def config(self) -> PciConfig:
+        """PCI configuration space (:class:`~pyvfio.pci_config.PciConfig`)
+        through the ``CONFIG`` region."""
+        self._check_open()
+        if self._config is None:
             try:
-                out[i] = self.region_info(i)
-            except IoctlError as exc:
-                if exc.errno != errno.EINVAL:
-                    raise
-        return out
+                region = self.regions[PciRegion.CONFIG]
+            except KeyError:
+                raise UnsupportedError(errno.EINVAL, f"{self.describe()} has no PCI config region",
+                                       target=self.describe()) from None
+            self._config = PciConfig(region)
+        return self._config
+
+    @property
+    def features(self) -> DeviceFeatures:
+        """``VFIO_DEVICE_FEATURE`` (:class:`~pyvfio.features.DeviceFeatures`)."""
+        self._check_open()
+        return DeviceFeatures(self)
 
     def irq_info(self, index: int) -> IrqInfo:
         """VFIO_DEVICE_GET_IRQ_INFO of interrupt index ``index``."""
@@ -353,40 +400,62 @@ class Device(FdResource):
         return IrqInfo(index, int(arg.flags), int(arg.count))
 
     @property
-    def irqs(self) -> dict[int, IrqInfo]:
-        """The device's interrupt indices.  Indices the device does not
-        implement (vfio-pci's ERR index on conventional PCI: EINVAL) are
-        left out."""
-        out: dict[int, IrqInfo] = {}
-        for i in range(self.info.num_irqs):
-            try:
-                out[i] = self.irq_info(i)
-            except IoctlError as exc:
-                if exc.errno != errno.EINVAL:
-                    raise
-        return out
+    def irqs(self) -> IrqMap:
+        """The device's interrupt indexes (:class:`~pyvfio.irq.IrqMap` of
+        :class:`~pyvfio.irq.Irq`): by index (``irqs[PciIrq.MSI]``) or name
+        (``irqs["MSIX"]``).  Indices the device does not implement
+        (the ERR index of a conventional PCI function on kernels before
+        7.x: EINVAL) are left out.
+        Queried once, then cached."""
+        self._check_open()
+        if self._irqs is None:
+            irqs: list[Irq] = []
+            for i in range(self.info.num_irqs):
+                try:
+                    irqs.append(Irq(self, self.irq_info(i)))
+                except IoctlError as exc:
+                    if exc.errno != errno.EINVAL:
+                        raise
+            self._irqs = IrqMap(irqs)
+        return self._irqs
 
     # -- region access ----------------------------------------------------------------------
-    def pread(self, region: RegionInfo | int, offset: int, size: int) -> bytes:
-        """Read ``size`` bytes at ``offset`` of a region via pread(2)."""
-        info = region if isinstance(region, RegionInfo) else self.region_info(region)
+    def _region(self, region: Region | RegionInfo | int) -> RegionInfo:
+        if isinstance(region, Region):
+            return region.info
+        if isinstance(region, RegionInfo):
+            return region
+        if self._regions is not None and region in self._regions:
+            return self._regions[region].info
+        return self.region_info(region)
+
+    def pread(self, region: Region | RegionInfo | int, offset: int, size: int) -> bytes:
+        """Read ``size`` bytes at ``offset`` of a region via pread(2).
+
+        vfio-pci splits the request into the widest naturally aligned
+        accesses (8, 4, 2, 1 bytes): a read of 1, 2, 4 or 8 aligned bytes
+        is one device access of that width."""
+        info = self._region(region)
         self._check_region_range(info, offset, size)
         try:
             return self._backend.pread(self.fd, size, info.offset + offset)
         except OSError as exc:
-            from .errors import ioctl_error
-
+            if isinstance(exc, VfioError):
+                raise
             raise ioctl_error(exc.errno or 5, "pread", f"{self.describe()} {info.name}") from None
 
-    def pwrite(self, region: RegionInfo | int, offset: int, data: bytes) -> int:
-        """Write ``data`` at ``offset`` of a region via pwrite(2)."""
-        info = region if isinstance(region, RegionInfo) else self.region_info(region)
-        self._check_region_range(info, offset, len(data))
+    def pwrite(self, region: Region | RegionInfo | int, offset: int,
+               data: bytes | bytearray | memoryview) -> int:
+        """Write ``data`` at ``offset`` of a region via pwrite(2) (split
+        like :meth:`pread`)."""
+        info = self._region(region)
+        payload = bytes(data)
+        self._check_region_range(info, offset, len(payload))
         try:
-            return self._backend.pwrite(self.fd, data, info.offset + offset)
+            return self._backend.pwrite(self.fd, payload, info.offset + offset)
         except OSError as exc:
-            from .errors import ioctl_error
-
+            if isinstance(exc, VfioError):
+                raise
             raise ioctl_error(exc.errno or 5, "pwrite", f"{self.describe()} {info.name}") from None
 
     def _check_region_range(self, info: RegionInfo, offset: int, size: int) -> None:
@@ -394,6 +463,42 @@ class Device(FdResource):
             raise InvalidArgumentError(
                 f"[{offset:#x}, +{size:#x}) is outside {info.name} ({info.size:#x} bytes)",
                 target=self.describe())
+
+    # -- sysfs --------------------------------------------------------------------------------
+    @property
+    def bdf(self) -> str:
+        """The PCI address (``0000:00:04.0``), also for a device opened by
+        its cdev path."""
+        try:
+            return sysfs.normalize_bdf(self.name)
+        except InvalidArgumentError:
+            pass
+        cdev = self.name.rsplit("/", 1)[-1]
+        for bdf in self._backend.sysfs_listdir(sysfs.PCI_DEVICES):
+            try:
+                names = self._backend.sysfs_listdir(f"{sysfs.PCI_DEVICES}/{bdf}/vfio-dev")
+            except OSError:
+                continue
+            if cdev in names:
+                return bdf
+        raise UnsupportedError(errno.ENODEV, f"cannot find the PCI address of {self.describe()}",
+                               target=self.describe())
+
+    @property
+    def sysfs_path(self) -> str:
+        """``/sys/bus/pci/devices/<bdf>``."""
+        return f"{sysfs.PCI_DEVICES}/{self.bdf}"
+
+    @property
+    def reset_methods(self) -> list[str]:
+        """The PCI reset methods the kernel will try, best first
+        (``reset_method`` in sysfs: ``flr``, ``pm``, ``bus`` ...); empty
+        when the device has none."""
+        try:
+            text = self._backend.sysfs_read(f"{self.sysfs_path}/reset_method")
+        except OSError:
+            return []
+        return text.split()
 
     # -- reset ------------------------------------------------------------------------------
     def reset(self) -> None:

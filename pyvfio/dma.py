@@ -1,0 +1,586 @@
+"""Memory for device DMA: buffers, IOVA allocation and descriptor pools.
+
+* :class:`DmaBuffer` -- page-aligned process memory to map for DMA:
+  anonymous, hugetlb (2 MiB or 1 GiB pages) or memfd-backed (for
+  ``IOAS.map_file``).  It has ``address`` and ``length``, so
+  ``ioas.map(buf)`` and ``container.map_dma(buf, iova)`` accept it; its
+  bytes are reachable as a memoryview (:attr:`DmaBuffer.view`), a cffi
+  pointer (:meth:`DmaBuffer.pointer`) and, with numpy installed, a numpy
+  array without a copy (``numpy.asarray(buf)`` or :meth:`DmaBuffer.numpy`).
+* :class:`IovaAllocator` -- for drivers that choose IOVAs themselves:
+  allocates aligned IOVA ranges inside the usable ranges an IOAS or a type1
+  container reports (and below a device's addressing limit).
+* :class:`DmaPool` -- many small descriptors (queue entries, PRP lists)
+  carved out of one mapped buffer: each :class:`DmaChunk` has its ``iova``
+  and a memoryview/pointer.
+* :func:`map_buffer` -- map a buffer into an IOAS or a container.
+
+Sizes, offsets and IOVAs are in bytes.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Iterable, Union
+
+from ._base import Resource
+from ._uapi import ffi
+from .backend import Backend, resolve_backend
+from .backend.base import (
+    MAP_ANONYMOUS,
+    MAP_HUGE_SHIFT,
+    MAP_HUGETLB,
+    MAP_POPULATE,
+    MAP_PRIVATE,
+    MAP_SHARED,
+    PROT_READ,
+    PROT_WRITE,
+    MemoryMap,
+)
+from .caps import IovaRange
+from .errors import InvalidArgumentError, UnsupportedError
+
+if TYPE_CHECKING:
+    from .container import Container, DmaMapping
+    from .iommufd import IOAS, IoasMapping
+
+__all__ = [
+    "HUGE_2M",
+    "HUGE_1G",
+    "DmaBuffer",
+    "IovaAllocator",
+    "DmaPool",
+    "DmaChunk",
+    "map_buffer",
+    "hugepages_available",
+]
+
+HUGE_2M = 2 << 20  #: 2 MiB huge pages (x86-64, arm64 with 4K pages)
+HUGE_1G = 1 << 30  #: 1 GiB huge pages
+
+MFD_HUGETLB = 0x0004
+MFD_HUGE_SHIFT = 26
+
+#: What a DMA mapping call returns.
+AnyMapping = Union["IoasMapping", "DmaMapping"]
+
+
+def _round_up(value: int, align: int) -> int:
+    return (value + align - 1) // align * align
+
+
+def _is_pow2(value: int) -> bool:
+    return value > 0 and not value & (value - 1)
+
+
+def hugepages_available(page_size: int = HUGE_2M) -> int:
+    """Free huge pages of ``page_size`` bytes on this machine (0 when the
+    size is not supported or none are reserved)."""
+    path = f"/sys/kernel/mm/hugepages/hugepages-{page_size // 1024}kB/free_hugepages"
+    try:
+        with open(path, encoding="ascii") as f:
+            return int(f.read().strip() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+class DmaBuffer(Resource):
+    """Page-aligned memory of this process, for device DMA.
+
+    :param size: bytes; rounded up to whole pages (of ``page_size``).
+    :param page_size: ``None`` for normal pages, :data:`HUGE_2M` or
+        :data:`HUGE_1G` for hugetlb pages (``MAP_HUGETLB | MAP_HUGE_2MB``,
+        or ``MFD_HUGETLB`` with ``memfd``).  When the machine has no free
+        huge pages of that size, :class:`~pyvfio.errors.UnsupportedError`
+        says how to reserve some.
+    :param memfd: back the memory with a memfd (``MAP_SHARED``) whose fd
+        is :attr:`fd`, for ``IOAS.map_file(buf.fd, buf.length)``.
+    :param populate: fault every page in now (``MAP_POPULATE``).
+
+    ``close()`` unmaps the memory (and closes the memfd): unmap it from
+    the IOMMU first, and do not use views or pointers afterwards.
+    """
+
+    kind = "DMA buffer"
+
+    def __init__(self, size: int, *, backend: Backend | None = None,
+                 page_size: int | None = None, memfd: bool = False, populate: bool = True,
+                 name: str = "pyvfio-dma") -> None:
+        b = resolve_backend(backend)
+        if not isinstance(size, int) or size <= 0:
+            raise InvalidArgumentError(f"size must be a positive int, not {size!r}",
+                                       target=self.kind)
+        base_page = b.page_size
+        huge = page_size is not None and page_size != base_page
+        if page_size is None:
+            page_size = base_page
+        if not _is_pow2(page_size) or page_size < base_page:
+            raise InvalidArgumentError(f"page size {page_size:#x} is not a power of two >= "
+                                       f"{base_page:#x}", target=self.kind)
+        length = _round_up(size, page_size)
+        shift = page_size.bit_length() - 1
+        fd = -1
+        prot = PROT_READ | PROT_WRITE
+        flags = MAP_POPULATE if populate else 0
+        mm: MemoryMap | None = None
+        try:
+            if memfd:
+                fd = b.memfd_create(name, (MFD_HUGETLB | (shift << MFD_HUGE_SHIFT)) if huge else 0)
+                b.ftruncate(fd, length)
+                flags |= MAP_SHARED
+            else:
+                flags |= MAP_PRIVATE | MAP_ANONYMOUS
+                if huge:
+                    flags |= MAP_HUGETLB | (shift << MAP_HUGE_SHIFT)
+            mm = b.mmap(length, prot, flags, fd, 0)
+        except OSError as exc:
+            if fd >= 0:
+                b.close(fd)
+            if huge and exc.errno in (errno.ENOMEM, errno.EINVAL, errno.ENOENT):
+                kb = page_size // 1024
+                raise UnsupportedError(
+                    exc.errno,
+                    f"cannot allocate {length:#x} bytes of {kb} kB huge pages "
+                    f"({os.strerror(exc.errno)}; {hugepages_available(page_size)} free): "
+                    f"reserve some with 'echo N > /sys/kernel/mm/hugepages/hugepages-{kb}kB/"
+                    "nr_hugepages' (or boot with hugepagesz=/hugepages=)",
+                    target=self.kind) from None
+            raise
+        super().__init__(b)
+        self._map = mm
+        self._fd = fd
+        self.address = mm.address  #: virtual address of the first byte
+        self.length = length  #: bytes (a multiple of :attr:`page_size`)
+        self.page_size = page_size  #: bytes per page backing the buffer
+        self.hugetlb = huge  #: backed by hugetlb pages
+        self._view: memoryview | None = None
+
+    # -- identity ---------------------------------------------------------------------------
+    def describe(self) -> str:
+        """``"DMA buffer 0x7f.. (0x2000 bytes)"``."""
+        return f"DMA buffer {self.address:#x} ({self.length:#x} bytes)"
+
+    @property
+    def size(self) -> int:
+        """Same as :attr:`length` (bytes)."""
+        return self.length
+
+    @property
+    def fd(self) -> int:
+        """The memfd (``memfd=True``), else -1."""
+        self._check_open()
+        return self._fd
+
+    def __len__(self) -> int:
+        return self.length
+
+    # -- access ------------------------------------------------------------------------------
+    @property
+    def view(self) -> memoryview:
+        """A writable memoryview of the whole buffer (no copy)."""
+        self._check_open()
+        if self._view is None:
+            self._view = self._map.buffer()
+        return self._view
+
+    def __buffer__(self, flags: int) -> memoryview:
+        """The buffer protocol (Python >= 3.12: ``memoryview(buf)``)."""
+        return self.view
+
+    def __getitem__(self, key: int | slice) -> Any:
+        return self.view[key]
+
+    def __setitem__(self, key: int | slice, value: Any) -> None:
+        self.view[key] = value
+
+    def pointer(self, ctype: str = "uint8_t *", offset: int = 0) -> Any:
+        """A cffi pointer of type ``ctype`` to byte ``offset``."""
+        self._check_open()
+        if not 0 <= offset < self.length:
+            raise InvalidArgumentError(f"offset {offset:#x} is outside the buffer",
+                                       target=self.describe())
+        return ffi.cast(ctype, self.address + offset)
+
+    @property
+    def __array_interface__(self) -> dict[str, Any]:
+        """numpy's array interface: ``numpy.asarray(buf)`` is a uint8 view
+        of the buffer, without a copy."""
+        self._check_open()
+        return {"shape": (self.length,), "typestr": "|u1", "data": (self.address, False),
+                "version": 3}
+
+    def numpy(self, dtype: Any = "uint8", offset: int = 0, count: int = -1) -> Any:
+        """A numpy array over the buffer (no copy); needs numpy."""
+        import numpy as np
+
+        return np.frombuffer(self.view, dtype=dtype, count=count, offset=offset)
+
+    def fill(self, byte: int = 0) -> None:
+        """Set every byte to ``byte``."""
+        ffi.memmove(ffi.cast("char *", self.address), bytes([byte]) * self.length, self.length)
+
+    def _release(self) -> None:
+        if self._view is not None:
+            try:
+                self._view.release()
+            except BufferError:  # slices still exported
+                pass
+            self._view = None
+        fd, self._fd = self._fd, -1
+        try:
+            self._map.close()
+        finally:
+            if fd >= 0:
+                self._backend.close(fd)
+
+
+@dataclass(frozen=True)
+class _Block:
+    start: int
+    size: int
+
+
+class IovaAllocator:
+    """Allocates IOVA ranges for drivers that pick IOVAs themselves.
+
+    :param ranges: usable inclusive ``[start, last]`` IOVA ranges (an
+        IOAS's :meth:`~pyvfio.iommufd.IOAS.iova_ranges`, a container's
+        ``info().iova_ranges``).
+    :param alignment: minimum alignment and size granularity (bytes; the
+        IOMMU page size or the IOAS's ``iova_alignment``).
+    :param limit: first IOVA the device cannot address (e.g. ``1 << 28``
+        for a 28-bit DMA engine); ``None`` for no limit.
+    :param skip_zero: keep IOVA 0 (and its first page) unused, so that a
+        zero address in a descriptor never points at a live buffer.
+    """
+
+    def __init__(self, ranges: Iterable[IovaRange | tuple[int, int]], *,
+                 alignment: int = 4096, limit: int | None = None,
+                 skip_zero: bool = True) -> None:
+        if not _is_pow2(alignment):
+            raise InvalidArgumentError(f"alignment {alignment:#x} is not a power of two")
+        self.alignment = alignment  #: minimum alignment/granularity in bytes
+        self.limit = limit  #: first unusable IOVA, or None
+        free: list[_Block] = []
+        for r in ranges:
+            start, last = (r.start, r.last) if isinstance(r, IovaRange) else r
+            if limit is not None:
+                last = min(last, limit - 1)
+            if skip_zero and start < alignment:
+                start = alignment
+            start = _round_up(start, alignment)
+            end = (last + 1) // alignment * alignment
+            if end > start:
+                free.append(_Block(start, end - start))
+        free.sort(key=lambda b: b.start)
+        self._free = free
+        self._used: dict[int, int] = {}
+
+    @classmethod
+    def for_ioas(cls, ioas: IOAS, *, limit: int | None = None,
+                 alignment: int | None = None) -> IovaAllocator:
+        """An allocator over the IOAS's usable ranges (query after the
+        devices are attached: they narrow the ranges)."""
+        align = max(ioas.iova_alignment, ioas.backend.page_size, alignment or 1)
+        return cls(ioas.iova_ranges(), alignment=align, limit=limit)
+
+    @classmethod
+    def for_container(cls, container: Container, *, limit: int | None = None,
+                      alignment: int | None = None) -> IovaAllocator:
+        """An allocator over a type1 container's usable ranges (after
+        ``set_iommu``); the whole 64-bit space when it reports none."""
+        info = container.info()
+        ranges: list[IovaRange] = list(info.iova_ranges) or [IovaRange(0, (1 << 64) - 1)]
+        align = max(info.min_page_size or 4096, alignment or 1)
+        return cls(ranges, alignment=align, limit=limit)
+
+    @classmethod
+    def for_space(cls, space: IOAS | Container, *, limit: int | None = None,
+                  alignment: int | None = None) -> IovaAllocator:
+        """:meth:`for_ioas` or :meth:`for_container`, whichever ``space`` is."""
+        from .container import Container
+
+        if isinstance(space, Container):
+            return cls.for_container(space, limit=limit, alignment=alignment)
+        return cls.for_ioas(space, limit=limit, alignment=alignment)
+
+    def free_ranges(self) -> list[IovaRange]:
+        """The IOVA ranges still free (inclusive)."""
+        return [IovaRange(b.start, b.start + b.size - 1) for b in self._free]
+
+    @property
+    def allocated(self) -> dict[int, int]:
+        """``iova -> size`` of the ranges handed out."""
+        return dict(self._used)
+
+    def alloc(self, size: int, *, alignment: int | None = None) -> int:
+        """Allocate ``size`` bytes (rounded up to the granularity) at an
+        IOVA aligned to ``alignment`` (default the allocator's); raises
+        :class:`~pyvfio.errors.UnsupportedError` (ENOSPC) when nothing fits."""
+        align = max(alignment or self.alignment, self.alignment)
+        if not _is_pow2(align):
+            raise InvalidArgumentError(f"alignment {align:#x} is not a power of two")
+        if size <= 0:
+            raise InvalidArgumentError("size must be positive")
+        size = _round_up(size, self.alignment)
+        for i, block in enumerate(self._free):
+            start = _round_up(block.start, align)
+            end = block.start + block.size
+            if start + size <= end:
+                pieces = []
+                if start > block.start:
+                    pieces.append(_Block(block.start, start - block.start))
+                if start + size < end:
+                    pieces.append(_Block(start + size, end - start - size))
+                self._free[i:i + 1] = pieces
+                self._used[start] = size
+                return start
+        raise UnsupportedError(errno.ENOSPC,
+                               f"no free IOVA range of {size:#x} bytes aligned to {align:#x}"
+                               + (f" below {self.limit:#x}" if self.limit is not None else ""),
+                               target="IOVA allocator")
+
+    def reserve(self, iova: int, size: int) -> None:
+        """Take ``[iova, iova + size)`` out of the free ranges (it must be free)."""
+        size = _round_up(size, self.alignment)
+        for i, block in enumerate(self._free):
+            if block.start <= iova and iova + size <= block.start + block.size:
+                pieces = []
+                if iova > block.start:
+                    pieces.append(_Block(block.start, iova - block.start))
+                if iova + size < block.start + block.size:
+                    pieces.append(_Block(iova + size, block.start + block.size - iova - size))
+                self._free[i:i + 1] = pieces
+                self._used[iova] = size
+                return
+        raise InvalidArgumentError(f"[{iova:#x}, +{size:#x}) is not free", target="IOVA allocator")
+
+    def free(self, iova: int) -> None:
+        """Give back the range allocated at ``iova``."""
+        size = self._used.pop(iova, None)
+        if size is None:
+            raise InvalidArgumentError(f"IOVA {iova:#x} was not allocated", target="IOVA allocator")
+        blocks = self._free + [_Block(iova, size)]
+        blocks.sort(key=lambda b: b.start)
+        merged: list[_Block] = []
+        for b in blocks:
+            if merged and merged[-1].start + merged[-1].size == b.start:
+                merged[-1] = _Block(merged[-1].start, merged[-1].size + b.size)
+            else:
+                merged.append(b)
+        self._free = merged
+
+
+def map_buffer(space: IOAS | Container, buffer: Any, iova: int | None = None, *,
+               allocator: IovaAllocator | None = None, readable: bool = True,
+               writeable: bool = True) -> AnyMapping:
+    """Map ``buffer`` for DMA into an IOAS (``IOMMU_IOAS_MAP``) or a type1
+    container (``VFIO_IOMMU_MAP_DMA``) and return the mapping (its ``iova``
+    is where the device sees the buffer).
+
+    The IOVA is ``iova``, else one from ``allocator`` (freed again when the
+    map call fails), else -- for an IOAS only -- chosen by the kernel."""
+    from .container import Container
+
+    allocated = False
+    if iova is None and allocator is not None:
+        length = getattr(buffer, "length", None)
+        if not isinstance(length, int):
+            length = len(memoryview(buffer).cast("B"))
+        iova = allocator.alloc(length)
+        allocated = True
+    try:
+        if isinstance(space, Container):
+            if iova is None:
+                raise InvalidArgumentError("a type1 container needs an IOVA (or an allocator)",
+                                           ioctl="VFIO_IOMMU_MAP_DMA", target=space.describe())
+            return space.map_dma(buffer, iova, readable=readable, writeable=writeable)
+        return space.map(buffer, iova, readable=readable, writeable=writeable)
+    except BaseException:
+        if allocated and allocator is not None and iova is not None:
+            allocator.free(iova)
+        raise
+
+
+class DmaChunk:
+    """A piece of a :class:`DmaPool`: ``length`` bytes at :attr:`iova`."""
+
+    def __init__(self, pool: DmaPool, offset: int, length: int) -> None:
+        self.pool = pool  #: the pool it came from
+        self.offset = offset  #: byte offset in the pool's buffer
+        self.length = length  #: bytes
+        self.iova = pool.iova + offset  #: where the device sees it
+        self.address = pool.buffer.address + offset  #: process virtual address
+        self._freed = False
+
+    def __repr__(self) -> str:
+        return f"<DmaChunk iova={self.iova:#x} {self.length:#x} bytes>"
+
+    @property
+    def view(self) -> memoryview:
+        """A writable memoryview of the chunk (no copy)."""
+        self._live()
+        return self.pool.buffer.view[self.offset:self.offset + self.length]
+
+    def pointer(self, ctype: str = "uint8_t *", offset: int = 0) -> Any:
+        """A cffi pointer of type ``ctype`` to byte ``offset`` of the chunk."""
+        self._live()
+        if not 0 <= offset < self.length:
+            raise InvalidArgumentError(f"offset {offset:#x} is outside the chunk")
+        return ffi.cast(ctype, self.address + offset)
+
+    def read(self, offset: int = 0, size: int | None = None) -> bytes:
+        """A copy of ``size`` bytes at ``offset`` (default: to the end)."""
+        self._live()
+        end = self.length if size is None else offset + size
+        return bytes(self.view[offset:end])
+
+    def write(self, data: bytes | bytearray | memoryview, offset: int = 0) -> None:
+        """Copy ``data`` in at ``offset``."""
+        payload = memoryview(data).cast("B")
+        if offset < 0 or offset + len(payload) > self.length:
+            raise InvalidArgumentError("the data does not fit the chunk")
+        self.view[offset:offset + len(payload)] = payload
+
+    def zero(self) -> None:
+        """Set every byte to 0."""
+        self.view[:] = bytes(self.length)
+
+    def _live(self) -> None:
+        if self._freed:
+            raise InvalidArgumentError(f"chunk at IOVA {self.iova:#x} was freed")
+        self.pool._check_open()
+
+    def free(self) -> None:
+        """Give the chunk back to the pool; idempotent."""
+        if not self._freed:
+            self._freed = True
+            if not self.pool.closed:
+                self.pool._give_back(self.offset, self.length)
+
+    def __enter__(self) -> DmaChunk:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.free()
+
+
+class DmaPool(Resource):
+    """Aligned chunks carved out of one DMA-mapped buffer.
+
+    Build one over a buffer already mapped at ``iova``
+    (``DmaPool(buffer, mapping.iova)``), or let :meth:`create` allocate,
+    map and own both::
+
+        pool = DmaPool.create(ioas, 1 << 20, allocator=iovas)
+        sq = pool.alloc(4096, align=4096)      # a queue: sq.iova, sq.view
+        prp = pool.alloc(64)                   # a small descriptor
+    """
+
+    kind = "DMA pool"
+
+    def __init__(self, buffer: DmaBuffer, iova: int, *, min_align: int = 64,
+                 mapping: Resource | None = None, owns_buffer: bool = False,
+                 allocator: IovaAllocator | None = None) -> None:
+        super().__init__(buffer.backend)
+        if not _is_pow2(min_align):
+            raise InvalidArgumentError(f"min_align {min_align} is not a power of two",
+                                       target=self.kind)
+        self.buffer = buffer  #: the memory
+        self.iova = iova  #: IOVA of the buffer's first byte
+        self.length = buffer.length  #: bytes
+        self.min_align = min_align  #: default and minimum chunk alignment (bytes)
+        self.mapping = mapping  #: the DMA mapping (owned when made by :meth:`create`)
+        self._owns_buffer = owns_buffer
+        self._allocator = allocator
+        self._free: list[_Block] = [_Block(0, buffer.length)]
+        self._used: dict[int, int] = {}
+
+    @classmethod
+    def create(cls, space: IOAS | Container, size: int, *, iova: int | None = None,
+               allocator: IovaAllocator | None = None, min_align: int = 64,
+               page_size: int | None = None) -> DmaPool:
+        """Allocate a :class:`DmaBuffer` of ``size`` bytes, map it into
+        ``space`` (see :func:`map_buffer`) and build a pool that unmaps and
+        frees both when closed."""
+        buffer = DmaBuffer(size, backend=space.backend, page_size=page_size)
+        try:
+            mapping = map_buffer(space, buffer, iova, allocator=allocator)
+        except BaseException:
+            buffer.close()
+            raise
+        return cls(buffer, mapping.iova, min_align=min_align, mapping=mapping,
+                   owns_buffer=True, allocator=allocator if iova is None else None)
+
+    def describe(self) -> str:
+        """``"DMA pool at IOVA 0x.. (0x.. bytes)"``."""
+        return f"DMA pool at IOVA {self.iova:#x} ({self.length:#x} bytes)"
+
+    @property
+    def used(self) -> int:
+        """Bytes handed out."""
+        return sum(self._used.values())
+
+    @property
+    def available(self) -> int:
+        """Bytes free (possibly fragmented)."""
+        return sum(b.size for b in self._free)
+
+    def alloc(self, size: int, *, align: int | None = None, zero: bool = True) -> DmaChunk:
+        """A chunk of ``size`` bytes whose IOVA is aligned to ``align``
+        (default :attr:`min_align`); zeroed unless ``zero=False``.
+        :class:`~pyvfio.errors.UnsupportedError` (ENOMEM) when full."""
+        self._check_open()
+        align = max(align or self.min_align, self.min_align)
+        if not _is_pow2(align):
+            raise InvalidArgumentError(f"alignment {align} is not a power of two",
+                                       target=self.describe())
+        if size <= 0:
+            raise InvalidArgumentError("size must be positive", target=self.describe())
+        size = _round_up(size, self.min_align)
+        for i, block in enumerate(self._free):
+            start_iova = _round_up(self.iova + block.start, align)
+            start = start_iova - self.iova
+            end = block.start + block.size
+            if start + size <= end:
+                pieces = []
+                if start > block.start:
+                    pieces.append(_Block(block.start, start - block.start))
+                if start + size < end:
+                    pieces.append(_Block(start + size, end - start - size))
+                self._free[i:i + 1] = pieces
+                self._used[start] = size
+                chunk = DmaChunk(self, start, size)
+                if zero:
+                    chunk.zero()
+                return chunk
+        raise UnsupportedError(errno.ENOMEM,
+                               f"no free chunk of {size:#x} bytes aligned to {align:#x} "
+                               f"({self.available:#x} bytes free)", target=self.describe())
+
+    def _give_back(self, offset: int, size: int) -> None:
+        if self._used.pop(offset, None) is None:
+            return
+        blocks = sorted(self._free + [_Block(offset, size)], key=lambda b: b.start)
+        merged: list[_Block] = []
+        for b in blocks:
+            if merged and merged[-1].start + merged[-1].size == b.start:
+                merged[-1] = _Block(merged[-1].start, merged[-1].size + b.size)
+            else:
+                merged.append(b)
+        self._free = merged
+
+    def _release(self) -> None:
+        try:
+            if self.mapping is not None and self._owns_buffer:
+                self.mapping.close()
+                if self._allocator is not None:
+                    try:
+                        self._allocator.free(self.iova)
+                    except InvalidArgumentError:
+                        pass
+        finally:
+            if self._owns_buffer:
+                self.buffer.close()

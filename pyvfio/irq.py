@@ -1,0 +1,489 @@
+"""Interrupts: INTx, MSI, MSI-X, ERR and REQ through eventfds.
+
+``device.irqs`` is an :class:`IrqMap` of the interrupt indexes the device
+has (``VFIO_DEVICE_GET_IRQ_INFO``), by index (``irqs[PciIrq.MSI]``) or name
+(``irqs["MSI"]``).  :meth:`Irq.enable` creates one eventfd per vector and
+hands them to the kernel (``VFIO_DEVICE_SET_IRQS`` with
+``DATA_EVENTFD | ACTION_TRIGGER``); every interrupt the device raises
+increments its vector's eventfd::
+
+    (vector,) = device.irqs["MSI"].enable(1)
+    ...start the device...
+    vector.wait(timeout=1.0)          # blocks; returns the interrupt count
+    await vector.wait_async()         # in asyncio: loop.add_reader, no polling
+    async for count in vector: ...    # every interrupt
+    selector.register(vector, EVENT_READ)   # vector.fileno() is the eventfd
+
+INTx is level-triggered and automasked: after each interrupt the kernel
+masks it until :meth:`Irq.unmask` (clear the device's interrupt cause
+first).  ``ERR`` (uncorrectable errors the kernel's AER handling reports;
+Linux 7.3 offers it for every device, older kernels for PCI Express
+functions only) and ``REQ`` (the
+host asks the user to release the device, e.g. before a hot-unplug) are
+single-vector indexes used the same way.  :meth:`Irq.trigger` makes the
+kernel signal a vector's eventfd (loopback, for tests) with ``DATA_NONE``
+or ``DATA_BOOL``.
+
+Eventfds are :class:`~pyvfio._base.Resource` objects: :meth:`Irq.disable`
+disables the index in the kernel and then closes them; closing the device
+does the same first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import select
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, AsyncIterator, Iterable, Iterator, Sequence
+
+from ._base import FdResource, Resource
+from ._uapi import ffi, lib
+from .backend import Backend
+from .errors import InvalidArgumentError, IoctlError, UnsupportedError, VfioError
+
+if TYPE_CHECKING:
+    from .device import Device, IrqInfo
+
+__all__ = ["EventFd", "Irq", "IrqMap", "IrqVector"]
+
+_ALIASES = {"MSI-X": "MSIX", "INTA": "INTX"}
+_EXCLUSIVE = (lib.VFIO_PCI_INTX_IRQ_INDEX, lib.VFIO_PCI_MSI_IRQ_INDEX, lib.VFIO_PCI_MSIX_IRQ_INDEX)
+
+
+class EventFd(FdResource):
+    """A non-blocking eventfd with blocking, selector and asyncio waits.
+
+    Waiting never busy-polls: :meth:`wait` sleeps in ``select``,
+    :meth:`wait_async` registers the fd with the running loop
+    (``loop.add_reader``).  Reading returns and resets the counter.
+    """
+
+    kind = "eventfd"
+
+    def __init__(self, backend: Backend | None = None, *, initval: int = 0) -> None:
+        from .backend import resolve_backend
+
+        b = resolve_backend(backend)
+        fd = b.eventfd(initval, os.EFD_NONBLOCK)
+        super().__init__(fd, b)
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[int]]] = []
+
+    def describe(self) -> str:
+        """``"eventfd 7"``."""
+        return f"eventfd {self._fd}"
+
+    def poll(self) -> int:
+        """The counter (events since the last read) without blocking; 0
+        when nothing happened.  Resets the counter."""
+        try:
+            data = self._backend.read(self.fd, 8)
+        except BlockingIOError:
+            return 0
+        return int.from_bytes(data, "little")
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Block until the eventfd is signalled; returns the count.
+        Raises :class:`TimeoutError` after ``timeout`` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            n = self.poll()
+            if n:
+                return n
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready, _w, _x = select.select([self.fd], [], [], remaining)
+            if not ready and deadline is not None and time.monotonic() >= deadline:
+                n = self.poll()
+                if n:
+                    return n
+                raise TimeoutError(f"{self.describe()} was not signalled within {timeout} s")
+
+    async def wait_async(self, timeout: float | None = None) -> int:
+        """Wait in the running asyncio loop (``add_reader``: no polling);
+        returns the count.  Raises :class:`TimeoutError` after ``timeout``
+        seconds."""
+        n = self.poll()
+        if n:
+            return n
+        fd = self.fd
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[int] = loop.create_future()
+
+        def ready() -> None:
+            if fut.done():
+                return
+            try:
+                count = self.poll()
+            except Exception as exc:  # the fd was closed under us
+                fut.set_exception(exc)
+                return
+            if count:
+                fut.set_result(count)
+
+        waiter = (loop, fut)
+        self._waiters.append(waiter)
+        loop.add_reader(fd, ready)
+        try:
+            if timeout is None:
+                return await fut
+            try:
+                return await asyncio.wait_for(fut, timeout)
+            except asyncio.TimeoutError:
+                raise TimeoutError(
+                    f"{self.describe()} was not signalled within {timeout} s") from None
+        finally:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+                loop.remove_reader(fd)
+
+    def __aiter__(self) -> AsyncIterator[int]:
+        return self._events()
+
+    async def _events(self) -> AsyncIterator[int]:
+        while not self.closed:
+            try:
+                yield await self.wait_async()
+            except asyncio.CancelledError:
+                if self.closed:
+                    return
+                raise
+
+    def signal(self, count: int = 1) -> None:
+        """Add ``count`` to the counter (what the kernel does per interrupt)."""
+        self._backend.write(self.fd, count.to_bytes(8, "little"))
+
+    def _release(self) -> None:
+        for loop, fut in self._waiters:
+            try:
+                loop.remove_reader(self._fd)
+            except Exception:  # the loop is closed or in another thread
+                pass
+            if not fut.done():
+                fut.cancel()
+        self._waiters.clear()
+        super()._release()
+
+
+class IrqVector(EventFd):
+    """The eventfd of one interrupt vector of an :class:`Irq`."""
+
+    kind = "interrupt vector"
+
+    def __init__(self, irq: Irq, vector: int) -> None:
+        super().__init__(irq.device.backend)
+        self.irq = irq  #: the interrupt index
+        self.vector = vector  #: the vector number within the index
+
+    def describe(self) -> str:
+        """``"device 0000:00:02.0 MSI vector 0"``."""
+        return f"{self.irq.describe()} vector {self.vector}"
+
+    def trigger(self) -> None:
+        """Make the kernel signal this vector (loopback, ``DATA_NONE``)."""
+        self.irq.trigger(self.vector)
+
+    def mask(self) -> None:
+        """Mask this vector (``ACTION_MASK``; see :meth:`Irq.mask`)."""
+        self.irq.mask(self.vector)
+
+    def unmask(self) -> None:
+        """Unmask this vector (``ACTION_UNMASK``; see :meth:`Irq.unmask`)."""
+        self.irq.unmask(self.vector)
+
+
+class _IrqState(Resource):
+    """The vectors of an enabled index; closing disables the index in the
+    kernel, then closes the eventfds."""
+
+    kind = "enabled interrupt"
+
+    def __init__(self, irq: Irq) -> None:
+        super().__init__(irq.device.backend)
+        self.irq = irq
+        self.vectors: dict[int, IrqVector] = {}
+
+    def describe(self) -> str:
+        return f"enabled {self.irq.describe()}"
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        error: VfioError | None = None
+        if not self.irq.device.closed:
+            try:
+                self.irq._set_irqs(lib.VFIO_IRQ_SET_DATA_NONE | lib.VFIO_IRQ_SET_ACTION_TRIGGER,
+                                   0, 0)
+            except VfioError as exc:
+                error = exc
+        try:
+            super().close()
+        finally:
+            if self.irq._state is self:
+                self.irq._state = None
+        if error is not None:
+            raise error
+
+
+class Irq:
+    """One interrupt index of a device (INTx, MSI, MSI-X, ERR, REQ or a
+    device-specific one)."""
+
+    def __init__(self, device: Device, info: IrqInfo) -> None:
+        self.device = device  #: the device
+        self.info = info  #: VFIO_DEVICE_GET_IRQ_INFO (see :meth:`refresh`)
+        self._state: _IrqState | None = None
+
+    # -- what the kernel says -----------------------------------------------------------------
+    @property
+    def index(self) -> int:
+        """The interrupt index (``VFIO_PCI_MSI_IRQ_INDEX`` ...)."""
+        return self.info.index
+
+    @property
+    def name(self) -> str:
+        """``INTX``, ``MSI``, ``MSIX``, ``ERR``, ``REQ`` or ``irq<N>``."""
+        return self.info.name
+
+    @property
+    def count(self) -> int:
+        """Number of vectors."""
+        return self.info.count
+
+    @property
+    def flags(self) -> int:
+        """``VFIO_IRQ_INFO_*`` bits."""
+        return self.info.flags
+
+    @property
+    def eventfd(self) -> bool:
+        """Vectors can be signalled through eventfds."""
+        return self.info.eventfd
+
+    @property
+    def maskable(self) -> bool:
+        """``ACTION_MASK``/``ACTION_UNMASK`` are supported."""
+        return self.info.maskable
+
+    @property
+    def automasked(self) -> bool:
+        """The kernel masks the interrupt after each one (INTx)."""
+        return self.info.automasked
+
+    @property
+    def noresize(self) -> bool:
+        """Vectors cannot be added while enabled."""
+        return self.info.noresize
+
+    def refresh(self) -> IrqInfo:
+        """Query ``VFIO_DEVICE_GET_IRQ_INFO`` again (the MSI count follows
+        the device's capability)."""
+        self.info = self.device.irq_info(self.index)
+        return self.info
+
+    def describe(self) -> str:
+        """``"device 0000:00:02.0 MSI"``."""
+        return f"{self.device.describe()} {self.name}"
+
+    def __repr__(self) -> str:
+        state = f" enabled ({len(self.vectors)} vectors)" if self.enabled else ""
+        return f"<Irq {self.describe()} count={self.count}{state}>"
+
+    # -- state --------------------------------------------------------------------------------------
+    @property
+    def enabled(self) -> bool:
+        """Eventfds are set up for this index (through this object)."""
+        return self._state is not None and not self._state.closed
+
+    @property
+    def vectors(self) -> tuple[IrqVector, ...]:
+        """The vectors set up by :meth:`enable`, by number."""
+        if not self.enabled or self._state is None:
+            return ()
+        return tuple(self._state.vectors[k] for k in sorted(self._state.vectors))
+
+    def vector(self, number: int) -> IrqVector:
+        """The enabled vector ``number``."""
+        for v in self.vectors:
+            if v.vector == number:
+                return v
+        raise KeyError(f"{self.describe()} vector {number} is not enabled")
+
+    # -- VFIO_DEVICE_SET_IRQS ------------------------------------------------------------------------
+    def _set_irqs(self, flags: int, start: int, count: int, data: bytes = b"") -> None:
+        size = ffi.sizeof("struct vfio_irq_set") + len(data)
+        raw = ffi.new("char[]", size)
+        arg = ffi.cast("struct vfio_irq_set *", raw)
+        arg.argsz = size
+        arg.flags = flags
+        arg.index = self.index
+        arg.start = start
+        arg.count = count
+        if data:
+            ffi.memmove(arg.data, data, len(data))
+        self.device._ioctl("VFIO_DEVICE_SET_IRQS", lib.VFIO_DEVICE_SET_IRQS, raw,
+                           target=self.describe())
+
+    def _check_range(self, start: int, count: int, what: str) -> None:
+        if not isinstance(start, int) or not isinstance(count, int) or start < 0 or count < 1:
+            raise InvalidArgumentError(f"{what}: start must be >= 0 and count >= 1",
+                                       ioctl="VFIO_DEVICE_SET_IRQS", target=self.describe())
+        if start + count > self.count:
+            raise InvalidArgumentError(
+                f"{what}: vectors [{start}, {start + count}) exceed the {self.count} the "
+                f"device has", ioctl="VFIO_DEVICE_SET_IRQS", target=self.describe())
+
+    def enable(self, count: int | None = None, *, start: int = 0) -> list[IrqVector]:
+        """Set up vectors ``[start, start + count)`` with one new eventfd
+        each (``DATA_EVENTFD | ACTION_TRIGGER``); ``count`` defaults to
+        every vector.  INTx, MSI and MSI-X exclude each other: disable one
+        before enabling another."""
+        device = self.device
+        device._check_open()
+        if self.count == 0:
+            raise UnsupportedError(22, f"{self.describe()}: the device has no {self.name} vectors",
+                                   ioctl="VFIO_DEVICE_SET_IRQS", target=self.describe())
+        if self.enabled:
+            raise InvalidArgumentError(f"{self.name} is already enabled: disable() it first",
+                                       ioctl="VFIO_DEVICE_SET_IRQS", target=self.describe())
+        if count is None:
+            count = self.count - start
+        self._check_range(start, count, "enable")
+        if self.index in _EXCLUSIVE:
+            for other in device.irqs.values():
+                if other is not self and other.index in _EXCLUSIVE and other.enabled:
+                    raise InvalidArgumentError(
+                        f"{other.name} is enabled: INTx, MSI and MSI-X exclude each other; "
+                        f"disable {other.name} first", ioctl="VFIO_DEVICE_SET_IRQS",
+                        target=self.describe())
+        state = _IrqState(self)
+        try:
+            for n in range(start, start + count):
+                state.vectors[n] = state._adopt(IrqVector(self, n))
+            data = b"".join(state.vectors[n].fd.to_bytes(4, "little", signed=True)
+                            for n in range(start, start + count))
+            self._set_irqs(lib.VFIO_IRQ_SET_DATA_EVENTFD | lib.VFIO_IRQ_SET_ACTION_TRIGGER,
+                           start, count, data)
+        except BaseException:
+            # nothing was enabled: close the eventfds without the disable ioctl
+            Resource.close(state)
+            raise
+        self._state = device._adopt(state)
+        return [state.vectors[n] for n in range(start, start + count)]
+
+    def disable(self) -> None:
+        """Disable the index (``DATA_NONE | ACTION_TRIGGER``, count 0) and
+        close its eventfds; does nothing when not enabled."""
+        state = self._state
+        if state is not None:
+            state.close()
+
+    def mask(self, vector: int = 0, count: int = 1) -> None:
+        """``ACTION_MASK`` of vectors ``[vector, vector + count)``.
+
+        vfio-pci masks INTx only (MSI and MSI-X answer ENOTTY: raised as
+        :class:`~pyvfio.errors.UnsupportedError`)."""
+        self._mask_action(lib.VFIO_IRQ_SET_ACTION_MASK, vector, count, "mask")
+
+    def unmask(self, vector: int = 0, count: int = 1) -> None:
+        """``ACTION_UNMASK`` of vectors ``[vector, vector + count)``: for
+        automasked INTx, re-arm the interrupt after handling one (clear
+        the device's interrupt cause first, or it fires again at once)."""
+        self._mask_action(lib.VFIO_IRQ_SET_ACTION_UNMASK, vector, count, "unmask")
+
+    def _mask_action(self, action: int, vector: int, count: int, what: str) -> None:
+        self.device._check_open()
+        self._check_range(vector, count, what)
+        try:
+            self._set_irqs(lib.VFIO_IRQ_SET_DATA_NONE | action, vector, count)
+        except IoctlError as exc:
+            if exc.errno == 25:  # ENOTTY
+                raise UnsupportedError(
+                    25, f"VFIO_DEVICE_SET_IRQS on {self.describe()}: [ENOTTY] the kernel cannot "
+                    f"{what} {self.name} vectors (VFIO_IRQ_INFO_MASKABLE is "
+                    f"{'set' if self.maskable else 'clear'})",
+                    ioctl="VFIO_DEVICE_SET_IRQS", target=self.describe()) from None
+            raise
+
+    def trigger(self, vector: int = 0, count: int = 1, *,
+                values: Sequence[bool] | None = None) -> None:
+        """Make the kernel signal vectors ``[vector, vector + count)``
+        (loopback, as if the device had interrupted): ``DATA_NONE``, or
+        ``DATA_BOOL`` with one flag per vector when ``values`` is given."""
+        self.device._check_open()
+        if values is not None:
+            count = len(values)
+        self._check_range(vector, count, "trigger")
+        if values is None:
+            self._set_irqs(lib.VFIO_IRQ_SET_DATA_NONE | lib.VFIO_IRQ_SET_ACTION_TRIGGER,
+                           vector, count)
+        else:
+            self._set_irqs(lib.VFIO_IRQ_SET_DATA_BOOL | lib.VFIO_IRQ_SET_ACTION_TRIGGER,
+                           vector, count, bytes(1 if v else 0 for v in values))
+
+
+class IrqMap(Mapping[int, Irq]):
+    """A device's interrupt indexes by number, or by name (``"MSI"``,
+    ``"msix"``, ``"MSI-X"``: case-insensitive)."""
+
+    def __init__(self, irqs: Iterable[Irq]) -> None:
+        self._by_index = {i.index: i for i in irqs}
+        self._by_name = {i.name.upper(): i for i in self._by_index.values()}
+
+    def __getitem__(self, key: int | str) -> Irq:
+        if isinstance(key, str):
+            name = key.upper()
+            irq = self._by_name.get(_ALIASES.get(name, name))
+            if irq is None:
+                raise KeyError(f"no interrupt index named {key!r} "
+                               f"(indexes: {', '.join(self._by_name)})")
+            return irq
+        try:
+            return self._by_index[key]
+        except KeyError:
+            raise KeyError(f"no interrupt index {key!r} "
+                           f"(indexes: {', '.join(self._by_name)})") from None
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(sorted(self._by_index))
+
+    def __len__(self) -> int:
+        return len(self._by_index)
+
+    def __repr__(self) -> str:
+        return "<IrqMap " + ", ".join(f"{i.name}:{i.count}" for i in self.values()) + ">"
+
+    def _named(self, name: str) -> Irq | None:
+        return self._by_name.get(name)
+
+    @property
+    def intx(self) -> Irq | None:
+        """The INTx index, or ``None``."""
+        return self._named("INTX")
+
+    @property
+    def msi(self) -> Irq | None:
+        """The MSI index, or ``None``."""
+        return self._named("MSI")
+
+    @property
+    def msix(self) -> Irq | None:
+        """The MSI-X index, or ``None``."""
+        return self._named("MSIX")
+
+    @property
+    def err(self) -> Irq | None:
+        """The ERR (error reporting) index, or ``None`` (older kernels offer
+        it for PCI Express functions only)."""
+        return self._named("ERR")
+
+    @property
+    def req(self) -> Irq | None:
+        """The REQ (release request) index, or ``None``."""
+        return self._named("REQ")
+
+    @property
+    def enabled(self) -> list[Irq]:
+        """Indexes with vectors set up."""
+        return [i for i in self.values() if i.enabled]
+
