@@ -1,7 +1,50 @@
-"""The ``pyvfio`` command: device setup and environment checks.
+"""The ``pyvfio`` command: device discovery, binding and environment checks.
 
-Exit codes: 0 success; 1 the command ran but found a problem (a failed
-check, a non-viable group); 2 bad usage; 3 an operation failed.
+Usage: ``pyvfio [--fake NAME|FILE] [--json] COMMAND [ARGS]`` (also
+``python -m pyvfio``).  ``--fake`` and ``--json`` are accepted before or
+after the command.
+
+Commands:
+
+``status``
+    PCI devices grouped by driver (like ``dpdk-devbind --status``) with their
+    IOMMU group, whether the group is viable, and what the host uses them
+    for.  On a machine without an IOMMU, the human-readable form shows the
+    built-in fake system "default" instead and says so (``--real`` shows
+    this machine anyway); ``--json`` always reports the real state.
+``groups [GROUP|BDF ...]``
+    IOMMU groups with their members and viability; with arguments, a full
+    explanation of each group: what blocks it, what the user's DMA reaches.
+``doctor``
+    IOMMU in firmware and on the kernel command line, modules, device nodes,
+    cdev support, permissions, RLIMIT_MEMLOCK, hugepages; a fix for each
+    problem.
+``bind DEVICE...`` / ``bind --group GROUP...``
+    Bind devices (a BDF, or ``vendor:device`` for every match) to vfio-pci
+    (``--driver`` for another), remembering their driver.  Refuses devices
+    the host uses (mounted file systems, network interfaces that are up,
+    open VFIO files) unless ``--force``.
+``unbind DEVICE...`` / ``unbind --group GROUP...``
+    Detach devices from their driver and keep them driver-less.
+``restore [DEVICE...]`` / ``restore --group GROUP...``
+    Give devices their original driver back (every remembered device when
+    none is named).
+``topology dump [--output FILE]``
+    Capture this machine's PCI/IOMMU topology as a fake topology file:
+    ``pyvfio --fake FILE status`` or ``pyvfio.fake.System.from_file(FILE)``
+    replays it.
+
+Exit codes (stable, for scripts):
+
+====  ====================================================================
+0     success
+1     the command ran and found a problem: a failed ``doctor`` check, a
+      group that is not viable (``groups``), a dump that does not replay
+2     bad usage: unknown option, malformed or unknown device or group,
+      unknown fake topology
+3     an operation failed: the kernel refused, permission denied, I/O error
+4     refused because a device is in use by the host (``--force`` overrides)
+====  ====================================================================
 """
 
 from __future__ import annotations
@@ -9,24 +52,56 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 from typing import Any, Sequence
 
-from . import sysfs
+from . import binding, sysfs
 from .backend import Backend, default_backend
-from .environment import FAIL, check_environment
+from .environment import FAIL, WARN, check_environment
+from .errors import InvalidArgumentError, VfioError
 
-__all__ = ["main"]
+__all__ = ["main", "build_parser", "EXIT_OK", "EXIT_PROBLEM", "EXIT_USAGE", "EXIT_FAILED",
+           "EXIT_IN_USE", "FALLBACK_TOPOLOGY"]
 
-EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, EXIT_FAILED = 0, 1, 2, 3
+#: Exit codes (see the module documentation).
+EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, EXIT_FAILED, EXIT_IN_USE = 0, 1, 2, 3, 4
+
+#: The fake topology ``status`` shows on a machine without an IOMMU.
+FALLBACK_TOPOLOGY = "default"
 
 
-def _backend(args: argparse.Namespace) -> Backend:
-    if args.fake:
-        from .fake import System
+class _UsageError(Exception):
+    """Bad arguments found after parsing (unknown device, group...)."""
 
-        backend: Backend = System(args.fake).backend
-        return backend
-    return default_backend()
+
+class _Context:
+    """The system a command runs against."""
+
+    def __init__(self, args: argparse.Namespace, backend: Backend | None) -> None:
+        self.fake_name: str | None = None
+        self.description: str | None = None
+        if backend is not None:
+            self.backend = backend
+        elif args.fake:
+            from .fake import System
+            from .fake.topology import TopologyError, load
+
+            try:
+                topology = load(args.fake)
+                system = System(topology)
+            except TopologyError as e:
+                raise _UsageError(f"--fake {args.fake}: {e}") from None
+            self.backend = system.backend
+            self.description = topology.get("description")
+        else:
+            self.backend = default_backend()
+        self.kind = self.backend.name
+        owner = getattr(self.backend, "system", None)
+        if self.kind == "fake" and owner is not None:
+            self.fake_name = str(getattr(owner, "topology_name", "fake"))
+
+    def as_dict(self, fallback: bool = False) -> dict[str, Any]:
+        return {"kind": self.kind, "fake_topology": self.fake_name, "fallback": fallback}
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
@@ -36,141 +111,473 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join(lines)
 
 
-def _devices(b: Backend) -> list[dict[str, Any]]:
-    out = []
-    try:
-        bdfs = b.sysfs_listdir(sysfs.PCI_DEVICES)
-    except OSError:
-        bdfs = []
-    for bdf in bdfs:
-        base = f"{sysfs.PCI_DEVICES}/{bdf}"
-
-        def attr(name: str) -> str:
-            try:
-                return b.sysfs_read(f"{base}/{name}")
-            except OSError:
-                return ""
-
-        try:
-            group: int | None = sysfs.device_group(bdf, b)
-        except OSError:
-            group = None
-        out.append({
-            "bdf": bdf,
-            "vendor": attr("vendor"),
-            "device": attr("device"),
-            "class": attr("class"),
-            "driver": sysfs.device_driver(bdf, b),
-            "iommu_group": group,
-        })
-    return out
+def _heading(title: str) -> str:
+    return f"{title}\n{'=' * len(title)}"
 
 
-def cmd_doctor(args: argparse.Namespace) -> int:
-    b = _backend(args)
-    checks = check_environment(b)
-    if args.json:
-        print(json.dumps([c.as_dict() for c in checks], indent=2))
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2))
+
+
+# -- status ---------------------------------------------------------------------------
+def _fallback_needed(args: argparse.Namespace, backend: Backend | None) -> bool:
+    if args.fake or backend is not None or args.json or args.real:
+        return False
+    support = sysfs.vfio_support(default_backend())
+    return support.group_count == 0 and not support.noiommu_mode
+
+
+def _status_data(ctx: _Context) -> dict[str, Any]:
+    b = ctx.backend
+    devices = sysfs.pci_devices(b)
+    scan = binding.UsageScan(b)
+    explained: dict[int, sysfs.GroupViability] = {}
+    for g in sysfs.iommu_groups(b):
+        explained[g.id] = sysfs.explain_group(g.id, None, b)
+    out_devices = []
+    for d in devices:
+        entry = d.as_dict()
+        why = explained.get(d.iommu_group) if d.iommu_group is not None else None
+        entry["group_viable"] = why.viable if why is not None else None
+        entry["in_use"] = [u.as_dict() for u in scan.for_device(d.bdf)]
+        out_devices.append(entry)
+    return {
+        "system": ctx.as_dict(),
+        "support": sysfs.vfio_support(b).as_dict(),
+        "devices": out_devices,
+        "groups": [e.as_dict() for e in explained.values()],
+    }
+
+
+def _short(bdf: str) -> str:
+    return bdf[5:] if bdf.startswith("0000:") else bdf
+
+
+def _print_status(ctx: _Context, data: dict[str, Any]) -> None:
+    s = data["support"]
+    if ctx.kind == "fake":
+        print(f"System: FAKE system {ctx.fake_name!r} (simulated by pyvfio.fake)")
+        if ctx.description:
+            print(textwrap.fill(ctx.description, width=78, initial_indent="  ",
+                                subsequent_indent="  "))
     else:
-        if args.fake:
-            print(f"(fake system: {args.fake})")
-        rows = [[c.status.upper(), c.name, c.detail + (f"  -> {c.fix}" if c.fix else "")]
-                for c in checks]
-        print(_table(rows, ["STATUS", "CHECK", "DETAIL"]))
-    return EXIT_PROBLEM if any(c.status == FAIL for c in checks) else EXIT_OK
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    b = _backend(args)
-    devices = _devices(b)
-    groups: dict[int, bool] = {}
-    for d in devices:
-        g = d["iommu_group"]
-        if g is not None and g not in groups:
-            groups[g] = not sysfs.viability_blockers(g, b)
-    for d in devices:
-        g = d["iommu_group"]
-        d["group_viable"] = groups.get(g) if g is not None else None
-    if args.json:
-        print(json.dumps(devices, indent=2))
-        return EXIT_OK
-    if args.fake:
-        print(f"(fake system: {args.fake})")
+        print(f"System: this machine ({ctx.kind} backend)")
+    if s["iommu_enabled"]:
+        print(f"IOMMU: {', '.join(s['iommus'])}, {s['group_count']} groups")
+    elif s["noiommu_mode"]:
+        print("IOMMU: none, unsafe no-IOMMU mode is on")
+    else:
+        print("IOMMU: none: VFIO cannot assign devices here (see `pyvfio doctor`)")
+    print(f"VFIO: vfio-pci {'loaded' if s['vfio_pci_driver'] else 'not loaded'}; "
+          f"usable interfaces: {_interfaces(s)}")
+    devices = data["devices"]
     if not devices:
-        print("no PCI devices found")
-        return EXIT_OK
-    by_driver: dict[str, list[dict[str, Any]]] = {}
+        print("\nno PCI devices found")
+        return
+    sections: dict[str, list[dict[str, Any]]] = {"vfio": [], "kernel": [], "none": []}
     for d in devices:
-        key = ("vfio-pci" if d["driver"] == "vfio-pci" else
-               "no driver" if d["driver"] is None else "kernel driver")
-        by_driver.setdefault(key, []).append(d)
-    for title in ("vfio-pci", "kernel driver", "no driver"):
-        items = by_driver.get(title, [])
-        if not items:
-            continue
-        print(f"Devices with {title}:" if title != "no driver" else "Devices without a driver:")
-        rows = [[d["bdf"], f"{d['vendor'][2:]}:{d['device'][2:]}", d["class"],
-                 d["driver"] or "-", "-" if d["iommu_group"] is None else str(d["iommu_group"]),
-                 {True: "viable", False: "not viable", None: "-"}[d["group_viable"]]]
-                for d in items]
-        print(_table(rows, ["BDF", "ID", "CLASS", "DRIVER", "GROUP", "GROUP STATE"]))
+        key = "vfio" if d["driver"] == "vfio-pci" else "none" if d["driver"] is None else "kernel"
+        sections[key].append(d)
+
+    def viable(d: dict[str, Any]) -> str:
+        return {True: "yes", False: "no", None: "-"}[d["group_viable"]]
+
+    def group(d: dict[str, Any]) -> str:
+        return "-" if d["iommu_group"] is None else str(d["iommu_group"])
+
+    def ident(d: dict[str, Any]) -> str:
+        return f"{d['vendor'][2:]}:{d['device'][2:]}"
+
+    def notes(d: dict[str, Any]) -> str:
+        parts = [u["what"] for u in d["in_use"]]
+        if d["physfn"]:
+            parts.append(f"SR-IOV VF of {d['physfn']}")
+        if d["sriov_totalvfs"]:
+            parts.append(f"SR-IOV PF, {d['sriov_numvfs'] or 0}/{d['sriov_totalvfs']} VFs")
+        if d["driver_override"] and d["driver_override"] != d["driver"]:
+            parts.append(f"driver_override={d['driver_override']}")
+        return "; ".join(parts) or "-"
+
+    if sections["vfio"]:
+        print("\n" + _heading("Devices on vfio-pci"))
+        rows = [[d["bdf"], ident(d), d["class_name"], group(d), viable(d),
+                 ", ".join(p for p in (sysfs.group_dev_path(d["iommu_group"], ctx.backend)
+                                       if d["iommu_group"] is not None else "",
+                                       f"/dev/vfio/devices/{d['vfio_dev']}" if d["vfio_dev"] else "")
+                           if p) or "-"]
+                for d in sections["vfio"]]
+        print(_table(rows, ["BDF", "ID", "CLASS", "GROUP", "VIABLE", "NODES"]))
+    if sections["kernel"]:
+        print("\n" + _heading("Devices on host drivers"))
+        rows = [[d["bdf"], ident(d), d["class_name"], d["driver"], group(d), viable(d), notes(d)]
+                for d in sections["kernel"]]
+        print(_table(rows, ["BDF", "ID", "CLASS", "DRIVER", "GROUP", "VIABLE", "IN USE / NOTES"]))
+    if sections["none"]:
+        print("\n" + _heading("Devices without a driver"))
+        rows = [[d["bdf"], ident(d), d["class_name"], group(d), viable(d), notes(d)]
+                for d in sections["none"]]
+        print(_table(rows, ["BDF", "ID", "CLASS", "GROUP", "VIABLE", "NOTES"]))
+    multi = [g for g in data["groups"] if len(g["members"]) > 1]
+    if multi:
+        print("\nGroups with several devices (all of them share one I/O address space):")
+        for g in multi:
+            members = ", ".join(f"{_short(m['bdf'])} ({m['driver'] or 'no driver'})"
+                                for m in g["members"])
+            state = "viable" if g["viable"] else "NOT viable"
+            print(f"  group {g['group']}: {state}: {members}")
+    print("\nBind a device: pyvfio bind BDF; explain a group: pyvfio groups N")
+
+
+def _interfaces(s: dict[str, Any]) -> str:
+    names = [n for n, ok in (("iommufd + cdev", s["cdev_usable"]),
+                             ("legacy container", s["legacy_usable"])) if ok]
+    return ", ".join(names) or "none"
+
+
+_BANNER = """\
+=====================================================================
+ NO IOMMU ON THIS MACHINE ({why}):
+ VFIO cannot assign devices here; `pyvfio doctor` says what is missing.
+ Shown instead: the built-in FAKE system {name!r}, pyvfio's
+ simulated QEMU test machine.  None of the devices below is real.
+ `pyvfio status --real` shows this machine; `--fake NAME|FILE`
+ picks another fake system.
+====================================================================="""
+
+
+def cmd_status(args: argparse.Namespace, backend: Backend | None) -> int:
+    """``pyvfio status``."""
+    fallback = _fallback_needed(args, backend)
+    if fallback:
+        real = sysfs.pci_devices(default_backend())
+        args.fake = FALLBACK_TOPOLOGY
+        print(_BANNER.format(why=f"{len(real)} PCI devices, no IOMMU groups",
+                             name=FALLBACK_TOPOLOGY))
         print()
+    ctx = _Context(args, backend)
+    data = _status_data(ctx)
+    data["system"]["fallback"] = fallback
+    if args.json:
+        _print_json(data)
+        return EXIT_OK
+    _print_status(ctx, data)
+    if fallback:
+        print(f"\n(the devices above are the FAKE system {FALLBACK_TOPOLOGY!r}; "
+              "`pyvfio status --real` shows this machine)")
     return EXIT_OK
 
 
-def cmd_groups(args: argparse.Namespace) -> int:
-    b = _backend(args)
-    try:
-        ids = sorted(int(g) for g in b.sysfs_listdir(sysfs.IOMMU_GROUPS))
-    except OSError:
-        ids = []
-    result: list[dict[str, Any]] = []
-    for g in ids:
-        blockers = sysfs.viability_blockers(g, b)
-        result.append({
-            "group": g,
-            "devices": sysfs.group_devices(g, b),
-            "viable": not blockers,
-            "blockers": [{"bdf": x.bdf, "driver": x.driver, "reason": x.reason} for x in blockers],
-        })
-    if args.json:
-        print(json.dumps(result, indent=2))
+# -- groups ---------------------------------------------------------------------------
+def _group_targets(b: Backend, specs: Sequence[str]) -> list[tuple[int, str | None]]:
+    """(group, device or None) for each argument: a group number, or a
+    device (BDF, vendor:device) standing for its group."""
+    out: list[tuple[int, str | None]] = []
+    for spec in specs:
+        if spec.isdigit():
+            gid = int(spec)
+            if not b.exists(f"{sysfs.IOMMU_GROUPS}/{gid}/devices"):
+                raise _UsageError(f"no IOMMU group {gid}")
+            pairs: list[tuple[int, str | None]] = [(gid, None)]
+        else:
+            pairs = []
+            for bdf in _devices(b, [spec]):
+                try:
+                    pairs.append((sysfs.device_group(bdf, b), bdf))
+                except VfioError as e:
+                    raise _UsageError(str(e)) from None
+        out += [p for p in pairs if p not in out]
+    return out
+
+
+def _group_ids(b: Backend, specs: Sequence[str]) -> list[int]:
+    ids: list[int] = []
+    for gid, _device in _group_targets(b, specs):
+        if gid not in ids:
+            ids.append(gid)
+    return ids
+
+
+def cmd_groups(args: argparse.Namespace, backend: Backend | None) -> int:
+    """``pyvfio groups [GROUP|BDF ...]``."""
+    ctx = _Context(args, backend)
+    b = ctx.backend
+    if args.targets:
+        results = [sysfs.explain_group(gid, device, b)
+                   for gid, device in _group_targets(b, args.targets)]
     else:
-        if not result:
+        results = [sysfs.explain_group(g.id, None, b) for g in sysfs.iommu_groups(b)]
+    if args.json:
+        _print_json({"system": ctx.as_dict(), "groups": [r.as_dict() for r in results]})
+    elif args.targets:
+        print("\n\n".join(r.message() for r in results))
+    else:
+        if ctx.kind == "fake":
+            print(f"(FAKE system {ctx.fake_name!r})")
+        if not results:
             print("no IOMMU groups (is the IOMMU enabled? see `pyvfio doctor`)")
-        for r in result:
-            state = "viable" if r["viable"] else "NOT viable"
-            print(f"group {r['group']}: {state}: {', '.join(r['devices'])}")
-            for x in r["blockers"]:
-                print(f"    blocked by {x['reason']}")
-    return EXIT_OK if all(r["viable"] for r in result) else EXIT_PROBLEM
+        for r in results:
+            members = ", ".join(
+                f"{m.bdf} ({'bridge, ' if m.is_bridge else ''}{m.driver or 'no driver'})"
+                for m in r.members)
+            print(f"group {r.group} ({len(r.members)} device(s)): "
+                  f"{'viable' if r.viable else 'NOT viable'}: {members}")
+            for x in r.blockers:
+                print(f"    blocked by {x.reason}")
+    return EXIT_OK if all(r.viable for r in results) else EXIT_PROBLEM
 
 
+# -- doctor ---------------------------------------------------------------------------
+def cmd_doctor(args: argparse.Namespace, backend: Backend | None) -> int:
+    """``pyvfio doctor``."""
+    ctx = _Context(args, backend)
+    checks = check_environment(ctx.backend)
+    if args.json:
+        _print_json({"system": ctx.as_dict(), "checks": [c.as_dict() for c in checks],
+                     "ok": not any(c.status == FAIL for c in checks)})
+    else:
+        if ctx.kind == "fake":
+            print(f"(FAKE system {ctx.fake_name!r})")
+        rows: list[list[str]] = []
+        for c in checks:
+            lines = textwrap.wrap(c.detail, 72) or [""]
+            if c.fix and c.status in (FAIL, WARN):
+                lines += textwrap.wrap(f"fix: {c.fix}", 72, subsequent_indent="     ")
+            rows.append([c.status.upper(), c.name, lines[0]])
+            rows += [["", "", line] for line in lines[1:]]
+        print(_table(rows, ["STATUS", "CHECK", "DETAIL"]))
+        fails = [c.name for c in checks if c.status == FAIL]
+        warns = [c.name for c in checks if c.status == WARN]
+        if fails:
+            print(f"\nVFIO is not usable here: {', '.join(fails)} failed.")
+        elif warns:
+            print(f"\nVFIO is usable; warnings: {', '.join(warns)}.")
+        else:
+            print("\nVFIO is usable; no problems found.")
+    return EXIT_PROBLEM if any(c.status == FAIL for c in checks) else EXIT_OK
+
+
+# -- bind / unbind / restore ----------------------------------------------------------------
+def _devices(b: Backend, specs: Sequence[str]) -> list[str]:
+    """BDFs for device arguments: a BDF, or vendor:device (every match)."""
+    out: list[str] = []
+    all_devices: list[sysfs.PciDeviceInfo] | None = None
+    for spec in specs:
+        if sysfs._BDF.match(spec.strip()):
+            bdf = sysfs.normalize_bdf(spec)
+            if not b.exists(f"{sysfs.PCI_DEVICES}/{bdf}"):
+                raise _UsageError(f"no PCI device {bdf}")
+            matches = [bdf]
+        elif len(spec.split(":")) == 2 and all(len(p) == 4 for p in spec.split(":")):
+            if all_devices is None:
+                all_devices = sysfs.pci_devices(b)
+            matches = [d.bdf for d in all_devices if d.id == spec.lower()]
+            if not matches:
+                raise _UsageError(f"no PCI device with ID {spec}")
+        else:
+            raise _UsageError(f"{spec!r} is neither a PCI address (DDDD:BB:DD.F) nor an ID "
+                              "(vendor:device)")
+        out += [m for m in matches if m not in out]
+    return out
+
+
+def _state(args: argparse.Namespace, ctx: _Context) -> binding.BindingState:
+    if args.state:
+        return binding.BindingState(args.state)
+    return binding.BindingState.default(ctx.backend)
+
+
+def _run_binding(args: argparse.Namespace, backend: Backend | None, action: str) -> int:
+    ctx = _Context(args, backend)
+    b = ctx.backend
+    st = _state(args, ctx)
+    results: list[binding.Binding] = []
+    if action == "restore" and not args.targets:
+        if args.group:
+            raise _UsageError("restore --group needs a group number")
+        ops = [("device", rec.bdf) for rec in st.records()]
+        if not ops and not args.json:
+            print("nothing to restore: pyvfio has changed no device's driver")
+    elif args.group:
+        ops = [("group", str(g)) for g in _group_ids(b, args.targets)]
+    else:
+        if not args.targets:
+            raise _UsageError(f"{action} needs a device (BDF or vendor:device) or --group N")
+        ops = [("device", d) for d in _devices(b, args.targets)]
+    error: VfioError | None = None
+    try:
+        for kind, target in ops:
+            if kind == "group":
+                gid = int(target)
+                if action == "bind":
+                    results += binding.bind_group(gid, args.driver, force=args.force, backend=b,
+                                                  state=st)
+                elif action == "unbind":
+                    results += binding.unbind_group(gid, force=args.force, backend=b, state=st)
+                else:
+                    results += binding.restore_group(gid, force=args.force, backend=b, state=st)
+            elif action == "bind":
+                results.append(binding.bind(target, args.driver, force=args.force, backend=b,
+                                            state=st))
+            elif action == "unbind":
+                results.append(binding.unbind(target, force=args.force, backend=b, state=st))
+            else:
+                results.append(binding.restore(target, force=args.force, backend=b, state=st))
+    except VfioError as e:
+        error = e
+    code = EXIT_OK
+    if isinstance(error, binding.DeviceInUseError):
+        code = EXIT_IN_USE
+    elif error is not None:
+        code = EXIT_FAILED
+    if args.json:
+        err: dict[str, Any] | None = None
+        if error is not None:
+            err = {"errno": error.errno, "message": str(error),
+                   "usages": [u.as_dict() for u in getattr(error, "usages", [])]}
+        _print_json({"system": ctx.as_dict(), "ok": error is None,
+                     "results": [r.as_dict() for r in results], "error": err})
+        return code
+    if ctx.kind == "fake":
+        print(f"(FAKE system {ctx.fake_name!r}: nothing on this machine changes)")
+    for r in results:
+        print(r)
+    if error is not None:
+        print(f"pyvfio {action}: {error}", file=sys.stderr)
+    return code
+
+
+def cmd_bind(args: argparse.Namespace, backend: Backend | None) -> int:
+    """``pyvfio bind``."""
+    return _run_binding(args, backend, "bind")
+
+
+def cmd_unbind(args: argparse.Namespace, backend: Backend | None) -> int:
+    """``pyvfio unbind``."""
+    return _run_binding(args, backend, "unbind")
+
+
+def cmd_restore(args: argparse.Namespace, backend: Backend | None) -> int:
+    """``pyvfio restore``."""
+    return _run_binding(args, backend, "restore")
+
+
+# -- topology ---------------------------------------------------------------------------
+def cmd_topology_dump(args: argparse.Namespace, backend: Backend | None) -> int:
+    """``pyvfio topology dump``."""
+    from .fake.topology import TopologyError
+    from .topology_capture import capture, replay_check, to_json
+
+    ctx = _Context(args, backend)
+    topo = capture(ctx.backend, name=args.name)
+    text = to_json(topo)
+    try:
+        problems = replay_check(topo)
+    except (TopologyError, KeyError, ValueError) as e:
+        problems = [f"the fake cannot load it: {e}"]
+    if args.output and args.output != "-":
+        with open(args.output, "w", encoding="utf-8") as f:
+            f.write(text)
+    else:
+        sys.stdout.write(text)
+    summary = (f"captured {len(topo['devices'])} PCI devices, {len(topo.get('groups', []))} "
+               f"IOMMU groups" + (f" into {args.output}" if args.output and args.output != "-"
+                                  else ""))
+    if problems:
+        print(f"{summary}; it does NOT replay on the fake:\n  " + "\n  ".join(problems),
+              file=sys.stderr)
+        return EXIT_PROBLEM
+    print(f"{summary}; replays on the fake: pyvfio --fake FILE status", file=sys.stderr)
+    return EXIT_OK
+
+
+# -- parser ---------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pyvfio", description=__doc__.splitlines()[0])
+    """The argument parser of the ``pyvfio`` command."""
+    doc = __doc__ or ""
+    epilog = doc[doc.index("Exit codes"):].replace("``", "") if "Exit codes" in doc else None
+    parser = argparse.ArgumentParser(
+        prog="pyvfio", description="VFIO device setup: discovery, binding, environment checks.",
+        epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    def common_options(p: argparse.ArgumentParser, default: Any) -> None:
+        p.add_argument("--fake", metavar="NAME|FILE", default=default,
+                       help="run against a fake system: a shipped topology name "
+                            "(default, minimal, multi-group) or a JSON topology file")
+        p.add_argument("--json", action="store_true", default=default,
+                       help="machine-readable output")
+
+    common_options(parser, None)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--fake", metavar="NAME|FILE",
-                        help="run against a fake system (a shipped topology name or a JSON file)")
-    common.add_argument("--json", action="store_true", help="machine-readable output")
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("doctor", parents=[common],
-                   help="check IOMMU, modules, device nodes and limits").set_defaults(
+    common_options(common, argparse.SUPPRESS)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("status", parents=[common], help="PCI devices by driver, with IOMMU "
+                                                          "groups, viability and host use")
+    p.add_argument("--real", action="store_true",
+                   help="show this machine even when it has no IOMMU")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("groups", parents=[common],
+                       help="IOMMU groups and viability; explain given groups or devices")
+    p.add_argument("targets", nargs="*", metavar="GROUP|BDF")
+    p.set_defaults(func=cmd_groups)
+
+    sub.add_parser("doctor", parents=[common], help="check IOMMU, modules, device nodes, "
+                                                    "permissions and limits").set_defaults(
         func=cmd_doctor)
-    sub.add_parser("status", parents=[common],
-                   help="PCI devices by driver, with IOMMU groups").set_defaults(func=cmd_status)
-    sub.add_parser("groups", parents=[common],
-                   help="IOMMU groups, members and viability").set_defaults(func=cmd_groups)
+
+    for name, func, help_ in (
+            ("bind", cmd_bind, "bind devices to vfio-pci (remembering their driver)"),
+            ("unbind", cmd_unbind, "detach devices from their driver, keep them driver-less"),
+            ("restore", cmd_restore, "give devices their original driver back")):
+        p = sub.add_parser(name, parents=[common], help=help_)
+        p.add_argument("targets", nargs="*", metavar="DEVICE",
+                       help="a PCI address (0000:03:00.0 or 03:00.0) or an ID (8086:10d3); "
+                            "with --group, IOMMU group numbers")
+        p.add_argument("--group", action="store_true",
+                       help="the arguments are IOMMU groups (or devices whose whole group "
+                            "is meant); bridges are left alone")
+        p.add_argument("--force", action="store_true",
+                       help="do it even if the host uses the device")
+        p.add_argument("--state", metavar="FILE",
+                       help="where original drivers are remembered (default: "
+                            f"{binding.STATE_DIR}/bindings.json, $PYVFIO_STATE_DIR; "
+                            "memory for --fake)")
+        if name == "bind":
+            p.add_argument("--driver", default="vfio-pci", help="driver to bind (default vfio-pci)")
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("topology", parents=[common], help="capture this machine's topology")
+    tsub = p.add_subparsers(dest="topology_command", required=True, metavar="ACTION")
+    d = tsub.add_parser("dump", parents=[common],
+                        help="write the PCI/IOMMU topology in the fake's JSON format")
+    d.add_argument("--output", "-o", metavar="FILE", help="write to FILE (default: stdout)")
+    d.add_argument("--name", help="topology name (default: the host name)")
+    d.set_defaults(func=cmd_topology_dump)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, backend: Backend | None = None) -> int:
+    """Run the ``pyvfio`` command; returns its exit code.  ``backend`` runs
+    it against that backend (e.g. a fake system's, to chain commands on one
+    system in tests) instead of the real kernel or ``--fake``."""
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:
-        return int(exc.code or 0) and EXIT_USAGE
+        return EXIT_OK if not exc.code else EXIT_USAGE
+    if not hasattr(args, "real"):
+        args.real = False
     try:
-        return int(args.func(args))
+        return int(args.func(args, backend))
+    except _UsageError as exc:
+        print(f"pyvfio: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except InvalidArgumentError as exc:
+        print(f"pyvfio: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except BrokenPipeError:  # pragma: no cover - e.g. `pyvfio status | head`
+        return EXIT_OK
     except OSError as exc:
         print(f"pyvfio: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -178,3 +585,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
+

@@ -1,27 +1,43 @@
-"""What VFIO and iommufd support a machine has, with fixes for what is missing."""
+"""What VFIO and iommufd support a machine has, with fixes for what is missing.
+
+:func:`check_environment` runs every check (nothing here needs root or
+changes the system) and returns :class:`Check` results, each with a status
+(``ok``, ``warn``, ``fail``, ``info``), what was found, and how to fix it::
+
+    for check in check_environment():
+        print(check.status, check.name, check.detail, check.fix)
+
+A ``fail`` means VFIO cannot be used on this machine as it is; a ``warn``
+that one path or feature is missing or will need root.
+"""
 
 from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass
 
+from . import sysfs
 from .backend import Backend, default_backend
 
-__all__ = ["Check", "check_environment"]
+__all__ = ["Check", "check_environment", "OK", "WARN", "FAIL", "INFO"]
 
+#: Check statuses.
 OK, WARN, FAIL, INFO = "ok", "warn", "fail", "info"
+
+_CAP_IPC_LOCK = 14
 
 
 @dataclass(frozen=True)
 class Check:
     """One environment check."""
 
-    name: str
+    name: str  #: short name, e.g. ``"iommu"`` or ``"node /dev/iommu"``
     status: str  #: "ok", "warn", "fail" or "info"
-    detail: str
-    fix: str = ""
+    detail: str  #: what was found
+    fix: str = ""  #: what to do about it (empty when nothing is needed)
 
     def as_dict(self) -> dict[str, str]:
+        """JSON-friendly form."""
         return asdict(self)
 
 
@@ -39,73 +55,178 @@ def _listdir(b: Backend, path: str) -> list[str]:
         return []
 
 
+def _cpu_vendor(b: Backend) -> str | None:
+    for line in (_read(b, "/proc/cpuinfo") or "").splitlines():
+        if line.startswith("vendor_id"):
+            value = line.split(":", 1)[1].strip()
+            return {"GenuineIntel": "intel", "AuthenticAMD": "amd",
+                    "HygonGenuine": "amd"}.get(value, value)
+    return None
+
+
+def _iommu_check(b: Backend, support: sysfs.VfioSupport) -> Check:
+    cmdline = (_read(b, "/proc/cmdline") or "").split()
+    if support.iommu_enabled:
+        types = sorted({g.type for g in sysfs.iommu_groups(b) if g.type})
+        mode = f", default domain {'/'.join(types)}" if types else ""
+        passthrough = any(a in ("iommu=pt", "iommu.passthrough=1") for a in cmdline)
+        note = " (iommu=pt: host devices bypass translation, VFIO still isolates)" \
+            if passthrough else ""
+        return Check("iommu", OK, f"IOMMU active ({', '.join(support.iommus)}), "
+                                  f"{support.group_count} groups{mode}{note}")
+    off = [a for a in cmdline if a in ("intel_iommu=off", "amd_iommu=off", "iommu=off")]
+    vendor = _cpu_vendor(b)
+    tables = _listdir(b, "/sys/firmware/acpi/tables")
+    firmware = "DMAR" in tables or "IVRS" in tables
+    if off:
+        fix = f"remove {' '.join(off)} from the kernel command line and reboot"
+    elif tables and not firmware:
+        fix = ("the firmware describes no IOMMU (no ACPI DMAR/IVRS table): enable VT-d (Intel) "
+               "or AMD-Vi/IOMMU in the BIOS/UEFI setup; in a virtual machine give the guest a "
+               "virtual IOMMU (QEMU: -device intel-iommu), then reboot")
+    elif vendor == "intel" and "intel_iommu=on" not in cmdline:
+        fix = ("add intel_iommu=on to the kernel command line (GRUB_CMDLINE_LINUX in "
+               "/etc/default/grub, then update-grub) and reboot")
+    elif vendor == "amd":
+        fix = "enable AMD-Vi (IOMMU) in the BIOS/UEFI setup and reboot (AMD kernels enable it by default)"
+    else:
+        fix = ("enable the IOMMU in the firmware (VT-d/AMD-Vi/SMMU) and on the kernel command "
+               "line (intel_iommu=on for Intel), then reboot; in a virtual machine give the "
+               "guest a virtual IOMMU (QEMU: -device intel-iommu)")
+    found = "no IOMMU is active: no /sys/class/iommu entries, no IOMMU groups"
+    if not tables:
+        found += " (no ACPI tables visible)"
+    elif firmware:
+        found += " (the firmware has an IOMMU table: the kernel did not enable it)"
+    return Check("iommu", FAIL, found, fix=fix)
+
+
+def _node_check(b: Backend, node: str, what: str, missing_fix: str,
+                missing_status: str = WARN) -> Check:
+    if not b.exists(node):
+        return Check(f"node {node}", missing_status, f"{what}: missing", fix=missing_fix)
+    usable = b.access(node, os.R_OK | os.W_OK)
+    return Check(
+        f"node {node}", OK if usable else WARN,
+        f"{what}: present" + ("" if usable else ", but not read/writable by this user"),
+        fix="" if usable else (f"run as root, or grant access to {node} with a udev rule "
+                               "(e.g. GROUP=\"vfio\", MODE=\"0660\") and join that group"),
+    )
+
+
+def _memlock_check(b: Backend) -> Check:
+    limit = b.memlock_limit()
+    caps = 0
+    for line in (_read(b, "/proc/self/status") or "").splitlines():
+        if line.startswith("CapEff:"):
+            caps = int(line.split()[1], 16)
+    exempt = bool(caps & (1 << _CAP_IPC_LOCK))
+    if limit < 0:
+        return Check("memlock", OK, "RLIMIT_MEMLOCK unlimited")
+    text = f"RLIMIT_MEMLOCK {limit // 1024} KiB"
+    if exempt:
+        return Check("memlock", OK, text + " (CAP_IPC_LOCK: pinning is not limited for this process)")
+    if limit >= 64 << 20:
+        return Check("memlock", OK, text)
+    return Check("memlock", WARN, text + ": DMA mappings pin memory and count against it",
+                 fix="raise it to cover all DMA memory (ulimit -l, /etc/security/limits.conf, "
+                     "systemd LimitMEMLOCK=), or run with CAP_IPC_LOCK")
+
+
+def _hugepage_checks(b: Backend) -> list[Check]:
+    sizes = [n for n in _listdir(b, "/sys/kernel/mm/hugepages") if n.startswith("hugepages-")]
+    if not sizes:
+        return [Check("hugepages", INFO, "not supported (no /sys/kernel/mm/hugepages)")]
+    out = []
+    for name in sorted(sizes, key=lambda n: int("".join(c for c in n if c.isdigit()) or 0)):
+        size = name.split("-", 1)[1]
+        n = sysfs._int(_read(b, f"/sys/kernel/mm/hugepages/{name}/nr_hugepages"), 10) or 0
+        out.append(Check(
+            f"hugepages {size}", OK if n else INFO, f"{n} reserved",
+            fix="" if n else (f"optional, for large DMA buffers: echo N > "
+                              f"/sys/kernel/mm/hugepages/{name}/nr_hugepages"),
+        ))
+    return out
+
+
 def check_environment(backend: Backend | None = None) -> list[Check]:
     """Run every check; nothing here needs root or changes the system."""
     b = backend if backend is not None else default_backend()
+    support = sysfs.vfio_support(b)
     checks: list[Check] = []
 
-    iommus = _listdir(b, "/sys/class/iommu")
-    groups = _listdir(b, "/sys/kernel/iommu_groups")
-    cmdline = _read(b, "/proc/cmdline") or ""
-    if iommus and groups:
-        checks.append(Check("iommu", OK, f"IOMMU active ({', '.join(iommus)}), {len(groups)} groups"))
-    else:
-        hint = ""
-        if "intel_iommu=on" not in cmdline and "amd_iommu" not in cmdline:
-            hint = " Add intel_iommu=on (Intel) to the kernel command line;"
-        checks.append(Check(
-            "iommu", FAIL, "no IOMMU is active: no /sys/class/iommu entries, no IOMMU groups",
-            fix=(hint + " enable VT-d/AMD-Vi in the firmware, and reboot.").strip(),
-        ))
+    release = _read(b, "/proc/sys/kernel/osrelease")
+    if release:
+        checks.append(Check("kernel", INFO, f"Linux {release.strip()}"))
+
+    checks.append(_iommu_check(b, support))
+    if support.noiommu_mode:
+        checks.append(Check("noiommu", WARN, "vfio.enable_unsafe_noiommu_mode is on: devices "
+                                             "without an IOMMU get unsafe no-IOMMU groups",
+                            fix="only for devices you trust with all of memory"))
 
     for module, what in (("vfio", "VFIO core"), ("vfio_pci", "vfio-pci driver"),
                          ("vfio_iommu_type1", "legacy type1 IOMMU backend"),
                          ("iommufd", "iommufd")):
-        present = b.exists(f"/sys/module/{module}")
+        present = support.modules.get(module, False)
+        if module == "vfio_pci":
+            present = present and support.vfio_pci_driver
         checks.append(Check(
             f"module {module}", OK if present else WARN,
             f"{what} {'loaded' if present else 'not loaded (or not built)'}",
             fix="" if present else f"modprobe {module}",
         ))
 
-    for node, what in (("/dev/vfio/vfio", "legacy container"), ("/dev/iommu", "iommufd"),
-                       ("/dev/vfio/devices", "vfio device cdevs")):
-        if b.exists(node):
-            usable = b.access(node, os.R_OK | os.W_OK)
-            checks.append(Check(
-                f"node {node}", OK if usable else WARN,
-                f"{what}: present" + ("" if usable else ", but not read/writable by this user"),
-                fix="" if usable else f"run as root or grant access to {node} (udev rule)",
-            ))
-        else:
-            checks.append(Check(f"node {node}", WARN, f"{what}: missing",
-                                fix="load the module above (iommufd gives /dev/iommu; "
-                                    "CONFIG_VFIO_DEVICE_CDEV gives /dev/vfio/devices)"))
-
-    cdev = b.exists("/dev/iommu") and b.exists("/dev/vfio/devices")
-    legacy = b.exists("/dev/vfio/vfio")
-    mode = ("iommufd + cdev and legacy container" if cdev and legacy
-            else "iommufd + cdev only" if cdev else "legacy container only" if legacy
-            else "neither")
-    checks.append(Check("interfaces", OK if (cdev or legacy) else FAIL, f"usable: {mode}",
-                        fix="" if (cdev or legacy) else "load vfio-pci (and iommufd)"))
-
-    limit = b.memlock_limit()
-    if limit < 0:
-        checks.append(Check("memlock", OK, "RLIMIT_MEMLOCK unlimited"))
+    checks.append(_node_check(b, "/dev/vfio/vfio", "legacy container",
+                              "modprobe vfio (the legacy container needs CONFIG_VFIO_CONTAINER, "
+                              "or iommufd's compat container CONFIG_IOMMUFD_VFIO_CONTAINER)"))
+    checks.append(_node_check(b, "/dev/iommu", "iommufd", "modprobe iommufd (CONFIG_IOMMUFD)"))
+    if support.cdev_supported is None:
+        checks.append(Check("cdev", WARN, "cannot tell whether the kernel gives devices vfio cdevs: "
+                                          "sysfs has neither /sys/class/vfio nor /sys/class/vfio-dev",
+                            fix="bind a device to vfio-pci: /dev/vfio/devices/vfioN appears if "
+                                "it does"))
+    elif support.cdev_supported:
+        detail = ("vfio device cdevs supported: /dev/vfio/devices/vfioN appears for each device "
+                  "bound to vfio-pci")
+        if support.cdev_dir:
+            detail += "; /dev/vfio/devices is present"
+        checks.append(Check("cdev", OK, detail))
     else:
-        status = OK if limit >= 64 << 20 else WARN
-        checks.append(Check("memlock", status, f"RLIMIT_MEMLOCK {limit} bytes",
-                            fix="" if status == OK else
-                            "raise it (ulimit -l, limits.conf) to cover all DMA memory"))
+        checks.append(Check(
+            "cdev", WARN, "no vfio device cdevs (/sys/class/vfio-dev missing)",
+            fix=("a kernel with CONFIG_VFIO_DEVICE_CDEV (Linux 6.6+) gives the iommufd path; "
+                 "the legacy container path works without it") if support.modules.get("vfio")
+            else "modprobe vfio (on a kernel with CONFIG_VFIO_DEVICE_CDEV)"))
 
-    for size in ("2048kB", "1048576kB"):
-        n = _read(b, f"/sys/kernel/mm/hugepages/hugepages-{size}/nr_hugepages")
-        if n is None:
-            checks.append(Check(f"hugepages {size}", INFO, "not supported"))
-        else:
-            checks.append(Check(f"hugepages {size}", OK if int(n) else INFO,
-                                f"{n} reserved",
-                                fix="" if int(n) else
-                                f"echo N > /sys/kernel/mm/hugepages/hugepages-{size}/nr_hugepages"))
+    usable = support.legacy_usable or support.cdev_usable
+    checks.append(Check("interfaces", OK if usable else FAIL, f"usable: {support.interfaces}",
+                        fix="" if usable else "load vfio-pci and iommufd (see above)"))
+
+    # devices already bound: can this user open them?
+    bound = [d for d in sysfs.pci_devices(b) if d.driver == "vfio-pci"]
+    unreadable = []
+    for dev in bound:
+        nodes = []
+        if dev.iommu_group is not None:
+            nodes.append(sysfs.group_dev_path(dev.iommu_group, b))
+        if dev.cdev_path:
+            nodes.append(dev.cdev_path)
+        unreadable += [n for n in nodes if b.exists(n) and not b.access(n, os.R_OK | os.W_OK)]
+    if bound:
+        checks.append(Check(
+            "devices", OK if not unreadable else WARN,
+            f"{len(bound)} device(s) on vfio-pci: {', '.join(d.bdf for d in bound)}"
+            + (f"; not accessible to this user: {', '.join(sorted(set(unreadable)))}"
+               if unreadable else ""),
+            fix="" if not unreadable else "run as root or give this user access to those nodes"))
+    else:
+        checks.append(Check("devices", INFO, "no device is bound to vfio-pci",
+                            fix="pyvfio bind BDF (as root); pyvfio status lists the devices"))
+    if not b.access("/sys/bus/pci/drivers_probe", os.W_OK):
+        checks.append(Check("binding", INFO, "binding devices needs root (sysfs is not writable "
+                                             "by this user)"))
+
+    checks.append(_memlock_check(b))
+    checks += _hugepage_checks(b)
     return checks

@@ -1,17 +1,41 @@
-"""PCI devices and IOMMU groups as sysfs describes them.
+"""PCI devices, IOMMU groups and VFIO support as sysfs describes them.
 
 Everything here reads through a :class:`~pyvfio.backend.base.Backend`, so it
-works on the real /sys and on a fake system alike.
+works on the real /sys and on a fake system alike::
+
+    from pyvfio import sysfs
+
+    for dev in sysfs.pci_devices():
+        print(dev.bdf, dev.id, dev.class_name, dev.driver, dev.iommu_group)
+    print(sysfs.vfio_support())                 # IOMMU on? vfio-pci? cdev?
+    print(sysfs.explain_group(11).message())    # why a group is (not) viable
+
+Where the information comes from (Linux 7.3):
+
+* ``/sys/bus/pci/devices/<bdf>/``: ``vendor``, ``device``, ``class``,
+  ``subsystem_*``, ``revision``, ``numa_node``, ``driver`` (link),
+  ``driver_override``, ``iommu_group`` (link), ``reset_method``,
+  ``resource`` (BARs), ``physfn``/``virtfnN`` (SR-IOV links),
+  ``sriov_totalvfs``/``sriov_numvfs``, ``vfio-dev/vfioN`` (the vfio cdev);
+* ``/sys/kernel/iommu_groups/<n>/``: ``devices/``, ``reserved_regions``,
+  ``type``, ``name`` (``vfio-noiommu`` for unsafe no-IOMMU groups);
+* ``/sys/class/iommu`` (the IOMMUs), ``/sys/module/<name>`` (modules that are
+  loaded, or built in with parameters), ``/sys/bus/pci/drivers/vfio-pci``,
+  ``/sys/class/vfio-dev`` (present from boot when the kernel has
+  ``CONFIG_VFIO_DEVICE_CDEV``; ``/dev/vfio/devices`` only appears once a
+  device is bound to a vfio driver), ``/dev/vfio/vfio``, ``/dev/iommu``.
 """
 
 from __future__ import annotations
 
+import errno as _errno
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from .backend import Backend, default_backend
-from .errors import InvalidArgumentError, VfioError
+from .errors import InvalidArgumentError, NotViableError, VfioError
 
 __all__ = [
     "PCI_DEVICES",
@@ -25,6 +49,23 @@ __all__ = [
     "group_dev_path",
     "Blocker",
     "viability_blockers",
+    "driver_keeps_group_viable",
+    "class_name",
+    "Bar",
+    "PciDeviceInfo",
+    "pci_device",
+    "pci_devices",
+    "ReservedRegion",
+    "IommuGroupInfo",
+    "iommu_group",
+    "iommu_groups",
+    "VfioSupport",
+    "vfio_support",
+    "module_present",
+    "GroupMember",
+    "GroupViability",
+    "explain_group",
+    "explain_device",
 ]
 
 PCI_DEVICES = "/sys/bus/pci/devices"
@@ -35,6 +76,13 @@ IOMMU_GROUPS = "/sys/kernel/iommu_groups"
 VIABLE_DRIVERS = frozenset({"vfio-pci", "pci-stub", "pcieport"})
 
 _BDF = re.compile(r"^(?:([0-9a-fA-F]{4}):)?([0-9a-fA-F]{2}):([0-9a-fA-F]{2})\.([0-7])$")
+_BDF_COMPONENT = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
+
+# struct resource flags (include/linux/ioport.h) as ``resource`` prints them
+_IORESOURCE_IO = 0x00000100
+_IORESOURCE_MEM = 0x00000200
+_IORESOURCE_PREFETCH = 0x00002000
+_IORESOURCE_MEM_64 = 0x00100000
 
 
 def normalize_bdf(bdf: str) -> str:
@@ -48,6 +96,29 @@ def normalize_bdf(bdf: str) -> str:
 
 def _backend(backend: Backend | None) -> Backend:
     return backend if backend is not None else default_backend()
+
+
+def _read(b: Backend, path: str) -> str | None:
+    try:
+        return b.sysfs_read(path)
+    except OSError:
+        return None
+
+
+def _listdir(b: Backend, path: str) -> list[str]:
+    try:
+        return b.sysfs_listdir(path)
+    except OSError:
+        return []
+
+
+def _int(text: str | None, base: int = 0) -> int | None:
+    if text is None:
+        return None
+    try:
+        return int(text.strip(), base)
+    except ValueError:
+        return None
 
 
 def device_group(bdf: str, backend: Backend | None = None) -> int:
@@ -91,7 +162,8 @@ def device_cdev_path(bdf: str, backend: Backend | None = None) -> str:
     b = _backend(backend)
     bdf = normalize_bdf(bdf)
     try:
-        names = [n for n in b.sysfs_listdir(f"{PCI_DEVICES}/{bdf}/vfio-dev") if n.startswith("vfio")]
+        names = [n for n in b.sysfs_listdir(f"{PCI_DEVICES}/{bdf}/vfio-dev")
+                 if n.startswith(("vfio", "noiommu-vfio"))]
     except FileNotFoundError:
         names = []
     if not names:
@@ -105,17 +177,440 @@ def device_cdev_path(bdf: str, backend: Backend | None = None) -> str:
     return f"/dev/vfio/devices/{names[0]}"
 
 
+def driver_keeps_group_viable(driver: str | None) -> bool:
+    """Whether a device bound to ``driver`` leaves its IOMMU group viable.
+
+    The kernel's rule (``iommu_device_use_default_domain``, called when a
+    driver binds unless the driver sets ``driver_managed_dma``): a group can
+    be owned by user space only while none of its devices is bound to a
+    DMA-capable kernel driver.  Driver-less devices, vfio-pci and its
+    variant drivers (``*_vfio_pci``, e.g. ``mlx5_vfio_pci``), pci-stub and
+    pcieport keep the group viable.
+    """
+    if driver is None or driver in VIABLE_DRIVERS:
+        return True
+    return driver.replace("-", "_").endswith("vfio_pci")
+
+
+# -- PCI class names --------------------------------------------------------------
+_CLASSES: dict[int, str] = {
+    0x00: "Unclassified device", 0x01: "Mass storage controller", 0x02: "Network controller",
+    0x03: "Display controller", 0x04: "Multimedia controller", 0x05: "Memory controller",
+    0x06: "Bridge", 0x07: "Communication controller", 0x08: "System peripheral",
+    0x09: "Input device controller", 0x0A: "Docking station", 0x0B: "Processor",
+    0x0C: "Serial bus controller", 0x0D: "Wireless controller",
+    0x0E: "Intelligent controller", 0x0F: "Satellite communications controller",
+    0x10: "Encryption controller", 0x11: "Signal processing controller",
+    0x12: "Processing accelerators", 0x13: "Non-Essential Instrumentation",
+    0xFF: "Unassigned class",
+}
+_SUBCLASSES: dict[int, str] = {
+    0x0000: "Non-VGA unclassified device", 0x0001: "VGA compatible unclassified device",
+    0x0100: "SCSI storage controller", 0x0101: "IDE interface", 0x0104: "RAID bus controller",
+    0x0105: "ATA controller", 0x0106: "SATA controller", 0x0107: "Serial Attached SCSI controller",
+    0x0108: "Non-Volatile memory controller",
+    0x0200: "Ethernet controller", 0x0207: "Infiniband controller", 0x0280: "Network controller",
+    0x0300: "VGA compatible controller", 0x0302: "3D controller", 0x0380: "Display controller",
+    0x0401: "Multimedia audio controller", 0x0403: "Audio device",
+    0x0500: "RAM memory", 0x0502: "CXL",
+    0x0600: "Host bridge", 0x0601: "ISA bridge", 0x0604: "PCI bridge", 0x0680: "Bridge",
+    0x0700: "Serial controller",
+    0x0806: "IOMMU", 0x0880: "System peripheral",
+    0x0C03: "USB controller", 0x0C04: "Fibre Channel", 0x0C05: "SMBus",
+    0x1200: "Processing accelerators",
+}
+
+
+def class_name(class_code: int) -> str:
+    """Human name of a 24-bit PCI class code, as lspci words it
+    (``0x020000`` -> ``"Ethernet controller"``)."""
+    sub = (class_code >> 8) & 0xFFFF
+    if sub in _SUBCLASSES:
+        return _SUBCLASSES[sub]
+    return _CLASSES.get((class_code >> 16) & 0xFF, f"Class {sub:04x}")
+
+
+# -- devices ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Bar:
+    """One implemented BAR of a PCI device (from sysfs ``resource``)."""
+
+    index: int  #: BAR number 0-5
+    start: int  #: host bus address
+    size: int  #: bytes
+    kind: str  #: ``"mem32"``, ``"mem64"`` or ``"io"``
+    prefetchable: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-friendly form."""
+        return {"index": self.index, "start": self.start, "size": self.size,
+                "type": self.kind, "prefetchable": self.prefetchable}
+
+
+def _parse_resource(text: str | None) -> list[Bar]:
+    bars: list[Bar] = []
+    if not text:
+        return bars
+    lines = text.splitlines()
+    index = 0
+    while index < min(6, len(lines)):
+        parts = lines[index].split()
+        if len(parts) != 3:
+            index += 1
+            continue
+        start, end, flags = (int(p, 16) for p in parts)
+        if flags and end > start:
+            kind = "io" if flags & _IORESOURCE_IO else (
+                "mem64" if flags & _IORESOURCE_MEM_64 else "mem32")
+            bars.append(Bar(index, start, end - start + 1, kind,
+                            bool(flags & _IORESOURCE_PREFETCH) and kind != "io"))
+            if kind == "mem64":
+                index += 1  # the upper half of a 64-bit BAR is the next slot
+        index += 1
+    return bars
+
+
+@dataclass(frozen=True)
+class PciDeviceInfo:
+    """What sysfs says about one PCI function (a snapshot)."""
+
+    bdf: str
+    vendor: int
+    device: int
+    subsystem_vendor: int
+    subsystem_device: int
+    revision: int
+    class_code: int  #: the 24-bit class code
+    driver: str | None
+    driver_override: str | None
+    numa_node: int  #: -1 when unknown
+    iommu_group: int | None
+    reset_methods: tuple[str, ...]  #: enabled methods, best first; empty: no reset
+    bars: tuple[Bar, ...]
+    parent: str | None  #: BDF of the bridge above, or None on a root bus
+    secondary_bus: int | None  #: the bus behind a bridge
+    physfn: str | None  #: for an SR-IOV VF: its PF
+    virtfns: tuple[str, ...]  #: for an SR-IOV PF: its enabled VFs
+    sriov_totalvfs: int | None  #: for an SR-IOV PF: how many VFs it supports
+    sriov_numvfs: int | None  #: for an SR-IOV PF: how many VFs are enabled
+    vfio_dev: str | None  #: ``vfioN`` while bound to a vfio driver with cdev support
+
+    @property
+    def id(self) -> str:
+        """``"vvvv:dddd"``."""
+        return f"{self.vendor:04x}:{self.device:04x}"
+
+    @property
+    def class_name(self) -> str:
+        """e.g. ``"Ethernet controller"``."""
+        return class_name(self.class_code)
+
+    @property
+    def description(self) -> str:
+        """e.g. ``"Ethernet controller 8086:10d3"``."""
+        return f"{self.class_name} {self.id}"
+
+    @property
+    def is_bridge(self) -> bool:
+        """A PCI-to-PCI bridge (class 0x0604): vfio-pci does not drive bridges."""
+        return (self.class_code >> 8) == 0x0604
+
+    @property
+    def is_vf(self) -> bool:
+        """An SR-IOV virtual function."""
+        return self.physfn is not None
+
+    @property
+    def cdev_path(self) -> str | None:
+        """``/dev/vfio/devices/vfioN`` while bound to vfio-pci with cdev support."""
+        return f"/dev/vfio/devices/{self.vfio_dev}" if self.vfio_dev else None
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-friendly form (ids as ``0x`` strings like sysfs shows them)."""
+        return {
+            "bdf": self.bdf, "vendor": f"0x{self.vendor:04x}", "device": f"0x{self.device:04x}",
+            "subsystem_vendor": f"0x{self.subsystem_vendor:04x}",
+            "subsystem_device": f"0x{self.subsystem_device:04x}",
+            "revision": f"0x{self.revision:02x}", "class": f"0x{self.class_code:06x}",
+            "class_name": self.class_name, "driver": self.driver,
+            "driver_override": self.driver_override, "numa_node": self.numa_node,
+            "iommu_group": self.iommu_group, "reset_methods": list(self.reset_methods),
+            "bars": [bar.as_dict() for bar in self.bars], "parent": self.parent,
+            "secondary_bus": self.secondary_bus, "physfn": self.physfn,
+            "virtfns": list(self.virtfns), "sriov_totalvfs": self.sriov_totalvfs,
+            "sriov_numvfs": self.sriov_numvfs, "vfio_dev": self.vfio_dev,
+        }
+
+
+def _link_target_bdfs(b: Backend, path: str) -> list[str]:
+    """The PCI addresses along the canonical path a sysfs link points to."""
+    try:
+        target = b.sysfs_readlink(path)
+    except OSError:
+        return []
+    return [p for p in target.split("/") if _BDF_COMPONENT.match(p)]
+
+
+def pci_device(bdf: str, backend: Backend | None = None) -> PciDeviceInfo:
+    """A snapshot of one PCI device; VfioError (ENOENT) if there is none."""
+    b = _backend(backend)
+    bdf = normalize_bdf(bdf)
+    base = f"{PCI_DEVICES}/{bdf}"
+    vendor = _int(_read(b, f"{base}/vendor"), 16)
+    if vendor is None:
+        raise VfioError(_errno.ENOENT, f"no PCI device {bdf}", target=f"device {bdf}")
+
+    def num(name: str, default: int = 0, base_: int = 16) -> int:
+        value = _int(_read(b, f"{base}/{name}"), base_)
+        return default if value is None else value
+
+    try:
+        group: int | None = int(os.path.basename(b.sysfs_readlink(f"{base}/iommu_group")))
+    except (OSError, ValueError):
+        group = None
+    override = _read(b, f"{base}/driver_override")
+    if override in ("(null)", ""):
+        override = None
+    chain = _link_target_bdfs(b, base)
+    parent = chain[-2] if len(chain) >= 2 and chain[-1] == bdf else None
+    physfn = b.sysfs_basename_of_link(f"{base}/physfn") if b.exists(f"{base}/physfn") else None
+    names = _listdir(b, base)
+    virtfns = []
+    for name in sorted((n for n in names if n.startswith("virtfn") and n[6:].isdigit()),
+                       key=lambda n: int(n[6:])):
+        target = b.sysfs_basename_of_link(f"{base}/{name}")
+        if target:
+            virtfns.append(target)
+    vfio_dev = next((n for n in _listdir(b, f"{base}/vfio-dev")
+                     if n.startswith(("vfio", "noiommu-vfio"))), None) if "vfio-dev" in names else None
+    class_code = num("class")
+    return PciDeviceInfo(
+        bdf=bdf, vendor=vendor, device=num("device"),
+        subsystem_vendor=num("subsystem_vendor"), subsystem_device=num("subsystem_device"),
+        revision=num("revision"), class_code=class_code,
+        driver=b.sysfs_basename_of_link(f"{base}/driver"), driver_override=override,
+        numa_node=num("numa_node", -1, 10), iommu_group=group,
+        reset_methods=tuple((_read(b, f"{base}/reset_method") or "").split()),
+        bars=tuple(_parse_resource(_read(b, f"{base}/resource"))), parent=parent,
+        secondary_bus=_int(_read(b, f"{base}/secondary_bus_number"), 10)
+        if (class_code >> 8) == 0x0604 else None,
+        physfn=physfn, virtfns=tuple(virtfns),
+        sriov_totalvfs=_int(_read(b, f"{base}/sriov_totalvfs"), 10)
+        if "sriov_totalvfs" in names else None,
+        sriov_numvfs=_int(_read(b, f"{base}/sriov_numvfs"), 10)
+        if "sriov_numvfs" in names else None,
+        vfio_dev=vfio_dev,
+    )
+
+
+def pci_devices(backend: Backend | None = None) -> list[PciDeviceInfo]:
+    """Every PCI device of the machine, sorted by address (empty without PCI)."""
+    b = _backend(backend)
+    out = []
+    for bdf in _listdir(b, PCI_DEVICES):
+        try:
+            out.append(pci_device(bdf, b))
+        except (VfioError, InvalidArgumentError):
+            continue  # removed while we looked, or not a PCI address
+    return out
+
+
+# -- IOMMU groups -------------------------------------------------------------------
+@dataclass(frozen=True)
+class ReservedRegion:
+    """An IOVA range the group's IOMMU will not map for DMA (``[start, last]``)."""
+
+    start: int
+    last: int
+    type: str  #: ``direct``, ``direct-relaxable``, ``reserved`` or ``msi``
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-friendly form."""
+        return {"start": self.start, "last": self.last, "type": self.type}
+
+
+@dataclass(frozen=True)
+class IommuGroupInfo:
+    """What sysfs says about one IOMMU group (a snapshot)."""
+
+    id: int
+    devices: tuple[str, ...]  #: member BDFs (PCI and others), sorted
+    reserved_regions: tuple[ReservedRegion, ...]
+    type: str | None  #: default domain type: ``DMA``, ``DMA-FQ``, ``identity``, ...
+    name: str | None  #: ``vfio-noiommu`` for an unsafe no-IOMMU group
+
+    @property
+    def noiommu(self) -> bool:
+        """A fake group vfio creates in unsafe no-IOMMU mode: no isolation."""
+        return self.name == "vfio-noiommu"
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-friendly form."""
+        return {"id": self.id, "devices": list(self.devices),
+                "reserved_regions": [r.as_dict() for r in self.reserved_regions],
+                "type": self.type, "name": self.name}
+
+
+def _parse_reserved(text: str | None) -> list[ReservedRegion]:
+    out = []
+    for line in (text or "").splitlines():
+        parts = line.split()
+        if len(parts) == 3:
+            try:
+                out.append(ReservedRegion(int(parts[0], 16), int(parts[1], 16), parts[2]))
+            except ValueError:
+                continue
+    return out
+
+
+def iommu_group(group: int, backend: Backend | None = None) -> IommuGroupInfo:
+    """A snapshot of IOMMU group ``group``; VfioError (ENOENT) if there is none."""
+    b = _backend(backend)
+    base = f"{IOMMU_GROUPS}/{group}"
+    try:
+        devices = b.sysfs_listdir(f"{base}/devices")
+    except OSError:
+        raise VfioError(_errno.ENOENT, f"no IOMMU group {group}", target=f"group {group}") from None
+    return IommuGroupInfo(
+        id=group, devices=tuple(devices),
+        reserved_regions=tuple(_parse_reserved(_read(b, f"{base}/reserved_regions"))),
+        type=_read(b, f"{base}/type"), name=_read(b, f"{base}/name"),
+    )
+
+
+def iommu_groups(backend: Backend | None = None) -> list[IommuGroupInfo]:
+    """Every IOMMU group, by number (empty when no IOMMU is active)."""
+    b = _backend(backend)
+    ids = sorted(int(n) for n in _listdir(b, IOMMU_GROUPS) if n.isdigit())
+    out = []
+    for gid in ids:
+        try:
+            out.append(iommu_group(gid, b))
+        except VfioError:
+            continue
+    return out
+
+
+# -- VFIO support ------------------------------------------------------------------
+_SELFTEST_IOMMU = "iommufd_selftest"
+
+
+@dataclass(frozen=True)
+class VfioSupport:
+    """What VFIO and iommufd support a machine has (from sysfs and /dev)."""
+
+    iommus: tuple[str, ...]  #: /sys/class/iommu entries (hardware IOMMUs)
+    group_count: int  #: IOMMU groups (including no-IOMMU ones)
+    noiommu_mode: bool | None  #: vfio.enable_unsafe_noiommu_mode; None: unknown
+    modules: dict[str, bool]  #: vfio, vfio_pci, vfio_iommu_type1, iommufd -> present
+    vfio_pci_driver: bool  #: /sys/bus/pci/drivers/vfio-pci exists
+    container_node: bool  #: /dev/vfio/vfio exists (the legacy container)
+    iommufd_node: bool  #: /dev/iommu exists
+    #: The kernel gives devices vfio cdevs (CONFIG_VFIO_DEVICE_CDEV): from
+    #: /sys/class/vfio-dev (present from boot); None when sysfs has no vfio
+    #: classes at all to tell (neither /sys/class/vfio nor vfio-dev).
+    cdev_supported: bool | None
+    cdev_dir: bool  #: /dev/vfio/devices exists (a device is bound to a vfio driver)
+
+    @property
+    def iommu_enabled(self) -> bool:
+        """A hardware IOMMU is active and has put devices into groups."""
+        return bool(self.iommus) and self.group_count > 0
+
+    @property
+    def legacy_usable(self) -> bool:
+        """The container/group path can be used (type1, or iommufd's compat
+        container: ``/dev/vfio/vfio`` then belongs to iommufd)."""
+        return self.container_node and (self.modules.get("vfio_iommu_type1", False)
+                                        or self.modules.get("iommufd", False))
+
+    @property
+    def cdev_usable(self) -> bool:
+        """The iommufd + vfio cdev path can be used (``cdev_supported`` None
+        counts as usable: nothing says otherwise)."""
+        return self.iommufd_node and self.cdev_supported is not False
+
+    @property
+    def usable(self) -> bool:
+        """VFIO can assign a device on this machine (some path, some IOMMU)."""
+        return (self.iommu_enabled or bool(self.noiommu_mode)) and self.vfio_pci_driver \
+            and (self.legacy_usable or self.cdev_usable)
+
+    @property
+    def interfaces(self) -> str:
+        """``"iommufd + cdev, legacy container"``, ``"none"``, ..."""
+        names = [n for n, ok in (("iommufd + cdev", self.cdev_usable),
+                                 ("legacy container", self.legacy_usable)) if ok]
+        return ", ".join(names) or "none"
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-friendly form, including the derived properties."""
+        return {
+            "iommus": list(self.iommus), "group_count": self.group_count,
+            "iommu_enabled": self.iommu_enabled, "noiommu_mode": self.noiommu_mode,
+            "modules": dict(self.modules), "vfio_pci_driver": self.vfio_pci_driver,
+            "container_node": self.container_node, "iommufd_node": self.iommufd_node,
+            "cdev_supported": self.cdev_supported, "cdev_dir": self.cdev_dir,
+            "legacy_usable": self.legacy_usable, "cdev_usable": self.cdev_usable,
+            "usable": self.usable,
+        }
+
+
+def module_present(name: str, backend: Backend | None = None) -> bool:
+    """Whether kernel module ``name`` is loaded or built in.
+
+    Built-in modules only show in /sys/module when they have parameters, so
+    the drivers and device nodes a module provides count too.
+    """
+    b = _backend(backend)
+    if b.exists(f"/sys/module/{name}"):
+        return True
+    evidence = {
+        "vfio": ("/dev/vfio/vfio", "/sys/class/vfio"),
+        "vfio_pci": ("/sys/bus/pci/drivers/vfio-pci",),
+        "iommufd": ("/dev/iommu",),
+        "pci_stub": ("/sys/bus/pci/drivers/pci-stub",),
+    }.get(name, ())
+    return any(b.exists(p) for p in evidence)
+
+
+def vfio_support(backend: Backend | None = None) -> VfioSupport:
+    """Detect what VFIO and iommufd support the machine has."""
+    b = _backend(backend)
+    iommus = tuple(n for n in _listdir(b, "/sys/class/iommu") if not n.startswith(_SELFTEST_IOMMU))
+    groups = [n for n in _listdir(b, IOMMU_GROUPS) if n.isdigit()]
+    noiommu_text = _read(b, "/sys/module/vfio/parameters/enable_unsafe_noiommu_mode")
+    modules = {m: module_present(m, b) for m in ("vfio", "vfio_pci", "vfio_iommu_type1", "iommufd")}
+    cdev_dir = b.exists("/dev/vfio/devices")
+    cdev: bool | None = b.exists("/sys/class/vfio-dev") or cdev_dir or any(
+        b.exists(f"{PCI_DEVICES}/{bdf}/vfio-dev") for bdf in _listdir(b, PCI_DEVICES))
+    if not cdev and modules["vfio"] and not b.exists("/sys/class/vfio"):
+        cdev = None  # a sysfs without the vfio classes cannot tell
+    return VfioSupport(
+        iommus=iommus, group_count=len(groups),
+        noiommu_mode=None if noiommu_text is None else noiommu_text.strip() in ("Y", "1"),
+        modules=modules, vfio_pci_driver=b.exists("/sys/bus/pci/drivers/vfio-pci"),
+        container_node=b.exists("/dev/vfio/vfio"), iommufd_node=b.exists("/dev/iommu"),
+        cdev_supported=cdev, cdev_dir=cdev_dir,
+    )
+
+
+# -- viability ---------------------------------------------------------------------
 @dataclass(frozen=True)
 class Blocker:
     """A device that keeps its IOMMU group from being viable."""
 
     bdf: str
     driver: str
+    #: What the device is (``"Ethernet controller 8086:100e"``), when known.
+    description: str = field(default="", compare=False)
 
     @property
     def reason(self) -> str:
+        """One sentence: what blocks and how to fix it."""
+        what = f" ({self.description})" if self.description else ""
         return (
-            f"{self.bdf} is bound to the host driver {self.driver!r}; "
+            f"{self.bdf}{what} is bound to the host driver {self.driver!r}; "
             "unbind it or bind it to vfio-pci"
         )
 
@@ -128,6 +623,176 @@ def viability_blockers(group: int, backend: Backend | None = None) -> list[Block
     blockers = []
     for bdf in group_devices(group, b):
         driver = device_driver(bdf, b)
-        if driver is not None and driver not in VIABLE_DRIVERS:
-            blockers.append(Blocker(bdf, driver))
+        if driver is not None and not driver_keeps_group_viable(driver):
+            blockers.append(Blocker(bdf, driver, _describe(b, bdf)))
     return blockers
+
+
+def _describe(b: Backend, bdf: str) -> str:
+    base = f"{PCI_DEVICES}/{bdf}"
+    cls = _int(_read(b, f"{base}/class"), 16)
+    vendor = _int(_read(b, f"{base}/vendor"), 16)
+    device = _int(_read(b, f"{base}/device"), 16)
+    if cls is None or vendor is None or device is None:
+        return ""
+    return f"{class_name(cls)} {vendor:04x}:{device:04x}"
+
+
+@dataclass(frozen=True)
+class GroupMember:
+    """One device of an IOMMU group, as :func:`explain_group` sees it."""
+
+    bdf: str
+    driver: str | None
+    description: str  #: ``"Ethernet controller 8086:100e"`` ("" if not a PCI device)
+    is_bridge: bool
+
+    @property
+    def blocks(self) -> bool:
+        """Bound to a DMA-capable host driver: the group is not viable."""
+        return not driver_keeps_group_viable(self.driver)
+
+    @property
+    def state(self) -> str:
+        """Short words for tables: ``"blocks (e1000)"``, ``"vfio-pci"``, ..."""
+        if self.blocks:
+            return f"blocks (host driver {self.driver})"
+        if self.driver is None:
+            return "no driver"
+        return self.driver
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-friendly form."""
+        return {"bdf": self.bdf, "driver": self.driver, "description": self.description,
+                "is_bridge": self.is_bridge, "blocks": self.blocks}
+
+
+@dataclass(frozen=True)
+class GroupViability:
+    """Why an IOMMU group can or cannot be given to user space, and what a
+    user who gets it can reach.
+
+    The kernel's rule: user space may own a group only while every device in
+    it is driver-less or bound to vfio-pci (or a vfio variant driver),
+    pci-stub or pcieport.  All devices of a group share one I/O address
+    space: whoever owns it programs DMA for all of them, so the other
+    members (:attr:`at_risk`) are reachable by the user's DMA and must be
+    trusted with it, or left without a driver.
+    """
+
+    group: int
+    #: The device the question is about (None: the group as a whole).
+    device: str | None
+    members: tuple[GroupMember, ...]
+    blockers: tuple[Blocker, ...]
+    #: Other members that share the group's I/O address space with ``device``
+    #: (every member when asking about the group and it has several).
+    at_risk: tuple[GroupMember, ...]
+    noiommu: bool = False
+
+    @property
+    def viable(self) -> bool:
+        """No member is bound to a DMA-capable host driver."""
+        return not self.blockers
+
+    def summary(self) -> str:
+        """One line: ``"group 11 is not viable: 0000:05:02.0 ... is bound ..."``."""
+        if self.viable:
+            state = f"group {self.group} is viable"
+            if self.at_risk:
+                state += (f"; {len(self.at_risk)} other device(s) share its I/O address space: "
+                          + ", ".join(m.bdf for m in self.at_risk))
+            return state
+        return f"group {self.group} is not viable: " + "; ".join(b.reason for b in self.blockers)
+
+    def message(self) -> str:
+        """A multi-line explanation for people (what blocks, how to fix,
+        what else the user's DMA reaches)."""
+        who = f"device {self.device} is in " if self.device else ""
+        lines = [f"{who}IOMMU group {self.group} ({len(self.members)} device(s)): "
+                 + ("viable" if self.viable else "NOT viable")]
+        if self.noiommu:
+            lines.append("  this is an unsafe no-IOMMU group: the device can DMA anywhere in memory")
+        if self.blockers:
+            lines.append("  blocked by (the kernel refuses user ownership while a device of the "
+                         "group is on a DMA-capable host driver):")
+            lines += [f"    - {b.reason}" for b in self.blockers]
+            bdfs = " ".join(b.bdf for b in self.blockers)
+            lines.append(f"  fix: `pyvfio bind --group {self.group}` (binds every device of the "
+                         f"group to vfio-pci) or `pyvfio unbind {bdfs}`")
+        if self.at_risk:
+            lines.append("  reachable by the user's DMA (same I/O address space):")
+            for m in self.at_risk:
+                what = f" ({m.description})" if m.description else ""
+                note = ", a bridge: no DMA of its own" if m.is_bridge else ""
+                lines.append(f"    - {m.bdf}{what}, driver: {m.driver or 'none'}{note}")
+        return "\n".join(lines)
+
+    def error(self, *, ioctl: str | None = None, target: str | None = None,
+              cause: OSError | None = None) -> NotViableError:
+        """The :class:`~pyvfio.errors.NotViableError` to raise when the kernel
+        refused ownership (EPERM) of this group, explained.  ``cause`` is the
+        kernel's error; without blockers the message says the group is
+        owned by another user."""
+        head = f"{ioctl} on {target}: " if ioctl and target else (f"{ioctl or target}: " if ioctl or target else "")
+        if self.blockers:
+            text = head + self.message()
+        else:
+            text = (head + f"the kernel refused ownership of IOMMU group {self.group} although "
+                    "no device of it is on a host driver: another process or iommufd owns "
+                    "the group (an open /dev/vfio/N or another bound device)\n" + self.message())
+        if cause is not None and cause.strerror:
+            text += f"\n  kernel error: {cause.strerror}"
+        return NotViableError(text, blockers=[(b.bdf, b.reason) for b in self.blockers],
+                              target=target, ioctl=ioctl)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-friendly form."""
+        return {
+            "group": self.group, "device": self.device, "viable": self.viable,
+            "noiommu": self.noiommu,
+            "members": [m.as_dict() for m in self.members],
+            "blockers": [{"bdf": b.bdf, "driver": b.driver, "description": b.description,
+                          "reason": b.reason} for b in self.blockers],
+            "at_risk": [m.as_dict() for m in self.at_risk],
+        }
+
+
+def explain_group(group: int, device: str | None = None,
+                  backend: Backend | None = None) -> GroupViability:
+    """Explain IOMMU group ``group``: which devices block it and why, and
+    which other devices a user of ``device`` (or of the whole group) can
+    reach by DMA."""
+    b = _backend(backend)
+    if device is not None:
+        device = normalize_bdf(device)
+    try:
+        bdfs = b.sysfs_listdir(f"{IOMMU_GROUPS}/{group}/devices")
+    except OSError:
+        raise VfioError(_errno.ENOENT, f"no IOMMU group {group}", target=f"group {group}") from None
+    members = []
+    for bdf in bdfs:
+        is_pci = _BDF_COMPONENT.match(bdf) is not None
+        driver = b.sysfs_basename_of_link(f"{IOMMU_GROUPS}/{group}/devices/{bdf}/driver")
+        cls = _int(_read(b, f"{PCI_DEVICES}/{bdf}/class"), 16) if is_pci else None
+        members.append(GroupMember(
+            bdf=bdf, driver=driver, description=_describe(b, bdf) if is_pci else "",
+            is_bridge=cls is not None and (cls >> 8) == 0x0604,
+        ))
+    blockers = tuple(Blocker(m.bdf, m.driver or "", m.description) for m in members if m.blocks)
+    if device is not None:
+        at_risk = tuple(m for m in members if m.bdf != device)
+    else:
+        at_risk = tuple(members) if len(members) > 1 else ()
+    return GroupViability(group=group, device=device, members=tuple(members), blockers=blockers,
+                          at_risk=at_risk,
+                          noiommu=_read(b, f"{IOMMU_GROUPS}/{group}/name") == "vfio-noiommu")
+
+
+def explain_device(bdf: str, backend: Backend | None = None) -> GroupViability:
+    """:func:`explain_group` for the group of PCI device ``bdf``, from that
+    device's point of view.  This is what to raise (``.error(...)``) when
+    ``VFIO_DEVICE_BIND_IOMMUFD`` fails with EPERM on the cdev path."""
+    b = _backend(backend)
+    bdf = normalize_bdf(bdf)
+    return explain_group(device_group(bdf, b), bdf, b)

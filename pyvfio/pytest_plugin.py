@@ -1,0 +1,229 @@
+"""pytest plugin: fake VFIO machines and devices, to unit-test user-space
+drivers without hardware.
+
+Installed pyvfio registers it (entry point ``pytest11``: ``pyvfio =
+"pyvfio.pytest_plugin"``); from a checkout, enable it with ``-p
+pyvfio.pytest_plugin`` or ``pytest_plugins = ["pyvfio.pytest_plugin"]`` in
+the top-level ``conftest.py``.  See docs/plugin.md.
+
+Fixtures:
+
+``vfio_system``
+    A fresh :class:`pyvfio.fake.System` for the test.  Its topology is, by
+    priority: the test's parameter (``@pytest.mark.parametrize("vfio_system",
+    ["minimal", "multi-group"], indirect=True)``), the ``vfio_topology``
+    marker (``@pytest.mark.vfio_topology("multi-group")``: a shipped name,
+    a JSON file such as one written by ``pyvfio topology dump``, or a dict),
+    the ``vfio_topology`` ini option, else ``"default"``.  At teardown the
+    test fails if it left VFIO files open (ini ``vfio_leak_check = false``
+    turns that off).
+``vfio_backend``
+    ``vfio_system.backend``: pass it as ``backend=`` to pyvfio objects or to
+    your own code.
+``vfio_device``
+    A :class:`FakeVfioDevice`: a device of the chosen model bound to
+    vfio-pci in ``vfio_system``.  The model is, by priority: the test's
+    parameter (``@pytest.mark.parametrize("vfio_device", ["edu", "nvme"],
+    indirect=True)``; a model name or a topology device dict), the
+    ``vfio_device`` marker (``@pytest.mark.vfio_device("nvme", bdf=...,
+    **spec)``), else ``"edu"``.  A device of that model (and address, if
+    given) in the topology is used; otherwise one is added to the topology,
+    alone in a new IOMMU group, before the system is built.
+
+Markers: ``vfio_topology(source)``, ``vfio_device(model, bdf=None, **spec)``.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Iterator
+
+import pytest
+
+from . import binding, sysfs
+from .backend import Backend
+
+if TYPE_CHECKING:
+    from .device import Device
+    from .fake import PciDevice, System
+
+__all__ = [
+    "FakeVfioDevice",
+    "vfio_system",
+    "vfio_backend",
+    "vfio_device",
+    "DEFAULT_TOPOLOGY",
+    "DEFAULT_MODEL",
+]
+
+#: Topology of ``vfio_system`` when nothing selects one.
+DEFAULT_TOPOLOGY = "default"
+#: Model of ``vfio_device`` when nothing selects one.
+DEFAULT_MODEL = "edu"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """Register the ini options."""
+    parser.addini("vfio_topology", "default fake topology of the vfio_system fixture "
+                                   "(a shipped name or a JSON file)", default=DEFAULT_TOPOLOGY)
+    parser.addini("vfio_leak_check", "fail tests that leave VFIO files of the fake system open",
+                  type="bool", default=True)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Register the markers."""
+    config.addinivalue_line(
+        "markers", "vfio_topology(source): fake topology for vfio_system (a shipped name, "
+                   "a JSON file or a dict)")
+    config.addinivalue_line(
+        "markers", "vfio_device(model, bdf=None, **spec): device model (and address, extra "
+                   "topology keys) for the vfio_device fixture")
+
+
+@dataclass
+class FakeVfioDevice:
+    """A device of a fake system, bound to vfio-pci, ready to open."""
+
+    bdf: str  #: its PCI address
+    model_name: str  #: the model it was built from (``"edu"``, ``"nvme"``, ...)
+    system: System  #: the fake machine
+    group: int  #: its IOMMU group
+
+    @property
+    def backend(self) -> Backend:
+        """The fake system's backend."""
+        return self.system.backend
+
+    @property
+    def pci(self) -> PciDevice:
+        """The fake kernel's PCI device (driver, domain, DMA)."""
+        return self.system.device(self.bdf)
+
+    @property
+    def model(self) -> Any:
+        """The device model (e.g. :class:`pyvfio.fake.models.edu.EduDevice`):
+        inspect its registers and state in assertions."""
+        return self.pci.model
+
+    @property
+    def group_path(self) -> str:
+        """``/dev/vfio/N``."""
+        return sysfs.group_dev_path(self.group, self.backend)
+
+    @property
+    def cdev_path(self) -> str:
+        """``/dev/vfio/devices/vfioN``."""
+        return sysfs.device_cdev_path(self.bdf, self.backend)
+
+    @property
+    def faults(self) -> list[Any]:
+        """IOMMU faults the device caused so far (blocked DMA)."""
+        return [f for f in self.system.faults if f.bdf == self.bdf]
+
+    def viability(self) -> sysfs.GroupViability:
+        """Whether its group can be used, and what else is in it."""
+        return sysfs.explain_device(self.bdf, self.backend)
+
+    def open(self) -> Device:
+        """Open the device's vfio cdev (:meth:`pyvfio.Device.open`); bind it
+        to an :class:`pyvfio.IommuFd` of the same backend before use.
+        Close it (``with``) before the test ends."""
+        from .device import Device
+
+        return Device.open(self.bdf, backend=self.backend)
+
+
+#: Where vfio_system leaves the address of the vfio_device it prepared.
+_DEVICE_KEY = pytest.StashKey[str]()
+
+
+def _param(request: pytest.FixtureRequest, name: str) -> Any:
+    callspec = getattr(request.node, "callspec", None)
+    if callspec is not None and name in callspec.params:
+        return callspec.params[name]
+    return None
+
+
+def _device_request(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """The vfio_device the test asks for: {"model": ..., "bdf": ..., **spec}."""
+    spec: dict[str, Any] = {}
+    marker = request.node.get_closest_marker("vfio_device")
+    if marker is not None:
+        if marker.args:
+            spec["model"] = marker.args[0]
+        spec.update(marker.kwargs)
+    param = _param(request, "vfio_device")
+    if isinstance(param, str):
+        spec = {"model": param}
+    elif isinstance(param, dict):
+        spec = dict(param)
+    spec.setdefault("model", DEFAULT_MODEL)
+    if spec.get("bdf") is not None:
+        spec["bdf"] = sysfs.normalize_bdf(str(spec["bdf"]))
+    return spec
+
+
+def _topology_source(request: pytest.FixtureRequest) -> Any:
+    param = _param(request, "vfio_system")
+    if param is not None:
+        return param
+    marker = request.node.get_closest_marker("vfio_topology")
+    if marker is not None and marker.args:
+        return marker.args[0]
+    return request.config.getini("vfio_topology") or DEFAULT_TOPOLOGY
+
+
+def _with_device(topo: dict[str, Any], want: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """The topology (with the wanted device added if it has none) and the
+    device's address."""
+    for dev in topo["devices"]:
+        if dev.get("model") == want["model"] and want.get("bdf") in (None, dev["bdf"]):
+            return topo, str(dev["bdf"])
+    topo = copy.deepcopy(topo)
+    used = {d["bdf"] for d in topo["devices"]}
+    bdf = want.get("bdf")
+    if bdf is None:
+        bdf = next(f"0000:00:{slot:02x}.0" for slot in range(0x10, 0x20)
+                   if f"0000:00:{slot:02x}.0" not in used)
+    spec = {k: v for k, v in want.items()}
+    spec["bdf"] = bdf
+    spec.setdefault("driver", None)
+    topo["devices"].append(spec)
+    return topo, str(bdf)
+
+
+@pytest.fixture
+def vfio_system(request: pytest.FixtureRequest) -> Iterator[System]:
+    """A fresh fake machine (see the module documentation for choosing its
+    topology)."""
+    from .fake import System
+    from .fake.topology import load
+
+    topo = load(_topology_source(request))
+    if "vfio_device" in request.fixturenames:
+        topo, bdf = _with_device(topo, _device_request(request))
+        request.node.stash[_DEVICE_KEY] = bdf
+    system = System(topo)
+    yield system
+    leaked = system.backend.open_files
+    if leaked and request.config.getini("vfio_leak_check"):
+        pytest.fail(f"the test left VFIO files of the fake system open: {leaked} "
+                    "(close devices, groups, containers and iommufds; or set "
+                    "vfio_leak_check = false)", pytrace=False)
+
+
+@pytest.fixture
+def vfio_backend(vfio_system: System) -> Backend:
+    """The backend of ``vfio_system``."""
+    return vfio_system.backend
+
+
+@pytest.fixture
+def vfio_device(request: pytest.FixtureRequest, vfio_system: System) -> FakeVfioDevice:
+    """A device of the chosen model bound to vfio-pci in ``vfio_system``."""
+    want = _device_request(request)
+    bdf = request.node.stash[_DEVICE_KEY]
+    b = vfio_system.backend
+    binding.bind(bdf, force=True, backend=b, state=binding.BindingState(None))
+    return FakeVfioDevice(bdf, str(want["model"]), vfio_system, sysfs.device_group(bdf, b))

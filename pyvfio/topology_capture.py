@@ -1,0 +1,327 @@
+"""Capture a machine's PCI/IOMMU topology in the fake kernel's format.
+
+``pyvfio topology dump > server.json`` on a real machine, then
+``pyvfio.fake.System.from_file("server.json")`` (or ``pyvfio --fake
+server.json status``) gives a fake machine with the same devices, IOMMU
+groups and drivers, so setup scripts can be tested against a server's
+layout anywhere::
+
+    from pyvfio.topology_capture import capture, to_json
+    topology = capture()                  # a dict: pyvfio.fake.topology schema
+    open("server.json", "w").write(to_json(topology))
+
+What is captured, from sysfs (see :mod:`pyvfio.fake.topology` for the
+schema): every PCI function with its IDs, class, BARs (``resource``),
+driver, NUMA node and enabled reset methods; bridges with their secondary
+bus; the IOMMU groups as they are (non-PCI members left out); the IOMMU's
+reserved regions (those of every group at IOMMU level, the others on the
+group's first device), default domain type and, for Intel VT-d, the address
+width, page sizes, PASID width, interrupt remapping and snoop control
+decoded from the ``cap``/``ecap`` registers; loaded VFIO modules, vfio and
+type1 module parameters, NUMA nodes and RLIMIT_MEMLOCK.
+
+Devices get the fake's model for their vendor:device when it has one
+(``edu``, ``nvme``, ``e1000e``, ...); others become ``generic`` models with
+the captured IDs, class and BARs.  A device on vfio-pci gets the original
+driver pyvfio remembered for it (:mod:`pyvfio.binding`) as its
+``default_driver``.
+
+Not captured (the fake has no notion of them): SR-IOV PF/VF links (VFs
+become plain functions), device behaviour of unknown models, non-PCI
+devices, bridge windows and link properties.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from . import sysfs
+from .backend import Backend, resolve_backend
+
+__all__ = ["capture", "to_json", "replay_check"]
+
+_DOMAIN_TYPES = ("DMA", "DMA-FQ", "identity", "blocked", "unmanaged")
+_RESET_METHODS = ("device_specific", "acpi", "flr", "af_flr", "pm", "bus", "cxl_bus")
+#: Fake models whose behaviour (and BARs) comes from the model itself.
+_BEHAVIOURAL = ("edu", "nvme")
+_PCI_CAP_EXP = 0x10
+_PCI_EXP_TYPE_PCI_BRIDGE = 0x7
+
+
+def _read(b: Backend, path: str) -> str | None:
+    try:
+        return b.sysfs_read(path)
+    except OSError:
+        return None
+
+
+def _listdir(b: Backend, path: str) -> list[str]:
+    try:
+        return b.sysfs_listdir(path)
+    except OSError:
+        return []
+
+
+def _yes(text: str | None) -> bool:
+    return (text or "").strip() in ("Y", "1")
+
+
+def _known_models() -> dict[tuple[int, int], str]:
+    from .fake.topology import KNOWN_MODELS
+
+    return {(ids["vendor"], ids["device"]): name for name, ids in KNOWN_MODELS.items()}
+
+
+def _numa_nodes(b: Backend, devices: list[sysfs.PciDeviceInfo]) -> int:
+    count = 1
+    text = _read(b, "/sys/devices/system/node/online")
+    for part in (text or "").strip().split(","):
+        if part:
+            try:
+                count = max(count, int(part.split("-")[-1]) + 1)
+            except ValueError:
+                pass
+    return max([count] + [d.numa_node + 1 for d in devices])
+
+
+def _config(b: Backend, bdf: str) -> bytes | None:
+    """The device's config space, when the backend lets us read it as bytes
+    (the real kernel: root sees 256+ bytes, others the first 64)."""
+    try:
+        fd = b.open(f"{sysfs.PCI_DEVICES}/{bdf}/config", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        return b.pread(fd, 256, 0)
+    except OSError:
+        return None
+    finally:
+        b.close(fd)
+
+
+def _conventional_bridge(b: Backend, dev: sysfs.PciDeviceInfo,
+                         by_bus: dict[int, list[sysfs.PciDeviceInfo]]) -> bool:
+    """A PCI-to-PCI (not PCIe) bridge: its devices' requester IDs alias to
+    the bridge, so they share its IOMMU group."""
+    cfg = _config(b, dev.bdf)
+    if cfg is not None and len(cfg) >= 0x40 and cfg[0x06] & 0x10:
+        pos, seen = cfg[0x34] & 0xFC, 0
+        while 0x40 <= pos < len(cfg) - 2 and seen < 48:
+            if cfg[pos] == _PCI_CAP_EXP:
+                return ((cfg[pos + 2] >> 4) & 0xF) == _PCI_EXP_TYPE_PCI_BRIDGE
+            pos, seen = cfg[pos + 1] & 0xFC, seen + 1
+        if pos == 0:
+            return True  # a complete list without a PCI Express capability
+    # Config space not readable: infer from the grouping.
+    below = by_bus.get(dev.secondary_bus or -1, [])
+    return bool(below) and dev.iommu_group is not None \
+        and all(d.iommu_group == dev.iommu_group for d in below)
+
+
+def _intel_iommu(b: Backend, name: str, iommu: dict[str, Any]) -> None:
+    base = f"/sys/class/iommu/{name}/intel-iommu"
+    cap = sysfs._int(_read(b, f"{base}/cap"), 16)
+    ecap = sysfs._int(_read(b, f"{base}/ecap"), 16)
+    if cap is not None:
+        mgaw = ((cap >> 16) & 0x3F) + 1
+        iommu["aperture"] = ["0x0", hex((1 << mgaw) - 1)]
+        sllps = (cap >> 34) & 0xF
+        pgsizes = (1 << 12) | ((1 << 21) if sllps & 1 else 0) | ((1 << 30) if sllps & 2 else 0)
+        iommu["pgsize_bitmap"] = hex(pgsizes)
+    if ecap is not None:
+        iommu["interrupt_remapping"] = bool(ecap & (1 << 3))
+        iommu["enforce_cache_coherency"] = bool(ecap & (1 << 7))
+        if ecap & (1 << 40):
+            iommu["pasid_bits"] = min(20, ((ecap >> 35) & 0x1F) + 1)
+
+
+def _iommu(b: Backend, groups: list[sysfs.IommuGroupInfo]) -> dict[str, Any] | None:
+    hw = [n for n in _listdir(b, "/sys/class/iommu") if not n.startswith("iommufd_selftest")]
+    real = [g for g in groups if not g.noiommu]
+    if not hw and not real:
+        return None
+    name = hw[0] if hw else "iommu0"
+    iommu: dict[str, Any] = {"name": name}
+    if b.exists(f"/sys/class/iommu/{name}/intel-iommu"):
+        iommu["hw_info_type"] = "intel_vtd"
+        _intel_iommu(b, name, iommu)
+    elif b.exists(f"/sys/class/iommu/{name}/amd-iommu") or name.startswith("ivhd"):
+        iommu["hw_info_type"] = "amd"
+    elif name.startswith("dmar"):  # Intel's naming, without the intel-iommu folder
+        iommu["hw_info_type"] = "intel_vtd"
+    elif "smmu" in name:
+        iommu["hw_info_type"] = "arm_smmuv3"
+    else:
+        iommu["hw_info_type"] = "none"
+    common: set[sysfs.ReservedRegion] | None = None
+    for g in real:
+        regions = set(g.reserved_regions)
+        common = regions if common is None else common & regions
+    iommu["reserved_regions"] = [
+        {"start": hex(r.start), "last": hex(r.last), "type": r.type}
+        for r in sorted(common or (), key=lambda r: (r.start, r.type))]
+    types = [g.type for g in real if g.type in _DOMAIN_TYPES]
+    if types:
+        iommu["default_domain"] = max(set(types), key=types.count)
+    return iommu
+
+
+def _device_spec(b: Backend, dev: sysfs.PciDeviceInfo, model: str | None, conventional: bool,
+                 original: str | None) -> dict[str, Any]:
+    spec: dict[str, Any] = {"bdf": dev.bdf}
+    if model is None:
+        model = "generic"
+        if dev.is_bridge:
+            model = "pcie-pci-bridge" if conventional else "pcie-root-port"
+    spec["model"] = model
+    spec.update({
+        "vendor": f"0x{dev.vendor:04x}", "device": f"0x{dev.device:04x}",
+        "class": f"0x{dev.class_code:06x}",
+        "subsystem_vendor": f"0x{dev.subsystem_vendor:04x}",
+        "subsystem_device": f"0x{dev.subsystem_device:04x}",
+        "revision": f"0x{dev.revision:02x}",
+    })
+    if model not in _BEHAVIOURAL and not dev.is_bridge:
+        bars = []
+        for bar in dev.bars:
+            if (bar.kind == "io" and bar.size > 256) or (bar.kind == "mem32" and bar.size > 1 << 31) \
+                    or bar.size & (bar.size - 1):
+                continue
+            entry: dict[str, Any] = {"index": bar.index, "size": hex(bar.size), "type": bar.kind}
+            if bar.prefetchable:
+                entry["prefetchable"] = True
+            bars.append(entry)
+        spec["bars"] = bars
+    if dev.is_bridge and dev.secondary_bus is not None and 1 <= dev.secondary_bus <= 255:
+        spec["bridge"] = {"secondary_bus": dev.secondary_bus, "conventional": conventional}
+    spec["driver"] = dev.driver
+    if dev.driver in ("vfio-pci", "pci-stub") and original not in (None, "vfio-pci", "pci-stub"):
+        spec["default_driver"] = original
+    spec["numa_node"] = dev.numa_node
+    spec["reset_methods"] = [m for m in dev.reset_methods if m in _RESET_METHODS]
+    return spec
+
+
+def capture(backend: Backend | None = None, *, name: str | None = None,
+            description: str | None = None) -> dict[str, Any]:
+    """The topology of the machine behind ``backend`` (the real one by
+    default), as a dict in :mod:`pyvfio.fake.topology`'s schema.  Integers
+    are written as ``0x`` strings where sysfs shows them in hex."""
+    from .binding import BindingState
+
+    b = resolve_backend(backend)
+    devices = sysfs.pci_devices(b)
+    groups = sysfs.iommu_groups(b)
+    host = (_read(b, "/proc/sys/kernel/hostname") or "").strip()
+    if host == "(none)":  # the kernel's name for "not set"
+        host = ""
+    release = (_read(b, "/proc/sys/kernel/osrelease") or "").strip()
+    topo: dict[str, Any] = {"name": name or host or "captured"}
+    where = f" from {host}" if host else ""
+    kernel = f" (Linux {release})" if release else ""
+    topo["description"] = description or (
+        f"Captured by `pyvfio topology dump`{where}{kernel}: {len(devices)} PCI devices, "
+        f"{len(groups)} IOMMU groups.")
+    topo["memlock_limit"] = b.memlock_limit()
+    topo["numa_nodes"] = _numa_nodes(b, devices)
+    topo["noiommu"] = _yes(_read(b, "/sys/module/vfio/parameters/enable_unsafe_noiommu_mode"))
+    modules = {m: sysfs.module_present(m, b)
+               for m in ("vfio", "vfio_pci", "vfio_iommu_type1", "iommufd", "pci_stub")}
+    modules["vfio_pci"] = modules["vfio_pci"] and b.exists("/sys/bus/pci/drivers/vfio-pci")
+    if not modules["vfio"]:
+        modules["vfio_pci"] = modules["vfio_iommu_type1"] = False
+        topo["noiommu"] = False
+    topo["modules"] = modules
+    t1 = "/sys/module/vfio_iommu_type1/parameters"
+    type1: dict[str, Any] = {}
+    limit = sysfs._int(_read(b, f"{t1}/dma_entry_limit"), 10)
+    if limit is not None:
+        type1["dma_entry_limit"] = limit
+    unsafe = _read(b, f"{t1}/allow_unsafe_interrupts")
+    if unsafe is not None:
+        type1["allow_unsafe_interrupts"] = _yes(unsafe)
+    topo["type1"] = type1
+    iommu = _iommu(b, groups)
+    topo["iommu"] = iommu
+
+    known = _known_models()
+    by_bus: dict[int, list[sysfs.PciDeviceInfo]] = {}
+    for dev in devices:
+        by_bus.setdefault(int(dev.bdf[5:7], 16), []).append(dev)
+    state = BindingState.default(b)
+    specs = []
+    common = {(r["start"], r["last"], r["type"]) for r in (iommu or {}).get("reserved_regions", [])}
+    first_of_group = {g.id: next((d for d in g.devices if d in {x.bdf for x in devices}), None)
+                      for g in groups}
+    group_regions = {g.id: g.reserved_regions for g in groups}
+    for dev in devices:
+        record = state.get(dev.bdf) if dev.driver in ("vfio-pci", "pci-stub") else None
+        conventional = dev.is_bridge and _conventional_bridge(b, dev, by_bus)
+        spec = _device_spec(b, dev, known.get((dev.vendor, dev.device)), conventional,
+                            record.driver if record is not None else None)
+        if iommu is not None and dev.iommu_group is not None \
+                and first_of_group.get(dev.iommu_group) == dev.bdf:
+            extra = [{"start": hex(r.start), "last": hex(r.last), "type": r.type}
+                     for r in group_regions.get(dev.iommu_group, ())
+                     if (hex(r.start), hex(r.last), r.type) not in common]
+            if extra:
+                spec["reserved_regions"] = extra
+        specs.append(spec)
+    topo["devices"] = specs
+    if iommu is not None:
+        listed = {d.bdf for d in devices}
+        out_groups: list[dict[str, Any]] = []
+        grouped: set[str] = set()
+        for g in groups:
+            members = [d for d in g.devices if d in listed]
+            if members and not g.noiommu:
+                out_groups.append({"id": g.id, "devices": members})
+                grouped.update(members)
+        next_id = max([g.id for g in groups] + [-1]) + 1
+        for dev in devices:
+            if dev.bdf not in grouped:  # the IOMMU left it out: keep it alone
+                out_groups.append({"id": next_id, "devices": [dev.bdf]})
+                next_id += 1
+        topo["groups"] = out_groups
+    return topo
+
+
+def to_json(topology: dict[str, Any]) -> str:
+    """JSON text for a topology: one device and one group per line, so
+    captured files diff well."""
+    head = {k: v for k, v in topology.items() if k not in ("devices", "groups")}
+    lines = ["{"]
+    items = [f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in head.items()]
+    for key in ("devices", "groups"):
+        if key in topology:
+            body = ",\n".join(f"    {json.dumps(x)}" for x in topology[key])
+            items.append(f"  {json.dumps(key)}: [\n{body}\n  ]" if body else f"  {json.dumps(key)}: []")
+    lines.append(",\n".join(items))
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def replay_check(topology: dict[str, Any]) -> list[str]:
+    """Build a fake :class:`~pyvfio.fake.System` from ``topology`` and compare
+    its devices, groups and drivers with the topology's; returns the
+    differences (empty: it replays)."""
+    from .fake import System
+
+    system = System(topology)
+    problems = []
+    b = system.backend
+    want_drivers = {d["bdf"]: d.get("driver") for d in topology["devices"]}
+    got = {d.bdf: d for d in sysfs.pci_devices(b)}
+    for bdf, driver in want_drivers.items():
+        dev = got.get(bdf)
+        if dev is None:
+            problems.append(f"{bdf}: missing on the fake")
+        elif dev.driver != driver:
+            problems.append(f"{bdf}: driver {dev.driver} on the fake, {driver} captured")
+    want_groups = {g["id"]: sorted(g["devices"]) for g in topology.get("groups", [])}
+    got_groups = {g.id: sorted(g.devices) for g in sysfs.iommu_groups(b)}
+    if want_groups != got_groups:
+        problems.append(f"groups differ: fake {got_groups}, captured {want_groups}")
+    return problems

@@ -1,0 +1,172 @@
+"""The pytest plugin (pyvfio.pytest_plugin), run with pytester."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+# Imported here so that pytester's inner runs (which drop the modules they
+# import) find them loaded: each run stays fast.
+import pyvfio.pytest_plugin  # noqa: F401
+from pyvfio.fake import System
+from pyvfio.fake.models import edu, nvme  # noqa: F401
+
+pytest_plugins = ["pytester"]
+
+REPO = Path(__file__).resolve().parent.parent
+GUEST_TOPOLOGY = REPO / "tests" / "fixtures" / "qemu-guest-topology.json"
+
+
+@pytest.fixture(autouse=True)
+def _no_plugin_autoload(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The inner runs load the plugin by module name only: with autoloading on,
+    # an installed pyvfio would register it a second time through its
+    # pytest11 entry point (and other installed plugins would join in).
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+
+
+def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    return pytester.runpytest("-p", "pyvfio.pytest_plugin", "-p", "no:cacheprovider", *args)
+
+
+def test_entry_point_is_declared() -> None:
+    assert System is not None
+    if sys.version_info < (3, 11):
+        pytest.skip("tomllib needs Python 3.11")
+    import tomllib
+
+    data = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert data["project"]["entry-points"]["pytest11"] == {"pyvfio": "pyvfio.pytest_plugin"}
+
+
+def test_installed_entry_point_loads_the_plugin() -> None:
+    from importlib import metadata
+
+    try:
+        metadata.distribution("pyvfio")
+    except metadata.PackageNotFoundError:
+        pytest.skip("pyvfio is not installed as a distribution (run from a source tree)")
+    found = [ep for ep in metadata.entry_points(group="pytest11") if ep.name == "pyvfio"]
+    assert [ep.value for ep in found] == ["pyvfio.pytest_plugin"]
+    assert found[0].load() is pyvfio.pytest_plugin
+
+
+def test_vfio_system_and_topology_selection(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(f"""
+        import pytest
+        from pyvfio import sysfs
+
+        def test_default(vfio_system, vfio_backend):
+            assert vfio_system.topology_name == "default"
+            assert vfio_backend is vfio_system.backend
+            assert len(sysfs.pci_devices(vfio_backend)) == 6
+
+        @pytest.mark.vfio_topology("multi-group")
+        def test_marker(vfio_system):
+            assert vfio_system.topology_name == "multi-group"
+
+        @pytest.mark.parametrize("vfio_system", ["minimal", "default"], indirect=True)
+        def test_param(vfio_system):
+            assert vfio_system.topology_name in ("minimal", "default")
+
+        @pytest.mark.vfio_topology({{"name": "mine", "devices": [{{"bdf": "00:07.0", "model": "nvme"}}]}})
+        def test_dict(vfio_system):
+            assert list(vfio_system.devices) == ["0000:00:07.0"]
+
+        @pytest.mark.vfio_topology({str(GUEST_TOPOLOGY)!r})
+        def test_captured_file(vfio_system, vfio_backend):
+            assert vfio_system.topology_name == "qemu-guest"
+            assert sysfs.iommu_group(11, vfio_backend).devices == (
+                "0000:04:00.0", "0000:05:01.0", "0000:05:02.0")
+
+        def test_fresh_per_test(vfio_system):
+            assert all(d.driver != "vfio-pci" for d in vfio_system.devices.values())
+            vfio_system.backend.sysfs_write(
+                "/sys/bus/pci/devices/0000:00:02.0/driver_override", "vfio-pci")
+            vfio_system.backend.sysfs_write("/sys/bus/pci/drivers_probe", "0000:00:02.0")
+
+        def test_fresh_per_test_again(vfio_system):
+            assert all(d.driver != "vfio-pci" for d in vfio_system.devices.values())
+    """)
+    result = run(pytester)
+    result.assert_outcomes(passed=8)
+
+
+def test_ini_option_selects_the_default_topology(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\nvfio_topology = minimal\n")
+    pytester.makepyfile("""
+        def test_it(vfio_system):
+            assert vfio_system.topology_name == "minimal"
+    """)
+    run(pytester).assert_outcomes(passed=1)
+
+
+def test_vfio_device(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("""
+        import pytest
+        import pyvfio
+
+        def test_default_model(vfio_device):
+            assert vfio_device.model_name == "edu" and vfio_device.bdf == "0000:00:02.0"
+            assert vfio_device.pci.driver == "vfio-pci"
+            assert vfio_device.group == 0 and vfio_device.group_path == "/dev/vfio/0"
+            assert vfio_device.cdev_path.startswith("/dev/vfio/devices/vfio")
+            assert vfio_device.viability().viable and vfio_device.faults == []
+            with pyvfio.IommuFd(backend=vfio_device.backend) as iommufd, vfio_device.open() as dev:
+                dev.bind(iommufd)
+                dev.attach(iommufd.ioas())
+                assert dev.pread(pyvfio.PciRegion.CONFIG, 0, 4) == bytes.fromhex("3412e811")
+
+        @pytest.mark.vfio_device("nvme")
+        def test_marker(vfio_device, vfio_system):
+            assert vfio_device.model_name == "nvme" and vfio_device.pci.driver == "vfio-pci"
+            assert vfio_system.topology_name == "default"
+            assert type(vfio_device.model).__name__ == "NvmeController"
+
+        @pytest.mark.parametrize("vfio_device", ["edu", "nvme", {"model": "generic",
+                                 "vendor": 0x1af4, "device": 0x1041}], indirect=True)
+        def test_param(vfio_device):
+            assert vfio_device.pci.driver == "vfio-pci"
+
+        @pytest.mark.vfio_topology("minimal")
+        @pytest.mark.vfio_device("nvme", bdf="00:1f.0", model_msix_vectors=4)
+        def test_added_to_the_topology(vfio_device, vfio_system):
+            assert vfio_device.bdf == "0000:00:1f.0"
+            assert sorted(vfio_system.devices) == ["0000:00:02.0", "0000:00:1f.0"]
+            assert vfio_device.group != vfio_system.device("00:02.0").group.id
+
+        @pytest.mark.vfio_topology("minimal")
+        @pytest.mark.vfio_device("nvme")
+        def test_added_at_a_free_slot(vfio_device):
+            assert vfio_device.bdf == "0000:00:10.0"
+    """)
+    run(pytester).assert_outcomes(passed=7)
+
+
+def test_leak_check(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("""
+        import pytest
+        kept = []
+
+        @pytest.fixture(scope="module", autouse=True)
+        def close_kept():
+            yield                      # after the leak check of vfio_system
+            for dev in kept:
+                dev.close()
+
+        def test_leaks(vfio_device):
+            kept.append(vfio_device.open())
+    """)
+    result = run(pytester)
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(["*the test left VFIO files of the fake system open*"])
+    pytester.makeini("[pytest]\nvfio_leak_check = false\n")
+    run(pytester).assert_outcomes(passed=1)
+
+
+def test_markers_are_registered(pytester: pytest.Pytester) -> None:
+    result = run(pytester, "--markers")
+    result.stdout.fnmatch_lines(["@pytest.mark.vfio_topology(source)*",
+                                 "@pytest.mark.vfio_device(model, bdf=None, **spec)*"])
