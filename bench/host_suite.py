@@ -1,0 +1,388 @@
+"""Benchmarks that run on the host: the fake kernel, the import, and the
+MMIO accessors on anonymous RAM (``python3 bench/run.py --fake``)."""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+import random
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import harness
+from harness import REPO, Batch, Result, c_batch, calibrate, interleaved, per_op
+
+import pyvfio
+from pyvfio import ffi, lib
+from pyvfio.backend.base import MAP_ANONYMOUS, MAP_PRIVATE, PROT_READ, PROT_WRITE
+from pyvfio.backend.kernel import KernelBackend
+
+PAGE = 4096
+RW_IOAS = lib.IOMMU_IOAS_MAP_READABLE | lib.IOMMU_IOAS_MAP_WRITEABLE
+EDU = "0000:00:02.0"  # in the fake's "minimal" topology
+SCALES = (1_000, 10_000, 100_000)
+
+
+def _fresh_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return env
+
+
+# -- import time -----------------------------------------------------------------------
+_IMPORTTIME = re.compile(r"^import time:\s+(\d+) \|\s+(\d+) \|(\s*)(\S+)$")
+
+
+def import_time(reps: int) -> list[Result]:
+    """``import pyvfio`` in fresh interpreters: the wall clock of
+    ``python -c "import pyvfio"`` minus that of ``python -c pass`` (pairs
+    run back to back), and ``-X importtime``'s cumulative figure."""
+    env = _fresh_env()
+    py = sys.executable
+
+    def wall(code: str) -> float:
+        t0 = time.perf_counter_ns()
+        subprocess.run([py, "-c", code], env=env, check=True)
+        return time.perf_counter_ns() - t0
+
+    def importtime() -> tuple[float, dict[str, tuple[int, int]]]:
+        proc = subprocess.run([py, "-X", "importtime", "-c", "import pyvfio"], env=env,
+                              check=True, capture_output=True, text=True)
+        total = 0.0
+        mods: dict[str, tuple[int, int]] = {}
+        for line in proc.stderr.splitlines():
+            m = _IMPORTTIME.match(line)
+            if m:
+                mods[m.group(4)] = (int(m.group(1)), int(m.group(2)))
+                if m.group(4) == "pyvfio":
+                    total = int(m.group(2)) * 1000.0
+        return total, mods
+
+    wall("import pyvfio")  # compiles the bytecode cache if needed
+    bare, full, diff, cumulative = [], [], [], []
+    runs: list[tuple[float, dict[str, tuple[int, int]]]] = []
+    for r in range(reps):
+        pair = [("bare", "pass"), ("full", "import pyvfio")]
+        if r % 2:
+            pair.reverse()
+        got = {name: wall(code) for name, code in pair}
+        bare.append(got["bare"])
+        full.append(got["full"])
+        diff.append(got["full"] - got["bare"])
+        runs.append(importtime())
+        cumulative.append(runs[-1][0])
+    # The modules behind the median -X importtime run, by self time.
+    median_run = sorted(runs, key=lambda x: x[0])[len(runs) // 2][1]
+    top = sorted(((self_us, name) for name, (self_us, _c) in median_run.items()),
+                 reverse=True)[:12]
+    return [Result(
+        "host.import", "import pyvfio (fresh interpreter)", "ns",
+        {"wall - bare interpreter": diff, "-X importtime cumulative": cumulative,
+         "wall, python -c 'import pyvfio'": full, "wall, python -c pass": bare},
+        limits=[("wall - bare interpreter", 50e6), ("-X importtime cumulative", 50e6)],
+        params={"reps": reps, "top_self_us": [[n, s] for s, n in top]},
+        notes="slowest modules by self time (-X importtime, µs): "
+              + ", ".join(f"{n} {s}" for s, n in top[:8]),
+    )]
+
+
+# -- MMIO accessors on anonymous RAM ---------------------------------------------------
+def ram_accessors(exe: Path, reps: int, target_s: float) -> list[Result]:
+    """pyvfio's MemoryMap.read/write (32-bit) on anonymous RAM against a C
+    loop of volatile accesses: the accessors' own cost, without a device."""
+    backend = KernelBackend()
+    mem = backend.mmap(PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS)
+    addr = mem.address
+    read, write = mem.read, mem.write
+    read32, write32 = lib.pyvfio_read32, lib.pyvfio_write32
+    out = []
+    try:
+        for op, variants in (
+            ("read32", {"pyvfio MemoryMap.read": per_op(lambda: read(0, 4)),
+                        "cffi lib.pyvfio_read32": per_op(lambda: read32(addr)),
+                        "C volatile loop": c_batch(exe, "ram", key="read32_ns")}),
+            ("write32", {"pyvfio MemoryMap.write": per_op(lambda: write(4, 4, 0x5A)),
+                         "cffi lib.pyvfio_write32": per_op(lambda: write32(addr + 4, 0x5A)),
+                         "C volatile loop": c_batch(exe, "ram", key="write32_ns")}),
+        ):
+            iters = {name: calibrate(fn, target_s, hi=50_000_000)
+                     for name, fn in variants.items()}
+            samples = interleaved(variants, iters, reps)
+            names = list(variants)
+            out.append(Result(
+                f"host.ram_{op}", f"MMIO accessor {op} on anonymous RAM (accessor cost only)",
+                "ns/op", samples, ratios=[(names[0], names[2], None), (names[1], names[2], None)],
+                params={"iters": iters, "reps": reps},
+            ))
+    finally:
+        mem.close()
+    return out
+
+
+# -- the objects layer over a kernel that does nothing ----------------------------------
+class NullBackend(KernelBackend):
+    """Real fds (of /dev/null) but every ioctl succeeds at once: what is
+    left of a map+unmap is pyvfio's own Python."""
+
+    name = "null"
+
+    def open(self, path: str, flags: int = os.O_RDWR | os.O_CLOEXEC) -> int:
+        return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+
+    def ioctl(self, fd: int, request: int, arg: Any = 0) -> int:
+        return 0
+
+
+def objects_overhead(reps: int, target_s: float) -> list[Result]:
+    backend = NullBackend()
+    buf = mmap.mmap(-1, PAGE)
+    va = int(ffi.cast("uintptr_t", ffi.from_buffer(buf)))
+    out = []
+    with pyvfio.IommuFd(backend=backend) as iommufd, pyvfio.Container(backend=backend) as cont:
+        ioas = iommufd.ioas()
+        cont._min_page = PAGE  # no GET_INFO on the null kernel
+        cmd, ucmd = _ioas_cmds(ioas.id, va, PAGE, 0x100000)
+        dmap, dunmap = _type1_cmds(va, PAGE, 0x100000)
+        fd, cfd, ioctl = iommufd.fd, cont.fd, backend.ioctl
+        m, u = lib.IOMMU_IOAS_MAP, lib.IOMMU_IOAS_UNMAP
+        dm, du = lib.VFIO_IOMMU_MAP_DMA, lib.VFIO_IOMMU_UNMAP_DMA
+
+        def raw(f: int, a: int, x: Any, b: int, y: Any) -> Batch:
+            def run(iters: int) -> float:
+                t0 = time.perf_counter_ns()
+                for _ in range(iters):
+                    ioctl(f, a, x)
+                    ioctl(f, b, y)
+                return (time.perf_counter_ns() - t0) / iters
+            return run
+
+        for name, variants in (
+            ("ioas", {"objects: ioas.map(buf, iova).unmap()":
+                      per_op(lambda: ioas.map(buf, 0x100000).unmap()),
+                      "raw backend.ioctl": raw(fd, m, cmd, u, ucmd)}),
+            ("type1", {"objects: container.map_dma(buf, iova).unmap()":
+                       per_op(lambda: cont.map_dma(buf, 0x100000).unmap()),
+                       "raw backend.ioctl": raw(cfd, dm, dmap, du, dunmap)}),
+        ):
+            iters = {n: calibrate(fn, target_s) for n, fn in variants.items()}
+            samples = interleaved(variants, iters, reps)
+            a, b = variants
+            out.append(Result(
+                f"host.null_{name}", f"{name} map+unmap on a no-op kernel (pyvfio's own cost)",
+                "ns/op", samples, ratios=[(a, b, None)], params={"iters": iters, "reps": reps},
+            ))
+    buf.close()
+    return out
+
+
+def _ioas_cmds(ioas_id: int, va: int, size: int, iova: int) -> tuple[Any, Any]:
+    cmd = ffi.new("struct iommu_ioas_map *")
+    cmd.size = ffi.sizeof(cmd[0])
+    cmd.flags = lib.IOMMU_IOAS_MAP_FIXED_IOVA | RW_IOAS
+    cmd.ioas_id, cmd.user_va, cmd.length, cmd.iova = ioas_id, va, size, iova
+    ucmd = ffi.new("struct iommu_ioas_unmap *")
+    ucmd.size = ffi.sizeof(ucmd[0])
+    ucmd.ioas_id, ucmd.iova, ucmd.length = ioas_id, iova, size
+    return cmd, ucmd
+
+
+def _type1_cmds(va: int, size: int, iova: int) -> tuple[Any, Any]:
+    dmap = ffi.new("struct vfio_iommu_type1_dma_map *")
+    dmap.argsz = ffi.sizeof(dmap[0])
+    dmap.flags = lib.VFIO_DMA_MAP_FLAG_READ | lib.VFIO_DMA_MAP_FLAG_WRITE
+    dmap.vaddr, dmap.iova, dmap.size = va, iova, size
+    dunmap = ffi.new("struct vfio_iommu_type1_dma_unmap *")
+    dunmap.argsz = ffi.sizeof(dunmap[0])
+    dunmap.iova, dunmap.size = iova, size
+    return dmap, dunmap
+
+
+# -- fake kernel: scaling with the number of live mappings -------------------------------
+def _fake_system() -> Any:
+    from pyvfio.fake import System
+
+    system = System("minimal")
+    b = system.backend
+    b.sysfs_write(f"/sys/bus/pci/devices/{EDU}/driver_override", "vfio-pci")
+    b.sysfs_write("/sys/bus/pci/drivers_probe", EDU)
+    system.memlock_limit = -1  # 100k pinned pages are well past the default 64 MiB
+    system.type1_params["dma_entry_limit"] = 1 << 20  # Linux's default is 65535
+    return system
+
+
+@contextlib.contextmanager
+def _one_maps_snapshot(system: Any) -> Iterator[None]:
+    """Set-up only: validate user addresses against one read of
+    /proc/self/maps instead of one read per map (the fake's per-map check
+    costs O(lines of /proc/self/maps); it is what the timed ops pay, but
+    populating 100k mappings with it would take minutes)."""
+    from pyvfio.fake.iommufd_iopt import MapsSnapshot
+
+    um = system.user_memory
+    um.check = MapsSnapshot().check
+    try:
+        yield
+    finally:
+        del um.check
+
+
+def fake_scaling(kind: str, reps: int, target_s: float, scales: tuple[int, ...] = SCALES,
+                 log: Callable[[str], None] = print) -> Result:
+    """Map+unmap of one 4 KiB page into an address space that already holds
+    ``n`` live 4 KiB mappings, for each ``n`` in ``scales`` (a fresh fake
+    system each): through raw ioctls and through the objects API (whose own
+    bookkeeping is included).  The edu device is attached, so every map
+    pins (validates) its user memory as on Linux; for the IOAS the same is
+    also measured before the device is attached (bookkeeping only).
+
+    Live mappings sit at every other page from IOVA 1 GiB, each backed by
+    its own page of one large untouched anonymous mapping; each measured
+    map goes to a random free page between them.
+    """
+    top = max(scales)
+    region = mmap.mmap(-1, (top + 2) * PAGE)  # untouched: costs no memory
+    base_va = int(ffi.cast("uintptr_t", ffi.from_buffer(region)))
+    base_iova = 1 << 30
+    rng = random.Random(1)
+    samples: dict[str, list[float]] = {}
+    iters_used: dict[str, int] = {}
+    for n in scales:
+        system = _fake_system()
+        b = system.backend
+        closers: list[Any] = []
+        try:
+            if kind == "ioas":
+                iommufd = pyvfio.IommuFd(backend=b)
+                dev = pyvfio.Device.open(EDU, backend=b)
+                closers += [dev, iommufd]
+                dev.bind(iommufd)
+                space = iommufd.ioas()
+                fd, m, u = iommufd.fd, lib.IOMMU_IOAS_MAP, lib.IOMMU_IOAS_UNMAP
+
+                def obj_map(va: int, iova: int) -> Any:
+                    return space.map_va(va, PAGE, iova)
+
+                def cmds(va: int, iova: int) -> tuple[Any, Any]:
+                    return _ioas_cmds(space.id, va, PAGE, iova)
+
+                def attach() -> None:
+                    with _one_maps_snapshot(system):
+                        dev.attach(space)
+            else:
+                cont = pyvfio.Container(backend=b)
+                group = pyvfio.Group.for_device(EDU, backend=b)
+                closers += [group, cont]
+                group.set_container(cont)
+                cont.set_iommu(pyvfio.IommuType.TYPE1v2)
+                fd, m, u = cont.fd, lib.VFIO_IOMMU_MAP_DMA, lib.VFIO_IOMMU_UNMAP_DMA
+
+                def obj_map(va: int, iova: int) -> Any:
+                    return cont.map_dma_va(va, iova, PAGE)
+
+                def cmds(va: int, iova: int) -> tuple[Any, Any]:
+                    return _type1_cmds(va, PAGE, iova)
+
+                attach = None
+
+            t0 = time.perf_counter()
+            with _one_maps_snapshot(system):
+                for i in range(n):  # through the objects API: it tracks them too
+                    obj_map(base_va + i * PAGE, base_iova + 2 * i * PAGE)
+            log(f"bench: fake {kind}: {n} live mappings made in "
+                f"{time.perf_counter() - t0:.1f} s")
+            probe_va = base_va + top * PAGE
+            slots = [base_iova + (2 * rng.randrange(n) + 1) * PAGE for _ in range(4096)]
+            pairs = [cmds(probe_va, iova) for iova in slots]
+            ioctl = b.ioctl
+
+            def raw(iters: int) -> float:
+                t0 = time.perf_counter_ns()
+                for i in range(iters):
+                    cmd, ucmd = pairs[i & 4095]
+                    ioctl(fd, m, cmd)
+                    ioctl(fd, u, ucmd)
+                return (time.perf_counter_ns() - t0) / iters
+
+            def objects(iters: int) -> float:
+                t0 = time.perf_counter_ns()
+                for i in range(iters):
+                    obj_map(probe_va, slots[i & 4095]).unmap()
+                return (time.perf_counter_ns() - t0) / iters
+
+            k = f"{n // 1000}k"
+            phases = [("", attach)] if attach is None else [(" no device", None), ("", attach)]
+            for suffix, before in phases:
+                if before is not None:
+                    before()
+                variants = {f"raw ioctl{suffix} @{k}": raw, f"objects{suffix} @{k}": objects}
+                iters = {name: calibrate(fn, target_s, lo=4, hi=4096)
+                         for name, fn in variants.items()}
+                samples.update(interleaved(variants, iters, reps))
+                iters_used.update(iters)
+        finally:
+            for c in closers:
+                c.close()
+    region.close()
+    lo, hi = min(scales) // 1000, top // 1000
+    title = {"ioas": "fake iommufd IOAS", "type1": "fake type1 container"}[kind]
+    ratios: list[tuple[str, str, float | None]] = [
+        (f"raw ioctl @{hi}k", f"raw ioctl @{lo}k", 2.0),
+        (f"objects @{hi}k", f"objects @{lo}k", 2.0)]
+    if kind == "ioas":
+        ratios += [(f"raw ioctl no device @{hi}k", f"raw ioctl no device @{lo}k", 2.0),
+                   (f"objects no device @{hi}k", f"objects no device @{lo}k", 2.0)]
+    return Result(
+        f"fake.scaling_{kind}", f"{title}: 4 KiB map+unmap vs live mappings", "ns/op", samples,
+        ratios=ratios, params={"iters": iters_used, "reps": reps, "scales": list(scales)},
+        notes="O(log n) allows log(100k)/log(1k) = 1.67 (goal 2.0 with noise); O(n) gives ~100",
+    )
+
+
+# -- fake kernel: device open to ready ---------------------------------------------------
+def fake_ready(reps: int, target_s: float) -> Result:
+    """IommuFd + Device.open + bind + IOAS + attach on the fake kernel
+    (closing is not timed)."""
+    system = _fake_system()
+    b = system.backend
+
+    def batch(iters: int) -> float:
+        total = 0
+        for _ in range(iters):
+            t0 = time.perf_counter_ns()
+            iommufd = pyvfio.IommuFd(backend=b)
+            dev = pyvfio.Device.open(EDU, backend=b)
+            dev.bind(iommufd)
+            dev.attach(iommufd.ioas())
+            total += time.perf_counter_ns() - t0
+            dev.close()
+            iommufd.close()
+        return total / iters
+
+    name = "objects: IommuFd, Device.open(bdf), bind, ioas, attach"
+    iters = {name: calibrate(batch, target_s, lo=4, hi=10_000)}
+    return Result("fake.ready", "device open-to-ready on the fake kernel", "ns",
+                  interleaved({name: batch}, iters, reps), params={"iters": iters, "reps": reps})
+
+
+def run(reps: int, quick: bool, log: Callable[[str], None] = print) -> list[Result]:
+    target = 0.05 if quick else 0.15
+    exe = harness.build_c(log)
+    results: list[Result] = []
+    log("bench: import time")
+    results += import_time(max(reps, 7))
+    log("bench: MMIO accessors on anonymous RAM")
+    results += ram_accessors(exe, reps, target)
+    log("bench: objects layer on a no-op kernel")
+    results += objects_overhead(reps, target)
+    log("bench: fake device open-to-ready")
+    results.append(fake_ready(reps, target))
+    scales = SCALES[:2] if quick else SCALES
+    for kind in ("ioas", "type1"):
+        results.append(fake_scaling(kind, reps, target, scales, log))
+    return results
+
