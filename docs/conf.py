@@ -34,7 +34,7 @@ extensions = [
 
 root_doc = "index"
 source_suffix = {".rst": "restructuredtext"}
-# docs/dev and docs/plugin.md are Markdown notes kept next to the sources;
+# docs/dev holds Markdown notes kept next to the sources;
 # they are shown through literalinclude, not parsed as pages.
 exclude_patterns = ["_build", "dev", "snippets", "*.md"]
 templates_path: list[str] = []

@@ -4,7 +4,8 @@ drivers without hardware.
 Installed pyvfio registers it (entry point ``pytest11``: ``pyvfio =
 "pyvfio.pytest_plugin"``); from a checkout, enable it with ``-p
 pyvfio.pytest_plugin`` or ``pytest_plugins = ["pyvfio.pytest_plugin"]`` in
-the top-level ``conftest.py``.  See docs/plugin.md.
+the top-level ``conftest.py``.  The how-to "Test a driver with the fake
+kernel" describes the fixtures and how to choose the machine and device.
 
 Fixtures:
 
