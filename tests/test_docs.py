@@ -75,6 +75,15 @@ def test_every_snippet_is_shown() -> None:
         assert (SNIPPETS / name).resolve() in included, f"docs/snippets/{name} is not shown"
 
 
+def test_every_example_program_is_described() -> None:
+    """docs/examples.rst describes each program of examples/ and shows how
+    to run it."""
+    page = (DOCS / "examples.rst").read_text()
+    for script in sorted((REPO / "examples").glob("*.py")):
+        assert f"``{script.name}``" in page, f"examples/{script.name} is not described"
+        assert f"python3 examples/{script.name} " in page, f"no command line for {script.name}"
+
+
 def test_documented_cli_commands_exist() -> None:
     """Every ``pyvfio <command>`` the pages mention is a command, and the
     read-only ones run on a fake machine."""

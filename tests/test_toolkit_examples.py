@@ -14,6 +14,8 @@ from toolkit_env import REPO, FakeMachine, WidthLog, load_example
 
 edu_dma = load_example("edu_dma")
 nvme_identify = load_example("nvme_identify")
+dirty_tracking = load_example("dirty_tracking")
+migration_probe = load_example("migration_probe")
 
 
 @pytest.fixture
@@ -90,9 +92,73 @@ def test_nvme_example_main(capsys: pytest.CaptureFixture[str]) -> None:
 def test_examples_run_as_scripts() -> None:
     env = dict(os.environ)
     env.pop("PYTHONPATH", None)
-    for script, expect in (("edu_dma.py", "all checks passed"), ("nvme_identify.py", "LBA 0")):
+    for script, expect in (("edu_dma.py", "all checks passed"), ("nvme_identify.py", "LBA 0"),
+                           ("dirty_tracking.py", "exact: the IOMMU saw"),
+                           ("migration_probe.py", "LOW_POWER_ENTRY")):
         proc = subprocess.run([sys.executable, os.path.join(REPO, "examples", script), "--fake"],
                               capture_output=True, text=True, timeout=60, env=env,
                               cwd="/")
         assert proc.returncode == 0, proc.stderr
         assert expect in proc.stdout
+
+
+# -- dirty tracking --------------------------------------------------------------------------
+def test_dirty_tracking_example_sees_exactly_the_pages_written() -> None:
+    backend, bdf = dirty_tracking.fake_backend()
+    lines: list[str] = []
+    result = dirty_tracking.run(bdf, backend, out=lines.append)
+    assert result.method == "iommufd HWPT", lines
+    assert result.before == [] and result.cleared == []
+    assert result.after == sorted(dirty_tracking.WRITTEN) and result.exact
+    assert backend.open_files == []  # type: ignore[attr-defined]
+
+
+def test_dirty_tracking_example_on_type1_reports_every_pinned_page() -> None:
+    backend, bdf = dirty_tracking.fake_backend()
+    result = dirty_tracking.run(bdf, backend, legacy=True, out=lambda _line: None)
+    everything = list(range(dirty_tracking.PAGES))
+    assert result.method == "type1 container"
+    assert result.before == result.after == result.cleared == everything
+    assert not result.exact
+
+
+def test_dirty_tracking_example_falls_back_without_the_capability(machine: FakeMachine) -> None:
+    lines: list[str] = []
+    result = dirty_tracking.run(machine.edu, machine.backend, out=lines.append)
+    assert result.method == "type1 container"
+    assert "IOMMU_HW_CAP_DIRTY_TRACKING" in lines[0]
+    assert set(dirty_tracking.WRITTEN) <= set(result.after)
+
+
+# -- feature probe and migration -------------------------------------------------------------
+def test_migration_probe_on_plain_vfio_pci() -> None:
+    backend, bdf = migration_probe.fake_backend()
+    lines: list[str] = []
+    result = migration_probe.run(bdf, backend, out=lines.append)
+    assert result.supported == {"LOW_POWER_ENTRY": "set", "LOW_POWER_ENTRY_WITH_WAKEUP": "set",
+                                "LOW_POWER_EXIT": "set"}
+    assert result.migration is None and result.saved_bytes is None
+    assert lines[-1].startswith("no migration support")
+
+
+def test_migration_probe_saves_the_state_of_a_migratable_device(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from test_toolkit_features import FeatureDouble
+
+    from pyvfio import MigrationState, lib
+
+    backend, bdf = migration_probe.fake_backend()
+    double = FeatureDouble(backend.ioctl, -1)
+
+    def ioctl(fd: int, request: int, arg: object = 0) -> int:
+        if request == lib.VFIO_DEVICE_FEATURE:
+            double.device_fd = fd  # the device the example opened
+        return double.ioctl(fd, request, arg)
+
+    monkeypatch.setattr(backend, "ioctl", ioctl)
+    result = migration_probe.run(bdf, backend, out=lambda _line: None)
+    assert result.supported == {"MIGRATION": "get", "MIG_DEVICE_STATE": "get/set",
+                                "MIG_DATA_SIZE": "get", "DMA_LOGGING_START": "set",
+                                "DMA_LOGGING_STOP": "set", "DMA_LOGGING_REPORT": "get"}
+    assert result.saved_bytes == len(double.blob)
+    assert result.final_state is MigrationState.RUNNING and double.state is MigrationState.RUNNING

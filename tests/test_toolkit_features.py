@@ -90,6 +90,12 @@ class FeatureDouble:
     (drivers/vfio/vfio_main.c + a driver's mig_ops/log_ops): reads and
     writes the same structs from/to user memory."""
 
+    _GET, _SET = lib.VFIO_DEVICE_FEATURE_GET, lib.VFIO_DEVICE_FEATURE_SET
+    #: the operations of each feature it has
+    OPS = {Feature.MIGRATION: _GET, Feature.MIG_DEVICE_STATE: _GET | _SET,
+           Feature.MIG_DATA_SIZE: _GET, Feature.DMA_LOGGING_START: _SET,
+           Feature.DMA_LOGGING_STOP: _SET, Feature.DMA_LOGGING_REPORT: _GET}
+
     def __init__(self, real_ioctl: Any, device_fd: int) -> None:
         self.real_ioctl = real_ioctl
         self.device_fd = device_fd
@@ -108,6 +114,16 @@ class FeatureDouble:
         get = hdr.flags & lib.VFIO_DEVICE_FEATURE_GET
         data = ffi.cast("char *", arg) + ffi.sizeof("struct vfio_device_feature")
         size = hdr.argsz - ffi.sizeof("struct vfio_device_feature")
+        if hdr.flags & lib.VFIO_DEVICE_FEATURE_PROBE:
+            # vfio_check_feature(): an unknown feature is ENOTTY, an
+            # operation the feature does not have is EINVAL.
+            ops = self.OPS.get(feature)
+            if ops is None:
+                raise OSError(errno.ENOTTY, "not supported")
+            asked = hdr.flags & (lib.VFIO_DEVICE_FEATURE_GET | lib.VFIO_DEVICE_FEATURE_SET)
+            if asked & ~ops:
+                raise OSError(errno.EINVAL, "operation not supported")
+            return 0
         if feature == Feature.MIGRATION and get:
             assert size >= 8
             ffi.cast("struct vfio_device_feature_migration *", data).flags = 0x7

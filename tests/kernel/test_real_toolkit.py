@@ -347,3 +347,32 @@ def test_nvme_example(nvme: tuple[str, bytes], examples: tuple[object, object],
     assert nvme_identify.main(["--bdf", bdf]) == 0  # type: ignore[attr-defined]
     with capsys.disabled():
         print("\n" + capsys.readouterr().out)
+
+
+def test_dirty_tracking_example(edu: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """QEMU's VT-d reports no dirty tracking, so the example takes the
+    type1 container, whose bitmap marks every pinned page dirty
+    (vfio_iommu_type1 cannot see DMA writes of a vfio-pci device)."""
+    dirty_tracking = load_example("dirty_tracking")
+    with pyvfio.IommuFd() as iommufd, pyvfio.Device.open(edu) as dev:
+        dev.bind(iommufd)
+        assert not iommufd.hw_info(dev).dirty_tracking
+    result = dirty_tracking.run(edu, KB)
+    everything = list(range(dirty_tracking.PAGES))
+    assert result.method == "type1 container"
+    assert result.before == result.after == result.cleared == everything
+    assert dirty_tracking.main(["--bdf", edu]) == 0
+    with capsys.disabled():
+        print("\n" + capsys.readouterr().out)
+
+
+def test_migration_probe_example(edu: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Plain vfio-pci on a device without SR-IOV: the low-power features only."""
+    migration_probe = load_example("migration_probe")
+    result = migration_probe.run(edu, KB)
+    assert result.migration is None
+    assert {"LOW_POWER_ENTRY", "LOW_POWER_ENTRY_WITH_WAKEUP", "LOW_POWER_EXIT"} <= \
+        set(result.supported)
+    assert "MIGRATION" not in result.supported and "PCI_VF_TOKEN" not in result.supported
+    with capsys.disabled():
+        print("\n" + capsys.readouterr().out)
