@@ -45,9 +45,9 @@ Check = Callable[[Reference, FFI, Lib], list[str]]
 #: Names pyvfio adds to the library on its own behalf (not kernel uAPI).
 OWN_PREFIX = "PYVFIO_"
 
-#: What a correct enumeration of the Linux 7.3 headers finds.  The issue
-#: stated 55 ioctl numbers; that count missed IOMMU_IOAS_CHANGE_PROCESS,
-#: whose definition continues on a second line ("#define ... \" + "_IO(...)").
+#: What a correct enumeration of the Linux 7.3 headers finds.  A line-based
+#: count gives 55 ioctl numbers: it misses IOMMU_IOAS_CHANGE_PROCESS, whose
+#: definition continues on a second line ("#define ... \" + "_IO(...)").
 #: The headers define 56 ioctl macros (44 distinct numbers: several legacy
 #: VFIO ioctls share numbers, e.g. VFIO_IOMMU_GET_INFO and
 #: VFIO_IOMMU_SPAPR_TCE_GET_INFO).
