@@ -354,6 +354,9 @@ class IOAS(IommufdObject):
         super().__init__(iommufd, ioas_id)
         self._mappings: dict[int, IoasMapping] = {}
         self._attached: dict[int, Device] = {}
+        #: the ranges of the last :meth:`allow_iovas` through this object
+        #: (empty: every IOVA is allowed)
+        self.allowed_ranges: tuple[IovaRange, ...] = ()
 
     @property
     def mappings(self) -> tuple[IoasMapping, ...]:
@@ -530,6 +533,7 @@ class IOAS(IommufdObject):
         self.iommufd._cmd(name, lib.IOMMU_IOAS_ALLOW_IOVAS, "struct iommu_ioas_allow_iovas",
                           target=self.describe(), ioas_id=self.id, num_iovas=len(items),
                           allowed_iovas=int(ffi.cast("uintptr_t", array)))
+        self.allowed_ranges = tuple(IovaRange(start, last) for start, last in items)
 
     # -- options -------------------------------------------------------------------------
     @property

@@ -91,9 +91,13 @@ def test_iova_ranges_and_allow(iommufd) -> None:  # type: ignore[no-untyped-def]
     ioas.allow_iovas([(0x10000000, 0x1FFFFFFF), pyvfio.IovaRange(0x40000000, 0x4FFFFFFF)])
     m = ioas.map(mmap.mmap(-1, 0x1000))
     assert 0x10000000 <= m.iova <= 0x1FFFFFFF
+    assert ioas.allowed_ranges == (pyvfio.IovaRange(0x10000000, 0x1FFFFFFF),
+                                   pyvfio.IovaRange(0x40000000, 0x4FFFFFFF))
     ioas.allow_iovas([])
+    assert ioas.allowed_ranges == ()
     with pytest.raises(InvalidArgumentError):
         ioas.allow_iovas([(-1, 5)])
+    assert ioas.allowed_ranges == ()  # refused before the ioctl: nothing changed
 
 
 def test_map_file(iommufd, backend) -> None:  # type: ignore[no-untyped-def]
