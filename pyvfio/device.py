@@ -294,9 +294,9 @@ class Device(FdResource):
         self._ioctl("VFIO_DEVICE_ATTACH_IOMMUFD_PT", lib.VFIO_DEVICE_ATTACH_IOMMUFD_PT, arg)
         old = self._attached.get(pasid)
         if old is not None:
-            old._attached.pop(id(self), None)
+            old._attached.pop((id(self), pasid), None)
         self._attached[pasid] = pt
-        pt._attached[id(self)] = self
+        pt._attached[(id(self), pasid)] = self
         return int(arg.pt_id)
 
     def replace(self, pt: IOAS | HWPT, *, pasid: int | None = None) -> int:
@@ -314,7 +314,7 @@ class Device(FdResource):
         self._ioctl("VFIO_DEVICE_DETACH_IOMMUFD_PT", lib.VFIO_DEVICE_DETACH_IOMMUFD_PT, arg)
         old = self._attached.pop(pasid, None)
         if old is not None:
-            old._attached.pop(id(self), None)
+            old._attached.pop((id(self), pasid), None)
 
     @property
     def attached(self) -> IOAS | HWPT | None:
@@ -554,8 +554,8 @@ class Device(FdResource):
 
     # -- lifetime -----------------------------------------------------------------------------
     def _release(self) -> None:
-        for pt in self._attached.values():
-            pt._attached.pop(id(self), None)
+        for pasid, pt in self._attached.items():
+            pt._attached.pop((id(self), pasid), None)
         self._attached.clear()
         self._iommufd = None
         self._dev_id = None

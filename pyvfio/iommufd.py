@@ -246,8 +246,12 @@ class IommuFd(FdResource):
             fault_id=fault.id if fault is not None else 0,
         )
         hwpt = HWPT(self, int(cmd.out_hwpt_id), parent, flags)
-        if isinstance(parent, (IOAS, HWPT)):
-            parent._dependents[id(hwpt)] = hwpt
+        hwpt.fault = fault
+        # The HWPT keeps its parent (IOAS, nesting parent or vIOMMU) and its
+        # fault queue busy: closing either destroys the HWPT first.
+        parent._dependents[id(hwpt)] = hwpt
+        if fault is not None:
+            fault._dependents[id(hwpt)] = hwpt
         return self._adopt(hwpt)
 
     def fault_queue(self) -> FaultQueue:
@@ -303,7 +307,33 @@ class IommufdObject(Resource):
         return f"{self.kind} {self.id}"
 
     def _release(self) -> None:
+        self._destroy_dependents()
         self.iommufd._object_destroy(self)
+
+
+class _PageTable(IommufdObject):
+    """An object devices attach to (IOAS or HWPT): it tracks who is
+    attached, with or without a PASID, so that closing it detaches them."""
+
+    def __init__(self, iommufd: IommuFd, object_id: int) -> None:
+        super().__init__(iommufd, object_id)
+        # (id(device), pasid) -> device; one device may be attached here
+        # several times, through different PASIDs.
+        self._attached: dict[tuple[int, int | None], Device] = {}
+
+    @property
+    def attached_devices(self) -> tuple[Device, ...]:
+        """Devices attached to this page table through pyvfio (each once,
+        whether through a PASID or not)."""
+        unique = {id(d): d for d in self._attached.values()}
+        return tuple(unique.values())
+
+    def _detach_all(self) -> None:
+        # Attached devices keep the object busy (EBUSY on IOMMU_DESTROY).
+        for (_, pasid), device in list(self._attached.items()):
+            if not device.closed:
+                device.detach(pasid=pasid)
+        self._attached.clear()
 
 
 class IoasMapping(Resource):
@@ -345,7 +375,7 @@ class IoasMapping(Resource):
         self._owner = None
 
 
-class IOAS(IommufdObject):
+class IOAS(_PageTable):
     """An I/O address space: IOVA -> process memory mappings."""
 
     kind = "IOAS"
@@ -353,7 +383,6 @@ class IOAS(IommufdObject):
     def __init__(self, iommufd: IommuFd, ioas_id: int) -> None:
         super().__init__(iommufd, ioas_id)
         self._mappings: dict[int, IoasMapping] = {}
-        self._attached: dict[int, Device] = {}
         #: the ranges of the last :meth:`allow_iovas` through this object
         #: (empty: every IOVA is allowed)
         self.allowed_ranges: tuple[IovaRange, ...] = ()
@@ -362,11 +391,6 @@ class IOAS(IommufdObject):
     def mappings(self) -> tuple[IoasMapping, ...]:
         """Live mappings made through this object, by IOVA."""
         return tuple(self._mappings[k] for k in sorted(self._mappings))
-
-    @property
-    def attached_devices(self) -> tuple[Device, ...]:
-        """Devices attached to this IOAS through pyvfio."""
-        return tuple(self._attached.values())
 
     # -- mapping -----------------------------------------------------------------------
     def _flags(self, iova: int | None, readable: bool, writeable: bool) -> int:
@@ -564,10 +588,7 @@ class IOAS(IommufdObject):
     def _release(self) -> None:
         # Devices still attached would keep the IOAS busy (EBUSY): detach
         # them first, then drop every mapping in one call, then destroy.
-        for device in list(self._attached.values()):
-            if not device.closed:
-                device.detach()
-        self._attached.clear()
+        self._detach_all()
         self._destroy_dependents()
         if not self.iommufd.closed:
             if self._mappings:
@@ -575,7 +596,7 @@ class IOAS(IommufdObject):
             super()._release()
 
 
-class HWPT(IommufdObject):
+class HWPT(_PageTable):
     """A hardware page table (IOMMU_HWPT_ALLOC)."""
 
     kind = "HWPT"
@@ -584,7 +605,7 @@ class HWPT(IommufdObject):
         super().__init__(iommufd, hwpt_id)
         self.parent = parent  #: the IOAS, nesting-parent HWPT or vIOMMU it was made from
         self.flags = flags  #: IOMMU_HWPT_ALLOC_* flags it was allocated with
-        self._attached: dict[int, Device] = {}
+        self.fault: FaultQueue | None = None  #: the fault queue it reports to, if any
 
     def set_dirty_tracking(self, enabled: bool) -> None:
         """IOMMU_HWPT_SET_DIRTY_TRACKING."""
@@ -634,13 +655,12 @@ class HWPT(IommufdObject):
         return int(cmd.entry_num)
 
     def _release(self) -> None:
-        for device in list(self._attached.values()):
-            if not device.closed:
-                device.detach()
-        self._attached.clear()
+        self._detach_all()
         self._destroy_dependents()
         if isinstance(self.parent, IommufdObject):
             self.parent._dependents.pop(id(self), None)
+        if self.fault is not None:
+            self.fault._dependents.pop(id(self), None)
         super()._release()
 
 
@@ -679,8 +699,9 @@ class FaultQueue(IommufdObject):
         self.backend.write(self._fd, bytes(ffi.buffer(resp)))
 
     def _release(self) -> None:
-        # The open queue fd holds a reference to the object: close it first
-        # or IOMMU_DESTROY fails with EBUSY.
+        # HWPTs reporting to the queue and the open queue fd both hold a
+        # reference to it: release them first or IOMMU_DESTROY fails (EBUSY).
+        self._destroy_dependents()
         fd, self._fd = self._fd, -1
         if fd >= 0:
             self.backend.close(fd)
@@ -754,8 +775,9 @@ class Veventq(IommufdObject):
         return self.backend.read(self._fd, size)
 
     def _release(self) -> None:
-        # The open queue fd holds a reference to the object: close it first
-        # or IOMMU_DESTROY fails with EBUSY.
+        # HWPTs reporting to the queue and the open queue fd both hold a
+        # reference to it: release them first or IOMMU_DESTROY fails (EBUSY).
+        self._destroy_dependents()
         fd, self._fd = self._fd, -1
         if fd >= 0:
             self.backend.close(fd)

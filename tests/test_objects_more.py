@@ -116,3 +116,56 @@ def test_hwpt_dirty_tracking_on_a_capable_iommu() -> None:
         assert hwpt.dirty_bitmap(0x100000, 0x4000, 4096) == b"\x00"
         hwpt.set_dirty_tracking(False)
         dev.detach()
+
+
+def _pasid_machine():  # type: ignore[no-untyped-def]
+    """A fake IOMMU with 20-bit PASIDs and an edu that has 16 of them."""
+    from pyvfio.fake import System
+
+    topo = System("minimal").to_topology()
+    topo["iommu"]["pasid_bits"] = 20
+    system = System(topo)
+    bdf = "0000:00:02.0"
+    system.backend.sysfs_write(f"/sys/bus/pci/devices/{bdf}/driver_override", "vfio-pci")
+    system.backend.sysfs_write("/sys/bus/pci/drivers_probe", bdf)
+    system.device(bdf).pasid_bits = 16
+    return system, bdf
+
+
+def test_closing_a_pasid_page_table_detaches_only_that_pasid() -> None:
+    system, bdf = _pasid_machine()
+    b = system.backend
+    with IommuFd(backend=b) as fd, Device.open(bdf, backend=b) as dev:
+        dev.bind(fd)
+        ioas = fd.ioas()
+        plain = fd.hwpt_alloc(dev, ioas, pasid=True)
+        per_pasid = fd.hwpt_alloc(dev, ioas, pasid=True)
+        dev.attach(plain)
+        dev.attach(per_pasid, pasid=5)
+        dev.attach(plain, pasid=7)
+        assert plain.attached_devices == (dev,) and per_pasid.attached_devices == (dev,)
+        per_pasid.close()  # detaches PASID 5, nothing else
+        assert dev.attached is plain
+        dev.detach(pasid=7)
+        assert plain.attached_devices == (dev,), "still attached without a PASID"
+        dev.attach(plain, pasid=9)
+        plain.close()  # detaches both the plain and the PASID 9 attachment
+        assert dev.attached is None and plain.attached_devices == ()
+    assert b.open_files == []
+
+
+def test_closing_a_fault_queue_destroys_the_hwpts_reporting_to_it() -> None:
+    system, bdf = _pasid_machine()
+    b = system.backend
+    with IommuFd(backend=b) as fd, Device.open(bdf, backend=b) as dev:
+        dev.bind(fd)
+        ioas = fd.ioas()
+        queue = fd.fault_queue()
+        try:
+            hwpt = fd.hwpt_alloc(dev, ioas, fault=queue)
+        except IoctlError as exc:
+            pytest.skip(f"the fake's IOMMU has no I/O page faults: {exc}")
+        assert hwpt.fault is queue
+        queue.close()  # the HWPT holds the queue: it goes first, without EBUSY
+        assert hwpt.closed and queue.closed
+        ioas.close()
