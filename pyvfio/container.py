@@ -17,6 +17,7 @@ container ioctls there too ("vfio compatibility"), see :meth:`Container.compat`.
 from __future__ import annotations
 
 import enum
+import errno
 import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -246,7 +247,7 @@ class Container(FdResource):
         return self._min_page
 
     # -- DMA ------------------------------------------------------------------
-    def _check_range(self, ioctl: str, iova: int, size: int) -> None:
+    def _check_range(self, ioctl: str, iova: int, size: int, vaddr: int | None = None) -> None:
         check_u64("iova", iova, ioctl=ioctl, target=self.describe())
         check_u64("size", size, ioctl=ioctl, target=self.describe())
         if size == 0:
@@ -254,13 +255,24 @@ class Container(FdResource):
         if iova + size - 1 > (1 << 64) - 1:
             raise InvalidArgumentError(
                 f"[{iova:#x}, +{size:#x}) wraps past the end of the IOVA space",
-                ioctl=ioctl, target=self.describe(),
+                ioctl=ioctl, target=self.describe(), err=errno.EOVERFLOW,
+            )
+        if vaddr is not None and vaddr + size - 1 > (1 << 64) - 1:
+            raise InvalidArgumentError(
+                f"vaddr {vaddr:#x} + size {size:#x} wraps past the end of the address space",
+                ioctl=ioctl, target=self.describe(), err=errno.EOVERFLOW,
             )
         page = self._page()
         if iova % page or size % page:
             raise InvalidArgumentError(
                 f"iova {iova:#x} and size {size:#x} must be multiples of the IOMMU page "
                 f"size {page:#x}",
+                ioctl=ioctl, target=self.describe(),
+            )
+        if vaddr is not None and vaddr % page:
+            raise InvalidArgumentError(
+                f"the buffer's address {vaddr:#x} is not aligned to the IOMMU page size "
+                f"{page:#x} (allocate it with pyvfio.DmaBuffer or mmap)",
                 ioctl=ioctl, target=self.describe(),
             )
 
@@ -271,12 +283,14 @@ class Container(FdResource):
         ``buffer`` is a DMA buffer, a memory map or any buffer-protocol object
         whose memory is page aligned.
         """
+        self._check_open()
         ub = user_buffer(buffer, ioctl="VFIO_IOMMU_MAP_DMA", target=self.describe())
         return self._map(ub, iova, ub.length, readable, writeable)
 
     def map_dma_va(self, vaddr: int, iova: int, size: int, *, readable: bool = True,
                    writeable: bool = True) -> DmaMapping:
         """VFIO_IOMMU_MAP_DMA of ``size`` bytes at process address ``vaddr``."""
+        self._check_open()
         check_u64("vaddr", vaddr, ioctl="VFIO_IOMMU_MAP_DMA", target=self.describe())
         return self._map(UserBuffer(vaddr, size, None, True), iova, size, readable, writeable)
 
@@ -284,7 +298,7 @@ class Container(FdResource):
              writeable: bool) -> DmaMapping:
         name = "VFIO_IOMMU_MAP_DMA"
         self._check_open()
-        self._check_range(name, iova, size)
+        self._check_range(name, iova, size, ub.address)
         if writeable and not ub.writable:
             raise InvalidArgumentError("a read-only buffer cannot be mapped writeable",
                                        ioctl=name, target=self.describe())
@@ -523,7 +537,7 @@ class Group(FdResource):
         try:
             self._ioctl("VFIO_GROUP_SET_CONTAINER", lib.VFIO_GROUP_SET_CONTAINER, arg)
         except OSError as exc:
-            if exc.errno == 1:  # EPERM: the DMA ownership claim failed
+            if exc.errno == errno.EPERM:  # the DMA ownership claim failed
                 blockers = self.viability()
                 if blockers:
                     raise NotViableError(

@@ -23,6 +23,8 @@ __all__ = [
     "NotViableError",
     "UnsupportedError",
     "errno_meaning",
+    "errno_name",
+    "ioctl_error",
 ]
 
 
@@ -76,13 +78,18 @@ class ClosedError(VfioError, ValueError):
 
 
 class InvalidArgumentError(VfioError, ValueError):
-    """An argument was rejected in Python before any syscall was made."""
+    """An argument was rejected in Python before any syscall was made.
+
+    ``errno`` is the one the kernel would give: EINVAL, or EOVERFLOW for a
+    range that wraps past the end of the address space.
+    """
 
     def __init__(
-        self, message: str, *, ioctl: str | None = None, target: str | None = None
+        self, message: str, *, ioctl: str | None = None, target: str | None = None,
+        err: int = _errno.EINVAL,
     ) -> None:
         prefix = _prefix(ioctl, target)
-        super().__init__(_errno.EINVAL, prefix + message, ioctl=ioctl, target=target)
+        super().__init__(err, prefix + message, ioctl=ioctl, target=target)
 
 
 class NotViableError(VfioError):
@@ -114,9 +121,9 @@ def _prefix(ioctl: str | None, target: str | None) -> str:
     return ""
 
 
-# What an errno means, per family of calls.  Keys are (family, errno);
-# family "" is the fallback.  The wording follows the uAPI documentation of
-# linux/iommufd.h and linux/vfio.h.
+# What an errno means, per family of calls.  Keys are (family, errno).
+# The wording follows the uAPI documentation of linux/iommufd.h and
+# linux/vfio.h.
 _MEANINGS: dict[tuple[str, int], str] = {
     ("iommufd", _errno.ENOTTY): "the ioctl number is not supported by this kernel",
     ("iommufd", _errno.E2BIG): "the structure is larger than the kernel knows and its tail is not zero",
@@ -131,6 +138,7 @@ _MEANINGS: dict[tuple[str, int], str] = {
     ("iommufd", _errno.ENOSPC): "no free IOVA space satisfies the request",
     ("iommufd", _errno.EMSGSIZE): "the supplied array is too small; the required count was returned",
     ("iommufd", _errno.EPERM): "the operation is not permitted on this object",
+    ("iommufd", _errno.EADDRINUSE): "the IOVA range covers a reserved range of an attached device",
     ("iommufd", _errno.EDEADLK): "the object is still referenced and cannot be destroyed",
     ("vfio", _errno.ENOTTY): "the ioctl is not supported on this file",
     ("vfio", _errno.EINVAL): "a field value is invalid (argsz too small, unknown flags, bad index or range)",
@@ -138,7 +146,7 @@ _MEANINGS: dict[tuple[str, int], str] = {
     ("vfio", _errno.EPERM): "not permitted (group not viable, or privilege required)",
     ("vfio", _errno.EEXIST): "the IOVA range overlaps an existing DMA mapping",
     ("vfio", _errno.EFAULT): "a user pointer is invalid",
-    ("vfio", _errno.ENOSPC): "the maximum number of DMA mappings was reached",
+    ("vfio", _errno.ENOSPC): "no room: a limit was reached or the supplied array is too small",
     ("vfio", _errno.ENOMEM): "out of memory, or the locked-memory limit (RLIMIT_MEMLOCK) was exceeded",
     ("vfio", _errno.ENODEV): "the device or IOMMU is gone or not present",
     ("vfio", _errno.ENOENT): "no such device, region or capability",
@@ -147,12 +155,98 @@ _MEANINGS: dict[tuple[str, int], str] = {
     ("vfio", _errno.EAGAIN): "temporarily unavailable; try again",
     ("vfio", _errno.E2BIG): "the request is too large",
     ("vfio", _errno.EIO): "the device failed the operation",
+    ("vfio", _errno.EOVERFLOW): "IOVA + size or vaddr + size wraps around",
+    ("vfio", _errno.EADDRINUSE): "a mapping of the IOAS covers a reserved range of the device",
+}
+
+# Where one ioctl gives an errno a meaning of its own (Linux 7.3).
+_IOCTL_MEANINGS: dict[tuple[str, int], str] = {
+    ("IOMMU_IOAS_UNMAP", _errno.ENOENT):
+        "the range cuts a mapping (each mapping touched must lie wholly inside it) "
+        "or nothing is mapped there",
+    ("IOMMU_IOAS_COPY", _errno.ENOENT):
+        "the source range is not entirely mapped, or an ID is not an IOAS",
+    ("IOMMU_IOAS_COPY", _errno.EPERM): "a writeable copy of pages that were mapped read-only",
+    ("IOMMU_IOAS_MAP", _errno.EINVAL):
+        "zero length, no READABLE/WRITEABLE, a misaligned fixed IOVA, or a fixed IOVA "
+        "over a reserved range",
+    ("IOMMU_IOAS_MAP_FILE", _errno.EINVAL):
+        "zero length, no READABLE/WRITEABLE, a misaligned fixed IOVA or file offset, or a "
+        "fixed IOVA over a reserved range",
+    ("IOMMU_IOAS_ALLOW_IOVAS", _errno.EINVAL): "two ranges overlap, or a range ends before it starts",
+    ("IOMMU_IOAS_IOVA_RANGES", _errno.EMSGSIZE):
+        "the array is too small; num_iovas was set to the number needed",
+    ("IOMMU_DESTROY", _errno.ENOENT): "no object has this ID (or it was already destroyed)",
+    ("IOMMU_DESTROY", _errno.EBUSY):
+        "the object is in use: devices attached, or an HWPT or other object built on it",
+    ("IOMMU_OPTION", _errno.EBUSY): "RLIMIT_MODE can only change while the iommufd holds no objects",
+    ("IOMMU_OPTION", _errno.EINVAL):
+        "the value is not 0 or 1, or HUGE_PAGES cannot change once pages are mapped",
+    ("IOMMU_HWPT_ALLOC", _errno.ENOENT): "dev_id is not a bound device, or fault_id is no fault queue",
+    ("IOMMU_HWPT_GET_DIRTY_BITMAP", _errno.EINVAL):
+        "dirty tracking is off, or the range or page size does not match the mappings",
+    ("VFIO_GROUP_SET_CONTAINER", _errno.EPERM):
+        "the group is not viable, mixes no-IOMMU and IOMMU groups, or interrupts cannot be "
+        "remapped",
+    ("VFIO_GROUP_SET_CONTAINER", _errno.EINVAL):
+        "the group already has a container or iommufd, or existing mappings do not fit it",
+    ("VFIO_GROUP_UNSET_CONTAINER", _errno.EINVAL): "the group has no container",
+    ("VFIO_GROUP_UNSET_CONTAINER", _errno.EBUSY): "a device file of the group is still open",
+    ("VFIO_GROUP_GET_DEVICE_FD", _errno.EINVAL):
+        "the group has no container with an IOMMU set, or the name/VF token is invalid",
+    ("VFIO_GROUP_GET_DEVICE_FD", _errno.ENODEV): "no device of the group has this name",
+    ("VFIO_SET_IOMMU", _errno.EINVAL): "no group is attached, or an IOMMU model is already set",
+    ("VFIO_SET_IOMMU", _errno.ENODEV): "no IOMMU driver offers this model",
+    ("VFIO_IOMMU_MAP_DMA", _errno.EINVAL):
+        "zero size, no READ/WRITE, misaligned to the IOMMU page size, or outside the usable "
+        "IOVA ranges",
+    ("VFIO_IOMMU_MAP_DMA", _errno.ENOSPC): "the container has dma_entry_limit mappings already",
+    ("VFIO_IOMMU_MAP_DMA", _errno.ENOENT): "no mapping at this IOVA to update the vaddr of",
+    ("VFIO_IOMMU_UNMAP_DMA", _errno.EINVAL):
+        "the range starts or ends inside a mapping (type1v2 never splits one), or is "
+        "misaligned or empty",
+    ("VFIO_DEVICE_BIND_IOMMUFD", _errno.EPERM):
+        "the group is not viable, its DMA is owned by a container or another iommufd, or "
+        "interrupts cannot be remapped",
+    ("VFIO_DEVICE_BIND_IOMMUFD", _errno.EBUSY): "the group file /dev/vfio/N is open",
+    ("VFIO_DEVICE_BIND_IOMMUFD", _errno.EINVAL):
+        "the device file is already bound, came from a group, or a field is invalid",
+    ("VFIO_DEVICE_ATTACH_IOMMUFD_PT", _errno.EINVAL):
+        "pt_id is not an IOAS or HWPT, or another device of the group uses another page table",
+    ("VFIO_DEVICE_ATTACH_IOMMUFD_PT", _errno.ENOENT): "pt_id does not exist",
+    ("VFIO_DEVICE_GET_PCI_HOT_RESET_INFO", _errno.ENOSPC):
+        "the array is too small; count was set to the number of devices affected",
+    ("VFIO_DEVICE_PCI_HOT_RESET", _errno.EPERM):
+        "not every affected device is owned by the caller (its group or iommufd)",
+    ("VFIO_DEVICE_RESET", _errno.EINVAL): "the device has no reset method",
+    ("VFIO_DEVICE_SET_IRQS", _errno.EINVAL):
+        "the index, range, flags or eventfds do not fit the interrupt",
 }
 
 
-def errno_meaning(err: int, family: str = "") -> str:
-    """What ``err`` means for a call of ``family`` (``"vfio"``/``"iommufd"``)."""
-    meaning = _MEANINGS.get((family, err))
+def _family(ioctl: str) -> str:
+    if ioctl.startswith("IOMMU_"):
+        return "iommufd"
+    if ioctl.startswith("VFIO_"):
+        return "vfio"
+    return ""
+
+
+def errno_name(err: int) -> str:
+    """The symbolic name of ``err`` (``"EOPNOTSUPP"`` rather than its Linux
+    alias ``"ENOTSUP"``)."""
+    if err == _errno.EOPNOTSUPP:
+        return "EOPNOTSUPP"
+    return _errno.errorcode.get(err, str(err))
+
+
+def errno_meaning(err: int, family: str = "", ioctl: str | None = None) -> str:
+    """What ``err`` means for ``ioctl`` (when it has a meaning of its own),
+    else for a call of ``family`` (``"vfio"``/``"iommufd"``; taken from the
+    ioctl's name when not given), else the C library's text."""
+    meaning = _IOCTL_MEANINGS.get((ioctl, err)) if ioctl else None
+    if meaning is None:
+        meaning = _MEANINGS.get((family or _family(ioctl or ""), err))
     if meaning is None:
         try:
             meaning = os.strerror(err)
@@ -163,8 +257,8 @@ def errno_meaning(err: int, family: str = "") -> str:
 
 def ioctl_error(err: int, ioctl: str, target: str, family: str = "") -> IoctlError:
     """Build the :class:`IoctlError` for a failed ioctl."""
-    name = _errno.errorcode.get(err, str(err))
     message = (
-        f"{ioctl} on {target}: [{name}] {errno_meaning(err, family)} ({os.strerror(err)})"
+        f"{ioctl} on {target}: [{errno_name(err)}] {errno_meaning(err, family, ioctl)} "
+        f"({os.strerror(err)})"
     )
     return IoctlError(err, message, ioctl=ioctl, target=target)

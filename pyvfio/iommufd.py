@@ -17,6 +17,7 @@ an iommufd through their vfio character device (see
 from __future__ import annotations
 
 import enum
+import errno
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
@@ -408,18 +409,20 @@ class IOAS(_PageTable):
             if iova + length - 1 > U64_MAX:
                 raise InvalidArgumentError(
                     f"[{iova:#x}, +{length:#x}) wraps past the end of the IOVA space",
-                    ioctl=name, target=self.describe())
+                    ioctl=name, target=self.describe(), err=errno.EOVERFLOW)
 
     def map(self, buffer: Any, iova: int | None = None, *, readable: bool = True,
             writeable: bool = True) -> IoasMapping:
         """IOMMU_IOAS_MAP of a whole buffer.  With ``iova=None`` the kernel
         chooses the IOVA (see the returned mapping's ``iova``)."""
+        self._check_open()
         ub = user_buffer(buffer, ioctl="IOMMU_IOAS_MAP", target=self.describe())
         return self._map(ub, ub.length, iova, readable, writeable)
 
     def map_va(self, user_va: int, length: int, iova: int | None = None, *,
                readable: bool = True, writeable: bool = True) -> IoasMapping:
         """IOMMU_IOAS_MAP of ``length`` bytes at process address ``user_va``."""
+        self._check_open()
         check_u64("user_va", user_va, ioctl="IOMMU_IOAS_MAP", target=self.describe())
         return self._map(UserBuffer(user_va, length, None, True), length, iova, readable,
                           writeable)
@@ -429,6 +432,10 @@ class IOAS(_PageTable):
         name = "IOMMU_IOAS_MAP"
         self._check_open()
         self._check_area(name, iova, length)
+        if ub.address + length - 1 > U64_MAX:
+            raise InvalidArgumentError(
+                f"user_va {ub.address:#x} + length {length:#x} wraps past the end of the "
+                "address space", ioctl=name, target=self.describe(), err=errno.EOVERFLOW)
         if writeable and not ub.writable:
             raise InvalidArgumentError("a read-only buffer cannot be mapped writeable",
                                        ioctl=name, target=self.describe())

@@ -124,8 +124,22 @@ def test_unmap_all(setup) -> None:  # type: ignore[no-untyped-def]
 
 def test_readonly_buffer_cannot_be_writeable(setup) -> None:  # type: ignore[no-untyped-def]
     container, _ = setup
+    readonly = mmap.mmap(-1, 4096, prot=mmap.PROT_READ)
     with pytest.raises(InvalidArgumentError, match="read-only"):
-        container.map_dma(bytes(4096), 0x1000)
+        container.map_dma(readonly, 0x1000)
+
+
+def test_unaligned_buffer_and_wrapping_ranges_are_refused_first(setup) -> None:  # type: ignore[no-untyped-def]
+    container, _ = setup
+    with pytest.raises(InvalidArgumentError, match="not aligned") as exc:
+        container.map_dma(memoryview(bytearray(3 * 4096))[1:4097], 0x1000)
+    assert exc.value.errno == errno.EINVAL
+    with pytest.raises(InvalidArgumentError, match="wraps") as exc:
+        container.map_dma_va(0x10000, (1 << 64) - 0x1000, 0x2000)
+    assert exc.value.errno == errno.EOVERFLOW
+    with pytest.raises(InvalidArgumentError, match="wraps") as exc:
+        container.map_dma_va((1 << 64) - 0x1000, 0x1000, 0x2000)
+    assert exc.value.errno == errno.EOVERFLOW
 
 
 def test_device_through_group(setup, edu) -> None:  # type: ignore[no-untyped-def]
