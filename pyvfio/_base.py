@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno as _errno
 import warnings
 from typing import Any, Callable, Iterator, TypeVar
 
@@ -135,6 +136,15 @@ class Resource:
             pass
 
 
+def open_node(backend: Backend, path: str) -> int:
+    """Open a VFIO or iommufd device node; an OSError becomes an
+    :class:`~pyvfio.errors.IoctlError` naming ``open`` and the path."""
+    try:
+        return backend.open(path)
+    except OSError as exc:
+        raise ioctl_error(exc.errno or _errno.EIO, "open", path) from None
+
+
 class FdResource(Resource):
     """A resource that owns a file descriptor."""
 
@@ -202,7 +212,8 @@ class FdResource(Resource):
             if info.argsz <= size:
                 return info, raw
             size = int(info.argsz)
-        raise ioctl_error(22, name, target or self.describe(), self.family)  # pragma: no cover
+        raise ioctl_error(_errno.EINVAL, name, target or self.describe(),
+                          self.family)  # pragma: no cover
 
 
 def check_u64(name: str, value: int, *, ioctl: str | None = None, target: str | None = None) -> int:

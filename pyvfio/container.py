@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import sysfs
-from ._base import FdResource, Resource, check_flags, check_u64
+from ._base import FdResource, Resource, check_flags, check_u64, open_node
 from ._memory import UserBuffer, user_buffer
 from ._uapi import ffi, lib
 from .backend import Backend, resolve_backend
@@ -168,7 +168,7 @@ class Container(FdResource):
 
     def __init__(self, path: str = "/dev/vfio/vfio", *, backend: Backend | None = None) -> None:
         b = resolve_backend(backend)
-        super().__init__(b.open(path), b)
+        super().__init__(open_node(b, path), b)
         self.path = path
         self._iommu_type: int | None = None
         self._groups: list[Group] = []
@@ -334,10 +334,13 @@ class Container(FdResource):
         return unmapped
 
     def _forget_range(self, iova: int, size: int, *, everything: bool = False) -> None:
+        # vfio_dma_do_unmap removes every mapping that starts inside the
+        # range, whole: type1v2 refuses (EINVAL) a range that would cut one,
+        # type1 (v1) removes one that runs past the range's end too.
         last = iova + size - 1
         for start in list(self._mappings):
             m = self._mappings[start]
-            if everything or (start >= iova and start + m.size - 1 <= last):
+            if everything or iova <= start <= last:
                 del self._mappings[start]
                 m._mark_closed()
 
@@ -481,7 +484,7 @@ class Group(FdResource):
             path = group
             tail = os.path.basename(group).rsplit("-", 1)[-1]
             group_id = int(tail) if tail.isdigit() else -1
-        super().__init__(b.open(path), b)
+        super().__init__(open_node(b, path), b)
         self.id = group_id  #: the IOMMU group number
         self.path = path  #: the group's device node
         self._container: Container | None = None

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
 from . import sysfs
-from ._base import FdResource, check_u64
+from ._base import FdResource, check_u64, open_node
 from ._uapi import ffi, lib
 from .backend import Backend, resolve_backend
 from .caps import Capability, RegionTypeCap, SparseMmapCap, parse_chain
@@ -237,7 +237,7 @@ class Device(FdResource):
         else:
             name = sysfs.normalize_bdf(device)
             path = sysfs.device_cdev_path(name, b)
-        fd = b.open(path)
+        fd = open_node(b, path)
         return cls(fd, name, backend=b, path=path)
 
     def describe(self) -> str:

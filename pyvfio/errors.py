@@ -159,8 +159,16 @@ _MEANINGS: dict[tuple[str, int], str] = {
     ("vfio", _errno.EADDRINUSE): "a mapping of the IOAS covers a reserved range of the device",
 }
 
-# Where one ioctl gives an errno a meaning of its own (Linux 7.3).
+# Where one ioctl (or the open of a device node) gives an errno a meaning
+# of its own (Linux 7.3).
 _IOCTL_MEANINGS: dict[tuple[str, int], str] = {
+    ("open", _errno.ENOENT):
+        "no such device node (is the IOMMU on, the module loaded and the device bound "
+        "to vfio-pci? see `pyvfio doctor`)",
+    ("open", _errno.EBUSY): "the file is already open: a VFIO group can be open only once",
+    ("open", _errno.EACCES): "permission denied: run as root or give the user the node",
+    ("open", _errno.EPERM): "not permitted (no-IOMMU mode needs CAP_SYS_RAWIO)",
+    ("open", _errno.ENODEV): "the device is gone, or its driver is not vfio-pci",
     ("IOMMU_IOAS_UNMAP", _errno.ENOENT):
         "the range cuts a mapping (each mapping touched must lie wholly inside it) "
         "or nothing is mapped there",
@@ -182,6 +190,8 @@ _IOCTL_MEANINGS: dict[tuple[str, int], str] = {
     ("IOMMU_OPTION", _errno.EBUSY): "RLIMIT_MODE can only change while the iommufd holds no objects",
     ("IOMMU_OPTION", _errno.EINVAL):
         "the value is not 0 or 1, or HUGE_PAGES cannot change once pages are mapped",
+    ("IOMMU_VFIO_IOAS", _errno.ENODEV):
+        "no vfio-compat IOAS yet (IOMMU_VFIO_IOAS_SET or a group's SET_CONTAINER makes one)",
     ("IOMMU_HWPT_ALLOC", _errno.ENOENT): "dev_id is not a bound device, or fault_id is no fault queue",
     ("IOMMU_HWPT_GET_DIRTY_BITMAP", _errno.EINVAL):
         "dirty tracking is off, or the range or page size does not match the mappings",

@@ -19,17 +19,19 @@ from __future__ import annotations
 import enum
 import errno
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence, TypeVar
 
-from ._base import U64_MAX, FdResource, Resource, check_u64
+from ._base import U64_MAX, FdResource, Resource, check_u64, open_node
 from ._memory import UserBuffer, user_buffer
 from ._uapi import ffi, lib
 from .backend import Backend, resolve_backend
 from .caps import IovaRange
-from .errors import InvalidArgumentError, IoctlError
+from .errors import InvalidArgumentError, IoctlError, ioctl_error
 
 if TYPE_CHECKING:
     from .device import Device
+
+_T = TypeVar("_T")
 
 __all__ = [
     "IommuFd",
@@ -123,7 +125,7 @@ class IommuFd(FdResource):
 
     def __init__(self, path: str = "/dev/iommu", *, backend: Backend | None = None) -> None:
         b = resolve_backend(backend)
-        super().__init__(b.open(path), b)
+        super().__init__(open_node(b, path), b)
         self.path = path
 
     def describe(self) -> str:
@@ -199,8 +201,9 @@ class IommuFd(FdResource):
         return int(cmd.ioas_id)
 
     def vfio_ioas_get(self) -> int:
-        """IOMMU_VFIO_IOAS_GET: ID of the IOAS the vfio-compat container uses
-        (the kernel creates one on demand)."""
+        """IOMMU_VFIO_IOAS_GET: ID of the IOAS the vfio-compat container uses.
+        ENODEV until one exists: :meth:`vfio_ioas_set` makes one, and so does
+        the first VFIO_GROUP_SET_CONTAINER of a group onto this iommufd."""
         return self._vfio_ioas(lib.IOMMU_VFIO_IOAS_GET)
 
     def vfio_ioas_set(self, ioas: IOAS) -> None:
@@ -298,6 +301,14 @@ class IommufdObject(Resource):
         # Objects allocated on top of this one (HWPTs of an IOAS, nested
         # HWPTs of a parent): they keep it busy, so they are destroyed first.
         self._dependents: dict[int, IommufdObject] = {}
+
+    def _queue_io(self, call: str, io: Callable[[], _T]) -> _T:
+        """Run a read/write on the object's fd; OSError becomes IoctlError."""
+        try:
+            return io()
+        except OSError as exc:
+            raise ioctl_error(exc.errno or errno.EIO, call, self.describe(),
+                              "iommufd") from None
 
     def _destroy_dependents(self) -> None:
         for obj in reversed(list(self._dependents.values())):
@@ -490,7 +501,9 @@ class IOAS(_PageTable):
         cmd = self.iommufd._cmd("IOMMU_IOAS_UNMAP", lib.IOMMU_IOAS_UNMAP,
                                 "struct iommu_ioas_unmap", target=self.describe(),
                                 ioas_id=self.id, iova=iova, length=length)
-        last = iova + length - 1 if length else -1
+        # iova 0 with length U64_MAX means "everything" (iopt_unmap_all),
+        # including an area that ends at the last IOVA.
+        last = U64_MAX if (iova, length) == (0, U64_MAX) else iova + length - 1
         for start in list(self._mappings):
             m = self._mappings[start]
             if iova <= start and m.last <= last:
@@ -689,7 +702,7 @@ class FaultQueue(IommufdObject):
         """Read pending ``struct iommu_hwpt_pgfault`` records."""
         self._check_open()
         size = ffi.sizeof("struct iommu_hwpt_pgfault")
-        data = self.backend.read(self._fd, size * max_faults)
+        data = self._queue_io("read", lambda: self.backend.read(self._fd, size * max_faults))
         out = []
         for off in range(0, len(data) - size + 1, size):
             rec = ffi.new("struct iommu_hwpt_pgfault *")
@@ -703,7 +716,7 @@ class FaultQueue(IommufdObject):
         resp = ffi.new("struct iommu_hwpt_page_response *")
         resp.cookie = cookie
         resp.code = code
-        self.backend.write(self._fd, bytes(ffi.buffer(resp)))
+        self._queue_io("write", lambda: self.backend.write(self._fd, bytes(ffi.buffer(resp))))
 
     def _release(self) -> None:
         # HWPTs reporting to the queue and the open queue fd both hold a
@@ -779,12 +792,11 @@ class Veventq(IommufdObject):
     def read(self, size: int = 4096) -> bytes:
         """Read raw event records (``struct iommufd_vevent_header`` + data)."""
         self._check_open()
-        return self.backend.read(self._fd, size)
+        return self._queue_io("read", lambda: self.backend.read(self._fd, size))
 
     def _release(self) -> None:
-        # HWPTs reporting to the queue and the open queue fd both hold a
-        # reference to it: release them first or IOMMU_DESTROY fails (EBUSY).
-        self._destroy_dependents()
+        # The open queue fd holds a reference to the object: close it first
+        # or IOMMU_DESTROY fails with EBUSY.
         fd, self._fd = self._fd, -1
         if fd >= 0:
             self.backend.close(fd)

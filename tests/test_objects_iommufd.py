@@ -224,3 +224,11 @@ def test_closing_ioas_destroys_its_hwpts_first(iommufd, backend, edu) -> None:  
         assert exc.value.errno == errno.EBUSY
         ioas.close()
         assert hwpt.closed and ioas.closed
+
+
+def test_unmap_all_forgets_a_mapping_at_the_top_of_the_iova_space(iommufd) -> None:  # type: ignore[no-untyped-def]
+    ioas = iommufd.ioas()
+    top = ioas.map(mmap.mmap(-1, 0x1000), U64_MAX - 0xFFF)
+    assert top.last == U64_MAX
+    assert ioas.unmap_all() == 0x1000
+    assert top.closed and ioas.mappings == ()

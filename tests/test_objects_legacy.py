@@ -64,9 +64,22 @@ def test_group_status_and_devices(backend, edu) -> None:  # type: ignore[no-unty
 
 def test_group_open_twice_is_busy(backend, edu) -> None:  # type: ignore[no-untyped-def]
     with Group.for_device(edu, backend=backend):
-        with pytest.raises(OSError) as info:
+        with pytest.raises(IoctlError) as info:
             Group.for_device(edu, backend=backend)
-        assert info.value.errno == errno.EBUSY
+        assert info.value.errno == errno.EBUSY and info.value.ioctl == "open"
+        assert "can be open only once" in str(info.value)
+        assert info.value.target is not None and info.value.target.startswith("/dev/vfio/")
+
+
+def test_opening_a_missing_node_names_it(backend) -> None:  # type: ignore[no-untyped-def]
+    for opener in (lambda: Group("/dev/vfio/4242", backend=backend),
+                   lambda: pyvfio.Device.open("/dev/vfio/devices/vfio4242", backend=backend),
+                   lambda: Container("/dev/vfio/nonexistent", backend=backend),
+                   lambda: pyvfio.IommuFd("/dev/nonexistent-iommu", backend=backend)):
+        with pytest.raises(IoctlError) as info:
+            opener()
+        assert info.value.errno == errno.ENOENT and info.value.ioctl == "open"
+        assert "pyvfio doctor" in str(info.value)
 
 
 def test_info_and_capabilities(setup) -> None:  # type: ignore[no-untyped-def]
@@ -209,3 +222,18 @@ def test_non_viable_group_is_explained() -> None:
         assert info.value.errno == errno.EPERM
         assert {bdf for bdf, _ in info.value.blockers} == {x.bdf for x in blockers}
         assert blockers[0].driver in str(info.value)
+
+
+def test_type1_v1_unmap_removes_whole_mappings(backend, edu) -> None:  # type: ignore[no-untyped-def]
+    """VFIO_TYPE1_IOMMU (v1) unmaps every mapping that starts in the range,
+    also past the range's end; the mapping objects follow."""
+    with Container(backend=backend) as container, \
+            Group.for_device(edu, backend=backend) as group:
+        group.set_container(container)
+        container.set_iommu(IommuType.TYPE1)
+        buf = mmap.mmap(-1, 4 * 4096)
+        m = container.map_dma(buf, 0x100000)
+        assert container.unmap_dma(0x101000, 0x1000) == 0  # starts inside: nothing
+        assert not m.closed
+        assert container.unmap_dma(0x100000, 0x1000) == 4 * 4096
+        assert m.closed and container.mappings == ()
