@@ -28,7 +28,7 @@ from ._memory import UserBuffer, user_buffer
 from ._uapi import ffi, lib
 from .backend import Backend, resolve_backend
 from .caps import Capability, DmaAvailCap, IovaRange, IovaRangeCap, MigrationCap, parse_chain
-from .errors import InvalidArgumentError, NotViableError
+from .errors import InvalidArgumentError
 
 if TYPE_CHECKING:
     from .device import Device
@@ -540,15 +540,11 @@ class Group(FdResource):
         try:
             self._ioctl("VFIO_GROUP_SET_CONTAINER", lib.VFIO_GROUP_SET_CONTAINER, arg)
         except OSError as exc:
-            if exc.errno == errno.EPERM:  # the DMA ownership claim failed
-                blockers = self.viability()
-                if blockers:
-                    raise NotViableError(
-                        f"VFIO_GROUP_SET_CONTAINER on {self.describe()}: the group is not "
-                        "viable: " + "; ".join(b.reason for b in blockers),
-                        blockers=[(b.bdf, b.reason) for b in blockers],
-                        target=self.describe(), ioctl="VFIO_GROUP_SET_CONTAINER",
-                    ) from None
+            if exc.errno == errno.EPERM and self.id >= 0:  # the DMA ownership claim failed
+                viability = sysfs.explain_group(self.id, backend=self._backend)
+                if viability.blockers:
+                    raise viability.error(ioctl="VFIO_GROUP_SET_CONTAINER",
+                                          target=self.describe(), cause=exc) from None
             raise
         self._container = container
         container._groups.append(self)

@@ -267,10 +267,26 @@ class Device(FdResource):
             token_buf = ffi.new("char[16]", token.bytes)
             arg.flags = lib.VFIO_DEVICE_BIND_FLAG_TOKEN
             arg.token_uuid_ptr = int(ffi.cast("uintptr_t", token_buf))
-        self._ioctl("VFIO_DEVICE_BIND_IOMMUFD", lib.VFIO_DEVICE_BIND_IOMMUFD, arg)
+        try:
+            self._ioctl("VFIO_DEVICE_BIND_IOMMUFD", lib.VFIO_DEVICE_BIND_IOMMUFD, arg)
+        except IoctlError as exc:
+            if exc.errno == errno.EPERM:
+                self._raise_not_viable(exc)
+            raise
         self._iommufd = iommufd
         self._dev_id = int(arg.out_devid)
         return self._dev_id
+
+    def _raise_not_viable(self, exc: IoctlError) -> None:
+        """EPERM from VFIO_DEVICE_BIND_IOMMUFD: when a device of the group is
+        on a host driver, raise the explained :class:`NotViableError`."""
+        try:
+            viability = sysfs.explain_device(self.bdf, self._backend)
+        except (VfioError, OSError):
+            return  # not a PCI device, or its group cannot be read
+        if viability.blockers:
+            raise viability.error(ioctl="VFIO_DEVICE_BIND_IOMMUFD", target=self.describe(),
+                                  cause=exc) from None
 
     def attach(self, pt: IOAS | HWPT, *, pasid: int | None = None) -> int:
         """VFIO_DEVICE_ATTACH_IOMMUFD_PT: route the device's DMA (or one
