@@ -74,24 +74,38 @@ class FakeFile:
 
     @property
     def system(self) -> System:
+        """The :class:`~pyvfio.fake.system.System` the file belongs to."""
         return self.kernel.system
 
     def ioctl(self, request: int, arg: IoctlArg) -> int:
+        """Serve ioctl ``request`` (called with the system lock held);
+        returns the ioctl's result or raises :class:`OSError`.  Default:
+        ENOTTY, as for a file without an ``unlocked_ioctl``."""
         raise errno_error(errno.ENOTTY)
 
     def pread(self, size: int, offset: int) -> bytes:
+        """Up to ``size`` bytes at byte ``offset`` of the file.  Default:
+        EINVAL."""
         raise errno_error(errno.EINVAL)
 
     def pwrite(self, data: bytes, offset: int) -> int:
+        """Write ``data`` at byte ``offset``; returns the number of bytes
+        written.  Default: EINVAL."""
         raise errno_error(errno.EINVAL)
 
     def read(self, size: int) -> bytes:
+        """read(2) of up to ``size`` bytes at the file position.  Default:
+        EINVAL."""
         raise errno_error(errno.EINVAL)
 
     def write(self, data: bytes) -> int:
+        """write(2) of ``data`` at the file position; returns the number of
+        bytes written.  Default: EINVAL."""
         raise errno_error(errno.EINVAL)
 
     def mmap(self, length: int, prot: int, flags: int, offset: int) -> MemoryMap:
+        """Map ``length`` bytes from byte ``offset`` of the file.  Default:
+        ENODEV, as for a file without an ``mmap`` operation."""
         raise errno_error(errno.ENODEV)
 
     def release(self) -> None:
@@ -128,10 +142,15 @@ class IoDomain(abc.ABC):
 class FaultRecord:
     """One blocked DMA, as an IOMMU would log it."""
 
+    #: PCI address of the device that issued the DMA.
     bdf: str
+    #: First IOVA of the access.
     iova: int
+    #: Length of the access in bytes.
     length: int
+    #: True for a write to memory, False for a read.
     write: bool
+    #: Why the IOMMU blocked it, in words (for messages).
     reason: str
 
 
@@ -190,6 +209,7 @@ class UserMemory:
             self.pinned_pages += pages
 
     def unpin(self, pages: int) -> None:
+        """Give back the charge of ``pages`` pages pinned before."""
         with self._lock:
             assert pages <= self.pinned_pages, "unpinning more pages than pinned"
             self.pinned_pages -= pages
@@ -201,6 +221,7 @@ class UserMemory:
 
     @staticmethod
     def write(va: int, data: bytes) -> None:
+        """Write ``data`` to process memory at ``va`` (already validated)."""
         ffi.memmove(ffi.cast("char *", va), data, len(data))
 
 
@@ -237,6 +258,7 @@ class FakeBackend(Backend):
         return entry.file
 
     def file_or_none(self, fd: int) -> FakeFile | None:
+        """The file behind ``fd``, or None for a real fd (eventfd, memfd)."""
         entry = self._files.get(fd)
         return entry.file if entry else None
 
@@ -247,10 +269,15 @@ class FakeBackend(Backend):
 
     # -- Backend: files -----------------------------------------------------
     def open(self, path: str, flags: int = os.O_RDWR | os.O_CLOEXEC) -> int:
+        """Open a device node of the simulated machine (``/dev/vfio/...``,
+        ``/dev/iommu``) as a new fake file; ENOENT for a path that is not
+        a device node."""
         file = self.system.open_path(self, path, flags)
         return self.install(file)
 
     def close(self, fd: int) -> None:
+        """Drop ``fd``; the file's :meth:`~FakeFile.release` runs when it was
+        a fake file.  A real fd (eventfd, memfd) is closed for real."""
         with self._lock:
             entry = self._files.pop(fd, None)
         if entry is None:
@@ -260,11 +287,15 @@ class FakeBackend(Backend):
         entry.file.release()
 
     def ioctl(self, fd: int, request: int, arg: IoctlArg = 0) -> int:
+        """:meth:`FakeFile.ioctl` of the file behind ``fd``, under the
+        system lock; EBADF for an fd that is not a fake file."""
         file = self.file(fd)
         with self.system.lock:
             return file.ioctl(request, arg)
 
     def pread(self, fd: int, size: int, offset: int) -> bytes:
+        """The fake file's :meth:`~FakeFile.pread`, or the real pread(2) for
+        a real fd."""
         file = self.file_or_none(fd)
         if file is None:
             return os.pread(fd, size, offset)
@@ -272,6 +303,8 @@ class FakeBackend(Backend):
             return file.pread(size, offset)
 
     def pwrite(self, fd: int, data: bytes | bytearray | memoryview, offset: int) -> int:
+        """The fake file's :meth:`~FakeFile.pwrite`, or the real pwrite(2)
+        for a real fd."""
         file = self.file_or_none(fd)
         if file is None:
             return os.pwrite(fd, data, offset)
@@ -279,6 +312,8 @@ class FakeBackend(Backend):
             return file.pwrite(bytes(data), offset)
 
     def read(self, fd: int, size: int) -> bytes:
+        """The fake file's :meth:`~FakeFile.read`, or the real read(2) for
+        a real fd (eventfds)."""
         file = self.file_or_none(fd)
         if file is None:
             return os.read(fd, size)
@@ -286,6 +321,8 @@ class FakeBackend(Backend):
             return file.read(size)
 
     def write(self, fd: int, data: bytes | bytearray | memoryview) -> int:
+        """The fake file's :meth:`~FakeFile.write`, or the real write(2) for
+        a real fd (eventfds)."""
         file = self.file_or_none(fd)
         if file is None:
             return os.write(fd, data)
@@ -293,15 +330,21 @@ class FakeBackend(Backend):
             return file.write(bytes(data))
 
     def exists(self, path: str) -> bool:
+        """Whether the simulated machine has ``path`` (a device node or a
+        sysfs entry)."""
         return self.system.path_exists(path)
 
     def access(self, path: str, mode: int) -> bool:
+        """Whether ``path`` exists: the fake has no permissions, every
+        existing path may be opened with any ``mode``."""
         return self.system.path_exists(path)
 
     # -- Backend: memory ----------------------------------------------------
     def mmap(
         self, length: int, prot: int, flags: int, fd: int = -1, offset: int = 0
     ) -> MemoryMap:
+        """The fake file's :meth:`~FakeFile.mmap` (a device region), or a
+        real mmap(2) of anonymous memory or a real fd (memfd)."""
         file = self.file_or_none(fd) if fd >= 0 else None
         if file is None:
             # Anonymous memory, memfds and other real files: real mmap.
@@ -310,35 +353,46 @@ class FakeBackend(Backend):
             return file.mmap(length, prot, flags, offset)
 
     def memfd_create(self, name: str, flags: int = 0) -> int:
+        """A real memfd (memory the fake's IOMMU can map by address)."""
         return self._real.memfd_create(name, flags)
 
     def ftruncate(self, fd: int, length: int) -> None:
+        """The real ftruncate(2) (memfds)."""
         self._real.ftruncate(fd, length)
 
     def eventfd(self, initval: int = 0, flags: int = 0) -> int:
+        """A real eventfd, which the fake signals for interrupts."""
         return self._real.eventfd(initval, flags)
 
     @property
     def page_size(self) -> int:
+        """The simulated machine's page size in bytes."""
         return self.system.page_size
 
     def memlock_limit(self) -> int:
+        """The topology's RLIMIT_MEMLOCK in bytes (``-1``: unlimited), which
+        the fake's pinning is charged against."""
         return self.system.memlock_limit
 
     # -- Backend: sysfs -----------------------------------------------------
     def sysfs_read(self, path: str) -> str:
+        """An attribute of the simulated sysfs (:mod:`pyvfio.fake.sysfs`)."""
         with self.system.lock:
             return self.system.sysfs.read(path)
 
     def sysfs_write(self, path: str, value: str) -> None:
+        """Write an attribute of the simulated sysfs; binding, unbinding and
+        ``driver_override`` act on the simulated driver core."""
         with self.system.lock:
             self.system.sysfs.write(path, value)
 
     def sysfs_listdir(self, path: str) -> list[str]:
+        """A directory of the simulated sysfs, sorted."""
         with self.system.lock:
             return self.system.sysfs.listdir(path)
 
     def sysfs_readlink(self, path: str) -> str:
+        """A symlink of the simulated sysfs (relative, as the kernel writes it)."""
         with self.system.lock:
             return self.system.sysfs.readlink(path)
 

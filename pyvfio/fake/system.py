@@ -59,6 +59,7 @@ __all__ = [
     "PCI_ANY_ID",
 ]
 
+#: Wildcard of a :class:`PciId` field: matches any value.
 PCI_ANY_ID = 0xFFFFFFFF
 _U64 = (1 << 64) - 1
 
@@ -73,12 +74,18 @@ _AUTO: Any = object()
 class ReservedRegion:
     """An IOVA range the IOMMU will not translate for DMA (``[start, last]``)."""
 
+    #: First IOVA of the range.
     start: int
+    #: Last IOVA of the range (inclusive).
     last: int
-    type: str  # "direct" | "direct-relaxable" | "reserved" | "msi"
+    #: "direct", "direct-relaxable", "reserved" or "msi", as
+    #: ``reserved_regions`` in sysfs names them.
+    type: str
 
     @property
     def type_index(self) -> int:
+        """The kernel's ``enum iommu_resv_type`` value of :attr:`type` (the
+        order the types are sorted and listed in)."""
         return _topology.RESERVED_REGION_TYPES.index(self.type)
 
 
@@ -86,20 +93,35 @@ class ReservedRegion:
 class IommuInfo:
     """What the (single) IOMMU of the machine can do."""
 
+    #: Name of the IOMMU device under /sys/class/iommu ("dmar0", ...).
     name: str
+    #: Inclusive ``(first, last)`` IOVA range a domain can translate.
     aperture: tuple[int, int]
+    #: Supported page sizes in bytes, one bit each (bit 12 = 4 KiB).
     pgsize_bitmap: int
+    #: IOVA ranges reserved for every device (the MSI window, ...).
     reserved_regions: list[ReservedRegion]
+    #: Domains can track dirty IOVAs (IOMMU_HWPT_ALLOC_DIRTY_TRACKING).
     dirty_tracking: bool
+    #: Width of a PASID in bits; 0 when PASIDs are not supported.
     pasid_bits: int
+    #: What IOMMU_GET_HW_INFO reports: "none", "intel_vtd", "arm_smmuv3"
+    #: or "amd".
     hw_info_type: str
+    #: DMA snoops CPU caches (IOMMU_CAP_CACHE_COHERENCY).
     cache_coherency: bool
+    #: Domains can force snooping (IOMMU_CAP_ENFORCE_CACHE_COHERENCY).
     enforce_cache_coherency: bool
+    #: Interrupt remapping is in use (IOMMU_CAP_INTR_REMAP): MSIs of
+    #: assigned devices are safe without allow_unsafe_interrupts.
     interrupt_remapping: bool
+    #: Type of the groups' default domains, as sysfs ``type`` shows it
+    #: ("DMA", "DMA-FQ", "identity", "blocked" or "unmanaged").
     default_domain: str
 
     @classmethod
     def from_topology(cls, t: dict[str, Any]) -> IommuInfo:
+        """Build from a topology's (already validated) ``iommu`` section."""
         return cls(
             name=t["name"],
             aperture=(t["aperture"][0], t["aperture"][1]),
@@ -116,6 +138,8 @@ class IommuInfo:
         )
 
     def to_topology(self) -> dict[str, Any]:
+        """The ``iommu`` section of a topology that describes this IOMMU
+        (the inverse of :meth:`from_topology`)."""
         return {
             "name": self.name,
             "aperture": list(self.aperture),
@@ -156,17 +180,26 @@ def merge_reserved_regions(regions: list[ReservedRegion]) -> list[ReservedRegion
 class PciId:
     """One entry of a PCI driver's ID table (struct pci_device_id)."""
 
+    #: Vendor ID, or :data:`PCI_ANY_ID`.
     vendor: int = PCI_ANY_ID
+    #: Device ID, or :data:`PCI_ANY_ID`.
     device: int = PCI_ANY_ID
+    #: Subsystem vendor ID, or :data:`PCI_ANY_ID`.
     subvendor: int = PCI_ANY_ID
+    #: Subsystem ID, or :data:`PCI_ANY_ID`.
     subdevice: int = PCI_ANY_ID
+    #: Class code (24 bits) compared under :attr:`class_mask`.
     class_: int = 0
+    #: Bits of the class code that must equal :attr:`class_`; 0 matches any class.
     class_mask: int = 0
+    #: Driver-private value (``new_id``'s last field).
     driver_data: int = 0
+    #: Only matches a device whose ``driver_override`` names the driver
+    #: (PCI_DEVICE_DRIVER_OVERRIDE, what vfio-pci variant drivers use).
     override_only: bool = False
 
     def matches(self, pdev: PciDevice) -> bool:
-        # pci_match_one_id
+        """pci_match_one_id: ``pdev``'s IDs and class match this entry."""
         return (
             (self.vendor == PCI_ANY_ID or self.vendor == pdev.vendor)
             and (self.device == PCI_ANY_ID or self.device == pdev.device)
@@ -190,6 +223,7 @@ class PciId:
 class Driver:
     """A PCI driver registered with the fake driver core."""
 
+    #: Name under /sys/bus/pci/drivers ("vfio-pci", "e1000e", ...).
     name: str
     #: ``driver_managed_dma``: the driver does no kernel DMA, so binding it
     #: does not take the group's default domain (vfio-pci, pci-stub, pcieport).
@@ -198,18 +232,22 @@ class Driver:
     kind: str
     #: Name under /sys/module, or None for code that is not a module.
     module: str | None = None
+    #: The static ID table (what the driver was built with).
     ids: list[PciId] = field(default_factory=list)
+    #: IDs added through sysfs ``new_id`` (removed with ``remove_id``).
     dynids: list[PciId] = field(default_factory=list)
 
     @property
     def devices(self) -> list[PciDevice]:
+        """The devices bound to the driver, in the order they were bound."""
         return self._devices
 
     def __post_init__(self) -> None:
         self._devices: list[PciDevice] = []
 
     def match_static(self, pdev: PciDevice, include_override_only: bool) -> PciId | None:
-        # do_pci_match_id
+        """do_pci_match_id: the first entry of :attr:`ids` that matches
+        ``pdev``; override-only entries count when ``include_override_only``."""
         for pid in self.ids:
             if (not pid.override_only or include_override_only) and pid.matches(pdev):
                 return pid
@@ -253,14 +291,17 @@ class VfioGroup:
 
     @property
     def name(self) -> str:
+        """The node name under /dev/vfio: ``"N"`` or ``"noiommu-N"``."""
         return f"noiommu-{self.id}" if self.noiommu else str(self.id)
 
     @property
     def dev_path(self) -> str:
+        """``/dev/vfio/N`` (``/dev/vfio/noiommu-N``)."""
         return f"/dev/vfio/{self.name}"
 
     @property
     def alive(self) -> bool:
+        """The group still has a vfio device; False once it was removed."""
         return self.iommu_group is not None
 
     def has_iommu(self) -> bool:
@@ -532,18 +573,22 @@ class PciDevice:
     # -- identity -------------------------------------------------------------------
     @property
     def name(self) -> str:
+        """The device name, as the kernel's ``dev_name``: the BDF."""
         return self.bdf
 
     @property
     def domain_nr(self) -> int:
+        """The PCI domain (segment) number of the BDF."""
         return int(self.bdf[:4], 16)
 
     @property
     def bus(self) -> int:
+        """The bus number of the BDF."""
         return int(self.bdf[5:7], 16)
 
     @property
     def is_bridge(self) -> bool:
+        """A PCI-to-PCI bridge (type 1 header)."""
         return self.header_type == 1
 
     @property
@@ -641,6 +686,7 @@ class PciDevice:
 
     @property
     def vfio_open(self) -> bool:
+        """A vfio device file of the device is open."""
         return bool(self.vfio_files())
 
     # -- DMA -------------------------------------------------------------------------
@@ -903,6 +949,7 @@ class System:
             raise KeyError(f"no PCI device {key}") from None
 
     def group(self, gid: int) -> IommuGroup:
+        """IOMMU group number ``gid``; KeyError when there is none."""
         return self.groups[gid]
 
     def vfio_groups(self) -> list[VfioGroup]:
@@ -910,12 +957,14 @@ class System:
         return [g.vfio_group for g in self.groups.values() if g.vfio_group is not None]
 
     def vfio_group_by_name(self, name: str) -> VfioGroup | None:
+        """The live vfio group whose node is ``/dev/vfio/<name>``, or None."""
         for vg in self.vfio_groups():
             if vg.name == name:
                 return vg
         return None
 
     def vfio_device_by_cdev(self, name: str) -> PciDevice | None:
+        """The device whose cdev is ``/dev/vfio/devices/<name>``, or None."""
         for pdev in self.devices.values():
             if pdev.vfio_cdev_name == name:
                 return pdev
@@ -1201,4 +1250,5 @@ class System:
         return _topology.load(topo)
 
     def iter_devices(self) -> Iterator[PciDevice]:
+        """Every PCI device, in topology order."""
         return iter(self.devices.values())
