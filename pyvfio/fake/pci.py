@@ -79,10 +79,15 @@ __all__ = [
 _PAGE = _mmap.PAGESIZE
 
 # -- interrupt indexes (the values of VFIO_PCI_*_IRQ_INDEX) -------------------
+#: Interrupt index of the legacy INTx line (VFIO_PCI_INTX_IRQ_INDEX).
 IRQ_INTX = 0
+#: Interrupt index of MSI (VFIO_PCI_MSI_IRQ_INDEX).
 IRQ_MSI = 1
+#: Interrupt index of MSI-X (VFIO_PCI_MSIX_IRQ_INDEX).
 IRQ_MSIX = 2
+#: Interrupt index of the AER error notification (VFIO_PCI_ERR_IRQ_INDEX).
 IRQ_ERR = 3
+#: Interrupt index of the device release request (VFIO_PCI_REQ_IRQ_INDEX).
 IRQ_REQ = 4
 
 # -- config space layout (include/uapi/linux/pci_regs.h) --------------------
@@ -261,12 +266,18 @@ class IrqSink(Protocol):
     disabled in the Command register).
     """
 
-    def deliver(self, index: int, vector: int) -> None: ...
+    def deliver(self, index: int, vector: int) -> None:
+        """Signal vector ``vector`` of interrupt index ``index``
+        (:data:`IRQ_MSI` or :data:`IRQ_MSIX`)."""
 
-    def intx(self, level: bool) -> None: ...
+    def intx(self, level: bool) -> None:
+        """The INTx line is now asserted (``level`` true) or deasserted."""
 
 
 class BarKind(str, enum.Enum):
+    """What a BAR decodes: 32-bit memory, 64-bit memory or I/O ports.
+    The values are the ``type`` strings of a topology's BAR entries."""
+
     MEM32 = "mem32"
     MEM64 = "mem64"
     IO = "io"
@@ -305,7 +316,9 @@ class Bar:
     on_read: RegisterRead | None = None
     on_write: RegisterWrite | None = None
     address: int = 0
-    memory: Any = field(default=None, repr=False)  # cffi char[] when ram
+    #: The RAM behind a ``ram`` BAR (a cffi ``char[]`` of whole pages);
+    #: ``None`` for register BARs.
+    memory: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.kind = BarKind(self.kind)
@@ -330,10 +343,12 @@ class Bar:
 
     @property
     def is_io(self) -> bool:
+        """An I/O port BAR (never mmappable)."""
         return self.kind is BarKind.IO
 
     @property
     def is_64bit(self) -> bool:
+        """A 64-bit memory BAR, which also takes BAR ``index + 1``."""
         return self.kind is BarKind.MEM64
 
     @property
@@ -370,21 +385,28 @@ class Bar:
 class MsiState:
     """Where the MSI capability is and what it can do."""
 
+    #: Config space offset of the capability (its ID byte).
     offset: int
-    vectors: int  # Multiple Message Capable, as a count
+    #: Multiple Message Capable, as a number of vectors (1, 2, 4, ... 32).
+    vectors: int
+    #: 64-bit Address Capable: the message address has a high dword.
     is64: bool
+    #: Per-Vector Masking Capable: the Mask and Pending Bits registers exist.
     maskable: bool
 
     @property
     def control(self) -> int:
+        """Config space offset of Message Control."""
         return self.offset + PCI_MSI_FLAGS
 
     @property
     def mask_offset(self) -> int:
+        """Config space offset of the Mask Bits register (``maskable`` only)."""
         return self.offset + (PCI_MSI_MASK_64 if self.is64 else PCI_MSI_MASK_32)
 
     @property
     def pending_offset(self) -> int:
+        """Config space offset of the Pending Bits register (``maskable`` only)."""
         return self.offset + (PCI_MSI_PENDING_64 if self.is64 else PCI_MSI_PENDING_32)
 
 
@@ -392,33 +414,47 @@ class MsiState:
 class MsixState:
     """The MSI-X capability, its table and its Pending Bit Array."""
 
+    #: Config space offset of the capability (its ID byte).
     offset: int
+    #: Table Size, as a number of vectors (1-2048).
     vectors: int
+    #: BAR holding the vector table (the Table BIR).
     table_bar: int
+    #: Byte offset of the vector table in ``table_bar``.
     table_offset: int
+    #: BAR holding the Pending Bit Array (the PBA BIR).
     pba_bar: int
+    #: Byte offset of the Pending Bit Array in ``pba_bar``.
     pba_offset: int
+    #: The vector table: 16 bytes a vector (address, data, vector control).
     table: bytearray = field(default_factory=bytearray, repr=False)
+    #: The Pending Bit Array: one bit a vector, in whole qwords.
     pba: bytearray = field(default_factory=bytearray, repr=False)
 
     @property
     def table_size(self) -> int:
+        """Size of the vector table in bytes."""
         return self.vectors * PCI_MSIX_ENTRY_SIZE
 
     @property
     def pba_size(self) -> int:
+        """Size of the Pending Bit Array in bytes (a multiple of 8)."""
         return ((self.vectors + 63) // 64) * 8
 
     def reset(self) -> None:
+        """The state after a function reset: a zeroed table with every
+        vector masked, nothing pending."""
         self.table = bytearray(self.table_size)
         for vector in range(self.vectors):  # every vector masked at reset
             self.table[vector * 16 + PCI_MSIX_ENTRY_VECTOR_CTRL] = PCI_MSIX_ENTRY_CTRL_MASKBIT
         self.pba = bytearray(self.pba_size)
 
     def vector_masked(self, vector: int) -> bool:
+        """Whether the Mask bit of ``vector``'s Vector Control is set."""
         return bool(self.table[vector * 16 + PCI_MSIX_ENTRY_VECTOR_CTRL] & PCI_MSIX_ENTRY_CTRL_MASKBIT)
 
     def set_vector_masked(self, vector: int, masked: bool) -> None:
+        """Set or clear the Mask bit of ``vector``'s Vector Control."""
         pos = vector * 16 + PCI_MSIX_ENTRY_VECTOR_CTRL
         if masked:
             self.table[pos] |= PCI_MSIX_ENTRY_CTRL_MASKBIT
@@ -426,9 +462,11 @@ class MsixState:
             self.table[pos] &= ~PCI_MSIX_ENTRY_CTRL_MASKBIT & 0xFF
 
     def pending(self, vector: int) -> bool:
+        """Whether ``vector``'s Pending bit is set."""
         return bool(self.pba[vector // 8] & (1 << (vector % 8)))
 
     def set_pending(self, vector: int, pending: bool) -> None:
+        """Set or clear ``vector``'s Pending bit."""
         if pending:
             self.pba[vector // 8] |= 1 << (vector % 8)
         else:
@@ -456,11 +494,18 @@ class DeviceModel:
 
     #: Short name of the model ("generic", "edu", "nvme", ...).
     model_name: str = "generic"
-    vendor_id: int = 0x1B36  # Red Hat, Inc. (QEMU's PCI vendor id)
-    device_id: int = 0x0005  # QEMU's "PCI test device"
-    class_code: int = 0xFF0000  # unassigned class
+    #: PCI Vendor ID (default 0x1b36, Red Hat, QEMU's PCI vendor ID).
+    vendor_id: int = 0x1B36
+    #: PCI Device ID (default 0x0005, QEMU's "PCI test device").
+    device_id: int = 0x0005
+    #: The 24-bit Class Code: base class, sub-class, programming interface
+    #: (default 0xff0000, unassigned).
+    class_code: int = 0xFF0000
+    #: Subsystem Vendor ID.
     subsystem_vendor_id: int = 0x1AF4
+    #: Subsystem ID.
     subsystem_id: int = 0x1100
+    #: Revision ID.
     revision: int = 0
     #: PCI Express (4 KiB config space) or conventional PCI (256 bytes).
     pcie: bool = True
@@ -537,6 +582,7 @@ class DeviceModel:
     # -- identity ----------------------------------------------------------
     @property
     def config_size(self) -> int:
+        """Size of the config space in bytes: 4096 for PCI Express, else 256."""
         return len(self.config)
 
     @property
@@ -554,6 +600,7 @@ class DeviceModel:
 
     @property
     def has_flr(self) -> bool:
+        """The Express capability advertises Function Level Reset."""
         if self.pcie_offset is None:
             return False
         return bool(self.config_dword(self.pcie_offset + PCI_EXP_DEVCAP) & PCI_EXP_DEVCAP_FLR)
@@ -806,9 +853,13 @@ class DeviceModel:
 
     # -- config space access (what the bus sees) -------------------------------
     def config_word(self, offset: int) -> int:
+        """The 16-bit little-endian value at config space ``offset`` (no
+        side effects)."""
         return int.from_bytes(self.config[offset:offset + 2], "little")
 
     def config_dword(self, offset: int) -> int:
+        """The 32-bit little-endian value at config space ``offset`` (no
+        side effects)."""
         return int.from_bytes(self.config[offset:offset + 4], "little")
 
     def config_read(self, offset: int, size: int) -> bytes:
@@ -895,14 +946,17 @@ class DeviceModel:
 
     @property
     def command(self) -> int:
+        """The Command register (``PCI_COMMAND_*`` bits)."""
         return self.config_word(PCI_COMMAND)
 
     @property
     def bus_master(self) -> bool:
+        """Bus Master Enable: the function may issue DMA."""
         return bool(self.command & PCI_COMMAND_MASTER)
 
     @property
     def memory_enabled(self) -> bool:
+        """Memory Space Enable: the memory BARs decode accesses."""
         return bool(self.command & PCI_COMMAND_MEMORY)
 
     # -- BAR access --------------------------------------------------------
@@ -1018,16 +1072,19 @@ class DeviceModel:
     # -- interrupts ------------------------------------------------------------
     @property
     def msi_enabled(self) -> bool:
+        """MSI Enable is set in the MSI capability (False without one)."""
         return self.msi is not None and bool(self.config_word(self.msi.control) & PCI_MSI_FLAGS_ENABLE)
 
     @property
     def msix_enabled(self) -> bool:
+        """MSI-X Enable is set in the MSI-X capability (False without one)."""
         return self.msix is not None and bool(
             self.config_word(self.msix.offset + PCI_MSIX_FLAGS) & PCI_MSIX_FLAGS_ENABLE
         )
 
     @property
     def msix_function_masked(self) -> bool:
+        """The MSI-X Function Mask bit is set: every vector is held pending."""
         return self.msix is not None and bool(
             self.config_word(self.msix.offset + PCI_MSIX_FLAGS) & PCI_MSIX_FLAGS_MASKALL
         )
@@ -1179,6 +1236,7 @@ class DeviceModel:
 
     # -- description -----------------------------------------------------------
     def bar_list(self) -> list[Bar]:
+        """The BARs, by index."""
         return [self.bars[i] for i in sorted(self.bars)]
 
     @property

@@ -236,10 +236,12 @@ class NvmeController(DeviceModel):
 
     @property
     def page_size(self) -> int:
+        """The memory page size CC.MPS selects, in bytes (4 KiB << MPS)."""
         return 1 << (12 + ((self.cc >> 7) & 0xF))
 
     @property
     def ready(self) -> bool:
+        """CSTS.RDY: the controller is enabled and processes commands."""
         return bool(self.csts & CSTS_RDY)
 
     # -- BAR0 (nvme_mmio_read / nvme_mmio_write) -------------------------------------
