@@ -51,6 +51,7 @@ class IntervalMap(Generic[V]):
         return f"IntervalMap({body})"
 
     def clear(self) -> None:
+        """Remove every interval."""
         self._blocks.clear()
         self._firsts.clear()
         self._entries.clear()
@@ -100,6 +101,7 @@ class IntervalMap(Generic[V]):
                 yield s, l, v
 
     def overlaps(self, start: int, last: int) -> bool:
+        """Whether any interval overlaps ``[start, last]``."""
         return next(self.overlapping(start, last), None) is not None
 
     # -- updates ----------------------------------------------------------------

@@ -433,10 +433,12 @@ class FaultFile(FakeFile):
         return done
 
     def pread(self, size: int, offset: int) -> bytes:
-        # nonseekable_open: positional I/O is ESPIPE
+        """ESPIPE: the file is opened with nonseekable_open, so positional
+        reads are refused."""
         raise errno_error(errno.ESPIPE)
 
     def pwrite(self, data: bytes, offset: int) -> int:
+        """ESPIPE, like :meth:`pread`."""
         raise errno_error(errno.ESPIPE)
 
     def release(self) -> None:
@@ -510,6 +512,8 @@ class IommufdFile(FakeFile):
     # -- the object table -------------------------------------------------------------------------
     @property
     def system_page_size(self) -> int:
+        """PAGE_SIZE of the simulated kernel in bytes: the granule of IOAS
+        mappings and of pinning."""
         return int(self.system.page_size)
 
     def _alloc_id(self, obj: _Obj) -> None:

@@ -48,16 +48,20 @@ __all__ = [
     "MapsSnapshot",
 ]
 
+#: The largest ``unsigned long`` (64-bit): the last IOVA.
 ULONG_MAX = (1 << 64) - 1
 SIZE_MAX = ULONG_MAX
 
-#: iommu_prot bits (include/linux/iommu.h)
+#: iommu_prot bit (include/linux/iommu.h): the device may read.
 IOMMU_READ = 1 << 0
+#: iommu_prot bit: the device may write.
 IOMMU_WRITE = 1 << 1
 
-#: enum iopt_pages_account_mode
+#: enum iopt_pages_account_mode: pinned pages are not charged.
 ACCOUNT_NONE = 0
+#: Pinned pages are charged to the user's locked memory (RLIMIT_MEMLOCK).
 ACCOUNT_USER = 1
+#: Pinned pages are charged to the process's locked_vm (``mm`` mode).
 ACCOUNT_MM = 2
 
 #: HPAGE_SIZE on x86-64 (PMD size), the IOVA alignment cap with THP
@@ -66,6 +70,7 @@ HPAGE_SIZE = 2 << 20
 
 # -- small helpers -------------------------------------------------------------------------
 def roundup_pow_of_two(value: int) -> int:
+    """roundup_pow_of_two: the smallest power of two >= ``value`` (1 for 0)."""
     return 1 << (value - 1).bit_length() if value > 1 else 1
 
 
@@ -112,6 +117,8 @@ def subtract_spans(span: tuple[int, int], merged: list[tuple[int, int]]) -> list
 
 
 def spans_size(spans: Iterable[tuple[int, int]]) -> int:
+    """The number of units the inclusive ``(start, last)`` spans cover
+    (summed; overlapping spans count twice)."""
     return sum(last - start + 1 for start, last in spans)
 
 
@@ -322,6 +329,7 @@ class Pages:
 
     @property
     def user_memory(self) -> UserMemory:
+        """The pinned-page accounting the pages are charged to."""
         return self.kernel.system.user_memory
 
     @classmethod
@@ -352,6 +360,7 @@ class Pages:
 
     # -- references -----------------------------------------------------------------
     def get(self) -> None:
+        """Take a reference (another area or an IOAS copy uses the pages)."""
         self.refs += 1
 
     def put(self) -> None:
@@ -482,19 +491,28 @@ def _is_shmem(fd: int) -> bool:
 class Area:
     """struct iopt_area: ``[iova, last]`` maps bytes ``start_byte ..`` of ``pages``."""
 
+    #: First IOVA of the area.
     iova: int
+    #: Last IOVA of the area (inclusive).
     last: int
+    #: The memory the area maps.
     pages: Pages
+    #: Byte offset in ``pages`` (from its first page) that ``iova`` maps.
     start_byte: int
+    #: :data:`IOMMU_READ` | :data:`IOMMU_WRITE` bits.
     prot: int
+    #: The area's pages are pinned and stored in the domains
+    #: (iopt_area_fill_domains done).
     filled: bool = False
 
     @property
     def length(self) -> int:
+        """Size of the area in bytes."""
         return self.last - self.iova + 1
 
     @property
     def page_offset(self) -> int:
+        """Offset of ``iova`` within its page, in bytes."""
         return self.start_byte % self.pages.page_size
 
     def index_span(self) -> tuple[int, int]:
@@ -515,8 +533,11 @@ class Area:
 class IoptDomain:
     """What an io_pagetable needs to know about an iommu_domain."""
 
+    #: Page sizes the domain can map, in bytes, one bit each.
     pgsize_bitmap: int
+    #: Inclusive ``(first, last)`` IOVA range the domain translates.
     aperture: tuple[int, int]
+    #: The no-IOMMU stand-in domain (IOMMU_IOAS_GET_PA works on it).
     noiommu: bool = False
 
 
@@ -531,8 +552,11 @@ class _Reserved:
 class ElmPages:
     """struct iopt_pages_list: a slice of pages to map."""
 
+    #: The memory the slice is part of.
     pages: Pages
+    #: Byte offset of the slice in ``pages``.
     start_byte: int
+    #: Length of the slice in bytes.
     length: int
 
 
@@ -567,6 +591,7 @@ class IoPagetable:
         self.free.rebuild(used)
 
     def reserved_overlaps(self, start: int, last: int) -> bool:
+        """Whether a reserved range overlaps IOVAs ``[start, last]``."""
         return self._reserved_map.overlaps(start, last)
 
     def reserve_iova(self, start: int, last: int, owner: object) -> None:
@@ -601,6 +626,7 @@ class IoPagetable:
             self._reserved_changed()
 
     def has_reserved(self, owner: object) -> bool:
+        """Whether ``owner`` (a device, a HWPT) holds reserved ranges."""
         return any(r.owner is owner for r in self._reserved)
 
     def enforce_dev_resv_regions(self, dev: object, regions: list[tuple[int, int, str]]) -> None:
@@ -906,6 +932,8 @@ class IoPagetable:
         self._calculate_iova_alignment()
 
     def storage_domain(self) -> IoptDomain | None:
+        """The domain the pinned pages are read back from (the first
+        attached); None while no domain is attached."""
         return self.domains[0] if self.domains else None
 
     # -- huge pages option ------------------------------------------------------------------------------

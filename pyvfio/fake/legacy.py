@@ -205,6 +205,9 @@ class Type1Iommu(IoDomain):
 
     # -- IoDomain ------------------------------------------------------------------
     def translate(self, iova: int, length: int, write: bool) -> list[tuple[int, int]]:
+        """Walk the container's DMA mappings: IommuFault for a byte no
+        mapping covers or one mapped without the needed IOMMU_READ /
+        IOMMU_WRITE permission."""
         runs: list[tuple[int, int]] = []
         pos = iova
         end = iova + length
@@ -223,6 +226,9 @@ class Type1Iommu(IoDomain):
         return runs
 
     def note_dirty(self, iova: int, length: int) -> None:
+        """While dirty page tracking is on (VFIO_IOMMU_DIRTY_PAGES_FLAG_START),
+        set the bits of the minimum-size IOMMU pages the device wrote in
+        each mapping's bitmap."""
         if not self.dirty_page_tracking or length <= 0:
             return
         shift = _ffs(self.pgsize_bitmap)
@@ -236,6 +242,8 @@ class Type1Iommu(IoDomain):
     # -- helpers ---------------------------------------------------------------------
     @property
     def min_pgsize(self) -> int:
+        """The smallest IOMMU page size in bytes (the lowest bit of
+        ``pgsize_bitmap``): the alignment of every map and unmap."""
         return 1 << _ffs(self.pgsize_bitmap)
 
     def _find_dma(self, start: int, size: int) -> _Dma | None:
@@ -378,6 +386,9 @@ class Type1Iommu(IoDomain):
 
     # -- ioctls ---------------------------------------------------------------------------
     def check_extension(self, arg: int) -> int:
+        """VFIO_CHECK_EXTENSION on a container with this IOMMU set
+        (vfio_iommu_type1_check_extension): 1 for the type1 extensions
+        it supports, 0 otherwise."""
         return _type1_check_extension(self.system, self, arg)
 
     def ioctl(self, request: int, arg: IoctlArg) -> int:
@@ -809,7 +820,8 @@ class _NoIommu:
         self.system = system
 
     def check_extension(self, arg: int) -> int:
-        # vfio_noiommu_ioctl: only NOIOMMU, and only with the module option on
+        """vfio_noiommu_ioctl: 1 for VFIO_NOIOMMU_IOMMU when no-IOMMU mode is
+        enabled (the module option), 0 for everything else."""
         return 1 if self.system.noiommu and arg == lib.VFIO_NOIOMMU_IOMMU else 0
 
     def ioctl(self, request: int, arg: IoctlArg) -> int:
@@ -1046,6 +1058,8 @@ class GroupFile(FakeFile):
 
     @property
     def container(self) -> ContainerFile | None:
+        """The container the group is attached to (VFIO_GROUP_SET_CONTAINER),
+        or None."""
         c: ContainerFile | None = self.vgroup.container
         return c
 

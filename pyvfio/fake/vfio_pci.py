@@ -130,6 +130,9 @@ __all__ = [
     "index_to_offset",
 ]
 
+#: A region's offset in the device file is its index shifted left by this
+#: many bits (VFIO_PCI_OFFSET_SHIFT of vfio_pci_core.h): BAR ``n`` starts
+#: at byte ``n << 40``, config space at ``7 << 40``.
 VFIO_PCI_OFFSET_SHIFT = 40
 VFIO_PCI_OFFSET_MASK = (1 << VFIO_PCI_OFFSET_SHIFT) - 1
 VFIO_PCI_NUM_REGIONS = 9  # BAR0-5, ROM, config, VGA
@@ -543,6 +546,7 @@ class VfioPciCore:
 
     @property
     def system(self) -> Any:
+        """The :class:`~pyvfio.fake.system.System` of the device."""
         return self.kernel.system
 
     # -- open / close (vfio_df_open, vfio_pci_core_enable / _disable) -------------
@@ -1706,6 +1710,10 @@ class VfioDeviceFile(FakeFile):
 
     # -- the ioctl switch (vfio_device_fops_unl_ioctl) ---------------------------------
     def ioctl(self, request: int, arg: IoctlArg) -> int:
+        """vfio_device_fops_unl_ioctl: the VFIO_DEVICE_* ioctls (binding and
+        attaching for a cdev, info, regions, IRQs, resets, features).  On a
+        cdev every ioctl but VFIO_DEVICE_BIND_IOMMUFD is EINVAL until the
+        device is bound to an iommufd."""
         core = self.core
         if request == lib.VFIO_DEVICE_BIND_IOMMUFD:
             return self._bind_iommufd(arg)
@@ -2346,11 +2354,20 @@ class VfioDeviceFile(FakeFile):
             core.pm_put()
 
     def pread(self, size: int, offset: int) -> bytes:
+        """vfio_pci_rw: read up to ``size`` bytes of the region the high
+        bits of ``offset`` select (:data:`VFIO_PCI_OFFSET_SHIFT`), from the
+        byte offset in the low bits: the virtualised config space, or a BAR
+        in the widest aligned accesses that fit (the MSI-X table reads as
+        all-ones).  EINVAL outside a region and for the ROM and VGA regions
+        (absent here); EIO on a memory BAR while memory decode is off."""
         result = self._rw(offset, None, size)
         assert isinstance(result, bytes)
         return result
 
     def pwrite(self, data: bytes, offset: int) -> int:
+        """vfio_pci_rw: write ``data`` to the region the high bits of
+        ``offset`` select, the way :meth:`pread` reads (writes to the MSI-X
+        table are dropped); returns the number of bytes written."""
         result = self._rw(offset, data, len(data))
         assert isinstance(result, int)
         return result
