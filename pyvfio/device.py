@@ -341,6 +341,7 @@ class Device(FdResource):
     @property
     def info(self) -> DeviceInfo:
         """VFIO_DEVICE_GET_INFO (cached after the first call)."""
+        self._check_open()
         if self._info is None:
             info, raw = self._ioctl_argsz("VFIO_DEVICE_GET_INFO", lib.VFIO_DEVICE_GET_INFO,
                                           "struct vfio_device_info")
@@ -458,7 +459,7 @@ class Device(FdResource):
         except OSError as exc:
             if isinstance(exc, VfioError):
                 raise
-            raise ioctl_error(exc.errno or 5, "pread", f"{self.describe()} {info.name}") from None
+            raise ioctl_error(exc.errno or errno.EIO, "pread", f"{self.describe()} {info.name}") from None
 
     def pwrite(self, region: Region | RegionInfo | int, offset: int,
                data: bytes | bytearray | memoryview) -> int:
@@ -472,7 +473,7 @@ class Device(FdResource):
         except OSError as exc:
             if isinstance(exc, VfioError):
                 raise
-            raise ioctl_error(exc.errno or 5, "pwrite", f"{self.describe()} {info.name}") from None
+            raise ioctl_error(exc.errno or errno.EIO, "pwrite", f"{self.describe()} {info.name}") from None
 
     def _check_region_range(self, info: RegionInfo, offset: int, size: int) -> None:
         if offset < 0 or size < 0 or offset + size > info.size:
@@ -510,6 +511,7 @@ class Device(FdResource):
         """The PCI reset methods the kernel will try, best first
         (``reset_method`` in sysfs: ``flr``, ``pm``, ``bus`` ...); empty
         when the device has none."""
+        self._check_open()
         try:
             text = self._backend.sysfs_read(f"{self.sysfs_path}/reset_method")
         except OSError:
@@ -521,6 +523,7 @@ class Device(FdResource):
         """VFIO_DEVICE_RESET: a function-level reset (FLR or the best
         available method).  :class:`UnsupportedError` (EINVAL, as the
         kernel would give) when the device reports no reset method."""
+        self._check_open()
         if not self.info.can_reset:
             raise UnsupportedError(
                 errno.EINVAL,
@@ -543,7 +546,7 @@ class Device(FdResource):
                 self._ioctl(name, lib.VFIO_DEVICE_GET_PCI_HOT_RESET_INFO, raw)
             except OSError as exc:
                 # ENOSPC: the array was too small; count says how many.
-                if exc.errno == 28 and arg.count > count:
+                if exc.errno == errno.ENOSPC and arg.count > count:
                     count = int(arg.count)
                     continue
                 raise

@@ -539,7 +539,7 @@ class IOAS(_PageTable):
                                     target=self.describe())
             except IoctlError as exc:
                 # EMSGSIZE: the array was too small; num_iovas says how many.
-                if exc.errno == 90 and cmd.num_iovas > count:
+                if exc.errno == errno.EMSGSIZE and cmd.num_iovas > count:
                     count = int(cmd.num_iovas)
                     continue
                 raise

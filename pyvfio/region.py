@@ -28,6 +28,7 @@ access to a BAR with memory decode off (or in low power) with ``SIGBUS``
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Iterable, Iterator
 
@@ -142,7 +143,7 @@ class Region(RegisterIO):
             raise InvalidArgumentError("the region is not readable", target=self.describe())
         data = self.device.pread(self.info, offset, width)
         if len(data) != width:
-            raise ioctl_error(5, "pread", self.describe())
+            raise ioctl_error(errno.EIO, "pread", self.describe())
         return int.from_bytes(data, "little")
 
     def _write(self, offset: int, width: int, value: int) -> None:
@@ -150,7 +151,7 @@ class Region(RegisterIO):
             raise InvalidArgumentError("the region is not writable", target=self.describe())
         n = self.device.pwrite(self.info, offset, value.to_bytes(width, "little"))
         if n != width:
-            raise ioctl_error(5, "pwrite", self.describe())
+            raise ioctl_error(errno.EIO, "pwrite", self.describe())
 
     def pread(self, offset: int, size: int) -> bytes:
         """``size`` bytes at ``offset`` through the device file (a bulk copy:
@@ -201,7 +202,7 @@ class Region(RegisterIO):
                     mm = backend.mmap(length, prot, MAP_SHARED, device.fd,
                                       self.offset + area.offset)
                 except OSError as exc:
-                    raise ioctl_error(exc.errno or 5, "mmap", self.describe()) from None
+                    raise ioctl_error(exc.errno or errno.EIO, "mmap", self.describe()) from None
                 maps.append((area.offset, area.size, mm))
         except BaseException:
             for _o, _s, mm in maps:
@@ -288,9 +289,12 @@ class RegionMapping(Resource, RegisterIO):
 
     def buffer(self, offset: int = 0, size: int | None = None) -> memoryview:
         """A memoryview of ``size`` bytes at ``offset`` (device memory only;
-        do not use it after :meth:`close`)."""
+        do not use it after :meth:`close`).  Without ``size``: to the end of
+        the mapped area that holds ``offset``."""
         if size is None:
-            size = self._maps[0][0] + self._maps[0][1] - offset if self._maps else 0
+            self._check_open()
+            size = next((start + length - offset for start, length, _mm in self._maps
+                         if start <= offset < start + length), 1)
         mm, rel = self._find(offset, size)
         return mm.buffer()[rel:rel + size]
 

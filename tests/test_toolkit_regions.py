@@ -181,6 +181,10 @@ def test_sparse_areas_map_only_what_vfio_allows(machine: FakeMachine) -> None:
             mapping.read_bytes(0x1FF0, 0x20)
         # the file path still reaches it: vfio fills the MSI-X table with ones
         assert bar0.read32(0x2000) == 0xFFFFFFFF
+        # no view of the hole between the areas
+        with pytest.raises(InvalidArgumentError, match="not inside a mapped area"):
+            mapping.buffer(0x2800)
+        mapping.close()
 
 
 def test_msix_mappable_bar_maps_whole(machine: FakeMachine) -> None:
