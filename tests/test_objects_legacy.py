@@ -237,3 +237,14 @@ def test_type1_v1_unmap_removes_whole_mappings(backend, edu) -> None:  # type: i
         assert not m.closed
         assert container.unmap_dma(0x100000, 0x1000) == 4 * 4096
         assert m.closed and container.mappings == ()
+
+
+def test_a_closed_device_says_so_everywhere(setup, edu) -> None:  # type: ignore[no-untyped-def]
+    _, group = setup
+    dev = group.open_device(edu)
+    assert dev.info.num_regions > 0  # cached now
+    dev.close()
+    for call in (lambda: dev.info, dev.reset, lambda: dev.reset_methods,
+                 lambda: dev.region_info(0), lambda: dev.irqs):
+        with pytest.raises(ClosedError):
+            call()
