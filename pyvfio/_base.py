@@ -227,6 +227,16 @@ def check_u64(name: str, value: int, *, ioctl: str | None = None, target: str | 
     return value
 
 
+def check_u32(name: str, value: int, *, ioctl: str | None = None, target: str | None = None) -> int:
+    """Reject values that do not fit an unsigned 32-bit field (a PASID, an
+    index)."""
+    check_u64(name, value, ioctl=ioctl, target=target)
+    if value > 0xFFFFFFFF:
+        raise InvalidArgumentError(f"{name} {value:#x} is outside 0..2**32-1",
+                                   ioctl=ioctl, target=target)
+    return value
+
+
 def check_flags(name: str, flags: int, allowed: int, *, ioctl: str | None = None,
                 target: str | None = None) -> int:
     """Reject flag bits outside ``allowed``."""

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
 from . import sysfs
-from ._base import FdResource, check_u64, open_node
+from ._base import FdResource, check_u32, check_u64, open_node
 from ._uapi import ffi, lib
 from .backend import Backend, resolve_backend
 from .caps import Capability, RegionTypeCap, SparseMmapCap, parse_chain
@@ -303,7 +303,7 @@ class Device(FdResource):
         arg.argsz = ffi.sizeof(arg[0])
         arg.pt_id = pt.id
         if pasid is not None:
-            check_u64("pasid", pasid, ioctl="VFIO_DEVICE_ATTACH_IOMMUFD_PT",
+            check_u32("pasid", pasid, ioctl="VFIO_DEVICE_ATTACH_IOMMUFD_PT",
                       target=self.describe())
             arg.flags = lib.VFIO_DEVICE_ATTACH_PASID
             arg.pasid = pasid
@@ -325,6 +325,8 @@ class Device(FdResource):
         arg = ffi.new("struct vfio_device_detach_iommufd_pt *")
         arg.argsz = ffi.sizeof(arg[0])
         if pasid is not None:
+            check_u32("pasid", pasid, ioctl="VFIO_DEVICE_DETACH_IOMMUFD_PT",
+                      target=self.describe())
             arg.flags = lib.VFIO_DEVICE_DETACH_PASID
             arg.pasid = pasid
         self._ioctl("VFIO_DEVICE_DETACH_IOMMUFD_PT", lib.VFIO_DEVICE_DETACH_IOMMUFD_PT, arg)

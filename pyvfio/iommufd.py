@@ -21,7 +21,7 @@ import errno
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence, TypeVar
 
-from ._base import U64_MAX, FdResource, Resource, check_u64, open_node
+from ._base import U64_MAX, FdResource, Resource, check_u32, check_u64, open_node
 from ._memory import UserBuffer, user_buffer
 from ._uapi import ffi, lib
 from .backend import Backend, resolve_backend
@@ -134,16 +134,23 @@ class IommuFd(FdResource):
     # -- generic helpers -------------------------------------------------------------
     def _cmd(self, name: str, request: int, ctype: str, target: str | None = None,
              **fields: int) -> Any:
+        self._check_open()
         cmd = ffi.new(ctype + " *")
         cmd.size = ffi.sizeof(cmd[0])
         for key, value in fields.items():
-            setattr(cmd, key, value)
+            try:
+                setattr(cmd, key, value)
+            except (OverflowError, TypeError):
+                # e.g. a PASID or vIOMMU ID beyond its __u32 field
+                kind = dict(ffi.typeof(cmd[0]).fields)[key].type.cname
+                raise InvalidArgumentError(f"{key} {value!r} does not fit its {kind} field",
+                                           ioctl=name, target=target or self.describe()) from None
         self._ioctl(name, request, cmd, target=target)
         return cmd
 
     def destroy(self, object_id: int) -> None:
         """IOMMU_DESTROY of a raw object ID (prefer closing the object)."""
-        check_u64("id", object_id, ioctl="IOMMU_DESTROY", target=self.describe())
+        check_u32("id", object_id, ioctl="IOMMU_DESTROY", target=self.describe())
         self._cmd("IOMMU_DESTROY", lib.IOMMU_DESTROY, "struct iommu_destroy",
                   target=f"object {object_id} of {self.describe()}", id=object_id)
 
@@ -569,6 +576,9 @@ class IOAS(_PageTable):
             start, last = (r.start, r.last) if isinstance(r, IovaRange) else r
             check_u64("start", start, ioctl=name, target=self.describe())
             check_u64("last", last, ioctl=name, target=self.describe())
+            if start > last:
+                raise InvalidArgumentError(f"range [{start:#x}, {last:#x}] ends before it starts",
+                                           ioctl=name, target=self.describe())
             items.append((start, last))
         array = ffi.new("struct iommu_iova_range[]", max(len(items), 1))
         for i, (start, last) in enumerate(items):

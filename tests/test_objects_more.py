@@ -169,3 +169,23 @@ def test_closing_a_fault_queue_destroys_the_hwpts_reporting_to_it() -> None:
         queue.close()  # the HWPT holds the queue: it goes first, without EBUSY
         assert hwpt.closed and queue.closed
         ioas.close()
+
+
+def test_fields_too_wide_for_the_struct_are_refused_in_python(vfio_env) -> None:  # type: ignore[no-untyped-def]
+    with IommuFd(backend=vfio_env.backend) as fd, \
+            Device.open(vfio_env.edu, backend=vfio_env.backend) as dev:
+        dev.bind(fd)
+        ioas = fd.ioas()
+        with pytest.raises(InvalidArgumentError, match=r"pasid 0x200000000 is outside 0\.\.2\*\*32-1"):
+            dev.attach(ioas, pasid=1 << 33)
+        with pytest.raises(InvalidArgumentError, match="pasid"):
+            dev.detach(pasid=-1)
+        with pytest.raises(InvalidArgumentError, match="ends before it starts"):
+            ioas.allow_iovas([(0x2000, 0x1000)])
+        with pytest.raises(InvalidArgumentError, match=r"id 0x10000000000 is outside"):
+            fd.destroy(1 << 40)
+        # any field set through the generic command path is range-checked
+        with pytest.raises(InvalidArgumentError, match=r"does not fit its unsigned int field"):
+            fd._cmd("IOMMU_DESTROY", pyvfio.lib.IOMMU_DESTROY, "struct iommu_destroy",
+                    id=1 << 40)
+        assert dev.attached is None
