@@ -32,6 +32,7 @@ from .errors import InvalidArgumentError
 
 if TYPE_CHECKING:
     from .device import Device
+    from .dma import IovaAllocator
 
 __all__ = [
     "IommuType",
@@ -174,6 +175,7 @@ class Container(FdResource):
         self._groups: list[Group] = []
         self._mappings: dict[int, DmaMapping] = {}
         self._min_page: int | None = None
+        self._allocator: IovaAllocator | None = None
 
     def describe(self) -> str:
         return f"container {self.path}" + (f" (fd {self._fd})" if self._fd >= 0 else "")
@@ -313,7 +315,50 @@ class Container(FdResource):
         self._ioctl(name, lib.VFIO_IOMMU_MAP_DMA, arg)
         mapping = self._adopt(DmaMapping(self, iova, size, ub.address, flags, ub.owner))
         self._mappings[iova] = mapping
+        if self._allocator is not None and iova not in self._allocator.allocated:
+            self._claim(self._allocator, iova, size)
         return mapping
+
+    @staticmethod
+    def _claim(allocator: IovaAllocator, iova: int, size: int) -> None:
+        # A fixed-IOVA mapping: keep the allocator from handing it out.
+        try:
+            allocator.reserve(iova, size)
+        except InvalidArgumentError:
+            pass  # outside the usable ranges the allocator knows
+
+    @property
+    def iova_allocator(self) -> IovaAllocator:
+        """The allocator :meth:`map` picks IOVAs from: the usable ranges of
+        :meth:`info` (set the IOMMU first), minus the mappings made so far."""
+        self._check_open()
+        if self._allocator is None:
+            from .dma import IovaAllocator
+
+            allocator = IovaAllocator.for_container(self)
+            for m in self._mappings.values():
+                self._claim(allocator, m.iova, m.size)
+            self._allocator = allocator
+        return self._allocator
+
+    def map(self, buffer: Any, iova: int | None = None, *, readable: bool = True,
+            writeable: bool = True) -> DmaMapping:
+        """Map a whole buffer for DMA (VFIO_IOMMU_MAP_DMA) at ``iova`` or,
+        with ``None``, at a free IOVA pyvfio picks from
+        :attr:`iova_allocator` (type1 has no kernel-chosen IOVAs); the
+        returned mapping's ``iova`` is where the device sees the buffer.
+        The IOVA is given back when the mapping is closed."""
+        if iova is not None:
+            return self.map_dma(buffer, iova, readable=readable, writeable=writeable)
+        self._check_open()
+        ub = user_buffer(buffer, ioctl="VFIO_IOMMU_MAP_DMA", target=self.describe())
+        allocator = self.iova_allocator
+        chosen = allocator.alloc(ub.length, alignment=self._page())
+        try:
+            return self._map(ub, chosen, ub.length, readable, writeable)
+        except BaseException:
+            allocator.free(chosen)
+            raise
 
     def _unmap(self, iova: int, size: int, flags: int, bitmap: Any = None) -> int:
         arg_size = ffi.sizeof("struct vfio_iommu_type1_dma_unmap")
@@ -342,6 +387,7 @@ class Container(FdResource):
             m = self._mappings[start]
             if everything or iova <= start <= last:
                 del self._mappings[start]
+                self._give_back(start)
                 m._mark_closed()
 
     def unmap_dma(self, iova: int, size: int) -> int:
@@ -439,6 +485,11 @@ class Container(FdResource):
         self._mappings.clear()
         self._iommu_type = None
         self._min_page = None
+        self._allocator = None
+
+    def _give_back(self, iova: int) -> None:
+        if self._allocator is not None and iova in self._allocator.allocated:
+            self._allocator.free(iova)
 
     # -- lifetime -----------------------------------------------------------------
     def _release(self) -> None:

@@ -248,3 +248,25 @@ def test_a_closed_device_says_so_everywhere(setup, edu) -> None:  # type: ignore
                  lambda: dev.region_info(0), lambda: dev.irqs):
         with pytest.raises(ClosedError):
             call()
+
+
+def test_container_map_picks_free_iovas_and_gives_them_back(setup) -> None:  # type: ignore[no-untyped-def]
+    container, _ = setup
+    ranges = container.info().iova_ranges
+    fixed = container.map(mmap.mmap(-1, 0x2000), 0x1000)  # where the allocator would start
+    a = container.map(mmap.mmap(-1, 0x3000))
+    b = container.map(mmap.mmap(-1, 0x1000))
+    spans = sorted((m.iova, m.iova + m.size) for m in (fixed, a, b))
+    assert all(end <= nxt for (_, end), (nxt, _) in zip(spans, spans[1:])), "overlap"
+    assert all(any(r.start <= m.iova and m.iova + m.size - 1 <= r.last for r in ranges)
+               for m in (a, b))
+    assert a.iova % 4096 == 0 and a.iova != 0
+    iova_a = a.iova
+    a.close()
+    assert iova_a not in container.iova_allocator.allocated
+    assert container.unmap_dma(b.iova, b.size) == 0x1000 and b.closed
+    again = container.map(mmap.mmap(-1, 0x3000))
+    assert again.iova == iova_a  # first fit: the freed range is used again
+    fixed.close()
+    again.close()
+    assert container.iova_allocator.allocated == {}
