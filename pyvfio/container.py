@@ -143,10 +143,12 @@ class DmaMapping(Resource):
 
     @property
     def readable(self) -> bool:
+        """The device may read the memory (VFIO_DMA_MAP_FLAG_READ)."""
         return bool(self.flags & lib.VFIO_DMA_MAP_FLAG_READ)
 
     @property
     def writeable(self) -> bool:
+        """The device may write the memory (VFIO_DMA_MAP_FLAG_WRITE)."""
         return bool(self.flags & lib.VFIO_DMA_MAP_FLAG_WRITE)
 
     def describe(self) -> str:

@@ -101,6 +101,8 @@ class DeviceInfo:
 
     @property
     def is_pci(self) -> bool:
+        """A PCI device (VFIO_DEVICE_FLAGS_PCI): its regions and IRQs are
+        indexed as in :class:`PciRegion` and :class:`PciIrq`."""
         return bool(self.flags & lib.VFIO_DEVICE_FLAGS_PCI)
 
     @property
@@ -129,14 +131,18 @@ class RegionInfo:
 
     @property
     def readable(self) -> bool:
+        """The region can be read (pread, or loads through a mapping)."""
         return bool(self.flags & lib.VFIO_REGION_INFO_FLAG_READ)
 
     @property
     def writable(self) -> bool:
+        """The region can be written."""
         return bool(self.flags & lib.VFIO_REGION_INFO_FLAG_WRITE)
 
     @property
     def mmappable(self) -> bool:
+        """The region (or the areas of its sparse-mmap capability) can be
+        mapped into the process."""
         return bool(self.flags & lib.VFIO_REGION_INFO_FLAG_MMAP)
 
     @property
@@ -166,6 +172,7 @@ class IrqInfo:
 
     @property
     def name(self) -> str:
+        """``INTX``, ``MSI``, ``MSIX``, ``ERR``, ``REQ`` or ``irq<N>``."""
         try:
             return PciIrq(self.index).name
         except ValueError:
@@ -173,18 +180,24 @@ class IrqInfo:
 
     @property
     def eventfd(self) -> bool:
+        """Vectors are signalled through eventfds (VFIO_IRQ_INFO_EVENTFD)."""
         return bool(self.flags & lib.VFIO_IRQ_INFO_EVENTFD)
 
     @property
     def maskable(self) -> bool:
+        """Vectors can be masked and unmasked through VFIO_DEVICE_SET_IRQS."""
         return bool(self.flags & lib.VFIO_IRQ_INFO_MASKABLE)
 
     @property
     def automasked(self) -> bool:
+        """The kernel masks the line when it fires (INTx): unmask it after
+        handling."""
         return bool(self.flags & lib.VFIO_IRQ_INFO_AUTOMASKED)
 
     @property
     def noresize(self) -> bool:
+        """The vector count is fixed once enabled: to use more vectors,
+        disable and enable again (VFIO_IRQ_INFO_NORESIZE)."""
         return bool(self.flags & lib.VFIO_IRQ_INFO_NORESIZE)
 
 
@@ -201,6 +214,7 @@ class HotResetDevice:
 
     @property
     def bdf(self) -> str:
+        """The affected device's PCI address, ``0000:00:04.0``."""
         return f"{self.segment:04x}:{self.bus:02x}:{self.devfn >> 3:02x}.{self.devfn & 7}"
 
 

@@ -375,10 +375,12 @@ class IoasMapping(Resource):
 
     @property
     def readable(self) -> bool:
+        """The device may read the memory (IOMMU_IOAS_MAP_READABLE)."""
         return bool(self.flags & lib.IOMMU_IOAS_MAP_READABLE)
 
     @property
     def writeable(self) -> bool:
+        """The device may write the memory (IOMMU_IOAS_MAP_WRITEABLE)."""
         return bool(self.flags & lib.IOMMU_IOAS_MAP_WRITEABLE)
 
     def describe(self) -> str:
