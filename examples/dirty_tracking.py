@@ -115,12 +115,14 @@ def _track(device: Device, space: pyvfio.IOAS | Container,
             mapping = pyvfio.map_buffer(space, buf, allocator=iovas)
             try:
                 iova = mapping.iova
+
+                def read() -> list[int]:
+                    return pages(tracker.dirty_bitmap(iova, PAGES * PAGE, PAGE))
+
                 if isinstance(tracker, pyvfio.HWPT):
                     tracker.set_dirty_tracking(True)
-                    read = lambda: pages(tracker.dirty_bitmap(iova, PAGES * PAGE, PAGE))  # noqa: E731
                 else:
                     tracker.start_dirty_tracking()
-                    read = lambda: pages(tracker.dirty_bitmap(iova, PAGES * PAGE, PAGE))  # noqa: E731
                 before = read()
                 device_writes(driver, iova)
                 after = read()

@@ -141,7 +141,7 @@ class QueuePair:
                     raise RuntimeError(f"{what}: completion for command {got_cid}, not {cid}")
                 if status >> 1:
                     raise NvmeError(what, status >> 1)
-                return dw0
+                return int(dw0)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError(f"{what}: no completion within {timeout} s")

@@ -1,4 +1,4 @@
-"""The package type-checks with ``mypy --strict``."""
+"""The package and the example programs type-check with ``mypy --strict``."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_mypy_strict() -> None:
+@pytest.mark.parametrize("target", ["pyvfio", "examples"])
+def test_mypy_strict(target: str) -> None:
     pytest.importorskip("mypy", reason="mypy is not installed (pip install '.[test]')")
     proc = subprocess.run(
-        [sys.executable, "-m", "mypy", "--strict", "--no-error-summary", "pyvfio"],
+        [sys.executable, "-m", "mypy", "--strict", "--no-error-summary", target],
         cwd=REPO, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
