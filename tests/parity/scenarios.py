@@ -165,8 +165,23 @@ def ioas_raw_size_checks(env: Env) -> Result:
         cmd.iova = U64_MAX - 0x1000
         r["map_overflow"] = _raw(b, fd, lib.IOMMU_IOAS_MAP, cmd)
         cmd.iova = 0x1000
+        cmd.user_va = U64_MAX - 0xFFF  # user_va + length wraps
+        r["map_user_va_wraps"] = _raw(b, fd, lib.IOMMU_IOAS_MAP, cmd)
         cmd.user_va = 0x1000  # nothing mapped there
         r["map_efault"] = _raw(b, fd, lib.IOMMU_IOAS_MAP, cmd)
+        cmd.user_va = buf.address
+        cmd.iova = U64_MAX - 0xFFF  # the last page of the IOVA space
+        cmd.length = 0x1000
+        r["map_last_page"] = _raw(b, fd, lib.IOMMU_IOAS_MAP, cmd)
+        unmap = ffi.new("struct iommu_ioas_unmap *")
+        unmap.size = ffi.sizeof(unmap[0])
+        unmap.ioas_id = ioas_id
+        unmap.iova = 0
+        unmap.length = U64_MAX  # everything, the last page included
+        r["unmap_all_last_page"] = [_raw(b, fd, lib.IOMMU_IOAS_UNMAP, unmap), int(unmap.length)]
+        unmap.iova = U64_MAX - 0xFFF
+        unmap.length = 0x2000
+        r["unmap_wraps"] = _raw(b, fd, lib.IOMMU_IOAS_UNMAP, unmap)
         destroy = ffi.new("struct iommu_destroy *")
         destroy.size = ffi.sizeof(destroy[0])
         destroy.id = 999
@@ -314,6 +329,13 @@ def type1_rules(env: Env) -> Result:
             arg.argsz = 8
             r["raw_short_argsz"] = _raw(b, c.fd, lib.VFIO_IOMMU_MAP_DMA, arg)
             arg.argsz = ffi.sizeof(arg[0])
+            arg.iova = U64_MAX - 0xFFF
+            arg.size = 0x2000  # iova + size wraps
+            r["raw_iova_wraps"] = _raw(b, c.fd, lib.VFIO_IOMMU_MAP_DMA, arg)
+            arg.iova = 0x200000
+            arg.vaddr = U64_MAX - 0xFFF  # vaddr + size wraps
+            r["raw_vaddr_wraps"] = _raw(b, c.fd, lib.VFIO_IOMMU_MAP_DMA, arg)
+            arg.size = 0x1000
             arg.vaddr = 0x1000
             r["raw_efault"] = _raw(b, c.fd, lib.VFIO_IOMMU_MAP_DMA, arg)
             small = ffi.new("struct vfio_iommu_type1_info *")
@@ -321,6 +343,29 @@ def type1_rules(env: Env) -> Result:
             r["info_small"] = [_raw(b, c.fd, lib.VFIO_IOMMU_GET_INFO, small), int(small.flags),
                                int(small.argsz) > ffi.sizeof(small[0]), int(small.cap_offset)]
             r["unmap_all"] = c.unmap_all()
+    finally:
+        env.restore()
+    return r
+
+
+def type1_v1_unmap(env: Env) -> Result:
+    """VFIO_TYPE1_IOMMU (v1): unmaps that start inside a mapping, or cover
+    only its first page."""
+    r: Result = {}
+    (edu,) = env.find(EDU)
+    env.bind(edu, "vfio-pci")
+    try:
+        with Container(backend=env.backend) as c, Group.for_device(edu, backend=env.backend) as g:
+            g.set_container(c)
+            c.set_iommu(IommuType.TYPE1)
+            buf = env.buffer(0x4000)
+            m = c.map_dma(buf, 0x100000)
+            r["unmap_starting_inside"] = attempt(lambda: c.unmap_dma(0x101000, 0x1000))
+            r["still_mapped"] = not m.closed
+            r["unmap_first_page"] = attempt(lambda: c.unmap_dma(0x100000, 0x1000))
+            r["closed"] = m.closed
+            r["unmap_all"] = attempt(c.unmap_all)
+            r["dirty_on_v1"] = attempt(c.start_dirty_tracking)
     finally:
         env.restore()
     return r
@@ -366,7 +411,7 @@ def ownership_and_viability(env: Env) -> Result:
 SCENARIOS: dict[str, Callable[[Env], Result]] = {
     f.__name__: f
     for f in (ioas_map_unmap, ioas_raw_size_checks, ioas_copy_and_allow, cdev_bind_attach,
-              legacy_container_state, type1_rules, ownership_and_viability)
+              legacy_container_state, type1_rules, type1_v1_unmap, ownership_and_viability)
 }
 
 
