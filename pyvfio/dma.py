@@ -3,10 +3,12 @@
 * :class:`DmaBuffer` -- page-aligned process memory to map for DMA:
   anonymous, hugetlb (2 MiB or 1 GiB pages) or memfd-backed (for
   ``IOAS.map_file``).  It has ``address`` and ``length``, so
-  ``ioas.map(buf)`` and ``container.map_dma(buf, iova)`` accept it; its
-  bytes are reachable as a memoryview (:attr:`DmaBuffer.view`), a cffi
-  pointer (:meth:`DmaBuffer.pointer`) and, with numpy installed, a numpy
-  array without a copy (``numpy.asarray(buf)`` or :meth:`DmaBuffer.numpy`).
+  ``ioas.map(buf)`` and ``container.map_dma(buf, iova)`` accept it.  It
+  is an ``mmap.mmap``, so it has the buffer protocol (``memoryview(buf)``,
+  ``sock.recv_into(buf)``, ... on every Python version); its bytes are
+  also reachable as a cffi pointer (:meth:`DmaBuffer.pointer`) and, with
+  numpy installed, a numpy array without a copy (``numpy.asarray(buf)`` or
+  :meth:`DmaBuffer.numpy`).
 * :class:`IovaAllocator` -- for drivers that choose IOVAs themselves:
   allocates aligned IOVA ranges inside the usable ranges an IOAS or a type1
   container reports (and below a device's addressing limit).
@@ -21,24 +23,14 @@ Sizes, offsets and IOVAs are in bytes.
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable, Union
+from typing import TYPE_CHECKING, Any, Iterable, SupportsIndex, Union
 
 from ._base import Resource
-from ._uapi import ffi
+from ._uapi import ffi, lib
 from .backend import Backend, resolve_backend
-from .backend.base import (
-    MAP_ANONYMOUS,
-    MAP_HUGE_SHIFT,
-    MAP_HUGETLB,
-    MAP_POPULATE,
-    MAP_PRIVATE,
-    MAP_SHARED,
-    PROT_READ,
-    PROT_WRITE,
-    MemoryMap,
-)
 from .caps import IovaRange
 from .errors import InvalidArgumentError, UnsupportedError
 
@@ -75,10 +67,20 @@ def _is_pow2(value: int) -> bool:
     return value > 0 and not value & (value - 1)
 
 
+_HUGEPAGES = "/sys/kernel/mm/hugepages"
+
+#: errnos of a hugetlb allocation the machine cannot serve: no free pages
+#: (ENOMEM), a size it does not have (EINVAL from mmap, ENODEV from
+#: memfd_create), no hugetlbfs mount for the size (ENOENT).
+_HUGETLB_ERRNOS = (errno.ENOMEM, errno.EINVAL, errno.ENOENT, errno.ENODEV)
+
+_FILL_BLOCK = 1 << 20  # bytes copied per memmove by DmaBuffer.fill
+
+
 def hugepages_available(page_size: int = HUGE_2M) -> int:
     """Free huge pages of ``page_size`` bytes on this machine (0 when the
     size is not supported or none are reserved)."""
-    path = f"/sys/kernel/mm/hugepages/hugepages-{page_size // 1024}kB/free_hugepages"
+    path = f"{_HUGEPAGES}/hugepages-{page_size // 1024}kB/free_hugepages"
     try:
         with open(path, encoding="ascii") as f:
             return int(f.read().strip() or 0)
@@ -86,76 +88,130 @@ def hugepages_available(page_size: int = HUGE_2M) -> int:
         return 0
 
 
-class DmaBuffer(Resource):
+def _hugepage_sizes() -> list[int]:
+    """The huge page sizes (bytes) this machine supports, ascending."""
+    try:
+        names = os.listdir(_HUGEPAGES)
+    except OSError:
+        return []
+    sizes = []
+    for n in names:
+        if n.startswith("hugepages-") and n.endswith("kB") and n[10:-2].isdigit():
+            sizes.append(int(n[10:-2]) * 1024)
+    return sorted(sizes)
+
+
+def _hugetlb_error(err: int, length: int, page_size: int) -> UnsupportedError:
+    kb = page_size // 1024
+    directory = f"{_HUGEPAGES}/hugepages-{kb}kB"
+    if not os.path.isdir(directory):
+        sizes = ", ".join(f"{s // 1024} kB" for s in _hugepage_sizes()) or "none"
+        return UnsupportedError(
+            err, f"this machine does not support {kb} kB huge pages "
+            f"({os.strerror(err)}; no {directory}; huge page sizes it supports: {sizes})",
+            target=DmaBuffer.kind)
+    return UnsupportedError(
+        err, f"cannot allocate {length:#x} bytes of {kb} kB huge pages "
+        f"({os.strerror(err)}; {hugepages_available(page_size)} free): "
+        f"reserve some with 'echo N > {directory}/nr_hugepages' "
+        "(or boot with hugepagesz=/hugepages=)", target=DmaBuffer.kind)
+
+
+class DmaBuffer(Resource, mmap.mmap):  # type: ignore[override]  # Resource.closed is read-only
     """Page-aligned memory of this process, for device DMA.
 
     :param size: bytes; rounded up to whole pages (of ``page_size``).
     :param page_size: ``None`` for normal pages, :data:`HUGE_2M` or
         :data:`HUGE_1G` for hugetlb pages (``MAP_HUGETLB | MAP_HUGE_2MB``,
         or ``MFD_HUGETLB`` with ``memfd``).  When the machine has no free
-        huge pages of that size, :class:`~pyvfio.errors.UnsupportedError`
-        says how to reserve some.
+        huge pages of that size, or does not support the size at all,
+        :class:`~pyvfio.errors.UnsupportedError` says so (and how to
+        reserve some).
     :param memfd: back the memory with a memfd (``MAP_SHARED``) whose fd
         is :attr:`fd`, for ``IOAS.map_file(buf.fd, buf.length)``.
     :param populate: fault every page in now (``MAP_POPULATE``).
 
+    The buffer is an :class:`mmap.mmap` of real memory (on every backend),
+    so it has the buffer protocol on every Python version:
+    ``memoryview(buf)``, ``bytes(buf)``, ``f.readinto(buf)``,
+    ``os.readv(fd, [buf])``, ``sock.recv_into(buf)`` and
+    ``numpy.asarray(buf)`` use its memory without a copy.  mmap's file-like
+    methods (``read``, ``write``, ``seek``, ``find``, ``madvise``) work
+    too; ``resize()`` is refused (the IOMMU maps the buffer by address).
+
     ``close()`` unmaps the memory (and closes the memfd): unmap it from
-    the IOMMU first, and do not use views or pointers afterwards.
+    the IOMMU first.  While memoryviews or arrays over the buffer exist
+    (:attr:`view`, slices, ``memoryview(buf)``, :meth:`numpy`,
+    ``numpy.asarray(buf)``), ``close()`` raises :class:`BufferError` and
+    the buffer stays open: release them first (``del``,
+    ``memoryview.release()``).  Pointers from :meth:`pointer` and
+    ``__array_interface__`` do not hold the buffer: do not use them after
+    ``close()``.  After ``close()`` the methods here raise
+    :class:`~pyvfio.errors.ClosedError`; mmap's own methods and
+    ``memoryview(buf)`` raise :class:`ValueError` (its base class).
     """
 
     kind = "DMA buffer"
 
-    def __init__(self, size: int, *, backend: Backend | None = None,
-                 page_size: int | None = None, memfd: bool = False, populate: bool = True,
-                 name: str = "pyvfio-dma") -> None:
+    address: int  #: virtual address of the first byte
+    length: int  #: bytes (a multiple of :attr:`page_size`)
+    page_size: int  #: bytes per page backing the buffer
+    hugetlb: bool  #: backed by hugetlb pages
+    _fd = -1
+
+    # The memory is mapped in __new__: an mmap.mmap is created there.
+    def __new__(cls, size: int, *, backend: Backend | None = None,
+                page_size: int | None = None, memfd: bool = False, populate: bool = True,
+                name: str = "pyvfio-dma") -> DmaBuffer:
         b = resolve_backend(backend)
-        if not isinstance(size, int) or size <= 0:
+        if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
             raise InvalidArgumentError(f"size must be a positive int, not {size!r}",
-                                       target=self.kind)
+                                       target=cls.kind)
         base_page = b.page_size
         huge = page_size is not None and page_size != base_page
         if page_size is None:
             page_size = base_page
+        if not isinstance(page_size, int) or isinstance(page_size, bool):
+            raise InvalidArgumentError(f"page size must be an int, not {page_size!r}",
+                                       target=cls.kind)
         if not _is_pow2(page_size) or page_size < base_page:
             raise InvalidArgumentError(f"page size {page_size:#x} is not a power of two >= "
-                                       f"{base_page:#x}", target=self.kind)
+                                       f"{base_page:#x}", target=cls.kind)
         length = _round_up(size, page_size)
         shift = page_size.bit_length() - 1
         fd = -1
-        prot = PROT_READ | PROT_WRITE
-        flags = MAP_POPULATE if populate else 0
-        mm: MemoryMap | None = None
+        flags = mmap.MAP_POPULATE if populate else 0
         try:
             if memfd:
                 fd = b.memfd_create(name, (MFD_HUGETLB | (shift << MFD_HUGE_SHIFT)) if huge else 0)
                 b.ftruncate(fd, length)
-                flags |= MAP_SHARED
+                flags |= mmap.MAP_SHARED
             else:
-                flags |= MAP_PRIVATE | MAP_ANONYMOUS
+                flags |= mmap.MAP_PRIVATE  # fileno -1: mmap adds MAP_ANONYMOUS
                 if huge:
-                    flags |= MAP_HUGETLB | (shift << MAP_HUGE_SHIFT)
-            mm = b.mmap(length, prot, flags, fd, 0)
-        except OSError as exc:
+                    flags |= lib.PYVFIO_MAP_HUGETLB | (shift << lib.PYVFIO_MAP_HUGE_SHIFT)
+            self = super().__new__(cls, fd, length, flags=flags,
+                                   prot=mmap.PROT_READ | mmap.PROT_WRITE)
+            with ffi.from_buffer(self) as data:
+                address = int(ffi.cast("uintptr_t", data))
+        except BaseException as exc:
             if fd >= 0:
                 b.close(fd)
-            if huge and exc.errno in (errno.ENOMEM, errno.EINVAL, errno.ENOENT):
-                kb = page_size // 1024
-                raise UnsupportedError(
-                    exc.errno,
-                    f"cannot allocate {length:#x} bytes of {kb} kB huge pages "
-                    f"({os.strerror(exc.errno)}; {hugepages_available(page_size)} free): "
-                    f"reserve some with 'echo N > /sys/kernel/mm/hugepages/hugepages-{kb}kB/"
-                    "nr_hugepages' (or boot with hugepagesz=/hugepages=)",
-                    target=self.kind) from None
+            if huge and isinstance(exc, OSError) and exc.errno in _HUGETLB_ERRNOS:
+                raise _hugetlb_error(exc.errno, length, page_size) from None
             raise
-        super().__init__(b)
-        self._map = mm
         self._fd = fd
-        self.address = mm.address  #: virtual address of the first byte
-        self.length = length  #: bytes (a multiple of :attr:`page_size`)
-        self.page_size = page_size  #: bytes per page backing the buffer
-        self.hugetlb = huge  #: backed by hugetlb pages
-        self._view: memoryview | None = None
+        self.address = address
+        self.length = length
+        self.page_size = page_size
+        self.hugetlb = huge
+        Resource.__init__(self, b)
+        return self
+
+    def __init__(self, size: int, *, backend: Backend | None = None,
+                 page_size: int | None = None, memfd: bool = False, populate: bool = True,
+                 name: str = "pyvfio-dma") -> None:
+        pass  # everything happened in __new__
 
     # -- identity ---------------------------------------------------------------------------
     def describe(self) -> str:
@@ -163,7 +219,7 @@ class DmaBuffer(Resource):
         return f"DMA buffer {self.address:#x} ({self.length:#x} bytes)"
 
     @property
-    def size(self) -> int:
+    def size(self) -> int:  # type: ignore[override]  # mmap.size() is a method
         """Same as :attr:`length` (bytes)."""
         return self.length
 
@@ -179,24 +235,23 @@ class DmaBuffer(Resource):
     # -- access ------------------------------------------------------------------------------
     @property
     def view(self) -> memoryview:
-        """A writable memoryview of the whole buffer (no copy)."""
+        """A new writable memoryview of the whole buffer (no copy); the
+        buffer cannot be closed while it (or a slice of it) is alive."""
         self._check_open()
-        if self._view is None:
-            self._view = self._map.buffer()
-        return self._view
+        return memoryview(self)
 
-    def __buffer__(self, flags: int) -> memoryview:
-        """The buffer protocol (Python >= 3.12: ``memoryview(buf)``)."""
-        return self.view
+    def __bytes__(self) -> bytes:
+        return bytes(self.view)
 
-    def __getitem__(self, key: int | slice) -> Any:
+    def __getitem__(self, key: SupportsIndex | slice) -> Any:  # int; memoryview for a slice
         return self.view[key]
 
-    def __setitem__(self, key: int | slice, value: Any) -> None:
+    def __setitem__(self, key: SupportsIndex | slice, value: Any) -> None:
         self.view[key] = value
 
     def pointer(self, ctype: str = "uint8_t *", offset: int = 0) -> Any:
-        """A cffi pointer of type ``ctype`` to byte ``offset``."""
+        """A cffi pointer of type ``ctype`` to byte ``offset`` (it does not
+        keep the buffer open)."""
         self._check_open()
         if not 0 <= offset < self.length:
             raise InvalidArgumentError(f"offset {offset:#x} is outside the buffer",
@@ -205,32 +260,55 @@ class DmaBuffer(Resource):
 
     @property
     def __array_interface__(self) -> dict[str, Any]:
-        """numpy's array interface: ``numpy.asarray(buf)`` is a uint8 view
-        of the buffer, without a copy."""
+        """numpy's array interface: a uint8 view of the buffer by address
+        (``numpy.asarray(buf)`` prefers the buffer protocol, which keeps
+        the buffer open while the array lives)."""
         self._check_open()
         return {"shape": (self.length,), "typestr": "|u1", "data": (self.address, False),
                 "version": 3}
 
     def numpy(self, dtype: Any = "uint8", offset: int = 0, count: int = -1) -> Any:
-        """A numpy array over the buffer (no copy); needs numpy."""
+        """A numpy array over the buffer (no copy); needs numpy.  ``offset``
+        is in bytes, ``count`` in items (-1: to the end)."""
         import numpy as np
 
         return np.frombuffer(self.view, dtype=dtype, count=count, offset=offset)
 
     def fill(self, byte: int = 0) -> None:
-        """Set every byte to ``byte``."""
-        ffi.memmove(ffi.cast("char *", self.address), bytes([byte]) * self.length, self.length)
+        """Set every byte to ``byte`` (0..255)."""
+        self._check_open()
+        if not isinstance(byte, int) or not 0 <= byte <= 0xFF:
+            raise InvalidArgumentError(f"fill byte {byte!r} is not in 0..255",
+                                       target=self.describe())
+        block = bytes([byte]) * min(self.length, _FILL_BLOCK)
+        for offset in range(0, self.length, len(block)):
+            n = min(len(block), self.length - offset)
+            ffi.memmove(ffi.cast("char *", self.address + offset), block, n)
+
+    def resize(self, newsize: int) -> None:
+        """Refused: DMA mappings refer to the buffer's address and length."""
+        raise UnsupportedError(errno.EOPNOTSUPP,
+                               "a DMA buffer cannot be resized: allocate another one",
+                               target=self.describe())
+
+    # -- lifetime -----------------------------------------------------------------------------
+    def close(self) -> None:
+        """Unmap the memory and close the memfd; does nothing if closed.
+        Raises :class:`BufferError`, and stays open, while memoryviews or
+        arrays over the buffer exist."""
+        if not self._closed:
+            try:
+                mmap.mmap.close(self)
+            except BufferError:
+                raise BufferError(
+                    f"{self.describe()} is still used by memoryviews or arrays over it: "
+                    "release them (del, memoryview.release()) before close()") from None
+        super().close()
 
     def _release(self) -> None:
-        if self._view is not None:
-            try:
-                self._view.release()
-            except BufferError:  # slices still exported
-                pass
-            self._view = None
         fd, self._fd = self._fd, -1
         try:
-            self._map.close()
+            mmap.mmap.close(self)  # normally done by close() already
         finally:
             if fd >= 0:
                 self._backend.close(fd)
@@ -282,9 +360,15 @@ class IovaAllocator:
     def for_ioas(cls, ioas: IOAS, *, limit: int | None = None,
                  alignment: int | None = None) -> IovaAllocator:
         """An allocator over the IOAS's usable ranges (query after the
-        devices are attached: they narrow the ranges)."""
+        devices are attached: they narrow the ranges), within its
+        :attr:`~pyvfio.iommufd.IOAS.allowed_ranges` when it has some."""
         align = max(ioas.iova_alignment, ioas.backend.page_size, alignment or 1)
-        return cls(ioas.iova_ranges(), alignment=align, limit=limit)
+        ranges = ioas.iova_ranges()
+        if ioas.allowed_ranges:
+            ranges = [IovaRange(max(r.start, a.start), min(r.last, a.last))
+                      for r in ranges for a in ioas.allowed_ranges
+                      if max(r.start, a.start) <= min(r.last, a.last)]
+        return cls(ranges, alignment=align, limit=limit)
 
     @classmethod
     def for_container(cls, container: Container, *, limit: int | None = None,
@@ -344,6 +428,8 @@ class IovaAllocator:
 
     def reserve(self, iova: int, size: int) -> None:
         """Take ``[iova, iova + size)`` out of the free ranges (it must be free)."""
+        if size <= 0:
+            raise InvalidArgumentError("size must be positive", target="IOVA allocator")
         size = _round_up(size, self.alignment)
         for i, block in enumerate(self._free):
             if block.start <= iova and iova + size <= block.start + block.size:
@@ -439,6 +525,7 @@ class DmaChunk:
 
     def write(self, data: bytes | bytearray | memoryview, offset: int = 0) -> None:
         """Copy ``data`` in at ``offset``."""
+        self._live()
         payload = memoryview(data).cast("B")
         if offset < 0 or offset + len(payload) > self.length:
             raise InvalidArgumentError("the data does not fit the chunk")
@@ -452,6 +539,7 @@ class DmaChunk:
         if self._freed:
             raise InvalidArgumentError(f"chunk at IOVA {self.iova:#x} was freed")
         self.pool._check_open()
+        self.pool.buffer._check_open()  # a pool that does not own it may outlive it
 
     def free(self) -> None:
         """Give the chunk back to the pool; idempotent."""
@@ -477,6 +565,12 @@ class DmaPool(Resource):
         pool = DmaPool.create(ioas, 1 << 20, allocator=iovas)
         sq = pool.alloc(4096, align=4096)      # a queue: sq.iova, sq.view
         prp = pool.alloc(64)                   # a small descriptor
+
+    Closing a pool made by :meth:`create` unmaps and frees its buffer; like
+    :meth:`DmaBuffer.close` that raises :class:`BufferError` while views of
+    its chunks are alive (the pool is closed, :attr:`buffer` stays open).
+    A pool over a caller's buffer raises :class:`~pyvfio.errors.ClosedError`
+    once that buffer is closed.
     """
 
     kind = "DMA pool"
@@ -484,10 +578,9 @@ class DmaPool(Resource):
     def __init__(self, buffer: DmaBuffer, iova: int, *, min_align: int = 64,
                  mapping: Resource | None = None, owns_buffer: bool = False,
                  allocator: IovaAllocator | None = None) -> None:
+        _check_min_align(min_align)
+        buffer._check_open()
         super().__init__(buffer.backend)
-        if not _is_pow2(min_align):
-            raise InvalidArgumentError(f"min_align {min_align} is not a power of two",
-                                       target=self.kind)
         self.buffer = buffer  #: the memory
         self.iova = iova  #: IOVA of the buffer's first byte
         self.length = buffer.length  #: bytes
@@ -504,15 +597,18 @@ class DmaPool(Resource):
                page_size: int | None = None) -> DmaPool:
         """Allocate a :class:`DmaBuffer` of ``size`` bytes, map it into
         ``space`` (see :func:`map_buffer`) and build a pool that unmaps and
-        frees both when closed."""
+        frees both when closed (on failure, nothing is left behind)."""
+        _check_min_align(min_align)
+        owner = allocator if iova is None else None  # map_buffer allocates only then
         buffer = DmaBuffer(size, backend=space.backend, page_size=page_size)
+        mapping: AnyMapping | None = None
         try:
             mapping = map_buffer(space, buffer, iova, allocator=allocator)
+            return cls(buffer, mapping.iova, min_align=min_align, mapping=mapping,
+                       owns_buffer=True, allocator=owner)
         except BaseException:
-            buffer.close()
+            _undo(buffer, mapping, owner)
             raise
-        return cls(buffer, mapping.iova, min_align=min_align, mapping=mapping,
-                   owns_buffer=True, allocator=allocator if iova is None else None)
 
     def describe(self) -> str:
         """``"DMA pool at IOVA 0x.. (0x.. bytes)"``."""
@@ -533,6 +629,7 @@ class DmaPool(Resource):
         (default :attr:`min_align`); zeroed unless ``zero=False``.
         :class:`~pyvfio.errors.UnsupportedError` (ENOMEM) when full."""
         self._check_open()
+        self.buffer._check_open()
         align = max(align or self.min_align, self.min_align)
         if not _is_pow2(align):
             raise InvalidArgumentError(f"alignment {align} is not a power of two",
@@ -583,4 +680,26 @@ class DmaPool(Resource):
                         pass
         finally:
             if self._owns_buffer:
-                self.buffer.close()
+                self.buffer.close()  # BufferError while chunk views are alive
+
+
+def _check_min_align(min_align: int) -> None:
+    if not isinstance(min_align, int) or not _is_pow2(min_align):
+        raise InvalidArgumentError(f"min_align {min_align!r} is not a power of two",
+                                   target=DmaPool.kind)
+
+
+def _undo(buffer: DmaBuffer, mapping: AnyMapping | None, allocator: IovaAllocator | None) -> None:
+    """Best-effort teardown of a half-built pool (the caller re-raises)."""
+    try:
+        if mapping is not None:
+            mapping.close()
+            if allocator is not None:
+                allocator.free(mapping.iova)
+    except Exception:  # keep the original error
+        pass
+    finally:
+        try:
+            buffer.close()
+        except Exception:
+            pass

@@ -5,8 +5,13 @@ descriptor pool, and real DMA by the edu model through them."""
 from __future__ import annotations
 
 import errno
+import gc
+import mmap
 import os
-from typing import Iterator
+import socket
+import sys
+import tempfile
+from typing import Any, Iterator
 
 import pytest
 from toolkit_env import FakeMachine, open_cdev, open_group
@@ -77,17 +82,41 @@ def test_invalid_buffers(machine: FakeMachine) -> None:
         DmaBuffer(4096, backend=machine.backend, page_size=3 << 12)
 
 
+HUGETLB_ERRNOS = (errno.ENOMEM, errno.EINVAL, errno.ENOENT, errno.ENODEV)
+
+
+def hugetlb_refusal(page: int) -> str:
+    """The message expected when ``page``-byte huge pages cannot be had."""
+    if os.path.isdir(f"/sys/kernel/mm/hugepages/hugepages-{page // 1024}kB"):
+        return r"huge pages .*reserve some with 'echo N > /sys/kernel/mm/hugepages/"
+    return rf"this machine does not support {page // 1024} kB huge pages"
+
+
 @pytest.mark.parametrize("memfd", [False, True])
 @pytest.mark.parametrize("page", [HUGE_2M, HUGE_1G])
 def test_hugetlb_buffers(machine: FakeMachine, page: int, memfd: bool) -> None:
     if hugepages_available(page) == 0:
-        with pytest.raises(UnsupportedError, match=r"huge pages .*reserve some with 'echo N > "
-                                                    r"/sys/kernel/mm/hugepages/") as info:
+        with pytest.raises(UnsupportedError, match=hugetlb_refusal(page)) as info:
             DmaBuffer(page, backend=machine.backend, page_size=page, memfd=memfd)
-        assert info.value.errno in (errno.ENOMEM, errno.EINVAL, errno.ENOENT)
+        assert info.value.errno in HUGETLB_ERRNOS
         return
     with DmaBuffer(page, backend=machine.backend, page_size=page, memfd=memfd) as buf:
         assert buf.hugetlb and buf.length == page and buf.address % page == 0
+
+
+@pytest.mark.parametrize("memfd", [False, True])
+def test_hugetlb_size_the_machine_lacks(machine: FakeMachine, memfd: bool) -> None:
+    """A huge page size without a hugepages-<kB>kB directory (64 kB on
+    x86-64): memfd_create answers ENODEV, mmap EINVAL; both are an
+    UnsupportedError naming the size, not an advice to reserve pages of it."""
+    page = 1 << 16
+    if hugepages_available(page):
+        pytest.skip("this machine has free 64 kB huge pages")
+    with pytest.raises(UnsupportedError, match=hugetlb_refusal(page)) as info:
+        DmaBuffer(4096, backend=machine.backend, page_size=page, memfd=memfd)
+    assert info.value.errno in HUGETLB_ERRNOS
+    if not os.path.isdir("/sys/kernel/mm/hugepages/hugepages-64kB"):
+        assert "echo" not in str(info.value) and "sizes it supports" in str(info.value)
 
 
 def test_memfd_buffer_for_map_file(machine: FakeMachine) -> None:
@@ -216,3 +245,210 @@ def test_pool_over_a_caller_mapping(machine: FakeMachine) -> None:
                 assert "DmaChunk iova=0x400000" in repr(chunk)
             assert not mapping.closed and not buf.closed  # not the pool's to close
             mapping.close()
+
+
+# -- the buffer protocol ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("memfd", [False, True])
+def test_buffer_protocol(machine: FakeMachine, memfd: bool) -> None:
+    """memoryview(buf) and everything built on it, on every Python version."""
+    with DmaBuffer(5000, backend=machine.backend, memfd=memfd) as buf:
+        assert isinstance(buf, mmap.mmap)
+        view = memoryview(buf)
+        assert view.nbytes == 8192 and view.format == "B" and not view.readonly
+        view[0:3] = b"abc"
+        view.release()
+        assert bytes(buf)[:4] == b"abc\0" and len(bytes(buf)) == 8192
+        r, w = os.pipe()
+        try:
+            os.write(w, b"readv")
+            assert os.readv(r, [buf]) == 5 and bytes(buf[0:5]) == b"readv"
+        finally:
+            os.close(r)
+            os.close(w)
+        a, b = socket.socketpair()
+        with a, b:
+            a.sendall(b"recv_into")
+            assert b.recv_into(buf) == 9 and bytes(buf[0:9]) == b"recv_into"
+        with tempfile.TemporaryFile() as f:
+            f.write(b"readinto")
+            f.seek(0)
+            assert f.readinto(buf) == 8 and bytes(buf[0:8]) == b"readinto"
+        assert buf.pointer("char *")[0] == b"r"  # the same memory
+        with pytest.raises(UnsupportedError, match="cannot be resized"):
+            buf.resize(16384)
+        assert buf.length == 8192
+
+
+def test_close_waits_for_views(machine: FakeMachine) -> None:
+    """A live memoryview or array keeps the memory mapped: close() refuses
+    (no dangling views) and works once they are gone."""
+    buf = DmaBuffer(4096, backend=machine.backend)
+    view = buf.view[16:32]
+    with pytest.raises(BufferError, match="release them"):
+        buf.close()
+    assert not buf.closed
+    view[0] = 7  # still valid memory
+    view.release()
+    np = pytest.importorskip("numpy")
+    array = np.asarray(buf)
+    with pytest.raises(BufferError):
+        buf.close()
+    del array
+    buf.close()
+    assert buf.closed
+    with pytest.raises(ValueError):  # mmap's own check
+        memoryview(buf)
+    with pytest.raises(ClosedError):
+        np.asarray(buf)
+
+
+def test_closed_buffer_raises(machine: FakeMachine) -> None:
+    """Every operation on a closed buffer raises ClosedError (fill used to
+    write to unmapped memory)."""
+    pytest.importorskip("numpy")
+    buf = DmaBuffer(0x2000, backend=machine.backend, memfd=True)
+    buf.close()
+    buf.close()  # idempotent
+    calls: list[Any] = [
+        lambda: buf.fill(0xFF), lambda: buf.pointer(), lambda: buf.view, lambda: buf.fd,
+        lambda: buf[0], lambda: buf.__setitem__(0, 1), lambda: bytes(buf),
+        lambda: buf.numpy(), lambda: buf.__array_interface__,
+    ]
+    for call in calls:
+        with pytest.raises(ClosedError):
+            call()
+    assert len(buf) == buf.length == 0x2000 and "closed" in repr(buf)
+    with pytest.raises(ClosedError):
+        with buf:
+            pass
+
+
+def test_fill(machine: FakeMachine) -> None:
+    with DmaBuffer(3 << 20, backend=machine.backend) as buf:  # several fill blocks
+        buf.fill(0x5A)
+        assert bytes(buf) == b"\x5a" * (3 << 20)
+        with pytest.raises(InvalidArgumentError, match="0..255"):
+            buf.fill(256)
+
+
+def test_unclosed_buffer_warns(machine: FakeMachine) -> None:
+    buf = DmaBuffer(4096, backend=machine.backend, memfd=True)
+    buf[0] = 1
+    with pytest.warns(ResourceWarning, match="unclosed DMA buffer"):
+        del buf
+        gc.collect()
+
+
+# -- pools and chunks after their buffer is gone --------------------------------------------
+
+
+def test_chunks_of_a_closed_caller_buffer(machine: FakeMachine) -> None:
+    """A pool over a caller's buffer does not own it: once the buffer is
+    closed, chunks and the pool raise ClosedError (no dangling pointer)."""
+    with open_cdev(machine.backend, machine.edu) as (_dev, ioas):
+        buf = DmaBuffer(0x4000, backend=machine.backend)
+        mapping = ioas.map(buf, 0x400000)
+        with DmaPool(buf, mapping.iova) as pool:
+            chunk = pool.alloc(64)
+            mapping.close()
+            buf.close()
+            calls: list[Any] = [
+                lambda: chunk.pointer(), lambda: chunk.view, lambda: chunk.read(),
+                lambda: chunk.write(b"x"), lambda: chunk.zero(), lambda: pool.alloc(64),
+            ]
+            for call in calls:
+                with pytest.raises(ClosedError):
+                    call()
+            chunk.free()
+            assert pool.used == 0  # the failed alloc took nothing
+        with pytest.raises(ClosedError):
+            DmaPool(buf, 0x400000)
+
+
+def test_chunks_of_a_closed_pool(machine: FakeMachine) -> None:
+    with open_cdev(machine.backend, machine.edu) as (_dev, ioas):
+        pool = DmaPool.create(ioas, 0x4000, iova=0x800000)
+        chunk = pool.alloc(128)
+        view = chunk.view
+        with pytest.raises(BufferError):  # the view pins the buffer
+            pool.close()
+        assert pool.closed and ioas.mappings == () and not pool.buffer.closed
+        del view
+        pool.buffer.close()
+        for call in (lambda: chunk.pointer(), lambda: chunk.view, lambda: chunk.write(b"x")):
+            with pytest.raises(ClosedError):
+                call()
+        chunk.free()
+
+
+# -- pools that fail to build ---------------------------------------------------------------
+
+
+@pytest.fixture
+def unraisable(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Exceptions raised where nobody can catch them (``__del__``)."""
+    seen: list[Any] = []
+    monkeypatch.setattr(sys, "unraisablehook", seen.append)
+    return seen
+
+
+def test_pool_constructor_validates_first(machine: FakeMachine, unraisable: list[Any]) -> None:
+    with DmaBuffer(0x4000, backend=machine.backend) as buf:
+        for bad in (3, 0, -64, 1.5):
+            with pytest.raises(InvalidArgumentError, match="not a power of two"):
+                DmaPool(buf, 0x400000, min_align=bad)  # type: ignore[arg-type]
+        gc.collect()
+    assert unraisable == []
+
+
+def test_pool_create_leaves_nothing_behind(machine: FakeMachine, unraisable: list[Any]) -> None:
+    with open_cdev(machine.backend, machine.edu) as (_dev, ioas):
+        iovas = IovaAllocator.for_ioas(ioas, limit=1 << 28)
+        with pytest.raises(InvalidArgumentError, match="not a power of two"):
+            DmaPool.create(ioas, 0x4000, allocator=iovas, min_align=3)
+        assert iovas.allocated == {} and ioas.mappings == ()
+
+        class Failing(DmaPool):
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                raise RuntimeError("no pool today")
+
+        with pytest.raises(RuntimeError, match="no pool today"):
+            Failing.create(ioas, 0x4000, allocator=iovas)
+        assert iovas.allocated == {} and ioas.mappings == ()
+        with pytest.raises(RuntimeError):
+            Failing.create(ioas, 0x4000, iova=0x900000, allocator=iovas)
+        assert iovas.allocated == {} and ioas.mappings == ()
+        gc.collect()  # a leaked DmaBuffer would warn here (an error in these tests)
+    assert unraisable == []
+
+
+# -- the allocator and allow_iovas ------------------------------------------------------------
+
+
+def test_allocator_within_allowed_iovas(machine: FakeMachine) -> None:
+    with open_cdev(machine.backend, machine.edu) as (_dev, ioas):
+        ioas.allow_iovas([(0x10000000, 0x1FFFFFFF)])
+        alloc = IovaAllocator.for_ioas(ioas)
+        assert alloc.alloc(4096) == 0x10000000
+        assert alloc.free_ranges() == [IovaRange(0x10001000, 0x1FFFFFFF)]
+        ioas.allow_iovas([(0x2000, 0x2FFF), (0x30000000, 0x3FFFFFFF)])
+        assert IovaAllocator.for_ioas(ioas).free_ranges() == [
+            IovaRange(0x2000, 0x2FFF), IovaRange(0x30000000, 0x3FFFFFFF)]
+        assert IovaAllocator.for_ioas(ioas, limit=0x30000000).free_ranges() == [
+            IovaRange(0x2000, 0x2FFF)]
+        ioas.allow_iovas([])  # everything again
+        assert IovaAllocator.for_ioas(ioas).alloc(4096) == 0x1000
+        with DmaBuffer(0x1000, backend=machine.backend) as buf:
+            ioas.allow_iovas([(0x40000000, 0x4FFFFFFF)])
+            alloc = IovaAllocator.for_ioas(ioas)
+            m = map_buffer(ioas, buf, allocator=alloc)
+            assert m.iova == 0x40000000
+            m.close()
+
+
+def test_reserve_rejects_empty_ranges() -> None:
+    alloc = IovaAllocator([(0, 0xFFFF)])
+    with pytest.raises(InvalidArgumentError, match="positive"):
+        alloc.reserve(0x2000, 0)
