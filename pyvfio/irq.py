@@ -32,6 +32,7 @@ does the same first.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import select
 import time
@@ -41,7 +42,7 @@ from typing import TYPE_CHECKING, AsyncIterator, Iterable, Iterator, Sequence
 from ._base import FdResource, Resource
 from ._uapi import ffi, lib
 from .backend import Backend
-from .errors import InvalidArgumentError, IoctlError, UnsupportedError, VfioError
+from .errors import ClosedError, InvalidArgumentError, IoctlError, UnsupportedError, VfioError
 
 if TYPE_CHECKING:
     from .device import Device, IrqInfo
@@ -55,12 +56,21 @@ _EXCLUSIVE = (lib.VFIO_PCI_INTX_IRQ_INDEX, lib.VFIO_PCI_MSI_IRQ_INDEX, lib.VFIO_
 class EventFd(FdResource):
     """A non-blocking eventfd with blocking, selector and asyncio waits.
 
-    Waiting never busy-polls: :meth:`wait` sleeps in ``select``,
-    :meth:`wait_async` registers the fd with the running loop
+    Waiting never busy-polls: :meth:`wait` sleeps in ``poll(2)`` (any fd
+    number), :meth:`wait_async` registers the fd with the running loop
     (``loop.add_reader``).  Reading returns and resets the counter.
+
+    Any number of tasks may wait at once (:meth:`wait_async`, ``async
+    for``): the loop has one reader for the fd, and every task of that loop
+    waiting when the counter is read wakes with that same count.  Waits in
+    other threads or loops, and :meth:`poll`/:meth:`wait`, take the count
+    for themselves.  Closing the eventfd wakes waiting tasks with
+    :class:`~pyvfio.errors.ClosedError` (an ``async for`` just ends).
     """
 
     kind = "eventfd"
+
+    _number = -1  # the fd number, for messages after close
 
     def __init__(self, backend: Backend | None = None, *, initval: int = 0) -> None:
         from .backend import resolve_backend
@@ -68,11 +78,13 @@ class EventFd(FdResource):
         b = resolve_backend(backend)
         fd = b.eventfd(initval, os.EFD_NONBLOCK)
         super().__init__(fd, b)
-        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[int]]] = []
+        self._number = fd
+        # the tasks waiting in each loop (the loop has a reader while any wait)
+        self._waiters: dict[asyncio.AbstractEventLoop, list[asyncio.Future[int]]] = {}
 
     def describe(self) -> str:
         """``"eventfd 7"``."""
-        return f"eventfd {self._fd}"
+        return f"eventfd {self._number}"
 
     def poll(self) -> int:
         """The counter (events since the last read) without blocking; 0
@@ -87,43 +99,36 @@ class EventFd(FdResource):
         """Block until the eventfd is signalled; returns the count.
         Raises :class:`TimeoutError` after ``timeout`` seconds."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        poller = select.poll()
+        poller.register(self.fd, select.POLLIN)
         while True:
             n = self.poll()
             if n:
                 return n
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            ready, _w, _x = select.select([self.fd], [], [], remaining)
-            if not ready and deadline is not None and time.monotonic() >= deadline:
-                n = self.poll()
-                if n:
-                    return n
-                raise TimeoutError(f"{self.describe()} was not signalled within {timeout} s")
+            ms: int | None = None
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"{self.describe()} was not signalled within {timeout} s")
+                ms = math.ceil(remaining * 1000)
+            poller.poll(ms)
 
     async def wait_async(self, timeout: float | None = None) -> int:
         """Wait in the running asyncio loop (``add_reader``: no polling);
         returns the count.  Raises :class:`TimeoutError` after ``timeout``
-        seconds."""
+        seconds, :class:`~pyvfio.errors.ClosedError` when the eventfd is
+        closed meanwhile."""
+        loop = asyncio.get_running_loop()
         n = self.poll()
         if n:
+            self._wake(loop, n)  # the tasks already waiting see these events too
             return n
-        fd = self.fd
-        loop = asyncio.get_running_loop()
         fut: asyncio.Future[int] = loop.create_future()
-
-        def ready() -> None:
-            if fut.done():
-                return
-            try:
-                count = self.poll()
-            except Exception as exc:  # the fd was closed under us
-                fut.set_exception(exc)
-                return
-            if count:
-                fut.set_result(count)
-
-        waiter = (loop, fut)
-        self._waiters.append(waiter)
-        loop.add_reader(fd, ready)
+        waiters = self._waiters.get(loop)
+        if waiters is None:
+            loop.add_reader(self._fd, self._readable, loop)
+            waiters = self._waiters[loop] = []
+        waiters.append(fut)
         try:
             if timeout is None:
                 return await fut
@@ -133,9 +138,44 @@ class EventFd(FdResource):
                 raise TimeoutError(
                     f"{self.describe()} was not signalled within {timeout} s") from None
         finally:
-            if waiter in self._waiters:
-                self._waiters.remove(waiter)
-                loop.remove_reader(fd)
+            waiters = self._waiters.get(loop)
+            if waiters is not None and fut in waiters:
+                waiters.remove(fut)
+                if not waiters:
+                    self._unregister(loop)
+
+    def _readable(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The loop's reader: one read, its count to every waiting task."""
+        if not any(not f.done() for f in self._waiters.get(loop, ())):
+            self._unregister(loop)  # nobody to give a count to: leave it in the counter
+            return
+        try:
+            count = self.poll()
+        except Exception as exc:  # the fd was closed under us
+            for f in self._waiters.get(loop, ()):
+                if not f.done():
+                    f.set_exception(exc)
+            self._unregister(loop)
+            return
+        if count:
+            self._wake(loop, count)
+
+    def _wake(self, loop: asyncio.AbstractEventLoop, count: int) -> None:
+        """Give ``count`` to every task waiting in ``loop`` (its thread)."""
+        waiters = self._waiters.get(loop)
+        if waiters:
+            for f in waiters:
+                if not f.done():
+                    f.set_result(count)
+            # woken tasks remove themselves later: read nothing for them meanwhile
+            self._unregister(loop)
+
+    def _unregister(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._waiters.pop(loop, None) is not None and self._fd >= 0:
+            try:
+                loop.remove_reader(self._fd)
+            except Exception:  # the loop is closed
+                pass
 
     def __aiter__(self) -> AsyncIterator[int]:
         return self._events()
@@ -143,26 +183,43 @@ class EventFd(FdResource):
     async def _events(self) -> AsyncIterator[int]:
         while not self.closed:
             try:
-                yield await self.wait_async()
-            except asyncio.CancelledError:
-                if self.closed:
-                    return
-                raise
+                count = await self.wait_async()
+            except ClosedError:
+                return
+            yield count
 
     def signal(self, count: int = 1) -> None:
         """Add ``count`` to the counter (what the kernel does per interrupt)."""
         self._backend.write(self.fd, count.to_bytes(8, "little"))
 
     def _release(self) -> None:
-        for loop, fut in self._waiters:
+        try:
+            current: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            current = None
+        waiting, self._waiters = self._waiters, {}
+        for loop, futures in waiting.items():
             try:
                 loop.remove_reader(self._fd)
-            except Exception:  # the loop is closed or in another thread
+            except Exception:  # the loop is closed
                 pass
-            if not fut.done():
-                fut.cancel()
-        self._waiters.clear()
+            pending = [f for f in futures if not f.done()]
+            if not pending:
+                continue
+            if loop is current:
+                _fail(pending, self.describe())
+            else:  # futures belong to their loop's thread
+                try:
+                    loop.call_soon_threadsafe(_fail, pending, self.describe())
+                except RuntimeError:  # the loop is closed: nobody waits any more
+                    pass
         super()._release()
+
+
+def _fail(futures: list[asyncio.Future[int]], target: str) -> None:
+    for f in futures:
+        if not f.done():
+            f.set_exception(ClosedError(target))
 
 
 class IrqVector(EventFd):
@@ -181,14 +238,17 @@ class IrqVector(EventFd):
 
     def trigger(self) -> None:
         """Make the kernel signal this vector (loopback, ``DATA_NONE``)."""
+        self._check_open()
         self.irq.trigger(self.vector)
 
     def mask(self) -> None:
         """Mask this vector (``ACTION_MASK``; see :meth:`Irq.mask`)."""
+        self._check_open()
         self.irq.mask(self.vector)
 
     def unmask(self) -> None:
         """Unmask this vector (``ACTION_UNMASK``; see :meth:`Irq.unmask`)."""
+        self._check_open()
         self.irq.unmask(self.vector)
 
 

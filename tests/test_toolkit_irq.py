@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import os
+import resource
 import selectors
+import threading
 import time
 from typing import Iterator
 
@@ -256,3 +259,135 @@ def test_plain_eventfd(machine: FakeMachine) -> None:
 
         assert asyncio.run(later()) == 1
     assert efd.closed
+
+
+# -- several asyncio waiters on one vector --------------------------------------------------
+
+
+def test_concurrent_async_waiters_all_wake(machine: FakeMachine) -> None:
+    """Every task waiting when the interrupt arrives gets its count (the
+    loop has one reader for the eventfd, not one per waiter)."""
+    with open_cdev(machine.backend, machine.edu) as (dev, _ioas):
+        dev.config.enable(memory=True, bus_master=True)
+        (vector,) = dev.irqs["MSI"].enable()
+
+        async def scenario() -> None:
+            loop = asyncio.get_running_loop()
+            waiters = [asyncio.create_task(vector.wait_async(timeout=2)) for _ in range(3)]
+            await asyncio.sleep(0.01)
+            loop.call_later(0.02, vector.trigger)
+            assert await asyncio.gather(*waiters) == [1, 1, 1]
+            # nothing stays registered to eat later interrupts
+            vector.trigger()
+            await asyncio.sleep(0.02)
+            assert vector.poll() == 1
+
+        asyncio.run(scenario())
+
+
+def test_async_for_and_wait_async_together(machine: FakeMachine) -> None:
+    with EventFd(machine.backend) as efd:
+
+        async def scenario() -> None:
+            seen: list[int] = []
+
+            async def monitor() -> None:
+                async for count in efd:
+                    seen.append(count)
+                    if len(seen) == 2:
+                        return
+
+            task = asyncio.create_task(monitor())
+            await asyncio.sleep(0.01)
+            asyncio.get_running_loop().call_later(0.01, efd.signal, 2)
+            assert await efd.wait_async(timeout=2) == 2
+            await asyncio.sleep(0.01)
+            asyncio.get_running_loop().call_later(0.01, efd.signal, 5)
+            assert await efd.wait_async(timeout=2) == 5
+            await asyncio.wait_for(task, 2)
+            assert seen == [2, 5]
+
+        asyncio.run(scenario())
+
+
+def test_a_late_waiter_shares_the_count(machine: FakeMachine) -> None:
+    """A task that starts waiting after the eventfd was signalled reads the
+    count at once; the tasks already waiting get it too."""
+    with EventFd(machine.backend) as efd:
+
+        async def scenario() -> None:
+            early = asyncio.create_task(efd.wait_async(timeout=2))
+            await asyncio.sleep(0.01)
+            efd.signal(3)  # no loop iteration before the next read
+            assert await efd.wait_async(timeout=2) == 3
+            assert await early == 3
+            with pytest.raises(TimeoutError, match="not signalled within 0.02 s"):
+                await efd.wait_async(timeout=0.02)
+
+        asyncio.run(scenario())
+
+
+def test_close_wakes_async_waiters(machine: FakeMachine) -> None:
+    with open_cdev(machine.backend, machine.edu) as (dev, _ioas):
+        msi = dev.irqs["MSI"]
+        (vector,) = msi.enable()
+
+        async def scenario() -> list[int]:
+            seen: list[int] = []
+
+            async def monitor() -> None:
+                async for count in vector:
+                    seen.append(count)
+
+            waiter = asyncio.create_task(vector.wait_async())
+            iterator = asyncio.create_task(monitor())
+            await asyncio.sleep(0.01)
+            msi.disable()
+            with pytest.raises(ClosedError, match="MSI vector 0 is closed"):
+                await asyncio.wait_for(waiter, 2)
+            await asyncio.wait_for(iterator, 2)  # the async for just ends
+            return seen
+
+        assert asyncio.run(scenario()) == []
+        with pytest.raises(ClosedError):
+            vector.trigger()  # not the kernel's EINVAL: the vector is gone
+        with pytest.raises(ClosedError):
+            vector.unmask()
+
+
+# -- blocking waits on any fd number ------------------------------------------------------------
+
+
+@pytest.fixture
+def high_fds() -> Iterator[None]:
+    """Fds 0..1099 taken, so the next one opened is above select()'s 1024."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 1200
+    if soft != resource.RLIM_INFINITY and soft < want:
+        if hard != resource.RLIM_INFINITY and hard < want:
+            pytest.skip(f"RLIMIT_NOFILE hard limit {hard} is too low")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    fillers: list[int] = []
+    try:
+        null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        fillers.append(null)
+        while fillers[-1] < 1100:
+            fillers.append(os.dup(null))
+        yield
+    finally:
+        for fd in fillers:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_wait_on_a_high_fd(machine: FakeMachine, high_fds: None) -> None:
+    with EventFd(machine.backend) as efd:
+        assert efd.fileno() >= 1024
+        with pytest.raises(TimeoutError, match="within 0.02 s"):
+            efd.wait(0.02)
+        timer = threading.Timer(0.02, efd.signal, (4,))
+        timer.start()
+        try:
+            assert efd.wait(2) == 4
+        finally:
+            timer.join()
