@@ -337,7 +337,7 @@ class Container(FdResource):
         if self._allocator is None:
             from .dma import IovaAllocator
 
-            allocator = IovaAllocator.for_container(self)
+            allocator = IovaAllocator.for_container(self, skip_mapped=False)
             for m in self._mappings.values():
                 self._claim(allocator, m.iova, m.size)
             self._allocator = allocator

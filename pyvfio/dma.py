@@ -368,17 +368,43 @@ class IovaAllocator:
             ranges = [IovaRange(max(r.start, a.start), min(r.last, a.last))
                       for r in ranges for a in ioas.allowed_ranges
                       if max(r.start, a.start) <= min(r.last, a.last)]
-        return cls(ranges, alignment=align, limit=limit)
+        allocator = cls(ranges, alignment=align, limit=limit)
+        for m in ioas.mappings:  # what is already mapped through pyvfio
+            allocator._exclude(m.iova, m.length)
+        return allocator
+
+    def _exclude(self, iova: int, size: int) -> None:
+        """Remove ``[iova, iova + size)`` from the free ranges, wherever it
+        overlaps them (no record: it is not handed out, nor given back)."""
+        end = iova + size
+        kept: list[_Block] = []
+        for b in self._free:
+            b_end = b.start + b.size
+            if b_end <= iova or b.start >= end:
+                kept.append(b)
+                continue
+            if b.start < iova:
+                kept.append(_Block(b.start, iova - b.start))
+            if end < b_end:
+                start = _round_up(end, self.alignment)
+                if start < b_end:
+                    kept.append(_Block(start, b_end - start))
+        self._free = kept
 
     @classmethod
     def for_container(cls, container: Container, *, limit: int | None = None,
-                      alignment: int | None = None) -> IovaAllocator:
+                      alignment: int | None = None, skip_mapped: bool = True) -> IovaAllocator:
         """An allocator over a type1 container's usable ranges (after
-        ``set_iommu``); the whole 64-bit space when it reports none."""
+        ``set_iommu``); the whole 64-bit space when it reports none.  With
+        ``skip_mapped`` the mappings made through pyvfio are left out."""
         info = container.info()
         ranges: list[IovaRange] = list(info.iova_ranges) or [IovaRange(0, (1 << 64) - 1)]
         align = max(info.min_page_size or 4096, alignment or 1)
-        return cls(ranges, alignment=align, limit=limit)
+        allocator = cls(ranges, alignment=align, limit=limit)
+        if skip_mapped:
+            for m in container.mappings:
+                allocator._exclude(m.iova, m.size)
+        return allocator
 
     @classmethod
     def for_space(cls, space: IOAS | Container, *, limit: int | None = None,

@@ -452,3 +452,30 @@ def test_reserve_rejects_empty_ranges() -> None:
     alloc = IovaAllocator([(0, 0xFFFF)])
     with pytest.raises(InvalidArgumentError, match="positive"):
         alloc.reserve(0x2000, 0)
+
+
+def test_allocators_leave_out_what_is_already_mapped() -> None:
+    import mmap
+
+    from pyvfio import Container, Group, IommuFd, IommuType
+    from pyvfio.fake import System
+
+    system = System("minimal")
+    b = system.backend
+    b.sysfs_write("/sys/bus/pci/devices/0000:00:02.0/driver_override", "vfio-pci")
+    b.sysfs_write("/sys/bus/pci/drivers_probe", "0000:00:02.0")
+    with IommuFd(backend=b) as fd:
+        ioas = fd.ioas()
+        first = ioas.iova_ranges()[0].start
+        low = max(first, 0x1000)
+        ioas.map(mmap.mmap(-1, 0x3000), low)
+        iova = IovaAllocator.for_ioas(ioas).alloc(0x1000)
+        assert not low <= iova < low + 0x3000
+        ioas.map(mmap.mmap(-1, 0x1000), iova)  # no EEXIST
+    with Container(backend=b) as c, Group(0, backend=b) as g:
+        g.set_container(c)
+        c.set_iommu(IommuType.TYPE1v2)
+        c.map_dma(mmap.mmap(-1, 0x2000), 0x1000)
+        iova = IovaAllocator.for_container(c).alloc(0x1000)
+        assert iova >= 0x3000
+        c.map_dma(mmap.mmap(-1, 0x1000), iova)
