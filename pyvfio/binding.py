@@ -409,7 +409,7 @@ class BindError(VfioError):
 class BindingRecord:
     """What a device was bound to before pyvfio changed it."""
 
-    bdf: str
+    bdf: str  #: the device's PCI address
     driver: str | None  #: the original driver (None: it had none)
     driver_override: str | None  #: the original driver_override
     since: float = 0.0  #: when the record was made (time.time())
@@ -521,7 +521,7 @@ class Binding:
     """The outcome of :func:`bind`, :func:`unbind` or :func:`restore` for
     one device."""
 
-    bdf: str
+    bdf: str  #: the device's PCI address
     previous_driver: str | None  #: the driver before this call
     driver: str | None  #: the driver now
     changed: bool  #: whether this call changed anything

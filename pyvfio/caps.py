@@ -38,8 +38,8 @@ __all__ = [
 class IovaRange:
     """An inclusive IOVA range ``[start, last]`` (bytes)."""
 
-    start: int
-    last: int
+    start: int  #: first IOVA of the range
+    last: int  #: last IOVA of the range (inclusive)
 
     @property
     def size(self) -> int:
@@ -54,15 +54,15 @@ class IovaRange:
 class IovaRangeCap:
     """VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE: usable IOVA ranges."""
 
-    ranges: tuple[IovaRange, ...]
+    ranges: tuple[IovaRange, ...]  #: the usable IOVA ranges
 
 
 @dataclass(frozen=True)
 class MigrationCap:
     """VFIO_IOMMU_TYPE1_INFO_CAP_MIGRATION: dirty page logging support."""
 
-    flags: int
-    pgsize_bitmap: int
+    flags: int  #: VFIO_IOMMU_TYPE1_INFO_CAP_MIGRATION flags (reserved, 0)
+    pgsize_bitmap: int  #: page sizes dirty bitmaps can be reported in (bit n: 2**n bytes)
     max_dirty_bitmap_size: int  #: bytes
 
 
@@ -70,30 +70,30 @@ class MigrationCap:
 class DmaAvailCap:
     """VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL: DMA mappings still allowed."""
 
-    avail: int
+    avail: int  #: how many more DMA mappings the container accepts (dma_entry_limit left)
 
 
 @dataclass(frozen=True)
 class SparseMmapArea:
     """An mmap-able part of a region: ``offset`` and ``size`` in bytes."""
 
-    offset: int
-    size: int
+    offset: int  #: bytes from the start of the region
+    size: int  #: bytes
 
 
 @dataclass(frozen=True)
 class SparseMmapCap:
     """VFIO_REGION_INFO_CAP_SPARSE_MMAP: only these areas may be mmapped."""
 
-    areas: tuple[SparseMmapArea, ...]
+    areas: tuple[SparseMmapArea, ...]  #: the parts of the region that may be mmapped
 
 
 @dataclass(frozen=True)
 class RegionTypeCap:
     """VFIO_REGION_INFO_CAP_TYPE: a device-specific region's type/subtype."""
 
-    type: int
-    subtype: int
+    type: int  #: VFIO_REGION_TYPE_* (vendor ID for vendor types)
+    subtype: int  #: VFIO_REGION_SUBTYPE_* within the type
 
 
 @dataclass(frozen=True)
@@ -105,30 +105,30 @@ class MsixMappableCap:
 class Nvlink2SsatgtCap:
     """VFIO_REGION_INFO_CAP_NVLINK2_SSATGT."""
 
-    tgt: int
+    tgt: int  #: the NVLink2 system-side address target
 
 
 @dataclass(frozen=True)
 class Nvlink2LnkspdCap:
     """VFIO_REGION_INFO_CAP_NVLINK2_LNKSPD."""
 
-    link_speed: int
+    link_speed: int  #: the NVLink2 link speed code
 
 
 @dataclass(frozen=True)
 class PciAtomicCompCap:
     """VFIO_DEVICE_INFO_CAP_PCI_ATOMIC_COMP: supported atomic completer sizes."""
 
-    flags: int
+    flags: int  #: VFIO_PCI_ATOMIC_COMP32/64/128: completer sizes the root port supports
 
 
 @dataclass(frozen=True)
 class UnknownCap:
     """A capability pyvfio does not decode; ``data`` excludes the header."""
 
-    id: int
-    version: int
-    data: bytes
+    id: int  #: the capability ID
+    version: int  #: its version
+    data: bytes  #: its payload after the header
 
 
 #: Any decoded capability: what :func:`parse_chain` returns a list of.

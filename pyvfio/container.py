@@ -74,11 +74,11 @@ class Extension(enum.IntEnum):
 class IommuInfo:
     """VFIO_IOMMU_GET_INFO for the type1 IOMMU."""
 
-    flags: int
+    flags: int  #: VFIO_IOMMU_INFO_* bits
     #: Bitmap of supported IOMMU page sizes (bytes); the lowest set bit is
     #: the granularity IOVAs and sizes must be aligned to.
     iova_pgsizes: int
-    capabilities: tuple[Capability, ...]
+    capabilities: tuple[Capability, ...]  #: the decoded capability chain
 
     @property
     def min_page_size(self) -> int:
@@ -109,7 +109,7 @@ class IommuInfo:
 class GroupStatus:
     """VFIO_GROUP_GET_STATUS."""
 
-    flags: int
+    flags: int  #: VFIO_GROUP_FLAGS_* bits
 
     @property
     def viable(self) -> bool:

@@ -94,10 +94,10 @@ def region_offset(index: int) -> int:
 class DeviceInfo:
     """VFIO_DEVICE_GET_INFO."""
 
-    flags: int
-    num_regions: int
-    num_irqs: int
-    capabilities: tuple[Capability, ...]
+    flags: int  #: VFIO_DEVICE_FLAGS_* bits
+    num_regions: int  #: how many region indexes exist
+    num_irqs: int  #: how many interrupt indexes exist
+    capabilities: tuple[Capability, ...]  #: the decoded capability chain
 
     @property
     def is_pci(self) -> bool:
@@ -115,11 +115,11 @@ class DeviceInfo:
 class RegionInfo:
     """VFIO_DEVICE_GET_REGION_INFO: a region of the device file."""
 
-    index: int
-    flags: int
+    index: int  #: the region index (see PciRegion)
+    flags: int  #: VFIO_REGION_INFO_FLAG_* bits
     size: int  #: bytes
     offset: int  #: file offset of the region in the device fd
-    capabilities: tuple[Capability, ...]
+    capabilities: tuple[Capability, ...]  #: the decoded capability chain
 
     @property
     def name(self) -> str:
@@ -166,9 +166,9 @@ class RegionInfo:
 class IrqInfo:
     """VFIO_DEVICE_GET_IRQ_INFO: an interrupt index and its vector count."""
 
-    index: int
-    flags: int
-    count: int
+    index: int  #: the interrupt index (see PciIrq)
+    flags: int  #: VFIO_IRQ_INFO_* bits
+    count: int  #: number of vectors (0: the device has none of this kind)
 
     @property
     def name(self) -> str:
@@ -205,9 +205,9 @@ class IrqInfo:
 class HotResetDevice:
     """A device affected by a PCI hot reset (VFIO_DEVICE_GET_PCI_HOT_RESET_INFO)."""
 
-    segment: int
-    bus: int
-    devfn: int
+    segment: int  #: PCI segment (domain)
+    bus: int  #: PCI bus number
+    devfn: int  #: device << 3 | function
     #: IOMMU group (group form) or iommufd dev_id (cdev form; -1 when the
     #: device is not owned by the caller, 0 when owned but unbound).
     id: int

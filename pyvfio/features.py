@@ -101,9 +101,9 @@ class MigrationFlags(enum.IntFlag):
 class PrecopyInfo:
     """``VFIO_MIG_GET_PRECOPY_INFO``: bytes still to read in pre-copy."""
 
-    initial_bytes: int
-    dirty_bytes: int
-    flags: int
+    initial_bytes: int  #: bytes of the initial state still to read
+    dirty_bytes: int  #: bytes of state changed since, still to read (an estimate)
+    flags: int  #: VFIO_PRECOPY_INFO_* bits
 
     @property
     def reinit(self) -> bool:

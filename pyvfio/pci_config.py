@@ -179,10 +179,10 @@ class PciCapability:
     """A capability found in the list: its ID and byte offset in config
     space (``version`` for extended capabilities, 0 otherwise)."""
 
-    id: int
-    offset: int
-    extended: bool = False
-    version: int = 0
+    id: int  #: the capability ID (PCI_CAP_ID_* or PCI_EXT_CAP_ID_*)
+    offset: int  #: bytes from the start of config space
+    extended: bool = False  #: an extended (PCIe, offset >= 0x100) capability
+    version: int = 0  #: the extended capability's version (0 for standard ones)
 
     @property
     def name(self) -> str:

@@ -148,11 +148,11 @@ class RegisterIO(abc.ABC):
 class Field:
     """A bit field of a register: ``width`` bits starting at bit ``lsb``."""
 
-    name: str
+    name: str  #: the field's name (attribute and keyword of the register)
     lsb: int  #: least significant bit (0 = bit 0)
     width: int = 1  #: bits
     access: str = "rw"  #: "rw", "ro" (read-only) or "wo" (write-only)
-    doc: str = ""
+    doc: str = ""  #: what the field means
 
     def __post_init__(self) -> None:
         if self.lsb < 0 or self.width < 1:
@@ -186,12 +186,12 @@ class Field:
 class Register:
     """A register: ``width`` bytes at byte ``offset`` of its block."""
 
-    name: str
+    name: str  #: the register's name (attribute of the bound block)
     offset: int  #: bytes from the start of the block
     width: int = 4  #: bytes (1, 2, 4 or 8)
-    fields: tuple[Field, ...] = ()
+    fields: tuple[Field, ...] = ()  #: the bit fields, if the register has named ones
     access: str = "rw"  #: "rw", "ro" (writes refused) or "wo" (reads refused)
-    doc: str = ""
+    doc: str = ""  #: what the register does
     _by_name: Mapping[str, Field] = dc_field(default_factory=dict, init=False, repr=False,
                                           compare=False)
 

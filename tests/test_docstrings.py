@@ -42,6 +42,23 @@ REPO = Path(__file__).resolve().parent.parent
 
 #: Modules whose public names must all be documented.
 DOCUMENTED = [
+    "pyvfio",
+    "pyvfio.device",
+    "pyvfio.container",
+    "pyvfio.iommufd",
+    "pyvfio.errors",
+    "pyvfio.caps",
+    "pyvfio.binding",
+    "pyvfio.region",
+    "pyvfio.irq",
+    "pyvfio.dma",
+    "pyvfio.features",
+    "pyvfio.pci_config",
+    "pyvfio.registers",
+    "pyvfio.cli",
+    "pyvfio.environment",
+    "pyvfio.topology_capture",
+    "pyvfio.pytest_plugin",
     "pyvfio.backend",
     "pyvfio.backend.base",
     "pyvfio.backend.kernel",
@@ -57,30 +74,13 @@ DOCUMENTED = [
     "pyvfio.fake.iommufd_iopt",
     "pyvfio.fake.vfio_pci",
     "pyvfio.fake.intervals",
+    "pyvfio.fake.topology",
 ]
 
 #: Modules still being documented.
 IN_PROGRESS = [
-    "pyvfio",
-    "pyvfio.device",
-    "pyvfio.container",
-    "pyvfio.iommufd",
-    "pyvfio.errors",
-    "pyvfio.caps",
     "pyvfio.sysfs",
-    "pyvfio.binding",
-    "pyvfio.region",
-    "pyvfio.irq",
-    "pyvfio.dma",
-    "pyvfio.features",
-    "pyvfio.pci_config",
-    "pyvfio.registers",
-    "pyvfio.cli",
-    "pyvfio.environment",
-    "pyvfio.topology_capture",
-    "pyvfio.pytest_plugin",
     "pyvfio.fake.sysfs",
-    "pyvfio.fake.topology",
 ]
 
 
@@ -95,10 +95,14 @@ def _rst_data() -> frozenset[str]:
         text = rst.read_text(encoding="utf-8")
         for m in re.finditer(r"^\.\. autodata:: (\S+)", text, re.M):
             found.add(m.group(1))
-        for m in re.finditer(r"^\.\. py:data:: (\w+)\n((?:[ \t]+:\w+:.*\n)*)", text, re.M):
+        for m in re.finditer(r"^\.\. (?:py:)?data:: (\w+)\n((?:[ \t]+:\w+:.*\n)*)", text, re.M):
             mod = re.search(r":module: (\S+)", m.group(2))
-            if mod:
-                found.add(f"{mod.group(1)}.{m.group(1)}")
+            # without :module:, the module of the last module/currentmodule directive
+            current = re.findall(r"^\.\. (?:py:)?(?:current)?module:: (\S+)",
+                                 text[:m.start()], re.M)
+            module = mod.group(1) if mod else (current[-1] if current else None)
+            if module:
+                found.add(f"{module}.{m.group(1)}")
     return frozenset(found)
 
 
