@@ -32,6 +32,7 @@ does the same first.
 from __future__ import annotations
 
 import asyncio
+import errno
 import math
 import os
 import select
@@ -396,19 +397,21 @@ class Irq:
     def enable(self, count: int | None = None, *, start: int = 0) -> list[IrqVector]:
         """Set up vectors ``[start, start + count)`` with one new eventfd
         each (``DATA_EVENTFD | ACTION_TRIGGER``); ``count`` defaults to
-        every vector.  INTx, MSI and MSI-X exclude each other: disable one
-        before enabling another."""
+        every vector from ``start``.  INTx, MSI and MSI-X exclude each
+        other: disable one before enabling another.  On an enabled index
+        whose count may change (MSI-X with ``noresize`` False) this adds
+        vectors; otherwise disable first."""
         device = self.device
         device._check_open()
         if self.count == 0:
-            raise UnsupportedError(22, f"{self.describe()}: the device has no {self.name} vectors",
+            raise UnsupportedError(errno.EINVAL,
+                                   f"{self.describe()}: the device has no {self.name} vectors",
                                    ioctl="VFIO_DEVICE_SET_IRQS", target=self.describe())
-        if self.enabled:
-            raise InvalidArgumentError(f"{self.name} is already enabled: disable() it first",
-                                       ioctl="VFIO_DEVICE_SET_IRQS", target=self.describe())
         if count is None:
             count = self.count - start
         self._check_range(start, count, "enable")
+        if self.enabled:
+            return self._grow(start, count)
         if self.index in _EXCLUSIVE:
             for other in device.irqs.values():
                 if other is not self and other.index in _EXCLUSIVE and other.enabled:
@@ -430,6 +433,33 @@ class Irq:
             raise
         self._state = device._adopt(state)
         return [state.vectors[n] for n in range(start, start + count)]
+
+    def _grow(self, start: int, count: int) -> list[IrqVector]:
+        # More vectors while enabled: only where the kernel allocates them on
+        # demand (MSI-X with dynamic allocation, VFIO_IRQ_INFO_NORESIZE clear).
+        state = self._state
+        assert state is not None
+        if self.noresize:
+            raise InvalidArgumentError(
+                f"{self.name} is enabled and its vector count is fixed "
+                "(VFIO_IRQ_INFO_NORESIZE): disable() it first", ioctl="VFIO_DEVICE_SET_IRQS",
+                target=self.describe())
+        taken = sorted(n for n in range(start, start + count) if n in state.vectors)
+        if taken:
+            raise InvalidArgumentError(f"vectors {taken} are already enabled",
+                                       ioctl="VFIO_DEVICE_SET_IRQS", target=self.describe())
+        new = {n: IrqVector(self, n) for n in range(start, start + count)}
+        try:
+            data = b"".join(v.fd.to_bytes(4, "little", signed=True) for v in new.values())
+            self._set_irqs(lib.VFIO_IRQ_SET_DATA_EVENTFD | lib.VFIO_IRQ_SET_ACTION_TRIGGER,
+                           start, count, data)
+        except BaseException:
+            for v in new.values():
+                v.close()
+            raise
+        for n, v in new.items():
+            state.vectors[n] = state._adopt(v)
+        return list(new.values())
 
     def disable(self) -> None:
         """Disable the index (``DATA_NONE | ACTION_TRIGGER``, count 0) and
@@ -457,9 +487,9 @@ class Irq:
         try:
             self._set_irqs(lib.VFIO_IRQ_SET_DATA_NONE | action, vector, count)
         except IoctlError as exc:
-            if exc.errno == 25:  # ENOTTY
+            if exc.errno == errno.ENOTTY:
                 raise UnsupportedError(
-                    25, f"VFIO_DEVICE_SET_IRQS on {self.describe()}: [ENOTTY] the kernel cannot "
+                    errno.ENOTTY, f"VFIO_DEVICE_SET_IRQS on {self.describe()}: [ENOTTY] the kernel cannot "
                     f"{what} {self.name} vectors (VFIO_IRQ_INFO_MASKABLE is "
                     f"{'set' if self.maskable else 'clear'})",
                     ioctl="VFIO_DEVICE_SET_IRQS", target=self.describe()) from None

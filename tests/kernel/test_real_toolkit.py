@@ -142,6 +142,25 @@ def test_nvme_config_and_irqs(nvme: tuple[str, bytes]) -> None:
         vectors = dev.irqs["MSIX"].enable(4)
         dev.irqs["MSIX"].trigger(0, values=[False, True, False, True])
         assert [v.poll() for v in vectors] == [0, 1, 0, 1]
+        # Linux 7.3 on QEMU's VT-d allocates MSI-X vectors on demand
+        # (VFIO_IRQ_INFO_NORESIZE clear): more can be added while enabled.
+        msix = dev.irqs["MSIX"]
+        assert not msix.noresize and msix.count == 65
+        (late,) = msix.enable(1, start=10)
+        msix.trigger(10)
+        assert late.wait(5) == 1 and [v.vector for v in msix.vectors] == [0, 1, 2, 3, 10]
+
+
+def test_every_vfio_pci_device_has_an_err_irq(edu: str) -> None:
+    """Linux 7.3 reports the ERR index for every device, PCI Express or not
+    (QEMU's edu is a conventional PCI function)."""
+    with open_cdev(KB, edu) as (dev, _ioas):
+        assert dev.config.pcie is None
+        err = dev.irqs["ERR"]
+        assert err.count == 1 and err.eventfd and err.noresize
+        (vector,) = err.enable()
+        err.trigger()
+        assert vector.wait(5) == 1
 
 
 # -- interrupts --------------------------------------------------------------------------------
