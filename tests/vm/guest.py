@@ -374,6 +374,10 @@ def write_run_script(share: Path, command: str, cwd: Path,
     (share / RUN_SCRIPT).write_text("\n".join(lines))
 
 
+#: Boots tried when QEMU dies before the guest reaches its init.
+BOOT_ATTEMPTS = 3
+
+
 def run_guest(command: str, args: argparse.Namespace, *,
               accel: str | None = None, timeout: float | None = None,
               echo: bool | None = None,
@@ -381,8 +385,28 @@ def run_guest(command: str, args: argparse.Namespace, *,
     """Boot the VM, run ``command`` in it, return its exit status.
 
     ``after(share)`` is called with the host path of the share before it is
-    deleted (to collect result files).
+    deleted (to collect result files).  QEMU under TCG has been seen to
+    abort on an internal assertion while booting (before the guest runs
+    anything); such a boot is tried again, up to :data:`BOOT_ATTEMPTS`
+    times, and said so.
     """
+    for attempt in range(1, BOOT_ATTEMPTS + 1):
+        status, reached_init = _run_guest_once(
+            command, args, accel=accel, timeout=timeout, echo=echo,
+            after=after, last=attempt == BOOT_ATTEMPTS)
+        if reached_init or status != EXIT_VM_FAILED:
+            return status
+        if attempt < BOOT_ATTEMPTS:
+            log(f"QEMU failed before the guest reached its init; booting again "
+                f"({attempt + 1} of {BOOT_ATTEMPTS})")
+    return status
+
+
+def _run_guest_once(command: str, args: argparse.Namespace, *,
+                    accel: str | None, timeout: float | None, echo: bool | None,
+                    after, last: bool) -> tuple[int, bool]:
+    """One boot: (exit status, whether the guest reached its init).
+    ``after`` runs when the guest reached its init or this is the last try."""
     accel = accel or args.resolved_accel
     timeout = timeout if timeout is not None else args.timeout
     echo = (not args.quiet) if echo is None else echo
@@ -460,13 +484,14 @@ def run_guest(command: str, args: argparse.Namespace, *,
                 f"QEMU exit {proc.returncode if proc else None}, status {status}")
             if status != 0 and not echo:
                 log("last console lines:\n  " + "\n  ".join(console.tail))
-        if after is not None:
+        reached_init = console is not None and console.booted_at is not None
+        if after is not None and (reached_init or last or status != EXIT_VM_FAILED):
             after(share)
         if args.keep:
             log(f"kept {tmpdir}")
         else:
             shutil.rmtree(tmpdir, ignore_errors=True)
-    return status
+    return status, reached_init
 
 
 # --------------------------------------------------------------------------
