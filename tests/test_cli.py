@@ -285,7 +285,7 @@ def test_topology_dump_round_trips(capsys: pytest.CaptureFixture[str], tmp_path:
         {bdf: d.driver for bdf, d in System("default").devices.items()}
     code, out, _ = run(capsys, "status", "--fake", str(path))
     assert code == cli.EXIT_OK and "System: FAKE system 'captured'" in out
-    assert "Captured by `pyvfio topology dump`: 6 PCI devices" in out
+    assert "Captured by `pyvfio topology dump` (Linux 7.3.0-fake): 6 PCI devices" in out
 
 
 def test_the_guest_topology_replays_through_the_command(capsys: pytest.CaptureFixture[str]) -> None:

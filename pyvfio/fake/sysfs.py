@@ -18,8 +18,29 @@ Reads return the text with trailing newlines stripped (like
 (``config``) are decoded as ASCII with replacement, as the kernel backend
 does.  :meth:`Sysfs.read_bytes` gives the raw bytes.
 
-Not simulated: writes to ``config`` (read-only here), SR-IOV attributes,
-``remove``/``rescan``, uevents.
+Besides the PCI devices, drivers, IOMMU groups and modules, the tree has
+the classes VFIO registers: ``/sys/class/vfio/<N>`` for each live vfio group
+(``/sys/devices/virtual/vfio/<N>``, drivers/vfio/group.c), ``/sys/class/vfio-dev/vfioN``
+for each vfio device (below its PCI device, drivers/vfio/vfio_main.c) and the
+misc devices ``vfio`` (the container) and ``iommu`` (iommufd).  SR-IOV PFs
+have ``sriov_totalvfs``, ``sriov_numvfs`` and ``virtfnN`` links, their VFs a
+``physfn`` link (drivers/pci/iov.c).  ``reset_method`` lists the methods
+that work for the device where it sits (drivers/pci/pci.c,
+pci_init_reset_methods): ``flr`` with FLR in the Express capability,
+``af_flr`` with an Advanced Features capability offering it, ``pm`` with a
+PM capability without No_Soft_Reset, ``bus``/``cxl_bus`` only for a function
+alone below a bridge (never on a root bus).  Devices without a model are
+taken at their topology's word for the capabilities.
+
+A few host files outside /sys that describe the kernel build are served
+too, from the topology's ``kernel`` section (:attr:`Sysfs.kernel`):
+``/proc/sys/kernel/osrelease``, ``/proc/devices`` (with the ``vfio`` and
+``vfio-dev`` regions while vfio is loaded), ``/boot/config-<release>`` and
+``/lib/modules/<release>/modules.builtin`` and ``modules.dep``.
+
+Not simulated: writes to ``config`` (read-only here), changing the number
+of VFs (``sriov_numvfs`` answers as for a PF driver without
+``sriov_configure``), ``remove``/``rescan``, uevents.
 """
 
 from __future__ import annotations
@@ -28,8 +49,9 @@ import errno
 import os
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Union
+from typing import TYPE_CHECKING, Any, Callable, Union
 
+from . import topology as _topology
 from .core import errno_error
 from .system import PCI_ANY_ID, PciId
 
@@ -41,6 +63,35 @@ __all__ = ["Sysfs"]
 PAGE_SIZE = 4096
 #: Major number shown for vfio device cdevs (dynamically allocated on Linux).
 VFIO_CDEV_MAJOR = 237
+#: Major number shown for vfio group nodes (dynamically allocated on Linux).
+VFIO_GROUP_MAJOR = 238
+#: The misc character device major and the minors of /dev/vfio/vfio
+#: (VFIO_MINOR) and /dev/iommu (dynamic on Linux).
+MISC_MAJOR, VFIO_MINOR, IOMMUFD_MINOR = 10, 196, 122
+
+#: Where the kernel installs the module of each option (modules.builtin and
+#: modules.dep list these paths).
+_MODULE_FILES = {
+    "CONFIG_VFIO": "kernel/drivers/vfio/vfio.ko",
+    "CONFIG_VFIO_IOMMU_TYPE1": "kernel/drivers/vfio/vfio_iommu_type1.ko",
+    "CONFIG_VFIO_PCI_CORE": "kernel/drivers/vfio/pci/vfio-pci-core.ko",
+    "CONFIG_VFIO_PCI": "kernel/drivers/vfio/pci/vfio-pci.ko",
+    "CONFIG_IOMMUFD": "kernel/drivers/iommu/iommufd/iommufd.ko",
+    "CONFIG_PCI_STUB": "kernel/drivers/pci/pci-stub.ko",
+}
+#: What each module needs loaded first (modules.dep).
+_MODULE_DEPS = {
+    "CONFIG_VFIO_IOMMU_TYPE1": ("CONFIG_VFIO",),
+    "CONFIG_VFIO_PCI_CORE": ("CONFIG_VFIO", "CONFIG_IOMMUFD"),
+    "CONFIG_VFIO_PCI": ("CONFIG_VFIO_PCI_CORE", "CONFIG_VFIO", "CONFIG_IOMMUFD"),
+    "CONFIG_VFIO": ("CONFIG_IOMMUFD",),
+}
+
+# Config space registers the reset-method probes read (include/uapi/linux/pci_regs.h)
+_PCI_STATUS, _PCI_STATUS_CAP_LIST, _PCI_CAPABILITY_LIST = 0x06, 0x10, 0x34
+_PCI_CAP_ID_AF = 0x13
+_PCI_AF_CAP, _PCI_AF_CAP_TP, _PCI_AF_CAP_FLR = 3, 0x01, 0x02
+_PCI_PM_CTRL, _PCI_PM_CTRL_NO_SOFT_RESET = 4, 0x0008
 
 _RESET_METHODS = ("device_specific", "acpi", "flr", "af_flr", "pm", "bus", "cxl_bus")
 
@@ -142,6 +193,12 @@ class Sysfs:
         self.vfio_pci_params = {"nointxmask": False, "disable_idle_d3": False,
                                 "enable_sriov": False, "disable_denylist": False}
         self.iommufd_params = {"allow_unsafe_interrupts": False}
+        declared = getattr(system, "kernel", None)
+        #: The kernel build (a topology's normalised ``kernel`` section:
+        #: ``release``, ``config`` or None, ``modules_dir``); assign a
+        #: topology's section to describe another build.
+        self.kernel: dict[str, Any] = (
+            declared if isinstance(declared, dict) else _topology.normalize_kernel(None))
 
     # -- public API ---------------------------------------------------------------
     def read(self, path: str) -> str:
@@ -149,6 +206,11 @@ class Sysfs:
         return self.read_bytes(path).decode("ascii", errors="replace").rstrip("\n")
 
     def read_bytes(self, path: str) -> bytes:
+        host = self._host_path(path)
+        if host is not None:
+            if isinstance(host, dict):
+                raise errno_error(errno.EISDIR, path)
+            return host
         node = self._resolve(path, follow=True)
         if isinstance(node, _Dir):
             raise errno_error(errno.EISDIR, path)
@@ -172,6 +234,11 @@ class Sysfs:
         node.store(value)
 
     def listdir(self, path: str) -> list[str]:
+        host = self._host_path(path)
+        if host is not None:
+            if not isinstance(host, dict):
+                raise errno_error(errno.ENOTDIR, path)
+            return sorted(host)
         node = self._resolve(path, follow=True)
         if not isinstance(node, _Dir):
             raise errno_error(errno.ENOTDIR, path)
@@ -185,6 +252,8 @@ class Sysfs:
 
     def exists(self, path: str) -> bool:
         try:
+            if self._host_path(path) is not None:
+                return True
             self._resolve(path, follow=True)
         except OSError:
             return False
@@ -195,6 +264,73 @@ class Sysfs:
             return isinstance(self._resolve(path, follow=True), _Dir)
         except OSError:
             return False
+
+    # -- host files outside /sys -----------------------------------------------------
+    def _host_path(self, path: str) -> bytes | dict[str, object] | None:
+        """The contents of a host file (bytes) or folder (a dict of its
+        names) outside /sys; None for paths under /sys.  ENOENT for other
+        paths outside /sys."""
+        if not path.startswith("/") or path.split("/")[1:2] == ["sys"]:
+            return None
+        parts = [p for p in path.split("/") if p and p != "."]
+        node: bytes | dict[str, object] = self._host_tree()
+        for name in parts:
+            if not isinstance(node, dict):
+                raise errno_error(errno.ENOTDIR, path)
+            child = node.get(name)
+            if child is None:
+                raise errno_error(errno.ENOENT, path)
+            assert isinstance(child, (bytes, dict))
+            node = child
+        return node
+
+    def _host_tree(self) -> dict[str, object]:
+        kernel = self.kernel
+        release = str(kernel["release"])
+        config: dict[str, str] | None = kernel.get("config")
+        tree: dict[str, object] = {
+            "proc": {"sys": {"kernel": {"osrelease": f"{release}\n".encode()}},
+                     "devices": self._proc_devices()},
+        }
+        if config is not None:
+            tree["boot"] = {f"config-{release}": self._config_text(release, config)}
+            if kernel.get("modules_dir", True):
+                builtin = [_MODULE_FILES[o] for o, v in config.items()
+                           if o in _MODULE_FILES and v == "y"]
+                loadable = [o for o, v in config.items() if o in _MODULE_FILES and v == "m"]
+                dep = []
+                for option in loadable:
+                    deps = [_MODULE_FILES[d] for d in _MODULE_DEPS.get(option, ())
+                            if config.get(d) == "m"]
+                    dep.append(f"{_MODULE_FILES[option]}: {' '.join(deps)}".rstrip() + "\n")
+                tree["lib"] = {"modules": {release: {
+                    "modules.builtin": "".join(f"{m}\n" for m in builtin).encode(),
+                    "modules.dep": "".join(dep).encode(),
+                }}}
+        return tree
+
+    def _proc_devices(self) -> bytes:
+        """/proc/devices: the character and block device regions."""
+        chars = [(1, "mem"), (4, "tty"), (5, "/dev/tty"), (10, "misc")]
+        if self.system.modules["vfio"]:
+            # vfio_cdev_init, vfio_group_init: dynamic regions
+            chars += [(VFIO_CDEV_MAJOR, "vfio-dev"), (VFIO_GROUP_MAJOR, "vfio")]
+        lines = ["Character devices:"] + [f"{major:3d} {name}" for major, name in chars]
+        lines += ["", "Block devices:", "259 blkext"]
+        return ("\n".join(lines) + "\n").encode()
+
+    @staticmethod
+    def _config_text(release: str, config: dict[str, str]) -> bytes:
+        lines = ["#", "# Automatically generated file; DO NOT EDIT.",
+                 f"# Linux/x86 {release} Kernel Configuration", "#"]
+        for name, value in config.items():
+            if value == "n":
+                lines.append(f"# {name} is not set")
+            elif value in ("y", "m") or re.fullmatch(r"-?[0-9]+|0x[0-9a-fA-F]+", value):
+                lines.append(f"{name}={value}")
+            else:
+                lines.append(f'{name}="{value}"')
+        return ("\n".join(lines) + "\n").encode()
 
     # -- path resolution -------------------------------------------------------------
     def _resolve(self, path: str, follow: bool) -> _Node:
@@ -244,7 +380,7 @@ class Sysfs:
             "bus": _Dir(lambda: {"pci": _Dir(self._bus_pci)}),
             "devices": _Dir(self._devices_root),
             "kernel": _Dir(lambda: {"iommu_groups": _Dir(self._iommu_groups)}),
-            "class": _Dir(lambda: {"iommu": _Dir(self._class_iommu)}),
+            "class": _Dir(self._classes),
             "module": _Dir(self._modules),
         }
 
@@ -308,7 +444,41 @@ class Sysfs:
         iommu = self.system.iommu
         if iommu is not None:
             out["iommu"] = _Dir(lambda: {iommu.name: _Dir(self._iommu_dev_dir)})
+        if self._vfio_group_devs():  # the class's folder appears with its first device
+            out["vfio"] = _Dir(self._virtual_vfio)
+        misc = self._misc_devices()
+        if misc:
+            out["misc"] = _Dir(lambda: {
+                name: self._class_device("/sys/devices/virtual/misc", name, "misc", dev)
+                for name, dev in self._misc_devices().items()})
         return out
+
+    def _class_device(self, parent: str, name: str, cls: str, dev: str) -> _Dir:
+        """A class device's folder: its device number and subsystem link."""
+        nodes: dict[str, _Node] = {
+            "dev": _Attr(show=_text(f"{dev}\n")),
+            "subsystem": _Link(self._rel(f"{parent}/{name}", f"/sys/class/{cls}")),
+        }
+        return _Dir(lambda: nodes)
+
+    def _misc_devices(self) -> dict[str, str]:
+        """Misc character devices: name -> "major:minor"."""
+        out = {}
+        if self.system.modules["vfio"]:
+            out["vfio"] = f"{MISC_MAJOR}:{VFIO_MINOR}"
+        if self.system.path_exists("/dev/iommu"):
+            out["iommu"] = f"{MISC_MAJOR}:{IOMMUFD_MINOR}"
+        return out
+
+    def _vfio_group_devs(self) -> dict[str, str]:
+        """Live vfio groups: node name -> "major:minor"."""
+        groups = sorted(self.system.vfio_groups(), key=lambda g: g.id)
+        return {g.name: f"{VFIO_GROUP_MAJOR}:{i}" for i, g in enumerate(groups)}
+
+    def _virtual_vfio(self) -> dict[str, _Node]:
+        # vfio_group_alloc: class "vfio", no parent, named N or noiommu-N
+        return {name: self._class_device("/sys/devices/virtual/vfio", name, "vfio", dev)
+                for name, dev in self._vfio_group_devs().items()}
 
     def _iommu_dev_dir(self) -> dict[str, _Node]:
         iommu = self.system.iommu
@@ -343,7 +513,7 @@ class Sysfs:
                 store=lambda v: self._driver_override_store(pdev, v)),
             "subsystem": _Link(self._rel(base, "/sys/bus/pci")),
         }
-        if pdev.supported_reset_methods:
+        if self._supported_reset_methods(pdev):
             # pci_dev_reset_attr_is_visible / reset_method: only with a reset method
             out["reset_method"] = _Attr(show=lambda: self._reset_method_show(pdev),
                                         store=lambda v: self._reset_method_store(pdev, v))
@@ -360,7 +530,9 @@ class Sysfs:
             index = pdev.vfio_index
             out["vfio-dev"] = _Dir(lambda: {cdev: _Dir(lambda: {
                 "dev": _Attr(show=_text(f"{VFIO_CDEV_MAJOR}:{index}\n")),
+                "subsystem": _Link(self._rel(f"{base}/vfio-dev/{cdev}", "/sys/class/vfio-dev")),
             })})
+        out.update(self._sriov_nodes(pdev))
         if pdev.bridge is not None:
             sec = pdev.bridge["secondary_bus"]
             sub = max([sec] + [c.bus for c in self._descendants(pdev)])
@@ -400,6 +572,70 @@ class Sysfs:
         if group.name is not None:
             out["name"] = _Attr(show=lambda: f"{group.name}\n".encode())
         return out
+
+    # /sys/class
+    def _classes(self) -> dict[str, _Node]:
+        out: dict[str, _Node] = {"iommu": _Dir(self._class_iommu)}
+        if self.system.modules["vfio"]:
+            # vfio_group_init / vfio_init register both classes with the module
+            out["vfio"] = _Dir(lambda: {
+                name: _Link(self._rel("/sys/class/vfio", f"/sys/devices/virtual/vfio/{name}"))
+                for name in self._vfio_group_devs()})
+            out["vfio-dev"] = _Dir(self._class_vfio_dev)
+        if self._misc_devices():
+            out["misc"] = _Dir(lambda: {
+                name: _Link(self._rel("/sys/class/misc", f"/sys/devices/virtual/misc/{name}"))
+                for name in self._misc_devices()})
+        return out
+
+    def _class_vfio_dev(self) -> dict[str, _Node]:
+        # the vfio_device's parent is the PCI device: .../<bdf>/vfio-dev/vfioN
+        out: dict[str, _Node] = {}
+        for pdev in self.system.devices.values():
+            name = pdev.vfio_cdev_name
+            if name is not None:
+                out[name] = _Link(self._rel("/sys/class/vfio-dev",
+                                            f"{pdev.sysfs_path}/vfio-dev/{name}"))
+        return out
+
+    # SR-IOV (drivers/pci/iov.c)
+    def _vfs(self, pf: PciDevice) -> list[PciDevice]:
+        """The enabled VFs of ``pf``, in routing-ID order (virtfn0 first)."""
+        return sorted((d for d in self.system.devices.values() if d.spec.get("physfn") == pf.bdf),
+                      key=lambda d: d.bdf)
+
+    def _sriov_nodes(self, pdev: PciDevice) -> dict[str, _Node]:
+        out: dict[str, _Node] = {}
+        base = pdev.sysfs_path
+        physfn = pdev.spec.get("physfn")
+        if physfn is not None and physfn in self.system.devices:
+            out["physfn"] = _Link(self._rel(base, self.system.devices[physfn].sysfs_path))
+        total = pdev.spec.get("sriov_totalvfs")
+        if total is None:
+            return out
+        vfs = self._vfs(pdev)
+        out["sriov_totalvfs"] = _Attr(show=_text(f"{total}\n"))
+        out["sriov_numvfs"] = _Attr(show=lambda: f"{len(self._vfs(pdev))}\n".encode(),
+                                    store=lambda v: self._sriov_numvfs_store(pdev, v))
+        for i, vf in enumerate(vfs):
+            out[f"virtfn{i}"] = _Link(self._rel(base, vf.sysfs_path))
+        return out
+
+    def _sriov_numvfs_store(self, pdev: PciDevice, value: str) -> None:
+        # sriov_numvfs_store
+        try:
+            num = _parse_uint(value, 16)
+        except OSError:
+            raise errno_error(errno.EINVAL, f"{value!r} is not a number") from None
+        if num > int(pdev.spec.get("sriov_totalvfs", 0)):
+            raise errno_error(errno.ERANGE, f"{pdev.bdf} supports {pdev.spec['sriov_totalvfs']} VFs")
+        if num == len(self._vfs(pdev)):
+            return
+        if pdev.driver is None:
+            raise errno_error(errno.ENOENT, f"no driver bound to {pdev.bdf}: cannot configure SR-IOV")
+        # the fake's drivers have no sriov_configure callback
+        raise errno_error(errno.ENOENT, f"{pdev.driver} does not support SR-IOV configuration "
+                                        "through sysfs")
 
     # /sys/class/iommu
     def _class_iommu(self) -> dict[str, _Node]:
@@ -524,20 +760,81 @@ class Sysfs:
             raise errno_error(errno.EPERM, f"IOMMU group {group.id} is in use")
         group.default_domain_type = dtype
 
-    @staticmethod
-    def _reset_method_show(pdev: PciDevice) -> bytes:
-        if not pdev.reset_methods:
-            return b""
-        return (" ".join(pdev.reset_methods) + "\n").encode()
+    # -- reset methods (drivers/pci/pci.c) ------------------------------------------------
+    def _supported_reset_methods(self, pdev: PciDevice) -> list[str]:
+        """pci_init_reset_methods: the device's methods that can work for
+        it, where it sits.  A model's capabilities decide ``flr``, ``af_flr``
+        and ``pm``; the position decides ``bus`` and ``cxl_bus``."""
+        model = pdev.model
+        out = []
+        for method in pdev.supported_reset_methods:
+            if method == "flr" and model is not None and not getattr(model, "has_flr", False):
+                continue  # pcie_reset_flr: FLR in the Express Device Capabilities
+            if method == "af_flr" and model is not None and not self._af_flr(pdev):
+                continue  # pci_af_flr: an AF capability with TP and FLR
+            if method == "pm" and model is not None and not self._pm_reset(pdev):
+                continue  # pci_pm_reset: a PM capability without No_Soft_Reset
+            if method in ("bus", "cxl_bus") and not self._bus_reset_possible(pdev):
+                continue  # pci_parent_bus_reset: never on a root bus
+            out.append(method)
+        return out
 
     @staticmethod
-    def _reset_method_store(pdev: PciDevice, value: str) -> None:
+    def _bus_reset_possible(pdev: PciDevice) -> bool:
+        """A secondary bus reset resets only this function: it sits below a
+        bridge, has no other function on its bus and no bus of its own."""
+        parent = pdev.parent
+        if parent is None or pdev.children or pdev.bridge is not None:
+            return False
+        return all(d is pdev for d in parent.children)
+
+    @staticmethod
+    def _capabilities(cfg: bytes) -> dict[int, int]:
+        """Standard capability ID -> offset (the first of each)."""
+        caps: dict[int, int] = {}
+        if len(cfg) < 0x40 or not cfg[_PCI_STATUS] & _PCI_STATUS_CAP_LIST:
+            return caps
+        pos, seen = cfg[_PCI_CAPABILITY_LIST] & 0xFC, 0
+        while 0x40 <= pos <= len(cfg) - 2 and seen < 48:
+            caps.setdefault(cfg[pos], pos)
+            pos, seen = cfg[pos + 1] & 0xFC, seen + 1
+        return caps
+
+    def _af_flr(self, pdev: PciDevice) -> bool:
+        cfg = pdev.config_bytes()
+        pos = self._capabilities(cfg).get(_PCI_CAP_ID_AF)
+        if pos is None or pos + _PCI_AF_CAP >= len(cfg):
+            return False
+        want = _PCI_AF_CAP_TP | _PCI_AF_CAP_FLR
+        return cfg[pos + _PCI_AF_CAP] & want == want
+
+    @staticmethod
+    def _pm_reset(pdev: PciDevice) -> bool:
+        model = pdev.model
+        pm = getattr(model, "pm_offset", None)
+        if pm is None:
+            return False
+        ctrl = int.from_bytes(pdev.config_bytes()[pm + _PCI_PM_CTRL:pm + _PCI_PM_CTRL + 2], "little")
+        return not ctrl & _PCI_PM_CTRL_NO_SOFT_RESET
+
+    def _enabled_reset_methods(self, pdev: PciDevice) -> list[str]:
+        supported = self._supported_reset_methods(pdev)
+        return [m for m in pdev.reset_methods if m in supported]
+
+    def _reset_method_show(self, pdev: PciDevice) -> bytes:
+        methods = self._enabled_reset_methods(pdev)
+        if not methods:
+            return b""
+        return (" ".join(methods) + "\n").encode()
+
+    def _reset_method_store(self, pdev: PciDevice, value: str) -> None:
         # reset_method_store
+        supported = self._supported_reset_methods(pdev)
         if _streq(value, ""):
             pdev.reset_methods = []
             return
         if _streq(value, "default"):
-            pdev.reset_methods = list(pdev.supported_reset_methods)
+            pdev.reset_methods = supported
             return
         methods: list[str] = []
         for name in value.split(" "):
@@ -546,20 +843,19 @@ class Sysfs:
             name = name.strip()
             if name not in _RESET_METHODS:
                 raise errno_error(errno.EINVAL, f"invalid reset method {name!r}")
-            if name not in pdev.supported_reset_methods:
+            if name not in supported:
                 raise errno_error(errno.EINVAL, f"unsupported reset method {name!r}")
             if len(methods) == len(_RESET_METHODS) - 1:
                 raise errno_error(errno.EINVAL, "too many reset methods")
             methods.append(name)
         pdev.reset_methods = methods
 
-    @staticmethod
-    def _reset_store(pdev: PciDevice, value: str) -> None:
+    def _reset_store(self, pdev: PciDevice, value: str) -> None:
         # reset_store: kstrtoul, then pci_reset_function for a non-zero value
         val = _parse_uint(value, 64)
         if val != 1:
             raise errno_error(errno.EINVAL, "write 1 to reset")
-        if not pdev.reset_methods:
+        if not self._enabled_reset_methods(pdev):
             raise errno_error(errno.ENOTTY, "no reset method enabled")
         reset = getattr(pdev.model, "reset", None)
         if callable(reset):

@@ -27,6 +27,11 @@ Schema (all keys but ``devices`` are optional)::
         "cache_coherency": true, "enforce_cache_coherency": true,
         "interrupt_remapping": true, "default_domain": "DMA-FQ"
       },
+      "kernel": {                         # the kernel build doctor reads
+        "release": "7.3.0-fake",          # /proc/sys/kernel/osrelease
+        "config": {"CONFIG_IOMMUFD": "n"},  # over the default VFIO config; null: no config file
+        "modules_dir": true               # /lib/modules/<release>/modules.{builtin,dep}
+      },
       "devices": [
         {"bdf": "0000:00:02.0", "model": "edu", "driver": null, ...},
         ...
@@ -44,6 +49,24 @@ Device entries carry the keys shared with the device models
 model untouched); plus, for the system only, ``bridge`` (``{"secondary_bus":
 N, "conventional": bool}``) for PCI bridges and ``reserved_regions`` (extra
 per-device IOMMU reserved regions, like an RMRR).
+
+SR-IOV: a physical function has ``sriov_totalvfs`` (how many VFs it
+supports) and optionally ``sriov_numvfs`` (how many are enabled: the number
+of entries naming it, filled in when absent); each enabled virtual
+function is a device entry with ``physfn`` (its PF's address).  The VFs of
+a PF are ``virtfn0``, ``virtfn1``... in address order.
+
+``kernel`` describes the kernel build as ``/boot/config-<release>`` and
+``/lib/modules/<release>`` show it.  ``config`` is merged over
+:data:`DEFAULT_KERNEL_CONFIG` (a Debian-like build with VFIO, vfio-pci,
+type1, iommufd and pci-stub as modules); a value is ``"y"``, ``"m"``, a
+string or number, or ``"n"``/null for "is not set" (the ``CONFIG_VFIO_*``
+options are unset with an unset ``CONFIG_VFIO``).
+``"config": null`` gives a machine whose config cannot be read.  A module
+whose option is unset cannot be loaded (``modules`` defaults to false for
+it), and a built-in (``"y"``) one is always loaded.  The fake always gives
+vfio devices cdevs and the group interface, so with VFIO built those
+options stay on.
 
 Without ``groups`` every device is alone in its group, except that the
 devices behind a conventional PCI bridge (a PCIe-to-PCI bridge) share the
@@ -68,6 +91,10 @@ __all__ = [
     "RESERVED_REGION_TYPES",
     "DEFAULT_IOMMU",
     "KNOWN_MODELS",
+    "DEFAULT_KERNEL_CONFIG",
+    "DEFAULT_KERNEL_RELEASE",
+    "MODULE_OPTIONS",
+    "normalize_kernel",
 ]
 
 TOPOLOGY_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "topologies")
@@ -103,6 +130,37 @@ DEFAULT_MODULES = {
 
 DEFAULT_TYPE1 = {"dma_entry_limit": 65535, "allow_unsafe_interrupts": False}
 
+#: ``/proc/sys/kernel/osrelease`` of a fake machine.
+DEFAULT_KERNEL_RELEASE = "7.3.0-fake"
+
+#: The kernel configuration of a fake machine (the VFIO-related options;
+#: an option not listed is not set).
+DEFAULT_KERNEL_CONFIG: dict[str, str] = {
+    "CONFIG_PCI_IOV": "y",
+    "CONFIG_PCI_STUB": "m",
+    "CONFIG_IOMMU_SUPPORT": "y",
+    "CONFIG_IOMMUFD": "m",
+    "CONFIG_VFIO": "m",
+    "CONFIG_VFIO_DEVICE_CDEV": "y",
+    "CONFIG_VFIO_GROUP": "y",
+    "CONFIG_VFIO_CONTAINER": "y",
+    "CONFIG_VFIO_IOMMU_TYPE1": "m",
+    "CONFIG_VFIO_NOIOMMU": "y",
+    "CONFIG_VFIO_VIRQFD": "y",
+    "CONFIG_VFIO_PCI_CORE": "m",
+    "CONFIG_VFIO_PCI_INTX": "y",
+    "CONFIG_VFIO_PCI": "m",
+}
+
+#: The module of each entry of ``modules`` and its kernel option.
+MODULE_OPTIONS = {
+    "vfio": "CONFIG_VFIO",
+    "vfio_pci": "CONFIG_VFIO_PCI",
+    "vfio_iommu_type1": "CONFIG_VFIO_IOMMU_TYPE1",
+    "iommufd": "CONFIG_IOMMUFD",
+    "pci_stub": "CONFIG_PCI_STUB",
+}
+
 #: IDs of QEMU's devices the shipped models implement, used when no device
 #: model is available to report them.  ``class`` is the 24-bit class code.
 KNOWN_MODELS: dict[str, dict[str, int]] = {
@@ -123,13 +181,13 @@ KNOWN_MODELS: dict[str, dict[str, int]] = {
 _DEVICE_KEYS = {
     "bdf", "model", "vendor", "device", "class", "subsystem_vendor", "subsystem_device",
     "revision", "bars", "driver", "default_driver", "numa_node", "reset_methods",
-    "bridge", "reserved_regions", "pcie",
+    "bridge", "reserved_regions", "pcie", "physfn", "sriov_totalvfs", "sriov_numvfs",
 }
 # Keys that models may define for themselves: passed through untouched.
 _MODEL_PARAM_PREFIX = "model_"
 _TOP_KEYS = {
     "name", "memlock_limit", "numa_nodes", "noiommu", "modules", "type1", "iommu",
-    "devices", "groups", "description",
+    "devices", "groups", "description", "kernel",
 }
 _RESET_METHODS = ("device_specific", "acpi", "flr", "af_flr", "pm", "bus", "cxl_bus")
 _BAR_TYPES = ("mem32", "mem64", "io")
@@ -394,7 +452,109 @@ def _device(raw: object, i: int, numa_nodes: int) -> dict[str, Any]:
         dev["pcie"] = _bool(raw["pcie"], f"{where}.pcie")
     if "reserved_regions" in raw:
         dev["reserved_regions"] = _regions(raw["reserved_regions"], f"{where}.reserved_regions")
+    if raw.get("physfn") is not None:
+        dev["physfn"] = normalize_bdf(raw["physfn"], f"{where}.physfn")
+    else:
+        dev.pop("physfn", None)
+    for key in ("sriov_totalvfs", "sriov_numvfs"):
+        if raw.get(key) is not None:
+            dev[key] = _int(raw[key], f"{where}.{key}", 0, 0xFFFF)
+        else:
+            dev.pop(key, None)
+    if "sriov_numvfs" in dev and "sriov_totalvfs" not in dev:
+        raise TopologyError(f"{where}.sriov_numvfs: only an SR-IOV PF (sriov_totalvfs) has VFs")
     return dev
+
+
+def _sriov(devices: list[dict[str, Any]]) -> None:
+    """Check the PF/VF links and fill in each PF's ``sriov_numvfs``."""
+    by_bdf = {d["bdf"]: d for d in devices}
+    vfs: dict[str, list[str]] = {}
+    for d in devices:
+        pf = d.get("physfn")
+        if pf is None:
+            continue
+        where = f"device {d['bdf']}.physfn"
+        if pf == d["bdf"]:
+            raise TopologyError(f"{where}: a VF is not its own PF")
+        if pf not in by_bdf:
+            raise TopologyError(f"{where}: no device {pf} in the topology")
+        if "sriov_totalvfs" not in by_bdf[pf]:
+            raise TopologyError(f"{where}: {pf} is not an SR-IOV PF (it has no sriov_totalvfs)")
+        if "sriov_totalvfs" in d:
+            raise TopologyError(f"device {d['bdf']}: a VF cannot be an SR-IOV PF itself")
+        if pf[:4] != d["bdf"][:4]:
+            raise TopologyError(f"{where}: a VF is in the PCI domain of its PF ({pf[:4]})")
+        vfs.setdefault(pf, []).append(d["bdf"])
+    for d in devices:
+        if "sriov_totalvfs" not in d:
+            continue
+        mine = vfs.get(d["bdf"], [])
+        where = f"device {d['bdf']}"
+        if len(mine) > d["sriov_totalvfs"]:
+            raise TopologyError(f"{where}: {len(mine)} VFs name it as physfn, but sriov_totalvfs "
+                                f"is {d['sriov_totalvfs']}")
+        if d.get("sriov_numvfs", len(mine)) != len(mine):
+            raise TopologyError(f"{where}.sriov_numvfs: {d['sriov_numvfs']}, but {len(mine)} "
+                                "device(s) name it as physfn (list every enabled VF)")
+        d["sriov_numvfs"] = len(mine)
+
+
+_OPTION = re.compile(r"^CONFIG_[A-Z0-9_]+$")
+# Options that need CONFIG_VFIO and are unset without it.
+_VFIO_OPTION = re.compile(r"^CONFIG_VFIO_")
+# The fake always has these while VFIO is built: it gives every vfio device
+# a cdev and every group a /dev/vfio/N.
+_ALWAYS_WITH_VFIO = ("CONFIG_VFIO_DEVICE_CDEV", "CONFIG_VFIO_GROUP")
+
+
+def normalize_kernel(raw: object) -> dict[str, Any]:
+    """The normalised ``kernel`` section: release, the full config (unset
+    options as "n") or None, modules_dir."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise TopologyError("kernel: an object with release, config, modules_dir")
+    _unknown(raw, {"release", "config", "modules_dir"}, "kernel")
+    release = raw.get("release", DEFAULT_KERNEL_RELEASE)
+    if not isinstance(release, str) or not re.fullmatch(r"[A-Za-z0-9._+~-]+", release):
+        raise TopologyError(f"kernel.release: {release!r} is not a kernel release (like 7.3.0)")
+    out: dict[str, Any] = {"release": release,
+                           "modules_dir": _bool(raw.get("modules_dir", True), "kernel.modules_dir")}
+    if "config" in raw and raw["config"] is None:
+        out["config"] = None
+        return out
+    declared = raw.get("config", {})
+    if not isinstance(declared, dict):
+        raise TopologyError("kernel.config: an object of CONFIG_NAME -> value, or null")
+    config: dict[str, str] = dict(DEFAULT_KERNEL_CONFIG)
+    for name, value in declared.items():
+        where = f"kernel.config.{name}"
+        if not isinstance(name, str) or not _OPTION.match(name):
+            raise TopologyError(f"{where}: option names are CONFIG_ and capitals")
+        if value is None or value is False:
+            value = "n"
+        elif value is True:
+            value = "y"
+        elif isinstance(value, int):
+            value = str(value)
+        if not isinstance(value, str) or "\n" in value:
+            raise TopologyError(f"{where}: {value!r} is not y, m, n or a value")
+        config[name] = value
+    if config.get("CONFIG_VFIO", "n") == "n":
+        for name in config:
+            if _VFIO_OPTION.match(name):
+                config[name] = "n"
+    if config.get("CONFIG_VFIO", "n") != "n":
+        for name in _ALWAYS_WITH_VFIO:
+            if config.get(name, "n") != "y":
+                raise TopologyError(f"kernel.config.{name}: the fake simulates a kernel that "
+                                    "has it while CONFIG_VFIO is set")
+    for module, option in MODULE_OPTIONS.items():
+        if config.get(option, "n") not in ("y", "m", "n"):
+            raise TopologyError(f"kernel.config.{option}: y, m or n (the {module} module)")
+    out["config"] = config
+    return out
 
 
 def _parents(devices: list[dict[str, Any]]) -> dict[str, str | None]:
@@ -507,6 +667,9 @@ def _validate(raw: dict[str, Any]) -> dict[str, Any]:
     topo["memlock_limit"] = _int(raw.get("memlock_limit", 64 << 20), "memlock_limit", -1)
     topo["numa_nodes"] = _int(raw.get("numa_nodes", 1), "numa_nodes", 1, 1024)
     topo["noiommu"] = _bool(raw.get("noiommu", False), "noiommu")
+    kernel = normalize_kernel(raw.get("kernel"))
+    topo["kernel"] = kernel
+    config = kernel["config"]
     modules = dict(DEFAULT_MODULES)
     mods = raw.get("modules", {})
     if not isinstance(mods, dict):
@@ -514,6 +677,17 @@ def _validate(raw: dict[str, Any]) -> dict[str, Any]:
     _unknown(mods, set(DEFAULT_MODULES), "modules")
     for k, v in mods.items():
         modules[k] = _bool(v, f"modules.{k}")
+    if config is not None:
+        for k, option in MODULE_OPTIONS.items():
+            state = config.get(option, "n")
+            if state == "n" and modules[k]:
+                if k in mods:
+                    raise TopologyError(f"modules.{k}: loaded, but the kernel is built without "
+                                        f"{option} (kernel.config)")
+                modules[k] = False
+            elif state == "y" and not modules[k]:
+                raise TopologyError(f"modules.{k}: not loaded, but {option}=y builds it into "
+                                    "the kernel")
     if not modules["vfio"] and (modules["vfio_pci"] or modules["vfio_iommu_type1"]):
         if "vfio_pci" in mods or "vfio_iommu_type1" in mods:
             raise TopologyError("modules: vfio_pci and vfio_iommu_type1 need the vfio module")
@@ -544,6 +718,7 @@ def _validate(raw: dict[str, Any]) -> dict[str, Any]:
             raise TopologyError(f"devices: {d['bdf']} is listed twice")
         seen.add(d["bdf"])
     parents = _parents(devices)
+    _sriov(devices)
     for d in devices:
         if d["driver"] == "vfio-pci" and not modules["vfio_pci"]:
             raise TopologyError(f"device {d['bdf']}: vfio-pci is not loaded (modules.vfio_pci)")

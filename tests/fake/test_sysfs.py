@@ -206,10 +206,153 @@ def test_machine_without_iommu(make_system):
     assert b.sysfs_listdir("/sys/class/iommu") == []
     assert not b.exists(f"{DEV}/{EDU}/iommu_group")
     assert "virtual" in b.sysfs_listdir("/sys/devices")
-    assert b.sysfs_listdir("/sys/devices/virtual") == []
+    assert b.sysfs_listdir("/sys/devices/virtual") == ["misc"]  # no iommu, no vfio groups
 
 
 def test_drivers_autoprobe(b):
     assert b.sysfs_read("/sys/bus/pci/drivers_autoprobe") == "1"
     b.sysfs_write("/sys/bus/pci/drivers_autoprobe", "0")
     assert b.sysfs_read("/sys/bus/pci/drivers_autoprobe") == "0"
+
+
+def test_vfio_classes(b, v, system):
+    # drivers/vfio/group.c and vfio_main.c register "vfio" and "vfio-dev" with the module
+    assert {"iommu", "vfio", "vfio-dev", "misc"} <= set(b.sysfs_listdir("/sys/class"))
+    assert b.sysfs_listdir("/sys/class/vfio") == [] == b.sysfs_listdir("/sys/class/vfio-dev")
+    assert "vfio" not in b.sysfs_listdir("/sys/devices/virtual")
+    assert b.sysfs_listdir("/sys/class/misc") == ["iommu", "vfio"]
+    assert b.sysfs_read("/sys/class/misc/vfio/dev") == "10:196"
+    v.bind_vfio(EDU)
+    group = b.sysfs_basename_of_link(f"{DEV}/{EDU}/iommu_group")
+    assert b.sysfs_listdir("/sys/class/vfio") == [group]
+    assert b.sysfs_readlink(f"/sys/class/vfio/{group}") == f"../../devices/virtual/vfio/{group}"
+    assert b.sysfs_read(f"/sys/class/vfio/{group}/dev").startswith("238:")
+    assert b.sysfs_readlink(f"/sys/devices/virtual/vfio/{group}/subsystem") == "../../../../class/vfio"
+    assert b.sysfs_listdir("/sys/class/vfio-dev") == ["vfio0"]
+    assert b.sysfs_readlink("/sys/class/vfio-dev/vfio0") == \
+        f"../../devices/pci0000:00/{EDU}/vfio-dev/vfio0"
+    assert b.sysfs_read("/sys/class/vfio-dev/vfio0/dev") == \
+        b.sysfs_read(f"{DEV}/{EDU}/vfio-dev/vfio0/dev")
+    devices = b.sysfs_read("/proc/devices")
+    assert "237 vfio-dev" in devices and "238 vfio" in devices
+    b.sysfs_write(f"/sys/bus/pci/drivers/vfio-pci/unbind", EDU)
+    assert b.sysfs_listdir("/sys/class/vfio") == [] == b.sysfs_listdir("/sys/class/vfio-dev")
+
+
+def test_no_vfio_classes_without_the_module(make_system):
+    b = make_system("default", modules={"vfio": False, "vfio_pci": False,
+                                        "vfio_iommu_type1": False}).backend
+    assert "vfio" not in b.sysfs_listdir("/sys/class")
+    assert "vfio-dev" not in b.sysfs_listdir("/sys/class")
+    assert b.sysfs_listdir("/sys/class/misc") == ["iommu"]
+    assert "vfio" not in b.sysfs_read("/proc/devices")
+
+
+def test_kernel_files(b, system):
+    assert b.sysfs_read("/proc/sys/kernel/osrelease") == "7.3.0-fake"
+    config = b.sysfs_read("/boot/config-7.3.0-fake")
+    assert "CONFIG_VFIO=m" in config and "CONFIG_VFIO_DEVICE_CDEV=y" in config
+    assert "# CONFIG_IOMMUFD_VFIO_CONTAINER is not set" not in config  # unlisted: not set
+    assert b.sysfs_listdir("/lib/modules") == ["7.3.0-fake"]
+    assert b.sysfs_listdir("/lib/modules/7.3.0-fake") == ["modules.builtin", "modules.dep"]
+    assert "kernel/drivers/vfio/pci/vfio-pci.ko: " in b.sysfs_read(
+        "/lib/modules/7.3.0-fake/modules.dep")
+    assert b.sysfs_read("/lib/modules/7.3.0-fake/modules.builtin") == ""
+    with pytest.raises(OSError) as info:
+        b.sysfs_read("/proc/cmdline")
+    assert info.value.errno == errno.ENOENT
+    with pytest.raises(OSError) as info:
+        b.sysfs_read("/lib/modules")
+    assert info.value.errno == errno.EISDIR
+    system.sysfs.kernel = {"release": "6.1.0", "config": {"CONFIG_VFIO": "n"},
+                           "modules_dir": False}
+    assert b.sysfs_read("/boot/config-6.1.0").endswith("# CONFIG_VFIO is not set")
+    assert not system.sysfs.exists("/lib/modules")
+
+
+def test_reset_methods_follow_the_position(make_system):
+    # model-less devices are taken at their word for flr and pm; a bus
+    # reset needs a bridge above and no other function on the bus
+    devices = [
+        {"bdf": "00:02.0", "vendor": "0x1234", "device": "0x0001", "reset_methods": ["flr", "bus"]},
+        {"bdf": "00:1c.0", "model": "pcie-root-port", "bridge": {"secondary_bus": 1}},
+        {"bdf": "01:00.0", "vendor": "0x1234", "device": "0x0002", "reset_methods": ["pm", "bus"]},
+        {"bdf": "00:1d.0", "model": "pcie-root-port", "bridge": {"secondary_bus": 2},
+         "reset_methods": ["bus"]},
+        {"bdf": "02:00.0", "vendor": "0x1234", "device": "0x0003", "reset_methods": ["bus"]},
+        {"bdf": "02:00.1", "vendor": "0x1234", "device": "0x0003", "reset_methods": ["bus"]},
+    ]
+    b = make_system({"devices": devices}).backend
+
+    def methods(bdf: str) -> str | None:
+        path = f"{DEV}/{bdf}/reset_method"
+        return b.sysfs_read(path) if b.exists(path) else None
+
+    assert methods("0000:00:02.0") == "flr"  # root bus: no bus reset
+    assert methods("0000:01:00.0") == "pm bus"  # alone below its root port
+    assert methods("0000:00:1d.0") is None  # a bridge with a bus of its own, on the root bus
+    assert methods("0000:02:00.0") is None and methods("0000:02:00.1") is None  # two functions
+    e = lambda fn: pytest.raises(OSError, fn).value.errno  # noqa: E731
+    assert e(lambda: b.sysfs_write(f"{DEV}/0000:00:02.0/reset_method", "bus")) == errno.EINVAL
+    b.sysfs_write(f"{DEV}/0000:01:00.0/reset_method", "bus")
+    assert methods("0000:01:00.0") == "bus"
+    b.sysfs_write(f"{DEV}/0000:01:00.0/reset_method", "default")
+    assert methods("0000:01:00.0") == "pm bus"
+
+
+SRIOV = {"devices": [
+    {"bdf": "00:1c.0", "model": "pcie-root-port", "bridge": {"secondary_bus": 3}},
+    {"bdf": "03:00.0", "vendor": "0x8086", "device": "0x1572", "class": "0x020000",
+     "driver": "i40e", "sriov_totalvfs": 8},
+    {"bdf": "03:02.1", "vendor": "0x8086", "device": "0x154c", "class": "0x020000",
+     "driver": "iavf", "physfn": "03:00.0"},
+    {"bdf": "03:02.0", "vendor": "0x8086", "device": "0x154c", "class": "0x020000",
+     "physfn": "0000:03:00.0"},
+]}
+
+
+def test_sriov_links_and_attributes(make_system):
+    from pyvfio import sysfs
+
+    system = make_system(SRIOV)
+    b = system.backend
+    pf, vf0, vf1 = "0000:03:00.0", "0000:03:02.0", "0000:03:02.1"
+    assert b.sysfs_read(f"{DEV}/{pf}/sriov_totalvfs") == "8"
+    assert b.sysfs_read(f"{DEV}/{pf}/sriov_numvfs") == "2"
+    assert b.sysfs_readlink(f"{DEV}/{pf}/virtfn0") == f"../{vf0}"
+    assert b.sysfs_readlink(f"{DEV}/{pf}/virtfn1") == f"../{vf1}"
+    assert b.sysfs_readlink(f"{DEV}/{vf1}/physfn") == f"../{pf}"
+    assert not b.exists(f"{DEV}/{vf0}/sriov_totalvfs") and not b.exists(f"{DEV}/{pf}/physfn")
+    info = sysfs.pci_device(pf, b)
+    assert (info.sriov_totalvfs, info.sriov_numvfs, info.virtfns) == (8, 2, (vf0, vf1))
+    assert sysfs.pci_device(vf1, b).physfn == pf and sysfs.pci_device(vf1, b).is_vf
+    # sriov_numvfs_store: the same number is a no-op; the fake's drivers
+    # have no sriov_configure, so a change fails like theirs would
+    e = lambda fn: pytest.raises(OSError, fn).value.errno  # noqa: E731
+    b.sysfs_write(f"{DEV}/{pf}/sriov_numvfs", "2")
+    assert e(lambda: b.sysfs_write(f"{DEV}/{pf}/sriov_numvfs", "9")) == errno.ERANGE
+    assert e(lambda: b.sysfs_write(f"{DEV}/{pf}/sriov_numvfs", "x")) == errno.EINVAL
+    assert e(lambda: b.sysfs_write(f"{DEV}/{pf}/sriov_numvfs", "0")) == errno.ENOENT
+    # the system's own topology keeps the links
+    again = make_system(system.to_topology())
+    assert again.backend.sysfs_readlink(f"{DEV}/{vf0}/physfn") == f"../{pf}"
+
+
+def test_sriov_topology_errors():
+    from pyvfio.fake.topology import TopologyError, load
+
+    def bad(change, match):
+        topo = {"devices": [dict(d) for d in SRIOV["devices"]]}
+        change(topo["devices"])
+        with pytest.raises(TopologyError, match=match):
+            load(topo)
+
+    bad(lambda d: d[2].update(physfn="03:09.0"), "no device 0000:03:09.0")
+    bad(lambda d: d[2].update(physfn="00:1c.0"), "is not an SR-IOV PF")
+    bad(lambda d: d[1].update(sriov_totalvfs=1), "2 VFs name it")
+    bad(lambda d: d[1].update(sriov_numvfs=3), "sriov_numvfs: 3, but 2")
+    bad(lambda d: d[2].update(sriov_totalvfs=2), "cannot be an SR-IOV PF itself")
+    bad(lambda d: d[0].update(sriov_numvfs=1), "only an SR-IOV PF")
+    topo = load(SRIOV)
+    assert [d.get("sriov_numvfs") for d in topo["devices"]] == [None, 2, None, None]
+    assert topo["devices"][2]["physfn"] == "0000:03:00.0"
