@@ -89,6 +89,7 @@ class _Context:
             try:
                 topology = load(args.fake)
                 system = System(topology)
+                system.sysfs.kernel = topology["kernel"]
             except TopologyError as e:
                 raise _UsageError(f"--fake {args.fake}: {e}") from None
             self.backend = system.backend
@@ -340,7 +341,7 @@ def cmd_doctor(args: argparse.Namespace, backend: Backend | None) -> int:
         rows: list[list[str]] = []
         for c in checks:
             lines = textwrap.wrap(c.detail, 72) or [""]
-            if c.fix and c.status in (FAIL, WARN):
+            if c.fix:
                 lines += textwrap.wrap(f"fix: {c.fix}", 72, subsequent_indent="     ")
             rows.append([c.status.upper(), c.name, lines[0]])
             rows += [["", "", line] for line in lines[1:]]

@@ -9,6 +9,13 @@ changes the system) and returns :class:`Check` results, each with a status
 
 A ``fail`` means VFIO cannot be used on this machine as it is; a ``warn``
 that one path or feature is missing or will need root.
+
+Fixes follow the kernel build (:func:`pyvfio.sysfs.kernel_build`): a module
+the kernel has as a file gets ``modprobe``; one it was built without
+(``# CONFIG_VFIO is not set`` in ``/proc/config.gz`` or
+``/boot/config-<release>``) gets "use a kernel that has it"; one configured
+as a module but missing from ``/lib/modules/<release>`` gets "install the
+kernel's modules"; a built-in one needs nothing.
 """
 
 from __future__ import annotations
@@ -101,6 +108,128 @@ def _iommu_check(b: Backend, support: sysfs.VfioSupport) -> Check:
     return Check("iommu", FAIL, found, fix=fix)
 
 
+_MODPROBE_NAMES = {"vfio_pci": "vfio-pci", "vfio_pci_core": "vfio-pci-core", "pci_stub": "pci-stub"}
+
+
+def _modprobe_name(module: str) -> str:
+    return _MODPROBE_NAMES.get(module, module)
+
+
+def _join(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _modules_fix(build: sysfs.KernelBuild, modules: list[str]) -> str:
+    """How to get ``modules`` (not loaded): modprobe those the kernel has
+    as files, a kernel with the options for those it was built without,
+    the kernel's module files for those configured but not installed."""
+    absent = [sysfs.MODULE_OPTIONS[m] for m in modules if build.module(m) == sysfs.ABSENT]
+    missing = [m for m in modules if build.module(m) == sysfs.NOT_INSTALLED]
+    loadable = [m for m in modules if build.module(m) in (sysfs.MODULE, None)]
+    parts = []
+    if absent:
+        them = "them" if len(absent) > 1 else "it"
+        parts.append(f"the kernel was built without {_join(absent)}: use a kernel that has "
+                     f"{them} (=m or =y)")
+    if missing:
+        where = build.modules_dir or f"/lib/modules/{build.release or '$(uname -r)'}"
+        parts.append(f"{_join([sysfs.MODULE_OPTIONS[m] + '=m' for m in missing])}, but "
+                     f"{where} has no {_join([_modprobe_name(m) for m in missing])} module: "
+                     "install this kernel's modules (the distribution's modules package for "
+                     f"{build.release or 'it'}), then modprobe "
+                     + " ".join(_modprobe_name(m) for m in missing))
+    if loadable:
+        unknown = [m for m in loadable if build.module(m) is None]
+        text = "modprobe " + " ".join(_modprobe_name(m) for m in loadable)
+        if unknown:
+            text += f" (on a kernel with {_join([sysfs.MODULE_OPTIONS[m] for m in unknown])})"
+        parts.append(text)
+    return "; ".join(parts)
+
+
+def _module_check(b: Backend, support: sysfs.VfioSupport, build: sysfs.KernelBuild,
+                  module: str, what: str) -> Check:
+    present = support.modules.get(module, False)
+    if module == "vfio_pci":
+        present = present and support.vfio_pci_driver
+    state = build.module(module)
+    option = sysfs.MODULE_OPTIONS[module]
+    name = f"module {module}"
+    if present:
+        return Check(name, OK, f"{what} " + ("built into the kernel" if state == sysfs.BUILTIN
+                                             else "loaded"))
+    if module == "vfio_iommu_type1" and state == sysfs.ABSENT             and build.option("CONFIG_IOMMUFD_VFIO_CONTAINER") == "y":
+        return Check(name, INFO, f"{what}: not in this kernel; iommufd provides the legacy "
+                                 "container instead (CONFIG_IOMMUFD_VFIO_CONTAINER)")
+    if state == sysfs.BUILTIN:
+        return Check(name, WARN, f"{what}: built into the kernel ({option}=y) but not active "
+                                 "(for vfio-pci: no /sys/bus/pci/drivers/vfio-pci)",
+                     fix="see the kernel log (dmesg) for why it did not register")
+    source = f" in {build.config_source}" if build.config_source else ""
+    detail = {
+        sysfs.ABSENT: f"{what}: not in this kernel ({option} is not set{source})",
+        sysfs.NOT_INSTALLED: f"{what} not loaded; {option}=m, but the module is not installed",
+        sysfs.MODULE: f"{what} not loaded (a module of this kernel)",
+    }.get(state or "", f"{what} not loaded (or not built)")
+    return Check(name, WARN, detail, fix=_modules_fix(build, [module]))
+
+
+def _container_fix(b: Backend, support: sysfs.VfioSupport, build: sysfs.KernelBuild) -> str:
+    """Why /dev/vfio/vfio is missing and what to do."""
+    if not support.modules.get("vfio", False):
+        fix = _modules_fix(build, ["vfio"])
+        if build.module("vfio") != sysfs.ABSENT and build.config is None:
+            fix += (" (the legacy container needs CONFIG_VFIO_CONTAINER, or iommufd's compat "
+                    "container CONFIG_IOMMUFD_VFIO_CONTAINER)")
+        return fix
+    vfio_container = build.option("CONFIG_VFIO_CONTAINER")
+    compat = build.option("CONFIG_IOMMUFD_VFIO_CONTAINER")
+    if compat == "y" and not support.modules.get("iommufd", False):
+        return (_modules_fix(build, ["iommufd"])
+                + " (with CONFIG_IOMMUFD_VFIO_CONTAINER iommufd provides /dev/vfio/vfio)")
+    if vfio_container == "n" and compat in ("n", None):
+        return ("the kernel was built without CONFIG_VFIO_CONTAINER and "
+                "CONFIG_IOMMUFD_VFIO_CONTAINER: it has no legacy container (use the iommufd + "
+                "cdev path, or a kernel with one of them)")
+    if vfio_container == "y" or compat == "y":
+        return ("the kernel has the container (misc device 10:196): check that devtmpfs or udev "
+                "created /dev/vfio/vfio")
+    return ("the legacy container needs CONFIG_VFIO_CONTAINER, or iommufd's compat container "
+            "CONFIG_IOMMUFD_VFIO_CONTAINER")
+
+
+def _iommufd_fix(support: sysfs.VfioSupport, build: sysfs.KernelBuild) -> str:
+    if not support.modules.get("iommufd", False):
+        return _modules_fix(build, ["iommufd"])
+    return "iommufd is loaded (misc device \"iommu\"): check that devtmpfs or udev created /dev/iommu"
+
+
+def _cdev_check(support: sysfs.VfioSupport, build: sysfs.KernelBuild) -> Check:
+    if support.cdev_supported:
+        detail = ("vfio device cdevs supported: /dev/vfio/devices/vfioN appears for each device "
+                  "bound to vfio-pci")
+        if support.cdev_dir:
+            detail += "; /dev/vfio/devices is present"
+        elif build.option("CONFIG_VFIO_DEVICE_CDEV") == "y":
+            detail += " (CONFIG_VFIO_DEVICE_CDEV=y)"
+        return Check("cdev", OK, detail)
+    vfio_fix = "" if support.modules.get("vfio", False) else _modules_fix(build, ["vfio"])
+    if support.cdev_supported is None:
+        return Check("cdev", WARN, "cannot tell whether the kernel gives devices vfio cdevs "
+                                   "(CONFIG_VFIO_DEVICE_CDEV): no device is bound to a vfio "
+                                   "driver and the kernel configuration is not readable",
+                     fix=(vfio_fix + "; then " if vfio_fix else "")
+                     + "bind a device to vfio-pci: /dev/vfio/devices/vfioN appears if it does")
+    if build.module("vfio") == sysfs.ABSENT:
+        return Check("cdev", WARN, "no vfio device cdevs: the kernel has no VFIO", fix=vfio_fix)
+    why = ("CONFIG_VFIO_DEVICE_CDEV is not set"
+           if build.option("CONFIG_VFIO_DEVICE_CDEV") == "n"
+           else "devices bound to vfio-pci get no device number")
+    return Check("cdev", WARN, f"no vfio device cdevs ({why})",
+                 fix="a kernel with CONFIG_VFIO_DEVICE_CDEV (Linux 6.6+) gives the iommufd path; "
+                     "the legacy container path works without it")
+
+
 def _node_check(b: Backend, node: str, what: str, missing_fix: str,
                 missing_status: str = WARN) -> Check:
     if not b.exists(node):
@@ -165,43 +294,26 @@ def check_environment(backend: Backend | None = None) -> list[Check]:
                                              "without an IOMMU get unsafe no-IOMMU groups",
                             fix="only for devices you trust with all of memory"))
 
+    build = support.kernel if support.kernel is not None else sysfs.kernel_build(b)
     for module, what in (("vfio", "VFIO core"), ("vfio_pci", "vfio-pci driver"),
                          ("vfio_iommu_type1", "legacy type1 IOMMU backend"),
                          ("iommufd", "iommufd")):
-        present = support.modules.get(module, False)
-        if module == "vfio_pci":
-            present = present and support.vfio_pci_driver
-        checks.append(Check(
-            f"module {module}", OK if present else WARN,
-            f"{what} {'loaded' if present else 'not loaded (or not built)'}",
-            fix="" if present else f"modprobe {module}",
-        ))
+        checks.append(_module_check(b, support, build, module, what))
 
     checks.append(_node_check(b, "/dev/vfio/vfio", "legacy container",
-                              "modprobe vfio (the legacy container needs CONFIG_VFIO_CONTAINER, "
-                              "or iommufd's compat container CONFIG_IOMMUFD_VFIO_CONTAINER)"))
-    checks.append(_node_check(b, "/dev/iommu", "iommufd", "modprobe iommufd (CONFIG_IOMMUFD)"))
-    if support.cdev_supported is None:
-        checks.append(Check("cdev", WARN, "cannot tell whether the kernel gives devices vfio cdevs: "
-                                          "sysfs has neither /sys/class/vfio nor /sys/class/vfio-dev",
-                            fix="bind a device to vfio-pci: /dev/vfio/devices/vfioN appears if "
-                                "it does"))
-    elif support.cdev_supported:
-        detail = ("vfio device cdevs supported: /dev/vfio/devices/vfioN appears for each device "
-                  "bound to vfio-pci")
-        if support.cdev_dir:
-            detail += "; /dev/vfio/devices is present"
-        checks.append(Check("cdev", OK, detail))
-    else:
-        checks.append(Check(
-            "cdev", WARN, "no vfio device cdevs (/sys/class/vfio-dev missing)",
-            fix=("a kernel with CONFIG_VFIO_DEVICE_CDEV (Linux 6.6+) gives the iommufd path; "
-                 "the legacy container path works without it") if support.modules.get("vfio")
-            else "modprobe vfio (on a kernel with CONFIG_VFIO_DEVICE_CDEV)"))
+                              _container_fix(b, support, build)))
+    checks.append(_node_check(b, "/dev/iommu", "iommufd", _iommufd_fix(support, build)))
+    checks.append(_cdev_check(support, build))
 
     usable = support.legacy_usable or support.cdev_usable
-    checks.append(Check("interfaces", OK if usable else FAIL, f"usable: {support.interfaces}",
-                        fix="" if usable else "load vfio-pci and iommufd (see above)"))
+    if usable:
+        checks.append(Check("interfaces", OK, f"usable: {support.interfaces}"))
+    else:
+        wanted = [m for m in ("vfio", "vfio_pci", "iommufd")
+                  if not support.modules.get(m, False)
+                  or (m == "vfio_pci" and not support.vfio_pci_driver)]
+        fix = _modules_fix(build, wanted) if wanted else "see the node checks above"
+        checks.append(Check("interfaces", FAIL, f"usable: {support.interfaces}", fix=fix))
 
     # devices already bound: can this user open them?
     bound = [d for d in sysfs.pci_devices(b) if d.driver == "vfio-pci"]

@@ -162,7 +162,7 @@ def test_doctor_on_fakes(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "doctor", backend=plain.backend)
     assert code == cli.EXIT_PROBLEM
     assert "FAIL    iommu" in out and "fix: " in out
-    assert "WARN    module vfio_pci" in out and "fix: modprobe vfio_pci" in out
+    assert "WARN    module vfio_pci" in out and "fix: modprobe vfio-pci" in out
     assert "FAIL    interfaces               usable: none" in out
     code, out, _ = run(capsys, "doctor", "--json", backend=plain.backend)
     data = json.loads(out)
