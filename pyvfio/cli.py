@@ -39,12 +39,18 @@ Exit codes (stable, for scripts):
 ====  ====================================================================
 0     success
 1     the command ran and found a problem: a failed ``doctor`` check, a
-      group that is not viable (``groups``), a dump that does not replay
+      group that is not viable or no IOMMU groups at all (``groups``), a
+      dump that does not replay
 2     bad usage: unknown option, malformed or unknown device or group,
-      unknown fake topology
+      unknown fake topology, a PCI bridge given to ``bind``
 3     an operation failed: the kernel refused, permission denied, I/O error
 4     refused because a device is in use by the host (``--force`` overrides)
 ====  ====================================================================
+
+With ``--json`` stdout always has a JSON object: the command's own or, for
+an error that stops the command before it has one (bad usage, a failed
+read), ``{"ok": false, "exit_code": N, "error": {"kind": "usage" or
+"failed", "message": ..., "errno": ...}}``; the message also goes to stderr.
 """
 
 from __future__ import annotations
@@ -53,7 +59,7 @@ import argparse
 import json
 import sys
 import textwrap
-from typing import Any, Sequence
+from typing import Any, NoReturn, Sequence
 
 from . import binding, sysfs
 from .backend import Backend, default_backend
@@ -72,6 +78,22 @@ FALLBACK_TOPOLOGY = "default"
 
 class _UsageError(Exception):
     """Bad arguments found after parsing (unknown device, group...)."""
+
+
+class _ArgumentError(Exception):
+    """argparse found bad arguments; ``parser`` prints the usage line."""
+
+    def __init__(self, parser: argparse.ArgumentParser, message: str) -> None:
+        super().__init__(message)
+        self.parser = parser
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors come back to :func:`main` (which
+    prints them like argparse, and as JSON with ``--json``)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _ArgumentError(self, message)
 
 
 class _Context:
@@ -307,15 +329,22 @@ def cmd_groups(args: argparse.Namespace, backend: Backend | None) -> int:
                    for gid, device in _group_targets(b, args.targets)]
     else:
         results = [sysfs.explain_group(g.id, None, b) for g in sysfs.iommu_groups(b)]
+    hint = None
+    if not results:
+        support = sysfs.vfio_support(b)
+        hint = ("no IOMMU groups: the IOMMU is not enabled (see `pyvfio doctor`)"
+                if not support.iommus else
+                "no IOMMU groups although an IOMMU is active (see `pyvfio doctor`)")
     if args.json:
-        _print_json({"system": ctx.as_dict(), "groups": [r.as_dict() for r in results]})
+        _print_json({"system": ctx.as_dict(), "groups": [r.as_dict() for r in results],
+                     "ok": bool(results) and all(r.viable for r in results), "hint": hint})
     elif args.targets:
         print("\n\n".join(r.message() for r in results))
     else:
         if ctx.kind == "fake":
             print(f"(FAKE system {ctx.fake_name!r})")
-        if not results:
-            print("no IOMMU groups (is the IOMMU enabled? see `pyvfio doctor`)")
+        if hint is not None:
+            print(hint)
         for r in results:
             members = ", ".join(
                 f"{m.bdf} ({'bridge, ' if m.is_bridge else ''}{m.driver or 'no driver'})"
@@ -324,6 +353,8 @@ def cmd_groups(args: argparse.Namespace, backend: Backend | None) -> int:
                   f"{'viable' if r.viable else 'NOT viable'}: {members}")
             for x in r.blockers:
                 print(f"    blocked by {x.reason}")
+    if not results:
+        return EXIT_PROBLEM
     return EXIT_OK if all(r.viable for r in results) else EXIT_PROBLEM
 
 
@@ -387,23 +418,43 @@ def _state(args: argparse.Namespace, ctx: _Context) -> binding.BindingState:
     return binding.BindingState.default(ctx.backend)
 
 
+def _refuse_bridges(b: Backend, bdfs: Sequence[str], driver: str) -> None:
+    """Binding a PCI bridge to vfio-pci is bad usage: say so before
+    anything changes."""
+    if driver != "vfio-pci":
+        return
+    for bdf in bdfs:
+        try:
+            info = sysfs.pci_device(bdf, b)
+        except VfioError:
+            continue
+        if info.is_bridge:
+            group = f" or `pyvfio bind --group {info.iommu_group}` (bridges are left alone)" \
+                if info.iommu_group is not None else ""
+            raise _UsageError(f"{bdf} is a PCI bridge ({info.description}): vfio-pci does not "
+                              "drive bridges, and a bridge without a driver or on pcieport keeps "
+                              f"its group viable; bind the devices behind it{group}")
+
+
 def _run_binding(args: argparse.Namespace, backend: Backend | None, action: str) -> int:
     ctx = _Context(args, backend)
     b = ctx.backend
     st = _state(args, ctx)
     results: list[binding.Binding] = []
+    nothing = False
     if action == "restore" and not args.targets:
         if args.group:
             raise _UsageError("restore --group needs a group number")
         ops = [("device", rec.bdf) for rec in st.records()]
-        if not ops and not args.json:
-            print("nothing to restore: pyvfio has changed no device's driver")
+        nothing = not ops
     elif args.group:
         ops = [("group", str(g)) for g in _group_ids(b, args.targets)]
     else:
         if not args.targets:
             raise _UsageError(f"{action} needs a device (BDF or vendor:device) or --group N")
         ops = [("device", d) for d in _devices(b, args.targets)]
+        if action == "bind":
+            _refuse_bridges(b, [d for _kind, d in ops], args.driver)
     error: VfioError | None = None
     try:
         for kind, target in ops:
@@ -440,6 +491,8 @@ def _run_binding(args: argparse.Namespace, backend: Backend | None, action: str)
         return code
     if ctx.kind == "fake":
         print(f"(FAKE system {ctx.fake_name!r}: nothing on this machine changes)")
+    if nothing:
+        print("nothing to restore: pyvfio has changed no device's driver")
     for r in results:
         print(r)
     if error is not None:
@@ -496,7 +549,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``pyvfio`` command."""
     doc = __doc__ or ""
     epilog = doc[doc.index("Exit codes"):].replace("``", "") if "Exit codes" in doc else None
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="pyvfio", description="VFIO device setup: discovery, binding, environment checks.",
         epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
 
@@ -508,7 +561,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="machine-readable output")
 
     common_options(parser, None)
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common_options(common, argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -563,25 +616,38 @@ def main(argv: Sequence[str] | None = None, *, backend: Backend | None = None) -
     it against that backend (e.g. a fake system's, to chain commands on one
     system in tests) instead of the real kernel or ``--fake``."""
     parser = build_parser()
+    words = list(sys.argv[1:] if argv is None else argv)
+    want_json = "--json" in words[:words.index("--")] if "--" in words else "--json" in words
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:
-        return EXIT_OK if not exc.code else EXIT_USAGE
+        args = parser.parse_args(words)
+    except _ArgumentError as exc:
+        exc.parser.print_usage(sys.stderr)
+        print(f"{exc.parser.prog}: error: {exc}", file=sys.stderr)
+        return _fail(want_json, EXIT_USAGE, "usage", str(exc))
+    except SystemExit as exc:  # --help, --version
+        return EXIT_OK if not exc.code else _fail(want_json, EXIT_USAGE, "usage", str(exc))
     if not hasattr(args, "real"):
         args.real = False
+    want_json = bool(args.json)
     try:
         return int(args.func(args, backend))
-    except _UsageError as exc:
+    except (_UsageError, InvalidArgumentError) as exc:
         print(f"pyvfio: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except InvalidArgumentError as exc:
-        print(f"pyvfio: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return _fail(want_json, EXIT_USAGE, "usage", str(exc))
     except BrokenPipeError:  # pragma: no cover - e.g. `pyvfio status | head`
         return EXIT_OK
     except OSError as exc:
         print(f"pyvfio: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return _fail(want_json, EXIT_FAILED, "failed", str(exc), exc.errno)
+
+
+def _fail(want_json: bool, code: int, kind: str, message: str, errno: int | None = None) -> int:
+    """With ``--json``, the error as a JSON object on stdout too (the
+    message went to stderr); returns ``code``."""
+    if want_json:
+        _print_json({"ok": False, "exit_code": code,
+                     "error": {"kind": kind, "message": message, "errno": errno}})
+    return code
 
 
 if __name__ == "__main__":  # pragma: no cover

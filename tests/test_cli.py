@@ -221,11 +221,22 @@ def test_bind_group_by_device_and_failures(capsys: pytest.CaptureFixture[str]) -
     assert code == cli.EXIT_OK
     assert out.splitlines()[0] == "(FAKE system 'default': nothing on this machine changes)"
     assert [line.split(":")[0] for line in out.splitlines()[1:]] == ["0000", "0000"]
+    # a bridge is bad usage (2): nothing is tried
     code, out, err = run(capsys, "bind", "--fake", "default", "00:05.0")
-    assert code == cli.EXIT_FAILED and "does not drive bridges" in err
-    code, out, _ = run(capsys, "bind", "--fake", "default", "00:05.0", "--json")
+    assert code == cli.EXIT_USAGE and "does not drive bridges" in err
+    assert "pyvfio bind --group 3" in err and out == ""
+    code, out, err = run(capsys, "bind", "--fake", "default", "00:05.0", "--json")
     data = json.loads(out)
-    assert code == cli.EXIT_FAILED and data["ok"] is False and data["error"]["errno"] == 22
+    assert code == cli.EXIT_USAGE and data["ok"] is False and data["exit_code"] == 2
+    assert data["error"]["kind"] == "usage" and "does not drive bridges" in data["error"]["message"]
+    assert "does not drive bridges" in err
+    # also when the bridge comes with other devices: none of them is bound
+    system = System("default")
+    code, _, err = run(capsys, "bind", NVME, "00:05.0", backend=system.backend)
+    assert code == cli.EXIT_USAGE and sysfs.device_driver(NVME, system.backend) == "nvme"
+    # a driver that is not loaded is a failed operation (3), not usage
+    code, _, err = run(capsys, "bind", "--fake", "default", "00:02.0", "--driver", "nosuch")
+    assert code == cli.EXIT_FAILED and "not loaded" in err
 
 
 def test_bind_refuses_a_device_in_use(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -301,3 +312,92 @@ def test_python_dash_m_pyvfio() -> None:
                           cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.endswith("group 0 (1 device(s)): viable: 0000:00:02.0 (no driver)\n")
+
+
+def test_json_errors_are_json_on_stdout(capsys: pytest.CaptureFixture[str],
+                                        tmp_path: Path) -> None:
+    # argparse's errors
+    code, out, err = run(capsys, "--json", "frobnicate")
+    assert code == cli.EXIT_USAGE and "invalid choice: 'frobnicate'" in err
+    data = json.loads(out)
+    assert data["ok"] is False and data["exit_code"] == 2
+    assert data["error"]["kind"] == "usage" and "frobnicate" in data["error"]["message"]
+    code, out, err = run(capsys, "groups", "--json", "--bogus")
+    assert code == cli.EXIT_USAGE and json.loads(out)["exit_code"] == 2 and "--bogus" in err
+    # pyvfio's own usage errors, --json before or after the command
+    for argv in (["--json", "bind", "--fake", "default", "zz:zz"],
+                 ["bind", "--fake", "default", "--json", "0000:00:09.0"],
+                 ["--fake", "no-such-topology", "status", "--json"],
+                 ["groups", "--fake", "default", "42", "--json"]):
+        code, out, err = run(capsys, *argv)
+        assert code == cli.EXIT_USAGE and err.startswith("pyvfio: ")
+        data = json.loads(out)
+        assert data["error"]["message"] == err.strip()[len("pyvfio: "):]
+    # without --json stdout stays empty
+    code, out, _ = run(capsys, "bind", "--fake", "default", "zz:zz")
+    assert code == cli.EXIT_USAGE and out == ""
+    # a failed operation outside the binding commands: exit 3, also as JSON
+    target = tmp_path / "missing" / "dump.json"
+    code, out, err = run(capsys, "topology", "dump", "--fake", "minimal", "--json", "-o", str(target))
+    assert code == cli.EXIT_FAILED and "No such file or directory" in err
+    data = json.loads(out)
+    assert data["exit_code"] == 3 and data["error"]["kind"] == "failed"
+    assert data["error"]["errno"] == 2
+
+
+def test_groups_without_iommu_groups_is_a_problem(capsys: pytest.CaptureFixture[str]) -> None:
+    plain = System({"iommu": None, "devices": [{"bdf": "00:02.0", "model": "edu"}]})
+    code, out, _ = run(capsys, "groups", backend=plain.backend)
+    assert code == cli.EXIT_PROBLEM
+    assert "no IOMMU groups: the IOMMU is not enabled (see `pyvfio doctor`)" in out
+    code, out, _ = run(capsys, "groups", "--json", backend=plain.backend)
+    data = json.loads(out)
+    assert code == cli.EXIT_PROBLEM and data["groups"] == [] and data["ok"] is False
+    assert "pyvfio doctor" in data["hint"]
+    # with groups, no hint
+    code, out, _ = run(capsys, "groups", "--fake", "minimal", "--json")
+    assert code == cli.EXIT_OK and json.loads(out)["hint"] is None
+
+
+def test_restore_shows_the_fake_banner_first(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "--fake", "default", "restore")
+    assert code == cli.EXIT_OK
+    assert out.splitlines() == ["(FAKE system 'default': nothing on this machine changes)",
+                                "nothing to restore: pyvfio has changed no device's driver"]
+
+
+def test_doctor_and_status_agree_about_cdevs_on_the_fake(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "--fake", "default", "doctor")
+    assert code == cli.EXIT_OK and "WARN" not in out
+    assert "OK      cdev                     vfio device cdevs supported" in out
+    assert "usable: iommufd + cdev, legacy container" in out
+    assert out.rstrip().endswith("VFIO is usable; no problems found.")
+    code, out, _ = run(capsys, "--fake", "default", "status", "--json")
+    support = json.loads(out)["support"]
+    assert support["cdev_supported"] is True and support["cdev_usable"] is True
+    assert support["kernel"]["options"]["CONFIG_VFIO_DEVICE_CDEV"] == "y"
+    code, out, _ = run(capsys, "--fake", "default", "doctor", "--json")
+    found = {c["name"]: c for c in json.loads(out)["checks"]}
+    assert found["cdev"]["status"] == "ok"
+
+
+def test_every_documented_exit_code_occurs(capsys: pytest.CaptureFixture[str],
+                                           tmp_path: Path) -> None:
+    """The README's codes: 0 ok, 1 a problem, 2 bad usage, 3 a failed
+    operation, 4 refused because in use."""
+    assert run(capsys, "--fake", "minimal", "status")[0] == 0
+    assert run(capsys, "--fake", "multi-group", "groups")[0] == 1
+    assert run(capsys, "--fake", "default", "bind", "00:05.0")[0] == 2
+    assert run(capsys, "--fake", "default", "bind", "00:02.0", "--driver", "nosuch")[0] == 3
+    system = System("default")
+    b = Overlay(system.backend, files={"/proc/self/mountinfo":
+                                       "22 1 259:1 / / rw - ext4 /dev/nvme0n1p1 rw\n",
+                                       "/sys/block/nvme0n1/nvme0n1p1/partition": "1",
+                                       "/sys/block/nvme0n1/nvme0n1p1/dev": "259:1"},
+                links={"/sys/block/nvme0n1":
+                       "../devices/pci0000:00/0000:00:03.0/nvme/nvme0/nvme0n1"})
+    assert run(capsys, "bind", NVME, "--state", str(tmp_path / "s.json"), backend=b)[0] == 4
+    readme = (REPO / "README.md").read_text()
+    assert "exit codes: 0 ok, 1 a problem found, 2 bad usage, 3 an\noperation failed, 4 " \
+           "refused because a device is in use" in readme
