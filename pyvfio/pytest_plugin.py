@@ -29,7 +29,9 @@ Fixtures:
     ``vfio_device`` marker (``@pytest.mark.vfio_device("nvme", bdf=...,
     **spec)``), else ``"edu"``.  A device of that model (and address, if
     given) in the topology is used; otherwise one is added to the topology,
-    alone in a new IOMMU group, before the system is built.
+    alone in a new IOMMU group, before the system is built.  The device's
+    whole IOMMU group is bound to vfio-pci (bridges left alone), so that the
+    group is viable; when it cannot be, the fixture fails and says why.
 
 Markers: ``vfio_topology(source)``, ``vfio_device(model, bdf=None, **spec)``.
 """
@@ -206,6 +208,7 @@ def vfio_system(request: pytest.FixtureRequest) -> Iterator[System]:
         topo, bdf = _with_device(topo, _device_request(request))
         request.node.stash[_DEVICE_KEY] = bdf
     system = System(topo)
+    system.sysfs.kernel = topo["kernel"]
     yield system
     leaked = system.backend.open_files
     if leaked and request.config.getini("vfio_leak_check"):
@@ -222,9 +225,26 @@ def vfio_backend(vfio_system: System) -> Backend:
 
 @pytest.fixture
 def vfio_device(request: pytest.FixtureRequest, vfio_system: System) -> FakeVfioDevice:
-    """A device of the chosen model bound to vfio-pci in ``vfio_system``."""
+    """A device of the chosen model bound to vfio-pci in ``vfio_system``,
+    with every other device of its IOMMU group (bridges excepted)."""
+    from .errors import VfioError
+
     want = _device_request(request)
     bdf = request.node.stash[_DEVICE_KEY]
     b = vfio_system.backend
-    binding.bind(bdf, force=True, backend=b, state=binding.BindingState(None))
-    return FakeVfioDevice(bdf, str(want["model"]), vfio_system, sysfs.device_group(bdf, b))
+    try:
+        group = sysfs.device_group(bdf, b)
+    except VfioError as e:
+        pytest.fail(f"vfio_device {bdf}: {e}", pytrace=False)
+    state = binding.BindingState(None)
+    try:
+        binding.bind_group(group, force=True, backend=b, state=state)
+    except VfioError as e:
+        why = sysfs.explain_device(bdf, b).message()
+        pytest.fail(f"vfio_device {bdf}: binding IOMMU group {group} to vfio-pci failed: {e}\n"
+                    f"{why}", pytrace=False)
+    viability = sysfs.explain_device(bdf, b)
+    if not viability.viable or sysfs.device_driver(bdf, b) != "vfio-pci":
+        pytest.fail(f"vfio_device {bdf}: its IOMMU group is not usable after binding:\n"
+                    f"{viability.message()}", pytrace=False)
+    return FakeVfioDevice(bdf, str(want["model"]), vfio_system, group)

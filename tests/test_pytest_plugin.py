@@ -170,3 +170,40 @@ def test_markers_are_registered(pytester: pytest.Pytester) -> None:
     result = run(pytester, "--markers")
     result.stdout.fnmatch_lines(["@pytest.mark.vfio_topology(source)*",
                                  "@pytest.mark.vfio_device(model, bdf=None, **spec)*"])
+
+
+def test_vfio_device_in_a_shared_group(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("""
+        import pytest
+        import pyvfio
+        from pyvfio import sysfs
+
+        @pytest.mark.vfio_device("e1000")
+        def test_whole_group_bound(vfio_device, vfio_system):
+            assert vfio_device.bdf == "0000:01:01.0" and vfio_device.group == 3
+            drivers = {d.bdf: d.driver for d in vfio_system.devices.values()
+                       if d.group.id == 3}
+            # the other e1000 joins it on vfio-pci; the bridge stays driver-less
+            assert drivers == {"0000:00:05.0": None, "0000:01:01.0": "vfio-pci",
+                               "0000:01:02.0": "vfio-pci"}
+            assert vfio_device.viability().viable
+            with pyvfio.IommuFd(backend=vfio_device.backend) as iommufd, \\
+                    vfio_device.open() as dev:
+                dev.bind(iommufd)
+                dev.attach(iommufd.ioas())
+
+        @pytest.mark.vfio_topology({"modules": {"vfio_pci": False}, "devices": [
+            {"bdf": "00:05.0", "model": "pcie-pci-bridge",
+             "bridge": {"secondary_bus": 1, "conventional": True}},
+            {"bdf": "01:01.0", "model": "e1000", "driver": "e1000"},
+            {"bdf": "01:02.0", "model": "e1000", "driver": "e1000"}]})
+        @pytest.mark.vfio_device("e1000")
+        def test_group_that_cannot_be_made_viable(vfio_device):
+            pass
+    """)
+    result = run(pytester)
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines([
+        "*vfio_device 0000:01:01.0: binding IOMMU group 0 to vfio-pci failed: *"
+        "the vfio-pci driver is not loaded*",
+        "*IOMMU group 0 (3 device(s)): NOT viable*"])
