@@ -18,7 +18,11 @@ reserved regions (those of every group at IOMMU level, the others on the
 group's first device), default domain type and, for Intel VT-d, the address
 width, page sizes, PASID width, interrupt remapping and snoop control
 decoded from the ``cap``/``ecap`` registers; loaded VFIO modules, vfio and
-type1 module parameters, NUMA nodes and RLIMIT_MEMLOCK.
+type1 module parameters, NUMA nodes and RLIMIT_MEMLOCK; SR-IOV PFs
+(``sriov_totalvfs``, ``sriov_numvfs``) and their VFs (``physfn``); the
+kernel build (release, the VFIO-related options of its configuration and
+whether ``/lib/modules/<release>`` exists), so that ``pyvfio --fake FILE
+doctor`` gives the same fixes.
 
 Devices get the fake's model for their vendor:device when it has one
 (``edu``, ``nvme``, ``e1000e``, ...); others become ``generic`` models with
@@ -26,9 +30,10 @@ the captured IDs, class and BARs.  A device on vfio-pci gets the original
 driver pyvfio remembered for it (:mod:`pyvfio.binding`) as its
 ``default_driver``.
 
-Not captured (the fake has no notion of them): SR-IOV PF/VF links (VFs
-become plain functions), device behaviour of unknown models, non-PCI
-devices, bridge windows and link properties.
+Not captured (the fake has no notion of them): device behaviour of
+unknown models, non-PCI devices, bridge windows and link properties, VFs
+on a bus of their own (the fake puts them on the root of their bus), and
+what the host uses the devices for (mounts, network interfaces).
 """
 
 from __future__ import annotations
@@ -201,7 +206,64 @@ def _device_spec(b: Backend, dev: sysfs.PciDeviceInfo, model: str | None, conven
         spec["default_driver"] = original
     spec["numa_node"] = dev.numa_node
     spec["reset_methods"] = [m for m in dev.reset_methods if m in _RESET_METHODS]
+    if dev.sriov_totalvfs is not None:
+        spec["sriov_totalvfs"] = dev.sriov_totalvfs
     return spec
+
+
+def _sriov(specs: list[dict[str, Any]], devices: list[sysfs.PciDeviceInfo]) -> None:
+    """PF/VF links: ``physfn`` on each VF whose PF is captured (and is a PF),
+    ``sriov_numvfs`` on each PF (the VFs that name it)."""
+    by_bdf = {s["bdf"]: s for s in specs}
+    counts: dict[str, int] = {}
+    for dev in devices:
+        pf = dev.physfn
+        if pf is None or pf not in by_bdf or "sriov_totalvfs" not in by_bdf[pf] \
+                or "sriov_totalvfs" in by_bdf[dev.bdf] or pf[:4] != dev.bdf[:4]:
+            continue
+        by_bdf[dev.bdf]["physfn"] = pf
+        counts[pf] = counts.get(pf, 0) + 1
+    for spec in specs:
+        if "sriov_totalvfs" in spec:
+            spec["sriov_totalvfs"] = max(spec["sriov_totalvfs"], counts.get(spec["bdf"], 0))
+            spec["sriov_numvfs"] = counts.get(spec["bdf"], 0)
+
+
+#: The kernel options a captured topology keeps (those doctor reads).
+_KERNEL_OPTIONS = (
+    "CONFIG_PCI_IOV", "CONFIG_PCI_STUB", "CONFIG_IOMMU_SUPPORT", "CONFIG_IOMMUFD",
+    "CONFIG_IOMMUFD_VFIO_CONTAINER", "CONFIG_VFIO", "CONFIG_VFIO_DEVICE_CDEV",
+    "CONFIG_VFIO_GROUP", "CONFIG_VFIO_CONTAINER", "CONFIG_VFIO_IOMMU_TYPE1",
+    "CONFIG_VFIO_NOIOMMU", "CONFIG_VFIO_PCI_CORE", "CONFIG_VFIO_PCI",
+)
+
+
+def _kernel(b: Backend, modules: dict[str, bool]) -> dict[str, Any]:
+    """The ``kernel`` section: what doctor reads of the build, made
+    consistent with the captured modules (the fake cannot load a module
+    its config lacks, nor unload a built-in one)."""
+    from .fake.topology import MODULE_OPTIONS
+
+    build = sysfs.kernel_build(b)
+    out: dict[str, Any] = {}
+    if build.release:
+        out["release"] = build.release
+    out["modules_dir"] = build.modules_dir is not None
+    if build.config is None:
+        out["config"] = None
+        return out
+    config = {o: build.option(o) or "n" for o in _KERNEL_OPTIONS}
+    for module, option in MODULE_OPTIONS.items():
+        if modules.get(module) and config.get(option) == "n":
+            config[option] = "m"  # loaded although the config says otherwise: trust sysfs
+        elif not modules.get(module) and config.get(option) == "y":
+            modules[module] = True  # built in: present even without sysfs traces
+    if config.get("CONFIG_VFIO", "n") != "n":
+        # the fake always has these with VFIO (a kernel without them
+        # replays as one with them)
+        config["CONFIG_VFIO_DEVICE_CDEV"] = config["CONFIG_VFIO_GROUP"] = "y"
+    out["config"] = config
+    return out
 
 
 def capture(backend: Backend | None = None, *, name: str | None = None,
@@ -230,6 +292,7 @@ def capture(backend: Backend | None = None, *, name: str | None = None,
     modules = {m: sysfs.module_present(m, b)
                for m in ("vfio", "vfio_pci", "vfio_iommu_type1", "iommufd", "pci_stub")}
     modules["vfio_pci"] = modules["vfio_pci"] and b.exists("/sys/bus/pci/drivers/vfio-pci")
+    topo["kernel"] = _kernel(b, modules)
     if not modules["vfio"]:
         modules["vfio_pci"] = modules["vfio_iommu_type1"] = False
         topo["noiommu"] = False
@@ -269,6 +332,7 @@ def capture(backend: Backend | None = None, *, name: str | None = None,
             if extra:
                 spec["reserved_regions"] = extra
         specs.append(spec)
+    _sriov(specs, devices)
     topo["devices"] = specs
     if iommu is not None:
         listed = {d.bdf for d in devices}
@@ -308,8 +372,11 @@ def replay_check(topology: dict[str, Any]) -> list[str]:
     its devices, groups and drivers with the topology's; returns the
     differences (empty: it replays)."""
     from .fake import System
+    from .fake.topology import load
 
+    topology = load(topology)
     system = System(topology)
+    system.sysfs.kernel = topology["kernel"]
     problems = []
     b = system.backend
     want_drivers = {d["bdf"]: d.get("driver") for d in topology["devices"]}
@@ -320,6 +387,18 @@ def replay_check(topology: dict[str, Any]) -> list[str]:
             problems.append(f"{bdf}: missing on the fake")
         elif dev.driver != driver:
             problems.append(f"{bdf}: driver {dev.driver} on the fake, {driver} captured")
+    for bdf, spec in ((d["bdf"], d) for d in topology["devices"]):
+        dev = got.get(bdf)
+        if dev is None:
+            continue
+        if dev.physfn != spec.get("physfn"):
+            problems.append(f"{bdf}: physfn {dev.physfn} on the fake, {spec.get('physfn')} "
+                            "captured")
+        if dev.sriov_totalvfs != spec.get("sriov_totalvfs") \
+                or dev.sriov_numvfs != spec.get("sriov_numvfs"):
+            problems.append(f"{bdf}: SR-IOV {dev.sriov_numvfs}/{dev.sriov_totalvfs} VFs on the "
+                            f"fake, {spec.get('sriov_numvfs')}/{spec.get('sriov_totalvfs')} "
+                            "captured")
     want_groups = {g["id"]: sorted(g["devices"]) for g in topology.get("groups", [])}
     got_groups = {g.id: sorted(g.devices) for g in sysfs.iommu_groups(b)}
     if want_groups != got_groups:

@@ -252,6 +252,78 @@ def test_capture_keeps_the_original_driver_of_a_bound_device() -> None:
     assert replay.device("00:03.0").driver == "nvme"
 
 
+SRIOV_HOST = {"devices": [
+    {"bdf": "00:1c.0", "model": "pcie-root-port", "bridge": {"secondary_bus": 3}},
+    {"bdf": "03:00.0", "model": "generic", "vendor": "0x8086", "device": "0x1572",
+     "class": "0x020000", "driver": "i40e", "sriov_totalvfs": 64},
+    {"bdf": "03:02.0", "model": "generic", "vendor": "0x8086", "device": "0x154c",
+     "class": "0x020000", "driver": "iavf", "physfn": "03:00.0"},
+    {"bdf": "03:02.1", "model": "generic", "vendor": "0x8086", "device": "0x154c",
+     "class": "0x020000", "physfn": "03:00.0"},
+]}
+
+
+def test_capture_and_replay_keep_sriov_relations() -> None:
+    pf, vfs = "0000:03:00.0", ("0000:03:02.0", "0000:03:02.1")
+    original = System(SRIOV_HOST)
+    captured = capture(original.backend)
+    specs = {d["bdf"]: d for d in captured["devices"]}
+    assert (specs[pf]["sriov_totalvfs"], specs[pf]["sriov_numvfs"]) == (64, 2)
+    assert [specs[v]["physfn"] for v in vfs] == [pf, pf]
+    assert "physfn" not in specs[pf] and "sriov_totalvfs" not in specs[vfs[0]]
+    assert replay_check(captured) == []
+    replay = System(json.loads(to_json(captured)))
+    info = sysfs.pci_device(pf, replay.backend)
+    assert (info.sriov_totalvfs, info.sriov_numvfs, info.virtfns) == (64, 2, vfs)
+    assert sysfs.pci_device(vfs[1], replay.backend).physfn == pf
+    assert capture(replay.backend) == captured
+
+
+def test_capture_of_a_host_sysfs_with_sriov(default: System) -> None:
+    # SR-IOV attributes as a real kernel shows them, over the fake's /sys
+    pf = "/sys/bus/pci/devices/0000:00:04.0"
+    b = Overlay(default.backend, files={f"{pf}/sriov_totalvfs": "7", f"{pf}/sriov_numvfs": "1"},
+                links={f"{pf}/virtfn0": "../0000:00:03.0",
+                       "/sys/bus/pci/devices/0000:00:03.0/physfn": "../0000:00:04.0"})
+    captured = capture(b)  # type: ignore[arg-type]
+    specs = {d["bdf"]: d for d in captured["devices"]}
+    assert (specs["0000:00:04.0"]["sriov_totalvfs"], specs["0000:00:04.0"]["sriov_numvfs"]) == (7, 1)
+    assert specs["0000:00:03.0"]["physfn"] == "0000:00:04.0"
+    assert replay_check(captured) == []
+    replay = System(captured)
+    assert replay.backend.sysfs_readlink("/sys/bus/pci/devices/0000:00:04.0/virtfn0") == \
+        "../0000:00:03.0"
+
+
+def test_capture_keeps_the_kernel_build() -> None:
+    from pyvfio.environment import check_environment
+    from pyvfio.fake.topology import load
+
+    topo = load({"devices": [{"bdf": "00:02.0", "model": "edu"}],
+                 "modules": {"vfio_pci": False},
+                 "kernel": {"release": "6.8.0-41-generic", "modules_dir": False,
+                            "config": {"CONFIG_IOMMUFD": "n", "CONFIG_VFIO_IOMMU_TYPE1": "y"}}})
+    system = System(topo)
+    system.sysfs.kernel = topo["kernel"]
+    captured = capture(system.backend)
+    kernel = captured["kernel"]
+    assert kernel["release"] == "6.8.0-41-generic" and kernel["modules_dir"] is False
+    assert kernel["config"]["CONFIG_IOMMUFD"] == "n"
+    assert kernel["config"]["CONFIG_VFIO_IOMMU_TYPE1"] == "y"
+    assert "Linux 6.8.0-41-generic" in captured["description"]
+    assert replay_check(captured) == []
+    replay_topo = load(captured)
+    replay = System(replay_topo)
+    replay.sysfs.kernel = replay_topo["kernel"]
+
+    def fixes(b: object) -> dict[str, str]:
+        return {c.name: c.fix for c in check_environment(b)}  # type: ignore[arg-type]
+
+    assert fixes(replay.backend) == fixes(system.backend)
+    assert "built without CONFIG_IOMMUFD" in fixes(replay.backend)["module iommufd"]
+    assert fixes(replay.backend)["module vfio_pci"].startswith("CONFIG_VFIO_PCI=m, but")
+
+
 def test_capture_of_a_machine_without_iommu() -> None:
     system = System({"iommu": None, "devices": [{"bdf": "00:02.0", "model": "edu"}]})
     captured = capture(system.backend)
