@@ -168,7 +168,7 @@ class IrqInfo:
 
     index: int  #: the interrupt index (see PciIrq)
     flags: int  #: VFIO_IRQ_INFO_* bits
-    count: int  #: number of vectors (0: the device has none of this kind)
+    count: int  #: how many interrupts the index has (0: none)
 
     @property
     def name(self) -> str:
