@@ -252,9 +252,7 @@ def _print_status(ctx: _Context, data: dict[str, Any]) -> None:
 
 
 def _interfaces(s: dict[str, Any]) -> str:
-    names = [n for n, ok in (("iommufd + cdev", s["cdev_usable"]),
-                             ("legacy container", s["legacy_usable"])) if ok]
-    return ", ".join(names) or "none"
+    return str(s["interfaces"])
 
 
 _BANNER = """\

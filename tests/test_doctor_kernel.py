@@ -204,3 +204,47 @@ def test_kernel_section_validation() -> None:
     assert topo["modules"]["vfio"] is False and topo["modules"]["vfio_pci"] is False
     # normalising twice changes nothing (System.to_topology reloads it)
     assert load(topo)["kernel"] == topo["kernel"]
+
+
+class _Hiding(Overlay):
+    """A backend that hides some host files (as a kernel without them would)."""
+
+    def __init__(self, base: Any, hidden: set[str]) -> None:
+        super().__init__(base)
+        self.hidden = hidden
+
+    def sysfs_read(self, path: str) -> str:
+        if path in self.hidden:
+            raise FileNotFoundError(2, path)
+        return super().sysfs_read(path)
+
+
+def test_when_nothing_tells_cdev_support_both_rows_say_so(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    system = machine(kernel={"config": None})
+    b = _Hiding(system.backend, {"/proc/devices"})
+    support = sysfs.vfio_support(b)  # type: ignore[arg-type]
+    assert support.cdev_supported is None
+    assert support.interfaces == "iommufd + cdev (unconfirmed), legacy container"
+    found = {c.name: c for c in check_environment(b)}  # type: ignore[arg-type]
+    assert found["cdev"].status == WARN and "cannot tell" in found["cdev"].detail
+    assert found["interfaces"].detail == "usable: iommufd + cdev (unconfirmed), legacy container"
+    code = cli.main(["status"], backend=b)  # type: ignore[arg-type]
+    assert code == cli.EXIT_OK
+    assert "usable interfaces: iommufd + cdev (unconfirmed)" in capsys.readouterr().out
+    # once a device is bound, its vfio-dev/vfioN/dev number settles it
+    cli.main(["bind", "00:02.0"], backend=b)  # type: ignore[arg-type]
+    assert sysfs.vfio_support(b).cdev_supported is True  # type: ignore[arg-type]
+
+
+def test_vfio_devices_without_device_numbers_mean_no_cdevs() -> None:
+    system = machine()
+    cli.main(["bind", "00:02.0"], backend=system.backend)
+    hidden = {"/sys/bus/pci/devices/0000:00:02.0/vfio-dev/vfio0/dev"}
+
+    class NoNumbers(_Hiding):
+        def exists(self, path: str) -> bool:
+            return path not in hidden and path != "/dev/vfio/devices" and super().exists(path)
+
+    support = sysfs.vfio_support(NoNumbers(system.backend, hidden))  # type: ignore[arg-type]
+    assert support.cdev_supported is False and not support.cdev_usable
