@@ -14,6 +14,31 @@ topology entry names in its ``model`` key:
 ========================  ==================================================
 
 Register your own with :func:`register`.
+
+Live migration
+--------------
+
+On Linux a device whose state can be saved and restored gets a vfio
+variant driver (``mlx5_vfio_pci``, ``hisi_acc_vfio_pci``, the ``mtty``
+sample) that adds the migration features to vfio-pci.  In the fake, a
+model that can save and restore its state subclasses
+:class:`MigratableDevice` (``edu`` does), and the topology turns migration
+on per device with ``model_migration``::
+
+    {"bdf": "0000:00:02.0", "model": "edu",
+     "model_migration": {"flags": ["STOP_COPY", "P2P", "PRE_COPY"],
+                         "dma_logging": true}}
+
+``flags`` are the ``VFIO_MIGRATION_*`` bits the device reports
+(:data:`MIGRATION_FLAG_NAMES`; ``STOP_COPY`` is required and the default),
+``dma_logging`` adds ``VFIO_DEVICE_FEATURE_DMA_LOGGING_*`` (default
+false); ``"model_migration": true`` means every flag and DMA logging.  The
+fake's vfio-pci then serves ``VFIO_DEVICE_FEATURE_MIGRATION``,
+``MIG_DEVICE_STATE`` with its data fds, ``MIG_DATA_SIZE``,
+``MIG_PRECOPY_INFOv2`` and, with ``dma_logging``, the DMA logging features
+for the device (:mod:`pyvfio.fake.vfio_pci` describes the rules); without
+the key the device answers ``ENOTTY`` for them, as under plain vfio-pci.
+:func:`create` refuses the key for a model that cannot save its state.
 """
 
 from __future__ import annotations
@@ -26,8 +51,10 @@ from ..pci import (
     Bar,
     DeviceModel,
 )
+from ._migration import MIGRATION_FLAG_NAMES, DmaDirtyLog, MigratableDevice, MigrationCapability
 
-__all__ = ["create", "register", "available", "GenericDevice", "ModelFactory"]
+__all__ = ["create", "register", "available", "GenericDevice", "ModelFactory", "MigratableDevice",
+           "MigrationCapability", "DmaDirtyLog", "MIGRATION_FLAG_NAMES"]
 
 #: ``spec -> model``.
 ModelFactory = Callable[[Mapping[str, Any]], DeviceModel]
@@ -43,7 +70,9 @@ class GenericDevice(DeviceModel):
 
     Extra spec keys: ``pcie`` (bool), ``model_msi_vectors`` (int),
     ``model_msix_vectors`` (int, adds a register BAR for the table) and
-    ``model_atomic_comp`` (list of 32/64/128).
+    ``model_atomic_comp`` (list of 32/64/128).  No live migration
+    (``model_migration``): the BARs' contents can change behind the
+    device's back through their mappings.
     """
 
     model_name = "generic"
@@ -144,7 +173,11 @@ def create(spec: Mapping[str, Any]) -> DeviceModel:
     factory = _REGISTRY.get(str(name))
     if factory is None:
         raise KeyError(f"unknown device model {name!r} (known: {', '.join(available())})")
-    return factory(spec)
+    model = factory(spec)
+    if spec.get("model_migration") not in (None, False) and (
+            not isinstance(model, MigratableDevice) or model.migration is None):
+        raise ValueError(f"model {name!r} cannot save its state: model_migration is not supported")
+    return model
 
 
 def _edu(spec: Mapping[str, Any]) -> DeviceModel:

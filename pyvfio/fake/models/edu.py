@@ -57,14 +57,25 @@ Bus addresses are clamped to QEMU's default ``dma_mask`` of 28 bits
 (``address & 0x0fffffff``): map DMA buffers below 256 MiB of IOVA.
 Like QEMU's edu, the device has no reset handler: its registers survive a
 function reset (which clears the config space, MSI enable and INTx).
+
+Live migration (not in QEMU's device): with ``model_migration`` in the spec
+(see :mod:`pyvfio.fake.models`) the fake's vfio-pci offers the
+migration features for the device, as a variant driver would.  The state
+saved is every register (liveness, factorial, status, interrupt status,
+the DMA registers), the factorial or transfer in progress with the number
+of BAR0 accesses it still needs, and the 4 KiB DMA buffer.  After a load,
+the interrupt line follows the loaded interrupt status once the device
+runs again (no new MSI is sent).
 """
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-from ..pci import DMA_ERRORS, IRQ_MSI, Bar, DeviceModel
+from ..pci import DMA_ERRORS, IRQ_MSI, Bar
+from ._migration import MigratableDevice
 
 __all__ = ["EduDevice"]
 
@@ -106,7 +117,17 @@ class _Pending:
     complete: Callable[[], None]
 
 
-class EduDevice(DeviceModel):
+#: The saved state: magic, liveness, factorial, status, interrupt status,
+#: DMA source, destination, count and command, then the number of
+#: operations in progress; each of those is (kind, accesses left); then the
+#: DMA buffer.
+_STATE = struct.Struct("<4sIIIIQQQQI")
+_STATE_OP = struct.Struct("<BI")
+_STATE_MAGIC = b"edu\x01"
+_OP_FACT, _OP_DMA = 1, 2
+
+
+class EduDevice(MigratableDevice):
     """QEMU's edu device (see the module documentation)."""
 
     model_name = "edu"
@@ -303,3 +324,49 @@ class EduDevice(DeviceModel):
                 return
             self.dma_cmd = value
             self._schedule(self.dma_latency, self._dma_done)
+
+    # -- live migration (MigratableDevice) ------------------------------------
+    def save_device_state(self) -> bytes:
+        """Registers, operations in progress and the DMA buffer."""
+        ops = []
+        for op in self._pending:
+            kind = _OP_FACT if op.complete == self._fact_done else _OP_DMA
+            ops.append(_STATE_OP.pack(kind, op.remaining))
+        head = _STATE.pack(_STATE_MAGIC, self.liveness, self.fact, self.status, self.irq_status,
+                           self.dma_src, self.dma_dst, self.dma_count, self.dma_cmd, len(ops))
+        return head + b"".join(ops) + bytes(self.dma_buf)
+
+    def load_device_state(self, data: bytes) -> None:
+        """The state :meth:`save_device_state` wrote; ``ValueError`` (and no
+        change) when it is truncated or inconsistent."""
+        data = bytes(data)
+        if len(data) < _STATE.size:
+            raise ValueError("edu state: truncated header")
+        (magic, liveness, fact, status, irq_status, dma_src, dma_dst, dma_count, dma_cmd,
+         count) = _STATE.unpack_from(data)
+        if magic != _STATE_MAGIC:
+            raise ValueError("edu state: not an edu state (or another version)")
+        if count > 2 or len(data) != _STATE.size + count * _STATE_OP.size + DMA_SIZE:
+            raise ValueError("edu state: wrong length")
+        ops: list[tuple[int, int]] = []
+        for i in range(count):
+            kind, remaining = _STATE_OP.unpack_from(data, _STATE.size + i * _STATE_OP.size)
+            if kind not in (_OP_FACT, _OP_DMA) or remaining <= 0 or kind in (k for k, _ in ops):
+                raise ValueError("edu state: bad operation in progress")
+            ops.append((kind, remaining))
+        kinds = {k for k, _ in ops}
+        if bool(status & STATUS_COMPUTING) != (_OP_FACT in kinds):
+            raise ValueError("edu state: the computing bit and the factorial in progress disagree")
+        if bool(dma_cmd & DMA_CMD_RUN) != (_OP_DMA in kinds):
+            raise ValueError("edu state: the DMA run bit and the transfer in progress disagree")
+        self.liveness, self.fact, self.status, self.irq_status = liveness, fact, status, irq_status
+        self.dma_src, self.dma_dst, self.dma_count, self.dma_cmd = dma_src, dma_dst, dma_count, dma_cmd
+        self._pending = [_Pending(remaining, self._fact_done if kind == _OP_FACT else self._dma_done)
+                         for kind, remaining in ops]
+        self.dma_buf[:] = data[len(data) - DMA_SIZE:]
+
+    def migration_resumed(self) -> None:
+        """The INTx line follows the interrupt status again (a loaded
+        state may have a different one)."""
+        if not self.msi_enabled:
+            self.set_intx(bool(self.irq_status))
