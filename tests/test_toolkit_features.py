@@ -205,7 +205,8 @@ def test_migration_and_logging_encoding(machine: FakeMachine,
 def test_function_reset(machine: FakeMachine) -> None:
     model = machine.model(machine.nvme)
     with open_cdev(machine.backend, machine.nvme) as (dev, _ioas):
-        assert dev.info.can_reset and dev.reset_methods == ["flr", "bus"]
+        # on the root bus: FLR (PCIe DevCap), never a bus reset (no parent bridge)
+        assert dev.info.can_reset and dev.reset_methods == ["flr"]
         assert dev.bdf == machine.nvme and dev.sysfs_path.endswith(machine.nvme)
         dev.config.enable(memory=True)
         bar0 = dev.regions["BAR0"].mmap()
@@ -231,7 +232,8 @@ def test_device_opened_by_cdev_path_knows_its_address(machine: FakeMachine) -> N
     with IommuFd(backend=machine.backend) as fd, Device.open(path, backend=machine.backend) as dev:
         dev.bind(fd)
         assert dev.name == path and dev.bdf == machine.edu
-        assert dev.reset_methods == ["bus"]
+        assert dev.reset_methods == []  # the root bus: nothing, as VFIO_DEVICE_FLAGS_RESET says
+        assert not dev.info.can_reset
 
 
 def test_hot_reset_group_form(machine: FakeMachine) -> None:
