@@ -257,6 +257,7 @@ def test_model_migration_spelling() -> None:
     assert MigrationCapability.from_spec({}) == MigrationCapability(lib.VFIO_MIGRATION_STOP_COPY, False)
     assert MigrationCapability.from_spec({"flags": ["STOP_COPY", "PRE_COPY"], "dma_logging": True}) == \
         MigrationCapability(lib.VFIO_MIGRATION_STOP_COPY | lib.VFIO_MIGRATION_PRE_COPY, True)
+    bad: object
     for bad in ({"flags": ["P2P"]}, {"flags": ["STOP_COPY", "FAST"]}, {"flags": "STOP_COPY"},
                 {"flag": []}, {"dma_logging": 1}, 7):
         with pytest.raises(ValueError):
