@@ -111,7 +111,6 @@ class _Context:
             try:
                 topology = load(args.fake)
                 system = System(topology)
-                system.sysfs.kernel = topology["kernel"]
             except TopologyError as e:
                 raise _UsageError(f"--fake {args.fake}: {e}") from None
             self.backend = system.backend

@@ -208,7 +208,6 @@ def vfio_system(request: pytest.FixtureRequest) -> Iterator[System]:
         topo, bdf = _with_device(topo, _device_request(request))
         request.node.stash[_DEVICE_KEY] = bdf
     system = System(topo)
-    system.sysfs.kernel = topo["kernel"]
     yield system
     leaked = system.backend.open_files
     if leaked and request.config.getini("vfio_leak_check"):

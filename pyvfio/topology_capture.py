@@ -376,7 +376,6 @@ def replay_check(topology: dict[str, Any]) -> list[str]:
 
     topology = load(topology)
     system = System(topology)
-    system.sysfs.kernel = topology["kernel"]
     problems = []
     b = system.backend
     want_drivers = {d["bdf"]: d.get("driver") for d in topology["devices"]}

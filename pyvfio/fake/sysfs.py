@@ -193,12 +193,20 @@ class Sysfs:
         self.vfio_pci_params = {"nointxmask": False, "disable_idle_d3": False,
                                 "enable_sriov": False, "disable_denylist": False}
         self.iommufd_params = {"allow_unsafe_interrupts": False}
-        declared = getattr(system, "kernel", None)
-        #: The kernel build (a topology's normalised ``kernel`` section:
-        #: ``release``, ``config`` or None, ``modules_dir``); assign a
-        #: topology's section to describe another build.
-        self.kernel: dict[str, Any] = (
-            declared if isinstance(declared, dict) else _topology.normalize_kernel(None))
+        if not isinstance(getattr(system, "kernel", None), dict):
+            system.kernel = _topology.normalize_kernel(None)
+
+    @property
+    def kernel(self) -> dict[str, Any]:
+        """The kernel build served (the system's normalised ``kernel``
+        section: ``release``, ``config`` or None, ``modules_dir``); assign a
+        topology's section to describe another build."""
+        kernel: dict[str, Any] = self.system.kernel
+        return kernel
+
+    @kernel.setter
+    def kernel(self, value: dict[str, Any]) -> None:
+        self.system.kernel = value
 
     # -- public API ---------------------------------------------------------------
     def read(self, path: str) -> str:

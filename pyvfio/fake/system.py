@@ -805,6 +805,10 @@ class System:
         self.user_memory = UserMemory(lambda: self.memlock_limit)
         self.faults: list[FaultRecord] = []
         self.numa_nodes: int = topo["numa_nodes"]
+        #: The kernel build the machine runs (the topology's ``kernel``
+        #: section: ``release``, ``config``, ``modules_dir``), served in its
+        #: /proc and /lib/modules files.
+        self.kernel: dict[str, Any] = topo["kernel"]
         self.modules: dict[str, bool] = dict(topo["modules"])
         #: vfio.enable_unsafe_noiommu_mode
         self.noiommu: bool = topo["noiommu"]
@@ -1242,6 +1246,7 @@ class System:
                 "allow_unsafe_interrupts": self.type1_params["allow_unsafe_interrupts"],
             },
             "iommu": self.iommu.to_topology() if self.iommu is not None else None,
+            "kernel": dict(self.kernel),
             "devices": devices,
             "groups": groups,
         }

@@ -66,10 +66,8 @@ options are unset with an unset ``CONFIG_VFIO``).
 whose option is unset cannot be loaded (``modules`` defaults to false for
 it), and a built-in (``"y"``) one is always loaded.  The fake always gives
 vfio devices cdevs and the group interface, so with VFIO built those
-options stay on.  The fake's sysfs serves the section it is given
-(``system.sysfs.kernel = topology["kernel"]``, as the ``pyvfio`` command,
-the pytest plugin and :func:`pyvfio.topology_capture.replay_check` do);
-otherwise the default build.
+options stay on.  A :class:`~pyvfio.fake.System` keeps the section as
+``system.kernel`` and serves it; without one, the default build.
 
 Without ``groups`` every device is alone in its group, except that the
 devices behind a conventional PCI bridge (a PCIe-to-PCI bridge) share the

@@ -543,3 +543,18 @@ def test_device_level_claims(make_system):
     with pytest.raises(OSError) as info:
         bare.claim_dma_owner(owner)
     assert info.value.errno == errno.ENODEV
+
+
+def test_the_kernel_section_is_kept_and_round_trips() -> None:
+    from pyvfio.fake import System, topology
+
+    topo = topology.load("minimal")
+    topo["kernel"] = topology.normalize_kernel(
+        {"release": "6.12.9"})
+    system = System(topo)
+    assert system.kernel["release"] == "6.12.9"
+    assert system.backend.sysfs_read("/proc/sys/kernel/osrelease") == "6.12.9"  # served as is
+    again = System(system.to_topology())
+    assert again.kernel == system.kernel
+    system.sysfs.kernel = topology.normalize_kernel({"release": "7.3.1"})
+    assert system.to_topology()["kernel"]["release"] == "7.3.1"
