@@ -250,7 +250,7 @@ class Bar:
     start: int  #: host bus address
     size: int  #: bytes
     kind: str  #: ``"mem32"``, ``"mem64"`` or ``"io"``
-    prefetchable: bool
+    prefetchable: bool  #: a prefetchable memory BAR
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-friendly form."""
@@ -285,19 +285,19 @@ def _parse_resource(text: str | None) -> list[Bar]:
 class PciDeviceInfo:
     """What sysfs says about one PCI function (a snapshot)."""
 
-    bdf: str
-    vendor: int
-    device: int
-    subsystem_vendor: int
-    subsystem_device: int
-    revision: int
+    bdf: str  #: the PCI address, ``0000:00:04.0``
+    vendor: int  #: PCI vendor ID
+    device: int  #: PCI device ID
+    subsystem_vendor: int  #: subsystem vendor ID
+    subsystem_device: int  #: subsystem device ID
+    revision: int  #: revision ID
     class_code: int  #: the 24-bit class code
-    driver: str | None
-    driver_override: str | None
+    driver: str | None  #: the bound driver's name, or None
+    driver_override: str | None  #: the driver_override set on it, or None
     numa_node: int  #: -1 when unknown
-    iommu_group: int | None
+    iommu_group: int | None  #: its IOMMU group number, or None without an IOMMU
     reset_methods: tuple[str, ...]  #: enabled methods, best first; empty: no reset
-    bars: tuple[Bar, ...]
+    bars: tuple[Bar, ...]  #: its BARs that have a size (from ``resource``)
     parent: str | None  #: BDF of the bridge above, or None on a root bus
     secondary_bus: int | None  #: the bus behind a bridge
     physfn: str | None  #: for an SR-IOV VF: its PF
@@ -431,8 +431,8 @@ def pci_devices(backend: Backend | None = None) -> list[PciDeviceInfo]:
 class ReservedRegion:
     """An IOVA range the group's IOMMU will not map for DMA (``[start, last]``)."""
 
-    start: int
-    last: int
+    start: int  #: first IOVA of the region
+    last: int  #: last IOVA (inclusive)
     type: str  #: ``direct``, ``direct-relaxable``, ``reserved`` or ``msi``
 
     def as_dict(self) -> dict[str, Any]:
@@ -444,8 +444,9 @@ class ReservedRegion:
 class IommuGroupInfo:
     """What sysfs says about one IOMMU group (a snapshot)."""
 
-    id: int
+    id: int  #: the group number
     devices: tuple[str, ...]  #: member BDFs (PCI and others), sorted
+    #: IOVA ranges the group's devices may not use for DMA
     reserved_regions: tuple[ReservedRegion, ...]
     type: str | None  #: default domain type: ``DMA``, ``DMA-FQ``, ``identity``, ...
     name: str | None  #: ``vfio-noiommu`` for an unsafe no-IOMMU group
@@ -539,6 +540,7 @@ class KernelBuild:
     """
 
     release: str | None  #: ``uname -r``
+    #: the kernel config as ``CONFIG_X: y|m|n``, or None if unreadable
     config: dict[str, str] | None
     config_source: str | None  #: ``/proc/config.gz`` or ``/boot/config-<release>``
     builtin: frozenset[str] | None  #: modules built in (modules.builtin), ``-`` as ``_``
@@ -837,8 +839,8 @@ def _cdev_supported(b: Backend, build: KernelBuild, cdev_dir: bool,
 class Blocker:
     """A device that keeps its IOMMU group from being viable."""
 
-    bdf: str
-    driver: str
+    bdf: str  #: the device that blocks the group
+    driver: str  #: the host driver it is bound to
     #: What the device is (``"Ethernet controller 8086:100e"``), when known.
     description: str = field(default="", compare=False)
 
@@ -879,10 +881,10 @@ def _describe(b: Backend, bdf: str) -> str:
 class GroupMember:
     """One device of an IOMMU group, as :func:`explain_group` sees it."""
 
-    bdf: str
-    driver: str | None
+    bdf: str  #: the member's address
+    driver: str | None  #: its driver, or None
     description: str  #: ``"Ethernet controller 8086:100e"`` ("" if not a PCI device)
-    is_bridge: bool
+    is_bridge: bool  #: a PCI bridge (keeps the group viable on pcieport or no driver)
 
     @property
     def blocks(self) -> bool:
@@ -917,15 +919,15 @@ class GroupViability:
     trusted with it, or left without a driver.
     """
 
-    group: int
+    group: int  #: the group number
     #: The device the question is about (None: the group as a whole).
     device: str | None
-    members: tuple[GroupMember, ...]
-    blockers: tuple[Blocker, ...]
+    members: tuple[GroupMember, ...]  #: every device of the group
+    blockers: tuple[Blocker, ...]  #: members bound to DMA-capable host drivers
     #: Other members that share the group's I/O address space with ``device``
     #: (every member when asking about the group and it has several).
     at_risk: tuple[GroupMember, ...]
-    noiommu: bool = False
+    noiommu: bool = False  #: an unsafe no-IOMMU group
 
     @property
     def viable(self) -> bool:

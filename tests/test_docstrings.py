@@ -75,10 +75,6 @@ DOCUMENTED = [
     "pyvfio.fake.vfio_pci",
     "pyvfio.fake.intervals",
     "pyvfio.fake.topology",
-]
-
-#: Modules still being documented.
-IN_PROGRESS = [
     "pyvfio.sysfs",
     "pyvfio.fake.sysfs",
 ]
@@ -316,12 +312,6 @@ def test_public_names_documented(modname: str) -> None:
     _check(modname)
 
 
-@pytest.mark.parametrize("modname", IN_PROGRESS)
-@pytest.mark.xfail(strict=False, reason="being documented")
-def test_public_names_documented_in_progress(modname: str) -> None:
-    _check(modname)
-
-
 def test_lists_name_every_public_module() -> None:
     """A new public module is in one of the two lists."""
     import pkgutil
@@ -334,12 +324,12 @@ def test_lists_name_every_public_module() -> None:
                 "topologies" not in info.name):
             public.add(info.name)
     public.discard("pyvfio.__main__")
-    assert sorted(public - set(DOCUMENTED) - set(IN_PROGRESS)) == []
+    assert sorted(public - set(DOCUMENTED)) == []
 
 
 if __name__ == "__main__":  # python tests/test_docstrings.py: print the list
     seen: set[str] = set()
-    for modname in [*DOCUMENTED, *IN_PROGRESS]:
+    for modname in DOCUMENTED:
         for item in undocumented(modname):
             if item not in seen:
                 seen.add(item)

@@ -214,6 +214,7 @@ class Sysfs:
         return self.read_bytes(path).decode("ascii", errors="replace").rstrip("\n")
 
     def read_bytes(self, path: str) -> bytes:
+        """Contents of an attribute as bytes (binary ones such as ``config`` too)."""
         host = self._host_path(path)
         if host is not None:
             if isinstance(host, dict):
@@ -242,6 +243,7 @@ class Sysfs:
         node.store(value)
 
     def listdir(self, path: str) -> list[str]:
+        """Names in a directory, sorted (ENOENT/ENOTDIR as the kernel gives them)."""
         host = self._host_path(path)
         if host is not None:
             if not isinstance(host, dict):
@@ -253,12 +255,14 @@ class Sysfs:
         return sorted(node.children())
 
     def readlink(self, path: str) -> str:
+        """Target of a symbolic link (EINVAL when ``path`` is not a link)."""
         node = self._resolve(path, follow=False)
         if not isinstance(node, _Link):
             raise errno_error(errno.EINVAL, f"{path} is not a symbolic link")
         return node.target
 
     def exists(self, path: str) -> bool:
+        """Whether ``path`` exists (links followed)."""
         try:
             if self._host_path(path) is not None:
                 return True
@@ -268,6 +272,7 @@ class Sysfs:
         return True
 
     def is_dir(self, path: str) -> bool:
+        """Whether ``path`` is a directory (links followed)."""
         try:
             return isinstance(self._resolve(path, follow=True), _Dir)
         except OSError:
