@@ -29,8 +29,9 @@ on per device with ``model_migration``::
      "model_migration": {"flags": ["STOP_COPY", "P2P", "PRE_COPY"],
                          "dma_logging": true}}
 
-``flags`` are the ``VFIO_MIGRATION_*`` bits the device reports
-(:data:`MIGRATION_FLAG_NAMES`; ``STOP_COPY`` is required and the default),
+``flags`` are the ``VFIO_MIGRATION_*`` bits the device reports, by name
+(``STOP_COPY``, ``P2P``, ``PRE_COPY``; ``STOP_COPY`` is required and the
+default),
 ``dma_logging`` adds ``VFIO_DEVICE_FEATURE_DMA_LOGGING_*`` (default
 false); ``"model_migration": true`` means every flag and DMA logging.  The
 fake's vfio-pci then serves ``VFIO_DEVICE_FEATURE_MIGRATION``,
@@ -51,10 +52,10 @@ from ..pci import (
     Bar,
     DeviceModel,
 )
-from ._migration import MIGRATION_FLAG_NAMES, DmaDirtyLog, MigratableDevice, MigrationCapability
+from ._migration import DmaDirtyLog, MigratableDevice, MigrationCapability
 
 __all__ = ["create", "register", "available", "GenericDevice", "ModelFactory", "MigratableDevice",
-           "MigrationCapability", "DmaDirtyLog", "MIGRATION_FLAG_NAMES"]
+           "MigrationCapability", "DmaDirtyLog"]
 
 #: ``spec -> model``.
 ModelFactory = Callable[[Mapping[str, Any]], DeviceModel]
