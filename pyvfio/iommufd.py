@@ -249,7 +249,7 @@ class IommuFd(FdResource):
                  | (lib.IOMMU_HWPT_ALLOC_DIRTY_TRACKING if dirty_tracking else 0)
                  | (lib.IOMMU_HWPT_ALLOC_PASID if pasid else 0)
                  | (lib.IOMMU_HWPT_FAULT_ID_VALID if fault is not None else 0))
-        buf = ffi.from_buffer(data) if data else ffi.NULL
+        buf = _user_data(data)
         cmd = self._cmd(
             "IOMMU_HWPT_ALLOC", lib.IOMMU_HWPT_ALLOC, "struct iommu_hwpt_alloc",
             flags=flags, dev_id=_dev_id(device), pt_id=parent.id, data_type=int(data_type),
@@ -258,6 +258,7 @@ class IommuFd(FdResource):
         )
         hwpt = HWPT(self, int(cmd.out_hwpt_id), parent, flags)
         hwpt.fault = fault
+        hwpt.data = bytes(ffi.buffer(buf, len(data))) if data else b""
         # The HWPT keeps its parent (IOAS, nesting parent or vIOMMU) and its
         # fault queue busy: closing either destroys the HWPT first.
         parent._dependents[id(hwpt)] = hwpt
@@ -274,17 +275,29 @@ class IommuFd(FdResource):
     def viommu_alloc(self, device: Device | int, hwpt: HWPT, viommu_type: int,
                      data: bytes = b"") -> Viommu:
         """IOMMU_VIOMMU_ALLOC over a nesting-parent ``hwpt``."""
-        buf = ffi.from_buffer(data) if data else ffi.NULL
+        buf = _user_data(data)
         cmd = self._cmd("IOMMU_VIOMMU_ALLOC", lib.IOMMU_VIOMMU_ALLOC, "struct iommu_viommu_alloc",
                         type=viommu_type, dev_id=_dev_id(device), hwpt_id=hwpt.id,
                         data_len=len(data), data_uptr=int(ffi.cast("uintptr_t", buf)))
-        return self._adopt(Viommu(self, int(cmd.out_viommu_id), hwpt))
+        viommu = Viommu(self, int(cmd.out_viommu_id), hwpt)
+        viommu.data = bytes(ffi.buffer(buf, len(data))) if data else b""
+        return self._adopt(viommu)
 
     def _object_destroy(self, obj: IommufdObject) -> None:
         if self.closed:
             return  # closing the iommufd destroyed everything
         self._cmd("IOMMU_DESTROY", lib.IOMMU_DESTROY, "struct iommu_destroy",
                   target=obj.describe(), id=obj.id)
+
+
+def _user_data(data: bytes) -> Any:
+    """A private, writable copy of driver-specific data for the kernel to
+    read (and, for some types, to write back), or NULL when empty."""
+    if not data:
+        return ffi.NULL
+    buf = ffi.new("char[]", len(data))
+    ffi.memmove(buf, data, len(data))
+    return buf
 
 
 def _dev_id(device: Device | int) -> int:
@@ -638,6 +651,8 @@ class HWPT(_PageTable):
         self.parent = parent  #: the IOAS, nesting-parent HWPT or vIOMMU it was made from
         self.flags = flags  #: IOMMU_HWPT_ALLOC_* flags it was allocated with
         self.fault: FaultQueue | None = None  #: the fault queue it reports to, if any
+        #: the driver-specific data it was allocated with, as the kernel left it
+        self.data = b""
 
     def set_dirty_tracking(self, enabled: bool) -> None:
         """IOMMU_HWPT_SET_DIRTY_TRACKING."""
@@ -678,8 +693,7 @@ class HWPT(_PageTable):
         if any(len(e) != entry_len for e in entries):
             raise InvalidArgumentError("invalidation entries must all have the same size",
                                        ioctl=name, target=self.describe())
-        blob = b"".join(entries)
-        buf = ffi.from_buffer(blob) if blob else ffi.NULL
+        buf = _user_data(b"".join(entries))
         cmd = self.iommufd._cmd(name, lib.IOMMU_HWPT_INVALIDATE, "struct iommu_hwpt_invalidate",
                                 target=self.describe(), hwpt_id=self.id, data_type=data_type,
                                 entry_len=entry_len, entry_num=len(entries),
@@ -747,7 +761,9 @@ class Viommu(IommufdObject):
 
     def __init__(self, iommufd: IommuFd, viommu_id: int, hwpt: HWPT) -> None:
         super().__init__(iommufd, viommu_id)
-        self.hwpt = hwpt
+        self.hwpt = hwpt  #: the nesting-parent HWPT it translates through
+        #: the driver-specific data it was allocated with, as the kernel left it
+        self.data = b""
 
     def vdevice(self, device: Device | int, virt_id: int) -> Vdevice:
         """IOMMU_VDEVICE_ALLOC: tell the vIOMMU the guest's ID for a device."""
@@ -784,7 +800,16 @@ class Vdevice(IommufdObject):
 
     def __init__(self, iommufd: IommuFd, vdevice_id: int, viommu: Viommu) -> None:
         super().__init__(iommufd, vdevice_id)
-        self.viommu = viommu
+        self.viommu = viommu  #: the vIOMMU it belongs to
+
+    def _release(self) -> None:
+        # Unbinding the device destroys its vdevice in the kernel
+        # (iommufd_device_destroy): then there is nothing left to destroy.
+        try:
+            super()._release()
+        except IoctlError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
 
 
 class Veventq(IommufdObject):
