@@ -71,3 +71,17 @@ def test_two_functions_below_a_bridge_cannot_use_a_bus_reset() -> None:
     for bdf in ("0000:01:00.0", "0000:01:00.1"):
         assert reset_methods(b, bdf) == ()
         assert vfio_can_reset(system, bdf) is False
+
+
+def test_an_emptied_reset_method_list_means_no_reset() -> None:
+    """``echo > reset_method`` turns every method off: vfio-pci then finds
+    no working reset when the device is opened (reset_works is false)."""
+    system = System("default")
+    b = system.backend
+    nvme = "0000:00:03.0"
+    assert reset_methods(b, nvme) == ("flr",)
+    b.sysfs_write(f"{sysfs.PCI_DEVICES}/{nvme}/reset_method", "\n")
+    assert reset_methods(b, nvme) == ()
+    assert vfio_can_reset(system, nvme) is False
+    b.sysfs_write(f"{sysfs.PCI_DEVICES}/{nvme}/reset_method", "default")
+    assert vfio_can_reset(system, nvme) is True

@@ -830,12 +830,15 @@ class Sysfs:
         ctrl = int.from_bytes(pdev.config_bytes()[pm + _PCI_PM_CTRL:pm + _PCI_PM_CTRL + 2], "little")
         return not ctrl & _PCI_PM_CTRL_NO_SOFT_RESET
 
-    def _enabled_reset_methods(self, pdev: PciDevice) -> list[str]:
+    def enabled_reset_methods(self, pdev: PciDevice) -> list[str]:
+        """The methods a reset of ``pdev`` tries, best first: those enabled
+        in ``reset_method`` that can work where the device sits (empty: the
+        device cannot be reset, ``pci_reset_function`` fails)."""
         supported = self._supported_reset_methods(pdev)
         return [m for m in pdev.reset_methods if m in supported]
 
     def _reset_method_show(self, pdev: PciDevice) -> bytes:
-        methods = self._enabled_reset_methods(pdev)
+        methods = self.enabled_reset_methods(pdev)
         if not methods:
             return b""
         return (" ".join(methods) + "\n").encode()
@@ -868,7 +871,7 @@ class Sysfs:
         val = _parse_uint(value, 64)
         if val != 1:
             raise errno_error(errno.EINVAL, "write 1 to reset")
-        if not self._enabled_reset_methods(pdev):
+        if not self.enabled_reset_methods(pdev):
             raise errno_error(errno.ENOTTY, "no reset method enabled")
         reset = getattr(pdev.model, "reset", None)
         if callable(reset):

@@ -698,27 +698,10 @@ class VfioPciCore:
         _restore_state(self.model, saved)
 
     def _probe_reset_methods(self) -> list[str]:
-        """pci_init_reset_methods: the methods that work for this device."""
-        wanted = list(getattr(self.pdev, "reset_methods", None) or []) or self.model.reset_methods
-        usable = []
-        for method in wanted:
-            if method == "flr" and not self.model.has_flr:
-                continue
-            if method == "pm" and (self.model.pm_offset is None or self.model.config_word(
-                    self.model.pm_offset + PCI_PM_CTRL) & PCI_PM_CTRL_NO_SOFT_RESET):
-                continue
-            if method == "bus" and not self._bus_function_reset_ok():
-                continue
-            usable.append(method)
-        return usable
-
-    def _bus_function_reset_ok(self) -> bool:
-        """pci_parent_bus_reset: only for a function alone on a non-root bus."""
-        parent = getattr(self.pdev, "parent", None)
-        if parent is None:
-            return False
-        siblings = [d for d in getattr(parent, "children", []) if d is not self.pdev]
-        return not siblings and not getattr(self.pdev, "children", [])
+        """The reset methods that work for this device: those enabled in its
+        sysfs ``reset_method`` that fit its capabilities and position
+        (pci_init_reset_methods; an emptied list means no reset)."""
+        return self.pdev.system.sysfs.enabled_reset_methods(self.pdev)
 
     def _reset_function_locked(self) -> bool:
         """__pci_reset_function_locked: the first working method resets the
