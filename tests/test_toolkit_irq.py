@@ -391,3 +391,20 @@ def test_wait_on_a_high_fd(machine: FakeMachine, high_fds: None) -> None:
             assert efd.wait(2) == 4
         finally:
             timer.join()
+
+
+def test_msix_vectors_can_be_added_while_enabled(machine: FakeMachine) -> None:
+    """MSI-X with NORESIZE clear (vectors allocated on demand, as Linux 7.3
+    does on x86): more vectors join an enabled index."""
+    with open_cdev(machine.backend, machine.nvme) as (dev, _ioas):
+        msix = dev.irqs["MSIX"]
+        assert not msix.noresize
+        first = msix.enable(2)
+        (late,) = msix.enable(1, start=10)
+        msix.trigger(10)
+        assert late.wait(1) == 1 and first[0].poll() == 0
+        assert [v.vector for v in msix.vectors] == [0, 1, 10]
+        with pytest.raises(InvalidArgumentError, match=r"vectors \[0, 1\] are already enabled"):
+            msix.enable(2, start=0)
+        msix.disable()
+        assert msix.vectors == () and late.closed

@@ -1240,7 +1240,9 @@ class VfioPciCore:
         if index == IRQ_MSIX:
             return model.msix.vectors if model.msix is not None else 0
         if index == IRQ_ERR:
-            return 1 if model.pcie_offset is not None else 0
+            # Linux 7.3 offers ERR for every device (older kernels: PCIe only);
+            # measured on QEMU's edu, a conventional PCI function.
+            return 1
         if index == IRQ_REQ:
             return 1
         return 0
@@ -2080,12 +2082,12 @@ class VfioDeviceFile(FakeFile):
         index = int(info.index)
         if int(info.argsz) < minsz or index >= VFIO_PCI_NUM_IRQS:
             raise errno_error(errno.EINVAL, "argsz too small or index out of range")
-        if index == IRQ_ERR and self.core.model.pcie_offset is None:
-            raise errno_error(errno.EINVAL, "ERR needs a PCI Express device")
         flags = lib.VFIO_IRQ_INFO_EVENTFD
         if index == IRQ_INTX:
             flags |= lib.VFIO_IRQ_INFO_MASKABLE | lib.VFIO_IRQ_INFO_AUTOMASKED
-        else:
+        elif index != IRQ_MSIX:
+            # MSI-X vectors are allocated on demand (has_dyn_msix, as on x86):
+            # their count may grow while enabled; every other index is fixed.
             flags |= lib.VFIO_IRQ_INFO_NORESIZE
         info.flags = flags
         info.count = self.core.irq_count(index)
