@@ -1261,7 +1261,7 @@ class VfioPciCore:
             if action == lib.VFIO_IRQ_SET_ACTION_TRIGGER:
                 func = (lambda f, s, c, d, _i=index: self._set_msi_trigger(_i, f, s, c, d))
         elif index == IRQ_ERR:
-            if action == lib.VFIO_IRQ_SET_ACTION_TRIGGER and self.model.pcie_offset is not None:
+            if action == lib.VFIO_IRQ_SET_ACTION_TRIGGER:  # every device on 7.3
                 func = self._set_err_trigger
         elif index == IRQ_REQ:
             if action == lib.VFIO_IRQ_SET_ACTION_TRIGGER:
@@ -2085,9 +2085,10 @@ class VfioDeviceFile(FakeFile):
         flags = lib.VFIO_IRQ_INFO_EVENTFD
         if index == IRQ_INTX:
             flags |= lib.VFIO_IRQ_INFO_MASKABLE | lib.VFIO_IRQ_INFO_AUTOMASKED
-        elif index != IRQ_MSIX:
-            # MSI-X vectors are allocated on demand (has_dyn_msix, as on x86):
-            # their count may grow while enabled; every other index is fixed.
+        elif index != IRQ_MSIX or self.core.model.msix is None:
+            # MSI-X vectors are allocated on demand (has_dyn_msix, as on x86,
+            # for a device with MSI-X): their count may grow while enabled;
+            # every other index is fixed.
             flags |= lib.VFIO_IRQ_INFO_NORESIZE
         info.flags = flags
         info.count = self.core.irq_count(index)

@@ -20,6 +20,7 @@ from pyvfio import Container, Device, Group, IommuFd, IommuType, ffi, lib
 from pyvfio.backend import Backend
 
 EDU = (0x1234, 0x11E8)
+NVME = (0x1B36, 0x0010)
 E1000 = (0x8086, 0x100E)
 U64_MAX = (1 << 64) - 1
 
@@ -371,6 +372,37 @@ def type1_v1_unmap(env: Env) -> Result:
     return r
 
 
+def device_irqs_and_regions(env: Env) -> Result:
+    """What vfio-pci reports of edu and the NVMe controller: interrupt
+    indexes (counts, flags), regions (sizes, flags), config capabilities,
+    and what SET_IRQS accepts on them."""
+    r: Result = {}
+    for name, ids in (("edu", EDU), ("nvme", NVME)):
+        (bdf,) = env.find(ids)
+        env.bind(bdf, "vfio-pci")
+        try:
+            with IommuFd(backend=env.backend) as fd, Device.open(bdf, backend=env.backend) as dev:
+                dev.bind(fd)
+                r[f"{name}_irqs"] = {irq.name: [irq.count, irq.flags] for irq in dev.irqs.values()}
+                r[f"{name}_regions"] = {reg.name: [reg.size, reg.flags]
+                                        for reg in dev.regions.values()}
+                r[f"{name}_caps"] = [c.name for c in dev.config.capabilities()]
+                r[f"{name}_ext_caps"] = [c.name for c in dev.config.extended_capabilities()]
+                msi = dev.irqs["MSIX"] if name == "nvme" else dev.irqs["MSI"]
+                vectors = msi.enable(1)
+                r[f"{name}_second_enable"] = attempt(lambda: len(msi.enable(1, start=1)))
+                r[f"{name}_intx_while_msi"] = attempt(lambda: dev.irqs["INTX"].enable())
+                msi.trigger(0)
+                r[f"{name}_loopback"] = vectors[0].wait(5)
+                msi.disable()
+                (err,) = dev.irqs["ERR"].enable()
+                dev.irqs["ERR"].trigger()
+                r[f"{name}_err_loopback"] = err.wait(5)
+        finally:
+            env.restore()
+    return r
+
+
 # -- ownership and viability -----------------------------------------------------------
 
 
@@ -411,7 +443,8 @@ def ownership_and_viability(env: Env) -> Result:
 SCENARIOS: dict[str, Callable[[Env], Result]] = {
     f.__name__: f
     for f in (ioas_map_unmap, ioas_raw_size_checks, ioas_copy_and_allow, cdev_bind_attach,
-              legacy_container_state, type1_rules, type1_v1_unmap, ownership_and_viability)
+              legacy_container_state, type1_rules, type1_v1_unmap, device_irqs_and_regions,
+              ownership_and_viability)
 }
 
 
