@@ -20,7 +20,8 @@ operation the feature does not have); the methods raise
 :class:`~pyvfio.errors.UnsupportedError` then, and :meth:`~DeviceFeatures.probe`
 returns False.  vfio-pci itself offers only the low-power features and the
 VF token; migration and DMA logging come from variant drivers (mlx5,
-hisi_acc, ...).
+hisi_acc, ...).  On the fake kernel, a device model declared with
+``model_migration`` (edu) has them too: see :mod:`pyvfio.fake.models`.
 """
 
 from __future__ import annotations

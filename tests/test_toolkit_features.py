@@ -1,7 +1,8 @@
 """Device features, resets and recovery on the fake kernel.
 
-vfio-pci offers the low-power features; migration, DMA logging and bus
-master control answer ENOTTY as on Linux.  The encoding of the migration
+Plain vfio-pci offers the low-power features; migration, DMA logging and
+bus master control answer ENOTTY as on Linux (the fake's migratable edu is
+tested in test_toolkit_migration.py).  The encoding of the migration
 and DMA-logging calls is checked against a small kernel-side double of
 those features (``FeatureDouble``) that reads the structs the way
 vfio's variant drivers do."""
