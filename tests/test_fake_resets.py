@@ -85,3 +85,13 @@ def test_an_emptied_reset_method_list_means_no_reset() -> None:
     assert vfio_can_reset(system, nvme) is False
     b.sysfs_write(f"{sysfs.PCI_DEVICES}/{nvme}/reset_method", "default")
     assert vfio_can_reset(system, nvme) is True
+
+
+def test_the_bridge_of_the_captured_guest_keeps_its_pm_reset() -> None:
+    """QEMU's pcie-pci-bridge has a PM capability without No_Soft_Reset:
+    the replay of the guest lists the "pm" reset the guest listed."""
+    from pathlib import Path
+
+    fixture = Path(__file__).resolve().parent / "fixtures" / "qemu-guest-topology.json"
+    system = System.from_file(fixture)
+    assert "pm" in reset_methods(system.backend, "0000:04:00.0")

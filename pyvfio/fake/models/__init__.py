@@ -149,6 +149,9 @@ class _BridgeStandIn(DeviceModel):
         spec["bars"] = []
         super().__init__(spec)
         self.init_config(0x0E, 0x01, 1)  # header type 1
+        # QEMU's pcie-pci-bridge has power management without No_Soft_Reset
+        # (Linux offers it a "pm" reset)
+        self.add_pm_capability(no_soft_reset=False)
         if self.pcie:
             self.add_pcie_capability(flr=False, port_type=0x8)  # PCIe to PCI bridge
 
