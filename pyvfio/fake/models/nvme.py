@@ -189,9 +189,10 @@ class NvmeController(DeviceModel):
             raise ValueError("model_ns_size must be a positive multiple of 512")
         #: Namespace 1: the disk's contents.
         self.namespace = bytearray(ns_size)
-        self.add_pm_capability()
+        # the order QEMU's nvme lists them in (measured in the VM)
         self.add_msix_capability(self.msix_qsize, table_bar=0, table_offset=0x2000, pba_offset=0x3000)
         self.add_pcie_capability(flr=True)
+        self.add_pm_capability()
         #: Counts of what happened (for tests): commands by (queue, opcode),
         #: blocked transfers.
         self.dma_errors = 0
