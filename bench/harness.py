@@ -28,7 +28,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -73,8 +73,8 @@ class Result:
     def from_json(cls, data: dict[str, Any]) -> Result:
         return cls(data["id"], data["title"], data["unit"],
                    {k: list(v) for k, v in data["samples"].items()},
-                   [tuple(r) for r in data["ratios"]],  # type: ignore[misc]
-                   [tuple(x) for x in data["limits"]],  # type: ignore[misc]
+                   [tuple(r) for r in data["ratios"]],
+                   [tuple(x) for x in data["limits"]],
                    data.get("notes", ""), data.get("params", {}))
 
 
@@ -114,12 +114,12 @@ def calibrate(batch: Batch, target_s: float, lo: int = 10, hi: int = 1_000_000) 
     return max(lo, min(hi, int(target_s * 1e9 / max(ns, 1.0))))
 
 
-def interleaved(variants: dict[str, Batch], iters: int | dict[str, int],
+def interleaved(variants: Mapping[str, Batch], iters: int | Mapping[str, int],
                 reps: int) -> dict[str, list[float]]:
     """``reps`` batches of every variant (``iters`` operations each: one
     count, or one per variant), the order rotated each repetition."""
     names = list(variants)
-    counts = iters if isinstance(iters, dict) else dict.fromkeys(names, iters)
+    counts = dict.fromkeys(names, iters) if isinstance(iters, int) else dict(iters)
     out: dict[str, list[float]] = {n: [] for n in names}
     for r in range(reps):
         k = r % len(names)

@@ -7,14 +7,20 @@
  * CLOCK_MONOTONIC around the timed loop only; each mode prints one line of
  * "key=value" results in nanoseconds per operation.
  *
- *   vfio_bench ioas  FD IOAS_ID SIZE IOVA ITERS   IOMMU_IOAS_MAP + IOMMU_IOAS_UNMAP
- *   vfio_bench type1 FD SIZE IOVA ITERS           VFIO_IOMMU_MAP_DMA + VFIO_IOMMU_UNMAP_DMA
+ *   vfio_bench ioas  FD IOAS_ID MEMFD SIZE IOVA ITERS
+ *                                                 IOMMU_IOAS_MAP + IOMMU_IOAS_UNMAP
+ *   vfio_bench type1 FD MEMFD SIZE IOVA ITERS     VFIO_IOMMU_MAP_DMA + VFIO_IOMMU_UNMAP_DMA
  *   vfio_bench mmio  FD OFFSET LENGTH RD WR ITERS read32 at RD, write32 at WR of a
  *                                                 device region mmapped at OFFSET
  *   vfio_bench ram   ITERS                        the same accesses on anonymous RAM
  *   vfio_bench ready CDEV ITERS                   open /dev/iommu + IOAS + open CDEV +
  *                                                 bind + attach (median of ITERS)
  *   vfio_bench layout                             struct sizes and ioctl numbers
+ *
+ * The map modes map SIZE bytes of the memfd MEMFD (inherited too), the very
+ * pages the Python side maps, so that both make the kernel do the same work
+ * (pinning and IOMMU page-table cost depend on where the pages lie); MEMFD
+ * -1 maps anonymous memory of this process instead.
  *
  * Built against the Linux 7.3 uAPI headers (linux/vfio.h, linux/iommufd.h).
  */
@@ -60,18 +66,24 @@ static unsigned long long num(const char *s)
     return v;
 }
 
-/* The DMA buffer, allocated exactly as bench/kernel_suite.py does:
- * anonymous memory, 2 MiB aligned, transparent huge pages requested for
- * sizes of 2 MiB and more, every page touched before timing starts. */
-static void *dma_buffer(size_t size)
+/* The DMA buffer, mapped as bench/guest_suite.py maps it: at a 2 MiB
+ * aligned address, the memfd's first SIZE bytes shared (or anonymous memory
+ * with transparent huge pages requested from 2 MiB on), every page touched
+ * before timing starts. */
+static void *dma_buffer(int memfd, size_t size)
 {
     uint8_t *raw = mmap(NULL, size + HUGE, PROT_READ | PROT_WRITE,
                         MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (raw == MAP_FAILED)
         die("mmap");
     uint8_t *buf = (uint8_t *)(((uintptr_t)raw + HUGE - 1) & ~(HUGE - 1));
-    if (size >= HUGE)
+    if (memfd >= 0) {
+        if (mmap(buf, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, memfd, 0)
+            == MAP_FAILED)
+            die("mmap of the memfd");
+    } else if (size >= HUGE) {
         madvise(buf, size, MADV_HUGEPAGE);
+    }
     memset(buf, 0x5a, size);
     return buf;
 }
@@ -86,9 +98,9 @@ static int ioas_map(int fd, struct iommu_ioas_map *map, struct iommu_ioas_unmap 
 static int mode_ioas(char **argv)
 {
     int fd = (int)num(argv[0]);
-    size_t size = num(argv[2]);
-    unsigned long long iters = num(argv[4]);
-    void *buf = dma_buffer(size);
+    size_t size = num(argv[3]);
+    unsigned long long iters = num(argv[5]);
+    void *buf = dma_buffer((int)strtol(argv[2], NULL, 0), size);
     struct iommu_ioas_map map = {
         .size = sizeof(map),
         .flags = IOMMU_IOAS_MAP_FIXED_IOVA | IOMMU_IOAS_MAP_READABLE
@@ -96,7 +108,7 @@ static int mode_ioas(char **argv)
         .ioas_id = (uint32_t)num(argv[1]),
         .user_va = (uintptr_t)buf,
         .length = size,
-        .iova = num(argv[3]),
+        .iova = num(argv[4]),
     };
     struct iommu_ioas_unmap unmap = {
         .size = sizeof(unmap), .ioas_id = map.ioas_id, .iova = map.iova, .length = size,
@@ -124,14 +136,14 @@ static int type1_map(int fd, struct vfio_iommu_type1_dma_map *map,
 static int mode_type1(char **argv)
 {
     int fd = (int)num(argv[0]);
-    size_t size = num(argv[1]);
-    unsigned long long iters = num(argv[3]);
-    void *buf = dma_buffer(size);
+    size_t size = num(argv[2]);
+    unsigned long long iters = num(argv[4]);
+    void *buf = dma_buffer((int)strtol(argv[1], NULL, 0), size);
     struct vfio_iommu_type1_dma_map map = {
         .argsz = sizeof(map),
         .flags = VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE,
         .vaddr = (uintptr_t)buf,
-        .iova = num(argv[2]),
+        .iova = num(argv[3]),
         .size = size,
     };
     struct vfio_iommu_type1_dma_unmap unmap = {
@@ -246,7 +258,7 @@ static int mode_layout(void)
 int main(int argc, char **argv)
 {
     static const struct { const char *name; int nargs; int (*fn)(char **); } modes[] = {
-        { "ioas", 5, mode_ioas }, { "type1", 4, mode_type1 }, { "mmio", 6, mode_mmio },
+        { "ioas", 6, mode_ioas }, { "type1", 5, mode_type1 }, { "mmio", 6, mode_mmio },
         { "ram", 1, mode_ram }, { "ready", 2, mode_ready },
     };
     setvbuf(stdout, NULL, _IOLBF, 0);

@@ -1,0 +1,270 @@
+"""Benchmarks on the real kernel, run as root inside the test VM
+(``python3 bench/run.py --guest`` boots the VM and runs this file in it).
+
+The QEMU edu device (1234:11e8) is bound to vfio-pci for the run and given
+back at the end.  pyvfio and the C program (bench/c/vfio_bench.c) work on
+the same kernel objects: Python opens the iommufd and IOAS, the container
+or the device, and the C program inherits the fd.
+
+* IOAS map+unmap of 4 KiB and 2 MiB: iommufd, edu's cdev bound and attached
+  (so every map pins the pages and fills the IOMMU page table).
+* type1 map+unmap of 4 KiB and 2 MiB: a legacy container holding edu's group.
+* MMIO read32 of edu's identification register (BAR0 + 0x0) and write32 of
+  its liveness register (BAR0 + 0x4) through a mapping of BAR0.
+* Device open-to-ready: open /dev/iommu, allocate an IOAS, open the cdev,
+  bind, attach (closing is not timed).
+* For scale, the host suite's pyvfio-only benchmarks again (accessors on
+  anonymous RAM, the objects layer on a no-op kernel) and ``import pyvfio``:
+  set against the host's figures they show what the emulated CPU does to
+  Python code (absolute times here are emulation-inflated; the ratios are
+  what counts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import harness
+import host_suite
+from harness import REPO, Batch, Result, c_batch, calibrate, interleaved, per_op
+
+import pyvfio
+from pyvfio import ffi, lib
+from pyvfio.backend.base import MAP_ANONYMOUS, MAP_PRIVATE, MAP_SHARED, PROT_READ, PROT_WRITE
+from pyvfio.backend.kernel import KernelBackend
+
+sys.path.insert(0, str(REPO / "tests" / "vm"))
+import guestpci  # noqa: E402
+
+PAGE = 4096
+HUGE = 2 << 20
+IOVA = 1 << 30  # 2 MiB aligned, clear of the IOMMU's reserved ranges
+SIZES = {"4k": PAGE, "2m": HUGE}
+IDENT, LIVENESS = 0x0, 0x4  # edu BAR0 registers
+MAP_FIXED = 0x10
+KB = KernelBackend()
+Log = Callable[[str], None]
+
+
+def _log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+class DmaMemory:
+    """``size`` bytes of a memfd, mapped shared at a 2 MiB aligned address
+    and touched.  The C program maps the same memfd (``fd``, inherited) the
+    same way, so both sides pin the very same pages and the kernel's work
+    (pinning, IOMMU page tables, which depend on where the pages lie) is the
+    same.  It has ``address`` and ``length``, so ``ioas.map`` and
+    ``container.map_dma`` take it as they take a ``DmaBuffer``."""
+
+    closed = False
+
+    def __init__(self, size: int) -> None:
+        self.fd = os.memfd_create("pyvfio-bench")
+        os.ftruncate(self.fd, size)
+        # Reserve size + 2 MiB, then put the memfd at the aligned address in it.
+        self._area = KB.mmap(size + HUGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS)
+        self.address = self._area.address + (-self._area.address % HUGE)
+        self.length = size
+        err = ffi.new("int *")
+        got = lib.pyvfio_mmap(ffi.cast("void *", self.address), size, PROT_READ | PROT_WRITE,
+                              MAP_SHARED | MAP_FIXED, self.fd, 0, err)
+        if got == ffi.NULL:
+            raise OSError(err[0], os.strerror(err[0]))
+        ffi.memmove(ffi.cast("char *", self.address), b"\x5a" * size, size)
+
+    def close(self) -> None:
+        self._area.close()  # unmaps the memfd's pages too
+        os.close(self.fd)
+        self.closed = True
+
+
+def measure(rid: str, title: str, variants: dict[str, Batch], reps: int, target_s: float,
+            ratios: list[tuple[str, str, float | None]], hi: int = 1_000_000,
+            **params: Any) -> Result:
+    """Calibrate every variant to batches of about ``target_s``, then time
+    ``reps`` interleaved batches of each."""
+    iters = {name: calibrate(fn, target_s, hi=hi) for name, fn in variants.items()}
+    samples = interleaved(variants, iters, reps)
+    return Result(rid, title, "ns/op", samples, ratios=ratios,
+                  params={"iters": iters, "reps": reps, **params})
+
+
+# -- iommufd: IOAS map+unmap and MMIO through the cdev -----------------------------------------
+def iommufd_suite(exe: Path, bdf: str, reps: int, target_s: float, log: Log) -> list[Result]:
+    out = []
+    with pyvfio.IommuFd(backend=KB) as iommufd, pyvfio.Device.open(bdf, backend=KB) as dev:
+        dev.bind(iommufd)
+        ioas = iommufd.ioas()
+        dev.attach(ioas)
+        for label, size in SIZES.items():
+            log(f"bench: IOAS map+unmap {label}")
+            mem = DmaMemory(size)
+            cmd, ucmd = host_suite.ioas_cmds(ioas.id, mem.address, size, IOVA)
+            objects = "objects: ioas.map(buf, iova).unmap()"
+            variants = {
+                objects: per_op(lambda: ioas.map(mem, IOVA).unmap()),
+                "raw backend.ioctl": host_suite.raw_ioas(KB.ioctl, iommufd.fd, cmd, ucmd),
+                "C ioctl loop": c_batch(exe, "ioas", iommufd.fd, ioas.id, mem.fd, size, IOVA,
+                                        pass_fds=(iommufd.fd, mem.fd)),
+            }
+            out.append(measure(
+                f"guest.ioas_{label}", f"IOAS map+unmap {label.upper()}iB (iommufd, device "
+                "attached)", variants, reps, target_s,
+                [(objects, "C ioctl loop", 1.5), ("raw backend.ioctl", "C ioctl loop", None)],
+                size=size, memory="memfd shared with the C program"))
+            mem.close()
+        out += mmio(exe, dev, reps, target_s, log)
+    return out
+
+
+def mmio(exe: Path, dev: pyvfio.Device, reps: int, target_s: float, log: Log) -> list[Result]:
+    """read32/write32 on edu's BAR0: pyvfio's mapping accessors, the bare
+    cffi accessor and C volatile accesses, all on mappings of the same BAR."""
+    bar0 = dev.regions["BAR0"]
+    dev.config.enable(memory=True)
+    mapping = bar0.mmap()
+    addr = mapping.address(0)
+    if mapping.read32(IDENT) & 0xFFFF != 0x00ED:
+        raise RuntimeError(f"edu BAR0 ident reads {mapping.read32(IDENT):#x}")
+    read32, write32 = lib.pyvfio_read32, lib.pyvfio_write32
+    c_args = (dev.fd, bar0.offset, PAGE, IDENT, LIVENESS)
+    out = []
+    for op, api, bare in (
+        ("read32", per_op(lambda: mapping.read32(IDENT)), per_op(lambda: read32(addr + IDENT))),
+        ("write32", per_op(lambda: mapping.write32(LIVENESS, 0x5A)),
+         per_op(lambda: write32(addr + LIVENESS, 0x5A))),
+    ):
+        log(f"bench: MMIO {op}")
+        name = f"pyvfio RegionMapping.{op}"
+        variants = {
+            name: api,
+            f"cffi lib.pyvfio_{op}": bare,
+            "C volatile access": c_batch(exe, "mmio", *c_args, key=f"{op}_ns",
+                                         pass_fds=(dev.fd,)),
+        }
+        reg = "ident 0x0" if op == "read32" else "liveness 0x4"
+        out.append(measure(
+            f"guest.mmio_{op}", f"MMIO {op} on edu BAR0 ({reg})", variants, reps, target_s,
+            [(name, "C volatile access", 3.0), (f"cffi lib.pyvfio_{op}", "C volatile access",
+                                                None)], hi=5_000_000))
+    mapping.close()
+    return out
+
+
+# -- legacy type1 container -------------------------------------------------------------------
+def type1_suite(exe: Path, bdf: str, reps: int, target_s: float, log: Log) -> list[Result]:
+    out = []
+    with pyvfio.Container(backend=KB) as cont, pyvfio.Group.for_device(bdf, backend=KB) as grp:
+        grp.set_container(cont)
+        cont.set_iommu(pyvfio.IommuType.TYPE1v2)
+        for label, size in SIZES.items():
+            log(f"bench: type1 map+unmap {label}")
+            mem = DmaMemory(size)
+            dmap, dunmap = host_suite.type1_cmds(mem.address, size, IOVA)
+            objects = "objects: container.map_dma(buf, iova).unmap()"
+            variants = {
+                objects: per_op(lambda: cont.map_dma(mem, IOVA).unmap()),
+                "raw backend.ioctl": host_suite.raw_type1(KB.ioctl, cont.fd, dmap, dunmap),
+                "C ioctl loop": c_batch(exe, "type1", cont.fd, mem.fd, size, IOVA,
+                                        pass_fds=(cont.fd, mem.fd)),
+            }
+            out.append(measure(
+                f"guest.type1_{label}", f"type1 map+unmap {label.upper()}iB (legacy "
+                "container + group)", variants, reps, target_s,
+                [(objects, "C ioctl loop", 1.5), ("raw backend.ioctl", "C ioctl loop", None)],
+                size=size, memory="memfd shared with the C program"))
+            mem.close()
+    return out
+
+
+# -- device open-to-ready ---------------------------------------------------------------------
+def ready(exe: Path, bdf: str, reps: int, iters: int, log: Log) -> Result:
+    """Open-to-ready on the cdev path; per batch the median of ``iters``
+    set-ups (as the C program reports it).  Nothing else holds the device
+    or its group open meanwhile (the kernel allows one user at a time)."""
+    log("bench: device open-to-ready")
+    cdev = guestpci.vfio_cdev(bdf)
+    if cdev is None:
+        raise RuntimeError(f"{bdf} has no vfio cdev")
+
+    def python(device: str) -> Batch:
+        def run(n: int) -> float:
+            times = []
+            for _ in range(n):
+                t0 = time.perf_counter_ns()
+                with pyvfio.IommuFd(backend=KB) as iommufd, \
+                        pyvfio.Device.open(device, backend=KB) as dev:
+                    dev.bind(iommufd)
+                    dev.attach(iommufd.ioas())
+                    times.append(time.perf_counter_ns() - t0)
+            return statistics.median(times)
+        return run
+
+    by_bdf = "objects: IommuFd, Device.open(bdf), bind, ioas, attach"
+    by_path = "objects: the same with Device.open(cdev path)"
+    variants = {by_bdf: python(bdf), by_path: python(str(cdev)),
+                "C open/ioctl sequence": c_batch(exe, "ready", cdev, key="ready_ns")}
+    samples = interleaved(variants, iters, reps)
+    return Result("guest.ready", "device open-to-ready (iommufd + cdev, edu)", "ns", samples,
+                  ratios=[(by_bdf, "C open/ioctl sequence", None),
+                          (by_path, "C open/ioctl sequence", None)],
+                  params={"iters": iters, "reps": reps, "cdev": str(cdev)},
+                  notes="median of the set-ups in each batch; the kernel's part includes "
+                        "vfio-pci enabling edu, with a secondary bus reset (its reset_method)")
+
+
+def run(exe: Path, reps: int, quick: bool, log: Log = _log) -> list[Result]:
+    target = 0.05 if quick else 0.15
+    bdf = guestpci.find_one(*guestpci.EDU)
+    group = guestpci.bind_vfio(bdf)
+    log(f"bench: edu {bdf} on vfio-pci, IOMMU group {group}")
+    results: list[Result] = []
+    try:
+        results += iommufd_suite(exe, bdf, reps, target, log)
+        results += type1_suite(exe, bdf, reps, target, log)
+        results.append(ready(exe, bdf, reps, 3 if quick else 5, log))
+    finally:
+        guestpci.unbind_vfio(bdf)
+        log(f"bench: edu {bdf} given back (driver: {guestpci.device_info(bdf).driver})")
+    # pyvfio's own cost under this CPU: what emulation does to Python (against the host suite)
+    log("bench: accessors on anonymous RAM, objects layer on a no-op kernel")
+    results += host_suite.ram_accessors(exe, reps, target, where="guest")
+    results += host_suite.objects_overhead(reps, target, where="guest")
+    log("bench: import time")
+    results += host_suite.import_time(3 if quick else 5, where="guest", goal=False)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="pyvfio benchmarks on the real kernel "
+                                 "(inside the test VM; use bench/run.py --guest)")
+    ap.add_argument("--json", required=True, metavar="FILE", help="write the results here")
+    ap.add_argument("--exe", type=Path, help="the C program built on the host "
+                    "(default: build or find it)")
+    ap.add_argument("--reps", type=int, default=9, help="repetitions (default 9)")
+    ap.add_argument("--quick", action="store_true", help="shorter batches and fewer set-ups")
+    args = ap.parse_args(argv)
+    if os.environ.get("PYVFIO_GUEST") != "1" or os.geteuid() != 0:
+        ap.error("runs as root inside the test VM only (python3 bench/run.py --guest)")
+    t0 = time.monotonic()
+    exe = args.exe or harness.build_c(_log)
+    harness.check_layout(exe)
+    machine = harness.machine()
+    results = run(exe, args.reps, args.quick)
+    Path(args.json).write_text(json.dumps({
+        "machine": machine, "wall_s": time.monotonic() - t0,
+        "results": [r.to_json() for r in results]}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

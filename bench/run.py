@@ -1,0 +1,265 @@
+#!/usr/bin/env python3
+"""pyvfio's benchmarks: pyvfio against a C program doing the same syscalls,
+side by side in one run, printed as medians and ratios with their goals.
+
+    python bench/run.py --fake            host suite: fake kernel, import, accessors
+    python bench/run.py --guest           real-kernel suite in the test VM (tests/vm)
+    python bench/run.py --all             both
+    python bench/run.py --all --quick     shorter batches, fewer repetitions
+    python bench/run.py --all --json results.json --markdown
+    python bench/run.py --show results.json [--markdown]   print saved results again
+
+The host suite is bench/host_suite.py; the guest suite, bench/guest_suite.py,
+runs as root inside the Linux 7.3 VM that tests/vm/guest.py boots.  The C
+program (bench/c/vfio_bench.c) is built on the host with the system
+compiler against the Linux 7.3 uAPI headers; the guest sees the host's file
+system read-only and runs the same binary.  The method is described in
+bench/harness.py and bench/README.md.  Exit status: 0 when every goal is
+met, 1 when one is not, 2 when a suite failed to run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import harness
+from harness import REPO, Result
+
+GUEST_JSON = "bench-guest.json"
+
+
+@dataclass
+class Suite:
+    where: str  # "host" or "guest"
+    title: str
+    machine: dict[str, Any]
+    command: str
+    wall_s: float
+    results: list[Result]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"where": self.where, "title": self.title, "machine": self.machine,
+                "command": self.command, "wall_s": self.wall_s,
+                "results": [r.to_json() for r in self.results]}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Suite:
+        return cls(data["where"], data["title"], data["machine"], data["command"],
+                   data["wall_s"], [Result.from_json(r) for r in data["results"]])
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# -- running the suites ---------------------------------------------------------------------
+def run_host(reps: int, quick: bool, command: str) -> Suite:
+    import host_suite
+
+    t0 = time.monotonic()
+    machine = harness.machine()
+    results = host_suite.run(reps, quick, log)
+    machine["loadavg_end"] = os.getloadavg()
+    return Suite("host", "host: fake kernel, import, accessors on RAM", machine, command,
+                 time.monotonic() - t0, results)
+
+
+def run_guest(reps: int, quick: bool, command: str, verbose: bool, timeout: float) -> Suite:
+    """Boot the test VM and run bench/guest_suite.py in it; its results come
+    back as JSON through the VM's shared folder."""
+    sys.path.insert(0, str(REPO / "tests" / "vm"))
+    import guest  # tests/vm/guest.py
+    import host_suite
+
+    exe = harness.build_c(log)  # on the host: the guest's view of the cache is read-only
+    host_suite.compile_bytecode()  # here: the guest cannot write it
+    inner = [sys.executable, str(REPO / "bench" / "guest_suite.py"), "--exe", str(exe),
+             "--reps", str(reps), "--json", f"{guest.GUEST_SHARE}/{GUEST_JSON}"]
+    if quick:
+        inner.append("--quick")
+    args = guest.parse_args(["--run", shlex.join(inner), "--timeout", str(timeout),
+                             *([] if verbose else ["-q"])])
+    args.resolved_accel = guest.resolve_accel(args)
+    got: list[dict[str, Any]] = []
+
+    def collect(share: Path) -> None:
+        path = share / GUEST_JSON
+        if path.exists():
+            got.append(json.loads(path.read_text()))
+
+    t0 = time.monotonic()
+    host_load = os.getloadavg()
+    status = guest.run_guest(shlex.join(inner), args, after=collect)
+    if status or not got:
+        raise RuntimeError(f"the guest suite failed (exit status {status})")
+    data = got[0]
+    data["machine"]["accel"] = args.resolved_accel
+    data["machine"]["host_loadavg"] = [host_load, os.getloadavg()]
+    return Suite("guest", f"guest: Linux {data['machine']['kernel']} in QEMU "
+                 f"({args.resolved_accel}), edu behind an emulated Intel IOMMU",
+                 data["machine"], command, time.monotonic() - t0,
+                 [Result.from_json(r) for r in data["results"]])
+
+
+# -- reporting --------------------------------------------------------------------------------
+def fmt_time(ns: float, unit: str) -> str:
+    suffix = "/op" if unit.endswith("/op") else ""
+    for scale, name in ((1e9, "s"), (1e6, "ms"), (1e3, "µs")):
+        if ns >= scale:
+            return f"{ns / scale:.3g} {name}{suffix}"
+    return f"{ns:.3g} ns{suffix}"
+
+
+def fmt_ratio(value: float) -> str:
+    return f"{value:.0f}x" if value >= 100 else f"{value:.2f}x"
+
+
+@dataclass
+class Row:
+    bench: str
+    measure: str
+    value: str
+    spread: str = ""
+    goal: str = ""
+    met: bool | None = None
+
+    @property
+    def verdict(self) -> str:
+        return {None: "", True: "met", False: "NOT MET"}[self.met]
+
+
+def rows(result: Result) -> Iterator[Row]:
+    limits = dict(result.limits)
+    for variant in result.samples:
+        lo, hi = result.spread(variant)
+        median = result.median(variant)
+        goal = limits.get(variant)
+        yield Row(result.title, variant, fmt_time(median, result.unit),
+                  f"{fmt_time(lo, result.unit)} .. {fmt_time(hi, result.unit)}",
+                  f"<= {fmt_time(goal, result.unit)}" if goal is not None else "",
+                  None if goal is None else median <= goal)
+    for num, den, goal in result.ratios:
+        value = result.ratio(num, den)
+        pairs = [a / b for a, b in zip(result.samples[num], result.samples[den])]
+        yield Row(result.title, f"ratio: {num} / {den}", fmt_ratio(value),
+                  f"{fmt_ratio(min(pairs))} .. {fmt_ratio(max(pairs))}",
+                  f"<= {goal:g}x" if goal is not None else "",
+                  None if goal is None else value <= goal)
+
+
+def describe_machine(suite: Suite) -> str:
+    m = suite.machine
+
+    def load(values: Any) -> str:
+        return "/".join(f"{x:.1f}" for x in values)
+
+    if "host_loadavg" in m:  # the guest's own load says little
+        start, end = m["host_loadavg"]
+        loads = f"host load average {load(start)} at the start, {load(end)} at the end"
+    else:
+        loads = f"load average {load(m['loadavg'])} at the start"
+        if "loadavg_end" in m:
+            loads += f", {load(m['loadavg_end'])} at the end"
+    accel = f", accel {m['accel']}" if "accel" in m else ""
+    return (f"Linux {m['kernel']}, Python {m['python']}, {m['cpus']} CPUs ({m['cpu']}){accel}; "
+            f"{loads}; suite wall time {suite.wall_s:.0f} s")
+
+
+def print_text(suites: list[Suite]) -> None:
+    for suite in suites:
+        print(f"\n== {suite.title}\n   {describe_machine(suite)}\n   command: {suite.command}")
+        for result in suite.results:
+            print(f"\n{result.title}  [{result.id}]")
+            for row in rows(result):
+                print(f"  {row.measure:<66} {row.value:>14}  ({row.spread})"
+                      + (f"  goal {row.goal}: {row.verdict}" if row.goal else ""))
+            if result.notes:
+                print(f"  note: {result.notes}")
+
+
+def print_markdown(suites: list[Suite]) -> None:
+    for suite in suites:
+        print(f"\n### {suite.title}\n\n{describe_machine(suite)}.\n\n"
+              f"`{suite.command}`\n")
+        print("| benchmark | variant or ratio | median | min .. max | goal | |")
+        print("| --- | --- | ---: | --- | --- | --- |")
+        for result in suite.results:
+            first = True
+            for row in rows(result):
+                bench = row.bench if first else ""
+                first = False
+                print(f"| {bench} | {row.measure} | {row.value} | {row.spread} | {row.goal} "
+                      f"| {row.verdict} |")
+
+
+def print_goals(suites: list[Suite]) -> bool:
+    """The goals and whether each is met; True when all are."""
+    checked = [(s.where, r.id, row) for s in suites for r in s.results for row in rows(r)
+               if row.met is not None]
+    missed = [c for c in checked if not c[2].met]
+    print(f"\n== goals: {len(checked) - len(missed)} of {len(checked)} met")
+    for where, rid, row in checked:
+        print(f"  {'met    ' if row.met else 'NOT MET'}  {where:<5} {rid:<20} "
+              f"{row.measure} = {row.value} (goal {row.goal})")
+    return not missed
+
+
+# -- command line -----------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="pyvfio benchmarks (pyvfio vs C, side by side)")
+    which = ap.add_mutually_exclusive_group()
+    which.add_argument("--fake", action="store_true",
+                       help="host suite: fake kernel, import time, accessors (default)")
+    which.add_argument("--guest", action="store_true",
+                       help="real-kernel suite in the test VM")
+    which.add_argument("--all", action="store_true", help="both suites")
+    which.add_argument("--show", metavar="FILE", help="print results saved with --json")
+    ap.add_argument("--quick", action="store_true",
+                    help="shorter batches, fewer repetitions, no 100k fake scale")
+    ap.add_argument("--reps", type=int, help="repetitions per benchmark (default 9, quick 5)")
+    ap.add_argument("--json", metavar="FILE", help="also write the results here")
+    ap.add_argument("--markdown", action="store_true", help="print Markdown tables")
+    ap.add_argument("-v", "--verbose", action="store_true", help="stream the guest's console")
+    ap.add_argument("--guest-timeout", type=float, default=900,
+                    help="limit for the whole VM run in seconds (default 900)")
+    args = ap.parse_args(argv)
+    reps = args.reps or (5 if args.quick else 9)
+    py = Path(sys.executable)
+    shown = py.relative_to(REPO) if py.is_relative_to(REPO) else py
+    command = shlex.join([str(shown), "bench/run.py", *(sys.argv[1:] if argv is None else argv)])
+
+    suites: list[Suite] = []
+    failed = False
+    if args.show:
+        data = json.loads(Path(args.show).read_text())
+        suites = [Suite.from_json(s) for s in data["suites"]]
+    else:
+        if not args.guest:
+            suites.append(run_host(reps, args.quick, command))
+        if args.guest or args.all:
+            try:
+                suites.append(run_guest(reps, args.quick, command, args.verbose,
+                                        args.guest_timeout))
+            except (RuntimeError, OSError, subprocess.CalledProcessError) as exc:
+                log(f"bench: {exc}")
+                failed = True
+        if args.json:
+            Path(args.json).write_text(json.dumps(
+                {"command": command, "suites": [s.to_json() for s in suites]}, indent=1))
+            log(f"bench: results in {args.json}")
+    (print_markdown if args.markdown else print_text)(suites)
+    ok = print_goals(suites)
+    return 2 if failed else 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
