@@ -136,6 +136,12 @@ class Resource:
             pass
 
 
+def describe(target: str | Resource) -> str:
+    """The text for an error message's object: a string as it is, a
+    resource by its :meth:`~Resource.describe`."""
+    return target if isinstance(target, str) else target.describe()
+
+
 def open_node(backend: Backend, path: str) -> int:
     """Open a VFIO or iommufd device node; an OSError becomes an
     :class:`~pyvfio.errors.IoctlError` naming ``open`` and the path."""
@@ -173,16 +179,21 @@ class FdResource(Resource):
             self._backend.close(fd)
 
     def _ioctl(
-        self, name: str, request: int, arg: IoctlArg = 0, *, target: str | None = None
+        self, name: str, request: int, arg: IoctlArg = 0, *,
+        target: str | Resource | None = None,
     ) -> int:
-        """Issue an ioctl on this fd, turning OSError into IoctlError."""
-        self._check_open()
+        """Issue an ioctl on this fd, turning OSError into IoctlError.
+        ``target`` names the object in the message (a resource is described
+        only when the call fails: this is the hot path of every ioctl)."""
+        if self._closed:
+            raise ClosedError(self.describe())
         try:
             return self._backend.ioctl(self._fd, request, arg)
         except OSError as exc:
             if exc.errno is None:  # pragma: no cover - backends always set errno
                 raise
-            raise ioctl_error(exc.errno, name, target or self.describe(), self.family) from None
+            raise ioctl_error(exc.errno, name, describe(target) if target is not None
+                              else self.describe(), self.family) from None
 
     def _ioctl_argsz(
         self,

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+import array
+import mmap
+from typing import Any, NamedTuple
 
 from ._uapi import ffi
 from .errors import InvalidArgumentError
@@ -11,9 +12,9 @@ from .errors import InvalidArgumentError
 __all__ = ["UserBuffer", "user_buffer"]
 
 
-@dataclass(frozen=True)
-class UserBuffer:
-    """A range of this process's memory and the object that keeps it alive."""
+class UserBuffer(NamedTuple):
+    """A range of this process's memory and the object that keeps it alive
+    (a tuple: built on every map call, it must be cheap)."""
 
     address: int  #: virtual address of the first byte
     length: int  #: bytes
@@ -21,15 +22,28 @@ class UserBuffer:
     writable: bool
 
 
-def user_buffer(obj: Any, *, ioctl: str | None = None, target: str | None = None) -> UserBuffer:
+#: Buffer types that carry no ``address``/``length`` of their own.
+_PLAIN_BUFFERS = frozenset({bytearray, bytes, memoryview, mmap.mmap, array.array})
+
+
+def _text(target: Any) -> str | None:
+    return target if target is None or isinstance(target, str) else str(target.describe())
+
+
+def user_buffer(obj: Any, *, ioctl: str | None = None, target: Any = None) -> UserBuffer:
     """Accept a :class:`~pyvfio.backend.base.MemoryMap` (or anything with
     ``address`` and ``length``, such as a DMA buffer) or any object exposing
-    the buffer protocol (``bytearray``, ``mmap.mmap``, numpy arrays)."""
-    address = getattr(obj, "address", None)
-    length = getattr(obj, "length", None)
+    the buffer protocol (``bytearray``, ``mmap.mmap``, numpy arrays).
+    ``target`` (a string, or an object with ``describe()``) names the
+    object in an error message; it is described only on failure."""
+    if type(obj) in _PLAIN_BUFFERS:  # no address/length to look for (a missed getattr is slow)
+        address = length = None
+    else:
+        address = getattr(obj, "address", None)
+        length = getattr(obj, "length", None)
     if isinstance(address, int) and isinstance(length, int):
         if getattr(obj, "closed", False):
-            raise InvalidArgumentError("the buffer is closed", ioctl=ioctl, target=target)
+            raise InvalidArgumentError("the buffer is closed", ioctl=ioctl, target=_text(target))
         return UserBuffer(address, length, obj, True)
     try:
         cdata = ffi.from_buffer(obj, require_writable=True)
@@ -42,10 +56,10 @@ def user_buffer(obj: Any, *, ioctl: str | None = None, target: str | None = None
                 f"cannot map a {type(obj).__name__}: pass a DMA buffer, a memory map "
                 "or an object supporting the buffer protocol",
                 ioctl=ioctl,
-                target=target,
+                target=_text(target),
             ) from None
         writable = False
     n = ffi.sizeof(cdata)
     if n == 0:
-        raise InvalidArgumentError("the buffer is empty", ioctl=ioctl, target=target)
+        raise InvalidArgumentError("the buffer is empty", ioctl=ioctl, target=_text(target))
     return UserBuffer(int(ffi.cast("uintptr_t", cdata)), n, (obj, cdata), writable)

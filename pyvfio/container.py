@@ -16,6 +16,7 @@ container ioctls there too ("vfio compatibility"), see :meth:`Container.compat`.
 
 from __future__ import annotations
 
+import bisect
 import enum
 import errno
 import os
@@ -28,7 +29,7 @@ from ._memory import UserBuffer, user_buffer
 from ._uapi import ffi, lib
 from .backend import Backend, resolve_backend
 from .caps import Capability, DmaAvailCap, IovaRange, IovaRangeCap, MigrationCap, parse_chain
-from .errors import InvalidArgumentError
+from .errors import InvalidArgumentError, VfioError
 
 if TYPE_CHECKING:
     from .device import Device
@@ -45,6 +46,9 @@ __all__ = [
     "iommu_types_supported",
 ]
 
+
+_MAP_SIZE = ffi.sizeof("struct vfio_iommu_type1_dma_map")
+_UNMAP_SIZE = ffi.sizeof("struct vfio_iommu_type1_dma_unmap")
 
 class IommuType(enum.IntEnum):
     """IOMMU models for :meth:`Container.set_iommu` (VFIO_SET_IOMMU)."""
@@ -176,6 +180,7 @@ class Container(FdResource):
         self._iommu_type: int | None = None
         self._groups: list[Group] = []
         self._mappings: dict[int, DmaMapping] = {}
+        self._starts: list[int] = []  # the keys of _mappings, sorted (bisect)
         self._min_page: int | None = None
         self._allocator: IovaAllocator | None = None
 
@@ -215,7 +220,7 @@ class Container(FdResource):
     @property
     def mappings(self) -> tuple[DmaMapping, ...]:
         """Live DMA mappings made through this object, by IOVA."""
-        return tuple(self._mappings[k] for k in sorted(self._mappings))
+        return tuple(self._mappings[k] for k in self._starts)
 
     # -- setup ----------------------------------------------------------------
     def set_iommu(self, iommu_type: int = IommuType.TYPE1v2) -> None:
@@ -252,6 +257,12 @@ class Container(FdResource):
 
     # -- DMA ------------------------------------------------------------------
     def _check_range(self, ioctl: str, iova: int, size: int, vaddr: int | None = None) -> None:
+        page = self._min_page
+        if (page is not None and type(iova) is int and type(size) is int
+                and 0 <= iova and 0 < size and iova + size <= 1 << 64
+                and not (iova | size) % page
+                and (vaddr is None or (vaddr + size <= 1 << 64 and not vaddr % page))):
+            return  # the common case, without building any message
         check_u64("iova", iova, ioctl=ioctl, target=self.describe())
         check_u64("size", size, ioctl=ioctl, target=self.describe())
         if size == 0:
@@ -288,7 +299,7 @@ class Container(FdResource):
         whose memory is page aligned.
         """
         self._check_open()
-        ub = user_buffer(buffer, ioctl="VFIO_IOMMU_MAP_DMA", target=self.describe())
+        ub = user_buffer(buffer, ioctl="VFIO_IOMMU_MAP_DMA", target=self)
         return self._map(ub, iova, ub.length, readable, writeable)
 
     def map_dma_va(self, vaddr: int, iova: int, size: int, *, readable: bool = True,
@@ -309,13 +320,15 @@ class Container(FdResource):
         flags = (lib.VFIO_DMA_MAP_FLAG_READ if readable else 0) | (
             lib.VFIO_DMA_MAP_FLAG_WRITE if writeable else 0)
         arg = ffi.new("struct vfio_iommu_type1_dma_map *")
-        arg.argsz = ffi.sizeof(arg[0])
+        arg.argsz = _MAP_SIZE
         arg.flags = flags
         arg.vaddr = ub.address
         arg.iova = iova
         arg.size = size
         self._ioctl(name, lib.VFIO_IOMMU_MAP_DMA, arg)
         mapping = self._adopt(DmaMapping(self, iova, size, ub.address, flags, ub.owner))
+        if iova not in self._mappings:
+            bisect.insort(self._starts, iova)
         self._mappings[iova] = mapping
         if self._allocator is not None and iova not in self._allocator.allocated:
             self._claim(self._allocator, iova, size)
@@ -363,7 +376,7 @@ class Container(FdResource):
             raise
 
     def _unmap(self, iova: int, size: int, flags: int, bitmap: Any = None) -> int:
-        arg_size = ffi.sizeof("struct vfio_iommu_type1_dma_unmap")
+        arg_size = _UNMAP_SIZE
         if bitmap is not None:
             arg_size += ffi.sizeof("struct vfio_bitmap")
         raw = ffi.new("char[]", arg_size)
@@ -384,13 +397,16 @@ class Container(FdResource):
         # vfio_dma_do_unmap removes every mapping that starts inside the
         # range, whole: type1v2 refuses (EINVAL) a range that would cut one,
         # type1 (v1) removes one that runs past the range's end too.
-        last = iova + size - 1
-        for start in list(self._mappings):
-            m = self._mappings[start]
-            if everything or iova <= start <= last:
-                del self._mappings[start]
-                self._give_back(start)
-                m._mark_closed()
+        if everything:
+            lo, hi = 0, len(self._starts)
+        else:
+            lo = bisect.bisect_left(self._starts, iova)
+            hi = bisect.bisect_right(self._starts, iova + size - 1)
+        for start in self._starts[lo:hi]:
+            m = self._mappings.pop(start)
+            self._give_back(start)
+            m._mark_closed()
+        del self._starts[lo:hi]
 
     def unmap_dma(self, iova: int, size: int) -> int:
         """VFIO_IOMMU_UNMAP_DMA of ``[iova, iova + size)``; returns the number
@@ -485,6 +501,7 @@ class Container(FdResource):
         for mapping in list(self._mappings.values()):
             mapping._mark_closed()
         self._mappings.clear()
+        self._starts.clear()
         self._iommu_type = None
         self._min_page = None
         self._allocator = None
@@ -494,10 +511,23 @@ class Container(FdResource):
             self._allocator.free(iova)
 
     # -- lifetime -----------------------------------------------------------------
+    def close(self) -> None:
+        """Close the container: every mapping is removed first -- in one
+        VFIO_IOMMU_UNMAP_DMA with UNMAP_ALL where the IOMMU has it -- then
+        the fd.  Idempotent."""
+        if not self._closed and self._mappings:
+            try:
+                if self.check_extension(lib.VFIO_UNMAP_ALL):
+                    self._unmap(0, 0, lib.VFIO_DMA_UNMAP_FLAG_ALL)  # marks them closed
+            except VfioError:
+                pass  # closing the mappings one by one below reports it
+        super().close()
+
     def _release(self) -> None:
         # Mappings were closed first (children); groups keep the kernel's
         # container alive until they are unset or closed.
         self._mappings.clear()
+        self._starts.clear()
         for group in self._groups:
             group._container = None
         self._groups.clear()

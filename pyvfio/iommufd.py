@@ -16,17 +16,19 @@ an iommufd through their vfio character device (see
 
 from __future__ import annotations
 
+import bisect
 import enum
 import errno
+import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence, TypeVar
 
-from ._base import U64_MAX, FdResource, Resource, check_u32, check_u64, open_node
+from ._base import U64_MAX, FdResource, Resource, check_u32, check_u64, describe, open_node
 from ._memory import UserBuffer, user_buffer
 from ._uapi import ffi, lib
 from .backend import Backend, resolve_backend
 from .caps import IovaRange
-from .errors import InvalidArgumentError, IoctlError, ioctl_error
+from .errors import InvalidArgumentError, IoctlError, VfioError, ioctl_error
 
 if TYPE_CHECKING:
     from .device import Device
@@ -132,19 +134,20 @@ class IommuFd(FdResource):
         return "iommufd" + (f" (fd {self._fd})" if self._fd >= 0 else "")
 
     # -- generic helpers -------------------------------------------------------------
-    def _cmd(self, name: str, request: int, ctype: str, target: str | None = None,
+    def _cmd(self, name: str, request: int, ctype: str, target: str | Resource | None = None,
              **fields: int) -> Any:
         self._check_open()
         cmd = ffi.new(ctype + " *")
-        cmd.size = ffi.sizeof(cmd[0])
+        cmd.size = _sizeof(ctype)
         for key, value in fields.items():
             try:
                 setattr(cmd, key, value)
             except (OverflowError, TypeError):
                 # e.g. a PASID or vIOMMU ID beyond its __u32 field
                 kind = dict(ffi.typeof(cmd[0]).fields)[key].type.cname
-                raise InvalidArgumentError(f"{key} {value!r} does not fit its {kind} field",
-                                           ioctl=name, target=target or self.describe()) from None
+                raise InvalidArgumentError(
+                    f"{key} {value!r} does not fit its {kind} field", ioctl=name,
+                    target=describe(target) if target is not None else self.describe()) from None
         self._ioctl(name, request, cmd, target=target)
         return cmd
 
@@ -290,6 +293,12 @@ class IommuFd(FdResource):
                   target=obj.describe(), id=obj.id)
 
 
+@functools.lru_cache(maxsize=None)
+def _sizeof(ctype: str) -> int:
+    """``sizeof(ctype)``, once per struct type."""
+    return int(ffi.sizeof(ctype))
+
+
 def _user_data(data: bytes) -> Any:
     """A private, writable copy of driver-specific data for the kernel to
     read (and, for some types, to write back), or NULL when empty."""
@@ -417,6 +426,7 @@ class IOAS(_PageTable):
     def __init__(self, iommufd: IommuFd, ioas_id: int) -> None:
         super().__init__(iommufd, ioas_id)
         self._mappings: dict[int, IoasMapping] = {}
+        self._starts: list[int] = []  # the keys of _mappings, sorted (bisect)
         #: the ranges of the last :meth:`allow_iovas` through this object
         #: (empty: every IOVA is allowed)
         self.allowed_ranges: tuple[IovaRange, ...] = ()
@@ -424,7 +434,7 @@ class IOAS(_PageTable):
     @property
     def mappings(self) -> tuple[IoasMapping, ...]:
         """Live mappings made through this object, by IOVA."""
-        return tuple(self._mappings[k] for k in sorted(self._mappings))
+        return tuple(self._mappings[k] for k in self._starts)
 
     # -- mapping -----------------------------------------------------------------------
     def _flags(self, iova: int | None, readable: bool, writeable: bool) -> int:
@@ -433,6 +443,9 @@ class IOAS(_PageTable):
                 | (lib.IOMMU_IOAS_MAP_WRITEABLE if writeable else 0))
 
     def _check_area(self, name: str, iova: int | None, length: int) -> None:
+        if (type(length) is int and 0 < length <= U64_MAX
+                and (iova is None or (type(iova) is int and 0 <= iova <= U64_MAX - length + 1))):
+            return  # the common case, without building any message
         check_u64("length", length, ioctl=name, target=self.describe())
         if length == 0:
             raise InvalidArgumentError("length must not be zero", ioctl=name,
@@ -449,7 +462,7 @@ class IOAS(_PageTable):
         """IOMMU_IOAS_MAP of a whole buffer.  With ``iova=None`` the kernel
         chooses the IOVA (see the returned mapping's ``iova``)."""
         self._check_open()
-        ub = user_buffer(buffer, ioctl="IOMMU_IOAS_MAP", target=self.describe())
+        ub = user_buffer(buffer, ioctl="IOMMU_IOAS_MAP", target=self)
         return self._map(ub, ub.length, iova, readable, writeable)
 
     def map_va(self, user_va: int, length: int, iova: int | None = None, *,
@@ -473,9 +486,14 @@ class IOAS(_PageTable):
             raise InvalidArgumentError("a read-only buffer cannot be mapped writeable",
                                        ioctl=name, target=self.describe())
         flags = self._flags(iova, readable, writeable)
-        cmd = self.iommufd._cmd(name, lib.IOMMU_IOAS_MAP, "struct iommu_ioas_map",
-                                target=self.describe(), flags=flags, ioas_id=self.id,
-                                user_va=ub.address, length=length, iova=iova or 0)
+        cmd = ffi.new("struct iommu_ioas_map *")
+        cmd.size = _sizeof("struct iommu_ioas_map")
+        cmd.flags = flags
+        cmd.ioas_id = self.id
+        cmd.user_va = ub.address
+        cmd.length = length
+        cmd.iova = iova or 0
+        self.iommufd._ioctl(name, lib.IOMMU_IOAS_MAP, cmd, target=self)
         return self._track(int(cmd.iova), length, flags, ub.owner)
 
     def map_file(self, fd: int, length: int, start: int = 0, iova: int | None = None, *,
@@ -516,22 +534,54 @@ class IOAS(_PageTable):
 
     def _track(self, iova: int, length: int, flags: int, owner: Any) -> IoasMapping:
         mapping = self._adopt(IoasMapping(self, iova, length, flags, owner))
+        if iova not in self._mappings:
+            bisect.insort(self._starts, iova)
         self._mappings[iova] = mapping
         return mapping
 
     def _unmap(self, iova: int, length: int) -> int:
-        cmd = self.iommufd._cmd("IOMMU_IOAS_UNMAP", lib.IOMMU_IOAS_UNMAP,
-                                "struct iommu_ioas_unmap", target=self.describe(),
-                                ioas_id=self.id, iova=iova, length=length)
+        cmd = ffi.new("struct iommu_ioas_unmap *")
+        cmd.size = _sizeof("struct iommu_ioas_unmap")
+        cmd.ioas_id = self.id
+        cmd.iova = iova
+        cmd.length = length
+        self.iommufd._ioctl("IOMMU_IOAS_UNMAP", lib.IOMMU_IOAS_UNMAP, cmd, target=self)
         # iova 0 with length U64_MAX means "everything" (iopt_unmap_all),
         # including an area that ends at the last IOVA.
         last = U64_MAX if (iova, length) == (0, U64_MAX) else iova + length - 1
-        for start in list(self._mappings):
+        exact = self._mappings.get(iova)
+        if exact is not None and exact.length == length:
+            # one mapping, exactly (tracked mappings never overlap)
+            del self._mappings[iova]
+            del self._starts[bisect.bisect_left(self._starts, iova)]
+            exact._mark_closed()
+            return int(cmd.length)
+        lo = bisect.bisect_left(self._starts, iova)
+        hi = bisect.bisect_right(self._starts, last)
+        kept = []
+        for start in self._starts[lo:hi]:
             m = self._mappings[start]
-            if iova <= start and m.last <= last:
+            if m.iova + m.length - 1 <= last:
                 del self._mappings[start]
                 m._mark_closed()
+            else:
+                kept.append(start)
+        self._starts[lo:hi] = kept
         return int(cmd.length)
+
+    def close(self) -> None:
+        """Destroy the IOAS: devices are detached, HWPTs built on it
+        destroyed and every mapping removed in one IOMMU_IOAS_UNMAP, then
+        the object itself (IOMMU_DESTROY).  Idempotent."""
+        if not self._closed and not self.iommufd.closed:
+            try:
+                self._detach_all()
+                self._destroy_dependents()
+                if self._mappings:
+                    self._unmap(0, U64_MAX)  # marks every mapping closed
+            except VfioError:
+                pass  # closing the children one by one below reports it
+        super().close()
 
     def unmap(self, iova: int, length: int) -> int:
         """IOMMU_IOAS_UNMAP of ``[iova, iova + length)``: every mapping in

@@ -31,7 +31,6 @@ does the same first.
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import math
 import os
@@ -46,6 +45,8 @@ from .backend import Backend
 from .errors import ClosedError, InvalidArgumentError, IoctlError, UnsupportedError, VfioError
 
 if TYPE_CHECKING:
+    import asyncio
+
     from .device import Device, IrqInfo
 
 __all__ = ["EventFd", "Irq", "IrqMap", "IrqVector"]
@@ -119,6 +120,8 @@ class EventFd(FdResource):
         returns the count.  Raises :class:`TimeoutError` after ``timeout``
         seconds, :class:`~pyvfio.errors.ClosedError` when the eventfd is
         closed meanwhile."""
+        import asyncio  # only here: it costs import time to every user
+
         loop = asyncio.get_running_loop()
         n = self.poll()
         if n:
@@ -194,11 +197,15 @@ class EventFd(FdResource):
         self._backend.write(self.fd, count.to_bytes(8, "little"))
 
     def _release(self) -> None:
-        try:
-            current: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:
-            current = None
         waiting, self._waiters = self._waiters, {}
+        current: asyncio.AbstractEventLoop | None = None
+        if waiting:  # asyncio is imported once somebody waited with it
+            import asyncio
+
+            try:
+                current = asyncio.get_running_loop()
+            except RuntimeError:
+                pass
         for loop, futures in waiting.items():
             try:
                 loop.remove_reader(self._fd)

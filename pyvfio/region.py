@@ -33,7 +33,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Iterable, Iterator
 
 from ._base import Resource
-from .backend.base import MAP_SHARED, PROT_READ, PROT_WRITE, MemoryMap
+from .backend.base import MAP_SHARED, PROT_READ, PROT_WRITE, DirectAccess, MemoryMap
 from .caps import Capability, MsixMappableCap, SparseMmapArea
 from .errors import InvalidArgumentError, UnsupportedError, ioctl_error
 from .registers import RegisterIO
@@ -238,6 +238,14 @@ class RegionMapping(Resource, RegisterIO):
         self.writable = writable  #: mapped with PROT_WRITE
         self._maps = sorted(maps, key=lambda m: m[0])
         self._single = self._maps[0] if len(self._maps) == 1 else None
+        # A whole-region mapping of plain memory: the typed accessors below
+        # check and access it without going through read()/write().
+        self._direct: DirectAccess | None = None
+        self._base = 0
+        single = self._single
+        if single is not None and single[0] == 0 and single[1] >= self.size:
+            self._direct = single[2].direct_access()
+            self._base = single[2].address
 
     def describe(self) -> str:
         """``"mapping of device 0000:00:02.0 BAR0"``."""
@@ -266,6 +274,71 @@ class RegionMapping(Resource, RegisterIO):
     def _read(self, offset: int, width: int) -> int:
         mm, rel = self._find(offset, width)
         return mm.read(rel, width)
+
+    # The typed accessors: one load or store, checked inline when the whole
+    # region is mapped plain memory (the hot path of a driver), else through
+    # read()/write() and their messages.
+    @property
+    def direct_path(self) -> bool:
+        """The typed accessors load and store directly (the whole region is
+        mapped plain memory, as on the real kernel); False where every
+        access goes through the backend's mapping (the fake's devices)."""
+        return self._direct is not None
+
+    def _fast_ok(self, offset: int, width: int) -> bool:
+        return (self._direct is not None and not self._closed and type(offset) is int
+                and 0 <= offset <= self.size - width and not offset & (width - 1))
+
+    def read8(self, offset: int) -> int:
+        """One 1-byte read at ``offset``."""
+        if self._fast_ok(offset, 1):
+            return int(self._direct.readers[1](self._base + offset))  # type: ignore[union-attr]
+        return self.read(offset, 1)
+
+    def read16(self, offset: int) -> int:
+        """One 2-byte read at ``offset`` (2-byte aligned)."""
+        if self._fast_ok(offset, 2):
+            return int(self._direct.readers[2](self._base + offset))  # type: ignore[union-attr]
+        return self.read(offset, 2)
+
+    def read32(self, offset: int) -> int:
+        """One 4-byte read at ``offset`` (4-byte aligned)."""
+        if self._fast_ok(offset, 4):
+            return int(self._direct.readers[4](self._base + offset))  # type: ignore[union-attr]
+        return self.read(offset, 4)
+
+    def read64(self, offset: int) -> int:
+        """One 8-byte read at ``offset`` (8-byte aligned)."""
+        if self._fast_ok(offset, 8):
+            return int(self._direct.readers[8](self._base + offset))  # type: ignore[union-attr]
+        return self.read(offset, 8)
+
+    def _fast_store(self, offset: int, width: int, value: int) -> bool:
+        if (self.writable and self._fast_ok(offset, width) and type(value) is int
+                and 0 <= value < 1 << (8 * width)):
+            self._direct.writers[width](self._base + offset, value)  # type: ignore[union-attr]
+            return True
+        return False
+
+    def write8(self, offset: int, value: int) -> None:
+        """One 1-byte write at ``offset``."""
+        if not self._fast_store(offset, 1, value):
+            self.write(offset, 1, value)
+
+    def write16(self, offset: int, value: int) -> None:
+        """One 2-byte write at ``offset`` (2-byte aligned)."""
+        if not self._fast_store(offset, 2, value):
+            self.write(offset, 2, value)
+
+    def write32(self, offset: int, value: int) -> None:
+        """One 4-byte write at ``offset`` (4-byte aligned)."""
+        if not self._fast_store(offset, 4, value):
+            self.write(offset, 4, value)
+
+    def write64(self, offset: int, value: int) -> None:
+        """One 8-byte write at ``offset`` (8-byte aligned)."""
+        if not self._fast_store(offset, 8, value):
+            self.write(offset, 8, value)
 
     def _write(self, offset: int, width: int, value: int) -> None:
         mm, rel = self._find(offset, width)

@@ -213,3 +213,39 @@ def test_bulk_copies_of_device_memory(machine: FakeMachine) -> None:
         view.release()
         assert bar0.pread(0x100, 13) == b"hello, device"
         assert mapping.read32(0x100) == int.from_bytes(b"hell", "little")
+
+
+def test_typed_accessors_of_plain_memory_take_the_direct_path() -> None:
+    """A region mapped whole on the real kernel: read32/write32 check the
+    access inline and call the volatile helpers directly; a bad access still
+    gets the full message, a closed mapping ClosedError."""
+    from types import SimpleNamespace
+
+    from pyvfio.backend.base import MAP_ANONYMOUS, MAP_PRIVATE, PROT_READ, PROT_WRITE
+    from pyvfio.backend.kernel import KernelBackend
+    from pyvfio.errors import ClosedError
+    from pyvfio.region import RegionMapping
+
+    kb = KernelBackend()
+    mm = kb.mmap(4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS)
+    region = SimpleNamespace(size=4096, name="BAR0", device=SimpleNamespace(backend=kb), _mapping=None,
+                             describe=lambda: "test BAR0")
+    mapping = RegionMapping(region, [(0, 4096, mm)], writable=True)  # type: ignore[arg-type]
+    assert mapping.direct_path
+    mapping.write32(0x10, 0xDEADBEEF)
+    mapping.write16(0x14, 0x1234)
+    mapping.write8(0x16, 0x56)
+    mapping.write64(0x18, 0x0102030405060708)
+    assert mapping.read32(0x10) == 0xDEADBEEF and mapping.read8(0x10) == 0xEF
+    assert mapping.read16(0x14) == 0x1234 and mapping.read8(0x16) == 0x56
+    assert mapping.read64(0x18) == 0x0102030405060708
+    assert mapping.read32(0xFFC) == 0  # the last word
+    for bad in (lambda: mapping.read32(0x1002), lambda: mapping.read32(0x1000),
+                lambda: mapping.read32(-4), lambda: mapping.write8(0, 0x100),
+                lambda: mapping.read64(0x24)):
+        with pytest.raises(InvalidArgumentError):
+            bad()
+    mapping.close()
+    assert mm.closed
+    with pytest.raises(ClosedError):
+        mapping.read32(0)

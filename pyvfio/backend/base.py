@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import abc
 import os
-from typing import Any, Union
+from typing import Any, Callable, Mapping, NamedTuple, Union
 
 #: A cffi pointer or array.
 CData = Any
 
-__all__ = ["Backend", "MemoryMap", "IoctlArg", "PROT_READ", "PROT_WRITE",
+__all__ = ["Backend", "MemoryMap", "DirectAccess", "IoctlArg", "PROT_READ", "PROT_WRITE",
            "MAP_SHARED", "MAP_PRIVATE", "MAP_ANONYMOUS", "MAP_HUGETLB", "MAP_POPULATE",
            "MAP_HUGE_SHIFT"]
 
@@ -48,6 +48,14 @@ MAP_ANONYMOUS = 0x20
 MAP_HUGETLB = 0x40000
 MAP_POPULATE = 0x8000
 MAP_HUGE_SHIFT = 26
+
+
+class DirectAccess(NamedTuple):
+    """Volatile load/store functions by width (1, 2, 4, 8 bytes), taking a
+    process virtual address (and the value, for stores)."""
+
+    readers: Mapping[int, Callable[[int], int]]  #: width -> load(address)
+    writers: Mapping[int, Callable[[int, int], None]]  #: width -> store(address, value)
 
 
 class MemoryMap(abc.ABC):
@@ -91,6 +99,14 @@ class MemoryMap(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """Unmap; idempotent."""
+
+    def direct_access(self) -> DirectAccess | None:
+        """The loads and stores behind :meth:`read`/:meth:`write` when they
+        are plain volatile accesses at ``address + offset`` (callers that
+        check bounds and alignment themselves may call them directly, on a
+        hot path); None when every access must go through :meth:`read` and
+        :meth:`write` (a simulated device that sees each one)."""
+        return None
 
     def __enter__(self) -> MemoryMap:
         return self

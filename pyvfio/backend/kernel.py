@@ -15,7 +15,7 @@ import os
 import resource
 
 from .._uapi import ffi, lib
-from .base import Backend, IoctlArg, MemoryMap
+from .base import Backend, DirectAccess, IoctlArg, MemoryMap
 
 __all__ = ["KernelBackend", "KernelMemoryMap"]
 
@@ -26,6 +26,7 @@ _WRITERS = {
     4: lib.pyvfio_write32,
     8: lib.pyvfio_write64,
 }
+_DIRECT = DirectAccess(_READERS, _WRITERS)
 
 
 def _check_access(offset: int, width: int, length: int) -> None:
@@ -86,6 +87,10 @@ class KernelMemoryMap(MemoryMap):
         if not 0 <= value < 1 << (8 * width):
             raise ValueError(f"value {value:#x} does not fit in {width} bytes")
         _WRITERS[width](self.address + offset, value)
+
+    def direct_access(self) -> DirectAccess:
+        """The compiled volatile load/store helpers (see :meth:`read`)."""
+        return _DIRECT
 
     def _range(self, offset: int, size: int) -> None:
         self._live()
