@@ -9,7 +9,7 @@
 2. The guest suite: ``tests/vm/guest.py --pytest`` boots a Linux 7.3 guest
    with an emulated IOMMU (building the kernel on first use) and runs the
    tests marked ``kernel`` in it; a second boot with ``intel_iommu=off``
-   runs those marked ``iommufd_mock`` on the kernel's self-test IOMMU.
+   runs those marked ``iommu_off`` (the kernel's self-test IOMMU, no-IOMMU mode).
 
 The last line is the combined count in pytest's form.  When the VM cannot
 run here (no root to install QEMU, for example) the guest suite is
@@ -101,12 +101,14 @@ def main() -> int:
         if not args.host_only:
             # Two boots: QEMU's emulated VT-d for everything marked kernel,
             # then intel_iommu=off for the kernel's own mock IOMMU
-            # (IOMMUFD_TEST), which does not work while VT-d is on.
+            # (IOMMUFD_TEST, which does not work while VT-d is on) and the
+            # no-IOMMU mode.
             boots = [
                 ("guest suite (Linux 7.3 VM, emulated Intel IOMMU)", "guest-junit.xml", [],
-                 "kernel and not iommufd_mock"),
-                ("guest mock-IOMMU suite (Linux 7.3 VM, intel_iommu=off, IOMMUFD_TEST)",
-                 "guest-mock-junit.xml", ["--append", "intel_iommu=off"], "iommufd_mock"),
+                 "kernel and not iommu_off"),
+                ("guest IOMMU-off suite (Linux 7.3 VM, intel_iommu=off: self-test IOMMU, "
+                 "no-IOMMU mode)", "guest-iommu-off-junit.xml",
+                 ["--append", "intel_iommu=off"], "iommu_off"),
             ]
             for title, name, launcher_args, marks in boots:
                 # The guest sees the host's file system, but not its /tmp.
