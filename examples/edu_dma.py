@@ -48,6 +48,7 @@ from pyvfio import (
     RegisterBlock,
     map_buffer,
 )
+from pyvfio import binding
 from pyvfio.backend import Backend
 
 EDU_ID = (0x1234, 0x11E8)
@@ -180,35 +181,18 @@ class EduDriver:
 # -- opening the device ---------------------------------------------------------------------
 def find_devices(backend: Backend, vendor: int, device: int) -> list[str]:
     """PCI addresses of the functions with this vendor:device ID."""
-    out = []
-    for bdf in backend.sysfs_listdir(pyvfio.sysfs.PCI_DEVICES):
-        base = f"{pyvfio.sysfs.PCI_DEVICES}/{bdf}"
-        if (int(backend.sysfs_read(f"{base}/vendor"), 16),
-                int(backend.sysfs_read(f"{base}/device"), 16)) == (vendor, device):
-            out.append(bdf)
-    return out
+    return pyvfio.sysfs.find_devices(vendor, device, backend=backend)
 
 
 def bind_vfio(backend: Backend, bdf: str) -> str | None:
-    """Move ``bdf`` to vfio-pci; returns the driver it had."""
-    base = f"{pyvfio.sysfs.PCI_DEVICES}/{bdf}"
-    old = pyvfio.sysfs.device_driver(bdf, backend)
-    if old == "vfio-pci":
-        return old
-    backend.sysfs_write(f"{base}/driver_override", "vfio-pci")
-    if old is not None:
-        backend.sysfs_write(f"/sys/bus/pci/drivers/{old}/unbind", bdf)
-    backend.sysfs_write("/sys/bus/pci/drivers_probe", bdf)
-    return old
+    """Move ``bdf`` to vfio-pci (refused while the host uses it); returns
+    the driver it had."""
+    return binding.bind(bdf, backend=backend).previous_driver
 
 
 def unbind_vfio(backend: Backend, bdf: str) -> None:
-    """Give ``bdf`` back to the driver the kernel picks for it."""
-    base = f"{pyvfio.sysfs.PCI_DEVICES}/{bdf}"
-    backend.sysfs_write(f"{base}/driver_override", "\n")
-    if pyvfio.sysfs.device_driver(bdf, backend) == "vfio-pci":
-        backend.sysfs_write("/sys/bus/pci/drivers/vfio-pci/unbind", bdf)
-    backend.sysfs_write("/sys/bus/pci/drivers_probe", bdf)
+    """Give ``bdf`` back the driver it had before :func:`bind_vfio`."""
+    binding.restore(bdf, backend=backend)
 
 
 @contextlib.contextmanager

@@ -43,6 +43,7 @@ from pyvfio import (
     Register,
     RegisterBlock,
 )
+from pyvfio import binding
 from pyvfio.backend import Backend
 
 NVME_CLASS = 0x010802  # mass storage, NVM, NVMe
@@ -270,33 +271,18 @@ def _text(data: bytes) -> str:
 # -- opening the device ---------------------------------------------------------------------
 def find_by_class(backend: Backend, class_code: int) -> list[str]:
     """PCI addresses of the functions with this class code."""
-    out = []
-    for bdf in backend.sysfs_listdir(pyvfio.sysfs.PCI_DEVICES):
-        if int(backend.sysfs_read(f"{pyvfio.sysfs.PCI_DEVICES}/{bdf}/class"), 16) == class_code:
-            out.append(bdf)
-    return out
+    return pyvfio.sysfs.find_devices(class_code=class_code, backend=backend)
 
 
 def bind_vfio(backend: Backend, bdf: str) -> str | None:
-    """Move ``bdf`` to vfio-pci; returns the driver it had."""
-    base = f"{pyvfio.sysfs.PCI_DEVICES}/{bdf}"
-    old = pyvfio.sysfs.device_driver(bdf, backend)
-    if old == "vfio-pci":
-        return old
-    backend.sysfs_write(f"{base}/driver_override", "vfio-pci")
-    if old is not None:
-        backend.sysfs_write(f"/sys/bus/pci/drivers/{old}/unbind", bdf)
-    backend.sysfs_write("/sys/bus/pci/drivers_probe", bdf)
-    return old
+    """Move ``bdf`` to vfio-pci (refused while the host uses it, e.g. a
+    mounted namespace); returns the driver it had."""
+    return binding.bind(bdf, backend=backend).previous_driver
 
 
 def unbind_vfio(backend: Backend, bdf: str) -> None:
-    """Give ``bdf`` back to the driver the kernel picks for it."""
-    base = f"{pyvfio.sysfs.PCI_DEVICES}/{bdf}"
-    backend.sysfs_write(f"{base}/driver_override", "\n")
-    if pyvfio.sysfs.device_driver(bdf, backend) == "vfio-pci":
-        backend.sysfs_write("/sys/bus/pci/drivers/vfio-pci/unbind", bdf)
-    backend.sysfs_write("/sys/bus/pci/drivers_probe", bdf)
+    """Give ``bdf`` back the driver it had before :func:`bind_vfio`."""
+    binding.restore(bdf, backend=backend)
 
 
 @contextlib.contextmanager

@@ -99,18 +99,8 @@ class Usage:
         return {"bdf": self.bdf, "kind": self.kind, "what": self.what}
 
 
-def _read(b: Backend, path: str) -> str | None:
-    try:
-        return b.sysfs_read(path)
-    except OSError:
-        return None
-
-
-def _listdir(b: Backend, path: str) -> list[str]:
-    try:
-        return b.sysfs_listdir(path)
-    except OSError:
-        return []
+_read = sysfs.try_read
+_listdir = sysfs.try_listdir
 
 
 def _path_bdfs(b: Backend, link: str) -> list[str]:

@@ -48,18 +48,8 @@ class Check:
         return asdict(self)
 
 
-def _read(b: Backend, path: str) -> str | None:
-    try:
-        return b.sysfs_read(path)
-    except OSError:
-        return None
-
-
-def _listdir(b: Backend, path: str) -> list[str]:
-    try:
-        return b.sysfs_listdir(path)
-    except OSError:
-        return []
+_read = sysfs.try_read
+_listdir = sysfs.try_listdir
 
 
 def _cpu_vendor(b: Backend) -> str | None:

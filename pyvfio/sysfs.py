@@ -63,6 +63,7 @@ __all__ = [
     "PciDeviceInfo",
     "pci_device",
     "pci_devices",
+    "find_devices",
     "ReservedRegion",
     "IommuGroupInfo",
     "iommu_group",
@@ -109,18 +110,24 @@ def _backend(backend: Backend | None) -> Backend:
     return backend if backend is not None else default_backend()
 
 
-def _read(b: Backend, path: str) -> str | None:
+def try_read(b: Backend, path: str) -> str | None:
+    """The attribute at ``path``, or None when it cannot be read."""
     try:
         return b.sysfs_read(path)
     except OSError:
         return None
 
 
-def _listdir(b: Backend, path: str) -> list[str]:
+def try_listdir(b: Backend, path: str) -> list[str]:
+    """The names in the directory ``path``, or [] when it cannot be listed."""
     try:
         return b.sysfs_listdir(path)
     except OSError:
         return []
+
+
+_read = try_read
+_listdir = try_listdir
 
 
 def _int(text: str | None, base: int = 0) -> int | None:
@@ -424,6 +431,17 @@ def pci_devices(backend: Backend | None = None) -> list[PciDeviceInfo]:
         except (VfioError, InvalidArgumentError):
             continue  # removed while we looked, or not a PCI address
     return out
+
+
+def find_devices(vendor: int | None = None, device: int | None = None, *,
+                 class_code: int | None = None,
+                 backend: Backend | None = None) -> list[str]:
+    """PCI addresses of the devices with these IDs (and/or 24-bit class
+    code), sorted; a criterion left None matches everything."""
+    return [d.bdf for d in pci_devices(backend)
+            if (vendor is None or d.vendor == vendor)
+            and (device is None or d.device == device)
+            and (class_code is None or d.class_code == class_code)]
 
 
 # -- IOMMU groups -------------------------------------------------------------------

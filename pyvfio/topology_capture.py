@@ -55,18 +55,8 @@ _PCI_CAP_EXP = 0x10
 _PCI_EXP_TYPE_PCI_BRIDGE = 0x7
 
 
-def _read(b: Backend, path: str) -> str | None:
-    try:
-        return b.sysfs_read(path)
-    except OSError:
-        return None
-
-
-def _listdir(b: Backend, path: str) -> list[str]:
-    try:
-        return b.sysfs_listdir(path)
-    except OSError:
-        return []
+_read = sysfs.try_read
+_listdir = sysfs.try_listdir
 
 
 def _yes(text: str | None) -> bool:

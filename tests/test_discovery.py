@@ -375,3 +375,15 @@ def test_the_captured_guest_topology_replays() -> None:
     # binding works on it as on the guest
     results = binding.bind_group(11, backend=b, state=binding.BindingState())
     assert [r.driver for r in results] == ["vfio-pci", "vfio-pci"]
+
+
+def test_find_devices_by_ids_and_class() -> None:
+    from pyvfio.fake import System
+
+    b = System("default").backend
+    assert sysfs.find_devices(0x8086, 0x100E, backend=b) == ["0000:01:01.0", "0000:01:02.0"]
+    assert sysfs.find_devices(0x8086, backend=b) == ["0000:00:04.0", "0000:01:01.0",
+                                                     "0000:01:02.0"]
+    assert sysfs.find_devices(class_code=0x010802, backend=b) == ["0000:00:03.0"]  # NVMe
+    assert sysfs.find_devices(0x1234, 0xFFFF, backend=b) == []
+    assert sysfs.find_devices(backend=b) == [d.bdf for d in sysfs.pci_devices(b)]
