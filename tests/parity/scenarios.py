@@ -10,6 +10,8 @@ compare directly.
 
 from __future__ import annotations
 
+import gc
+
 import errno
 import mmap
 import os
@@ -56,6 +58,9 @@ class Env:
             b.sysfs_write("/sys/bus/pci/drivers_probe", bdf)
 
     def restore(self) -> None:
+        # Objects in reference cycles may still hold a device file: unbinding
+        # vfio-pci would wait for them in the kernel.
+        gc.collect()
         for bdf, driver in reversed(self._restore):
             try:
                 self.bind(bdf, driver)

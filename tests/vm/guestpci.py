@@ -11,6 +11,7 @@ driver and vfio-pci through ``driver_override`` + ``drivers_probe``::
 
 from __future__ import annotations
 
+import gc
 import os
 import time
 from dataclasses import dataclass
@@ -118,6 +119,34 @@ def vfio_cdev(bdf: str) -> Path | None:
     return Path("/dev/vfio/devices") / names[0] if names else None
 
 
+def vfio_holders() -> list[str]:
+    """What this process still holds of VFIO devices: device fds (cdev or
+    group-obtained) and mappings of device files.  Unbinding vfio-pci from
+    a device blocks in the kernel until every one of these is gone."""
+    held = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("/dev/vfio/devices/") or "vfio-device" in target:
+            held.append(f"fd {fd} -> {target}")
+    with open("/proc/self/maps") as f:
+        for line in f:
+            fields = line.split()
+            path = fields[5] if len(fields) > 5 else ""
+            if path.startswith("/dev/vfio/") or "vfio-device" in path:
+                held.append(f"mapping {fields[0]} of {path}")
+    return held
+
+
 def unbind_vfio(bdf: str) -> None:
-    """Give the device back to its default kernel driver (if any)."""
+    """Give the device back to its default kernel driver (if any).  Refuses
+    (RuntimeError) while this process still holds a VFIO device open: the
+    kernel's unbind would wait for it forever."""
+    gc.collect()  # objects in reference cycles close their files here
+    held = vfio_holders()
+    if held:
+        raise RuntimeError(f"cannot give {bdf} back: this process still holds "
+                           + "; ".join(held))
     bind_driver(bdf, None)
