@@ -10,9 +10,8 @@ compare directly.
 
 from __future__ import annotations
 
-import gc
-
 import errno
+import gc
 import mmap
 import os
 from typing import Any, Callable
