@@ -320,6 +320,19 @@ class _Block:
     size: int
 
 
+def _carve(free: list[_Block], i: int, start: int, size: int) -> None:
+    """Replace the free block ``free[i]`` by what is left of it around
+    ``[start, start + size)`` (which lies inside it)."""
+    block = free[i]
+    end = block.start + block.size
+    pieces = []
+    if start > block.start:
+        pieces.append(_Block(block.start, start - block.start))
+    if start + size < end:
+        pieces.append(_Block(start + size, end - start - size))
+    free[i:i + 1] = pieces
+
+
 class IovaAllocator:
     """Allocates IOVA ranges for drivers that pick IOVAs themselves.
 
@@ -439,12 +452,7 @@ class IovaAllocator:
             start = _round_up(block.start, align)
             end = block.start + block.size
             if start + size <= end:
-                pieces = []
-                if start > block.start:
-                    pieces.append(_Block(block.start, start - block.start))
-                if start + size < end:
-                    pieces.append(_Block(start + size, end - start - size))
-                self._free[i:i + 1] = pieces
+                _carve(self._free, i, start, size)
                 self._used[start] = size
                 return start
         raise UnsupportedError(errno.ENOSPC,
@@ -459,12 +467,7 @@ class IovaAllocator:
         size = _round_up(size, self.alignment)
         for i, block in enumerate(self._free):
             if block.start <= iova and iova + size <= block.start + block.size:
-                pieces = []
-                if iova > block.start:
-                    pieces.append(_Block(block.start, iova - block.start))
-                if iova + size < block.start + block.size:
-                    pieces.append(_Block(iova + size, block.start + block.size - iova - size))
-                self._free[i:i + 1] = pieces
+                _carve(self._free, i, iova, size)
                 self._used[iova] = size
                 return
         raise InvalidArgumentError(f"[{iova:#x}, +{size:#x}) is not free", target="IOVA allocator")
@@ -668,12 +671,7 @@ class DmaPool(Resource):
             start = start_iova - self.iova
             end = block.start + block.size
             if start + size <= end:
-                pieces = []
-                if start > block.start:
-                    pieces.append(_Block(block.start, start - block.start))
-                if start + size < end:
-                    pieces.append(_Block(start + size, end - start - size))
-                self._free[i:i + 1] = pieces
+                _carve(self._free, i, start, size)
                 self._used[start] = size
                 chunk = DmaChunk(self, start, size)
                 if zero:
