@@ -23,13 +23,12 @@ until Bus Master Enable is set.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 try:
     import pyvfio
@@ -41,8 +40,6 @@ from pyvfio import (
     Device,
     DmaBuffer,
     Field,
-    Group,
-    IommuFd,
     IovaAllocator,
     Register,
     RegisterBlock,
@@ -195,32 +192,6 @@ def unbind_vfio(backend: Backend, bdf: str) -> None:
     binding.restore(bdf, backend=backend)
 
 
-@contextlib.contextmanager
-def open_device(bdf: str, backend: Backend, *, legacy: bool = False
-                ) -> Iterator[tuple[Device, pyvfio.IOAS | Container]]:
-    """The device, attached to a fresh IOAS (iommufd + cdev), or -- with
-    ``legacy`` or without a vfio cdev -- a type1 container."""
-    if not legacy:
-        try:
-            pyvfio.sysfs.device_cdev_path(bdf, backend)
-        except pyvfio.VfioError:
-            legacy = True
-    with contextlib.ExitStack() as stack:
-        if legacy:
-            container = stack.enter_context(Container(backend=backend))
-            group = stack.enter_context(Group.for_device(bdf, backend=backend))
-            group.set_container(container)
-            container.set_iommu()
-            yield stack.enter_context(group.open_device(bdf)), container
-        else:
-            iommufd = stack.enter_context(IommuFd(backend=backend))
-            device = stack.enter_context(Device.open(bdf, backend=backend))
-            device.bind(iommufd)
-            ioas = iommufd.ioas()
-            device.attach(ioas)
-            yield device, ioas
-
-
 def _mean_us(fn: Callable[[], object], n: int) -> float:
     start = time.perf_counter()
     for _ in range(n):
@@ -232,7 +203,7 @@ def run(bdf: str, backend: Backend, *, legacy: bool = False, intx: bool = False,
         out: Callable[[str], None] = print) -> EduResult:
     """Drive the edu device at ``bdf`` (bound to vfio-pci) once."""
     result = EduResult()
-    with open_device(bdf, backend, legacy=legacy) as (device, space):
+    with pyvfio.open_attached(bdf, backend=backend, legacy=legacy) as (device, space):
         path = "type1 container" if isinstance(space, Container) else f"iommufd {space.describe()}"
         out(f"edu {bdf} through {path}; BAR0 {device.regions['BAR0'].size:#x} bytes")
         driver = EduDriver(device, space, intx=intx)

@@ -23,7 +23,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 try:
     import pyvfio
@@ -36,8 +36,6 @@ from pyvfio import (
     DmaChunk,
     DmaPool,
     Field,
-    Group,
-    IommuFd,
     IovaAllocator,
     IrqVector,
     Register,
@@ -285,37 +283,11 @@ def unbind_vfio(backend: Backend, bdf: str) -> None:
     binding.restore(bdf, backend=backend)
 
 
-@contextlib.contextmanager
-def open_device(bdf: str, backend: Backend, *, legacy: bool = False
-                ) -> Iterator[tuple[Device, pyvfio.IOAS | Container]]:
-    """The device attached to a fresh IOAS (iommufd + cdev), or -- with
-    ``legacy`` or without a vfio cdev -- to a type1 container."""
-    if not legacy:
-        try:
-            pyvfio.sysfs.device_cdev_path(bdf, backend)
-        except pyvfio.VfioError:
-            legacy = True
-    with contextlib.ExitStack() as stack:
-        if legacy:
-            container = stack.enter_context(Container(backend=backend))
-            group = stack.enter_context(Group.for_device(bdf, backend=backend))
-            group.set_container(container)
-            container.set_iommu()
-            yield stack.enter_context(group.open_device(bdf)), container
-        else:
-            iommufd = stack.enter_context(IommuFd(backend=backend))
-            device = stack.enter_context(Device.open(bdf, backend=backend))
-            device.bind(iommufd)
-            ioas = iommufd.ioas()
-            device.attach(ioas)
-            yield device, ioas
-
-
 def run(bdf: str, backend: Backend, *, legacy: bool = False, poll: bool = False,
         out: Callable[[str], None] = print) -> NvmeResult:
     """Identify the controller at ``bdf`` (bound to vfio-pci) and read LBA 0."""
     result = NvmeResult()
-    with open_device(bdf, backend, legacy=legacy) as (device, space):
+    with pyvfio.open_attached(bdf, backend=backend, legacy=legacy) as (device, space):
         ctrl = NvmeController(device, space, poll=poll)
         try:
             vs = ctrl.regs.VS.fields()

@@ -20,7 +20,16 @@ from .container import (
     IommuInfo,
     IommuType,
 )
-from .device import Device, DeviceInfo, HotResetDevice, IrqInfo, PciIrq, PciRegion, RegionInfo
+from .device import (
+    Device,
+    DeviceInfo,
+    HotResetDevice,
+    IrqInfo,
+    PciIrq,
+    PciRegion,
+    RegionInfo,
+    open_attached,
+)
 from .dma import DmaBuffer, DmaChunk, DmaPool, IovaAllocator, map_buffer
 from .errors import (
     ClosedError,
@@ -63,5 +72,5 @@ __all__ = [
     "IoasMapping", "IommuFd", "RlimitMode", "Vdevice", "Veventq", "Viommu",
     "Region", "RegionMap", "RegionMapping", "Field", "Register", "RegisterBlock", "RegisterIO",
     "PciConfig", "EventFd", "Irq", "IrqMap", "IrqVector", "DmaBuffer", "DmaChunk", "DmaPool",
-    "IovaAllocator", "map_buffer", "DeviceFeatures", "MigrationState",
+    "IovaAllocator", "map_buffer", "DeviceFeatures", "MigrationState", "open_attached",
 ]

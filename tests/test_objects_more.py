@@ -189,3 +189,13 @@ def test_fields_too_wide_for_the_struct_are_refused_in_python(vfio_env) -> None:
             fd._cmd("IOMMU_DESTROY", pyvfio.lib.IOMMU_DESTROY, "struct iommu_destroy",
                     id=1 << 40)
         assert dev.attached is None
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_open_attached_on_either_path(vfio_env, legacy: bool) -> None:  # type: ignore[no-untyped-def]
+    with pyvfio.open_attached(vfio_env.edu, backend=vfio_env.backend, legacy=legacy) as (dev, space):
+        assert isinstance(space, Container if legacy else pyvfio.IOAS)
+        assert (dev.group is not None) == legacy and (dev.dev_id is not None) == (not legacy)
+        mapping = space.map(mmap.mmap(-1, 0x1000), 0x100000)
+        assert mapping.iova == 0x100000
+    assert dev.closed and space.closed and mapping.closed
