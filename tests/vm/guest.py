@@ -39,6 +39,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -117,6 +118,35 @@ def ensure_qemu() -> str:
     if not path:
         raise SystemExit(f"{QEMU} still missing after installing {QEMU_PACKAGE}")
     return path
+
+
+def qemu_version(qemu: str) -> tuple[int, ...]:
+    """(major, minor, micro) of ``qemu --version``; () when unreadable."""
+    try:
+        out = subprocess.run([qemu, "--version"], capture_output=True,
+                             text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ()
+    m = re.search(r"version (\d+)\.(\d+)\.(\d+)", out)
+    return tuple(int(x) for x in m.groups()) if m else ()
+
+
+#: First QEMU whose multi-threaded TCG no longer reads a stale cached
+#: AddressSpaceDispatch (QEMU issue 3040, "system/physmem: fix use-after-free
+#: with dispatch", in 10.0.4 and 10.1).  Older ones abort at random with
+#: "iotlb_to_section: Assertion `section_index < d->map.sections_nb'" when
+#: the memory map changes (PCI BAR set-up while booting, hot-plug) on a
+#: guest with more than one vCPU.
+TCG_SMP_FIXED = (10, 0, 4)
+
+
+def default_smp(qemu: str, accel: str) -> int:
+    """2 vCPUs, but 1 under TCG with a QEMU that has the dispatch race."""
+    if accel == "tcg":
+        version = qemu_version(qemu)
+        if not version or version < TCG_SMP_FIXED:
+            return 1
+    return 2
 
 
 # Init script (PID 1, busybox sh).  Paths under $R are the host's root.
@@ -374,7 +404,9 @@ def write_run_script(share: Path, command: str, cwd: Path,
     (share / RUN_SCRIPT).write_text("\n".join(lines))
 
 
-#: Boots tried when QEMU dies before the guest reaches its init.
+#: Boots tried when QEMU itself fails: it dies before the guest reaches its
+#: init, or it is killed by a signal it raised (an internal assertion) while
+#: the guest runs.  Neither is a result of the guest's command.
 BOOT_ATTEMPTS = 3
 
 
@@ -386,27 +418,29 @@ def run_guest(command: str, args: argparse.Namespace, *,
 
     ``after(share)`` is called with the host path of the share before it is
     deleted (to collect result files).  QEMU under TCG has been seen to
-    abort on an internal assertion while booting (before the guest runs
-    anything); such a boot is tried again, up to :data:`BOOT_ATTEMPTS`
-    times, and said so.
+    abort on an internal assertion (see :data:`TCG_SMP_FIXED`); a run that
+    QEMU ended that way, before or after the guest's init, is tried again,
+    up to :data:`BOOT_ATTEMPTS` times, and said so.
     """
     for attempt in range(1, BOOT_ATTEMPTS + 1):
-        status, reached_init = _run_guest_once(
+        status, reached_init, qemu_crashed = _run_guest_once(
             command, args, accel=accel, timeout=timeout, echo=echo,
             after=after, last=attempt == BOOT_ATTEMPTS)
-        if reached_init or status != EXIT_VM_FAILED:
+        if status != EXIT_VM_FAILED or (reached_init and not qemu_crashed):
             return status
         if attempt < BOOT_ATTEMPTS:
-            log(f"QEMU failed before the guest reached its init; booting again "
-                f"({attempt + 1} of {BOOT_ATTEMPTS})")
+            what = ("QEMU aborted while the guest ran" if reached_init
+                    else "QEMU failed before the guest reached its init")
+            log(f"{what}; booting again ({attempt + 1} of {BOOT_ATTEMPTS})")
     return status
 
 
 def _run_guest_once(command: str, args: argparse.Namespace, *,
                     accel: str | None, timeout: float | None, echo: bool | None,
-                    after, last: bool) -> tuple[int, bool]:
-    """One boot: (exit status, whether the guest reached its init).
-    ``after`` runs when the guest reached its init or this is the last try."""
+                    after, last: bool) -> tuple[int, bool, bool]:
+    """One boot: (exit status, whether the guest reached its init, whether
+    QEMU died of a signal it was not sent by this launcher).  ``after`` runs
+    when the guest reached its init or this is the last try."""
     accel = accel or args.resolved_accel
     timeout = timeout if timeout is not None else args.timeout
     echo = (not args.quiet) if echo is None else echo
@@ -428,16 +462,19 @@ def _run_guest_once(command: str, args: argparse.Namespace, *,
         cmdline += " pyvfio.keep=" + ",".join(keep)
     if args.append:
         cmdline += " " + args.append
+    smp = args.smp if args.smp is not None else default_smp(qemu, accel)
     argv = qemu_args(qemu, accel, kernel, initrd, cmdline, share, qmp_sock,
-                     device_args(tmpdir), args.memory, args.smp)
+                     device_args(tmpdir), args.memory, smp)
     console_log = Path(args.console_log) if args.console_log else tmpdir / "console.log"
 
     proc = None
     console = server = None
     status = EXIT_VM_FAILED
+    killed = False
     t0 = time.monotonic()
     try:
-        log(f"booting {kernel} (accel={accel}, timeout {timeout:.0f} s)")
+        log(f"booting {kernel} (accel={accel}, {smp} vCPU{'s' if smp > 1 else ''}, "
+            f"timeout {timeout:.0f} s)")
         if args.verbose:
             log("qemu command: " + shlex.join(argv))
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
@@ -464,6 +501,7 @@ def _run_guest_once(command: str, args: argparse.Namespace, *,
             time.sleep(0.1)
     finally:
         if proc is not None and proc.poll() is None:
+            killed = True
             proc.kill()
         if proc is not None:
             proc.wait()
@@ -485,13 +523,15 @@ def _run_guest_once(command: str, args: argparse.Namespace, *,
             if status != 0 and not echo:
                 log("last console lines:\n  " + "\n  ".join(console.tail))
         reached_init = console is not None and console.booted_at is not None
+        qemu_crashed = (proc is not None and not killed
+                        and proc.returncode is not None and proc.returncode < 0)
         if after is not None and (reached_init or last or status != EXIT_VM_FAILED):
             after(share)
         if args.keep:
             log(f"kept {tmpdir}")
         else:
             shutil.rmtree(tmpdir, ignore_errors=True)
-    return status, reached_init
+    return status, reached_init, qemu_crashed
 
 
 # --------------------------------------------------------------------------
@@ -610,7 +650,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                     help="extra guest environment variable (repeatable)")
     ap.add_argument("--memory", default="2G")
-    ap.add_argument("--smp", type=int, default=2)
+    ap.add_argument("--smp", type=int, default=None,
+                    help="vCPUs (default 2; 1 under TCG with a QEMU older than "
+                         "10.0.4, see tcg_smp)")
     ap.add_argument("--console-log", metavar="PATH",
                     help="also save the guest console here")
     ap.add_argument("-q", "--quiet", action="store_true",
