@@ -652,7 +652,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--memory", default="2G")
     ap.add_argument("--smp", type=int, default=None,
                     help="vCPUs (default 2; 1 under TCG with a QEMU older than "
-                         "10.0.4, see tcg_smp)")
+                         "10.0.4, see TCG_SMP_FIXED)")
     ap.add_argument("--console-log", metavar="PATH",
                     help="also save the guest console here")
     ap.add_argument("-q", "--quiet", action="store_true",
