@@ -16,7 +16,6 @@ container ioctls there too ("vfio compatibility"), see :meth:`Container.compat`.
 
 from __future__ import annotations
 
-import bisect
 import enum
 import errno
 import os
@@ -26,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from . import sysfs
 from ._base import FdResource, Resource, check_flags, check_u64, open_node
 from ._memory import UserBuffer, user_buffer
+from ._sorted import SortedKeys
 from ._uapi import ffi, lib
 from .backend import Backend, resolve_backend
 from .caps import Capability, DmaAvailCap, IovaRange, IovaRangeCap, MigrationCap, parse_chain
@@ -180,7 +180,7 @@ class Container(FdResource):
         self._iommu_type: int | None = None
         self._groups: list[Group] = []
         self._mappings: dict[int, DmaMapping] = {}
-        self._starts: list[int] = []  # the keys of _mappings, sorted (bisect)
+        self._starts = SortedKeys()  # the keys of _mappings
         self._min_page: int | None = None
         self._allocator: IovaAllocator | None = None
 
@@ -328,7 +328,7 @@ class Container(FdResource):
         self._ioctl(name, lib.VFIO_IOMMU_MAP_DMA, arg)
         mapping = self._adopt(DmaMapping(self, iova, size, ub.address, flags, ub.owner))
         if iova not in self._mappings:
-            bisect.insort(self._starts, iova)
+            self._starts.add(iova)
         self._mappings[iova] = mapping
         if self._allocator is not None and iova not in self._allocator.allocated:
             self._claim(self._allocator, iova, size)
@@ -398,15 +398,17 @@ class Container(FdResource):
         # range, whole: type1v2 refuses (EINVAL) a range that would cut one,
         # type1 (v1) removes one that runs past the range's end too.
         if everything:
-            lo, hi = 0, len(self._starts)
-        else:
-            lo = bisect.bisect_left(self._starts, iova)
-            hi = bisect.bisect_right(self._starts, iova + size - 1)
-        for start in self._starts[lo:hi]:
+            for start, m in self._mappings.items():
+                self._give_back(start)
+                m._mark_closed()
+            self._mappings.clear()
+            self._starts.clear()
+            return
+        for start in list(self._starts.irange(iova, iova + size - 1)):
             m = self._mappings.pop(start)
+            self._starts.remove(start)
             self._give_back(start)
             m._mark_closed()
-        del self._starts[lo:hi]
 
     def unmap_dma(self, iova: int, size: int) -> int:
         """VFIO_IOMMU_UNMAP_DMA of ``[iova, iova + size)``; returns the number

@@ -16,7 +16,6 @@ an iommufd through their vfio character device (see
 
 from __future__ import annotations
 
-import bisect
 import enum
 import errno
 import functools
@@ -25,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence, TypeVar
 
 from ._base import U64_MAX, FdResource, Resource, check_u32, check_u64, describe, open_node
 from ._memory import UserBuffer, user_buffer
+from ._sorted import SortedKeys
 from ._uapi import ffi, lib
 from .backend import Backend, resolve_backend
 from .caps import IovaRange
@@ -426,7 +426,7 @@ class IOAS(_PageTable):
     def __init__(self, iommufd: IommuFd, ioas_id: int) -> None:
         super().__init__(iommufd, ioas_id)
         self._mappings: dict[int, IoasMapping] = {}
-        self._starts: list[int] = []  # the keys of _mappings, sorted (bisect)
+        self._starts = SortedKeys()  # the keys of _mappings
         #: the ranges of the last :meth:`allow_iovas` through this object
         #: (empty: every IOVA is allowed)
         self.allowed_ranges: tuple[IovaRange, ...] = ()
@@ -535,7 +535,7 @@ class IOAS(_PageTable):
     def _track(self, iova: int, length: int, flags: int, owner: Any) -> IoasMapping:
         mapping = self._adopt(IoasMapping(self, iova, length, flags, owner))
         if iova not in self._mappings:
-            bisect.insort(self._starts, iova)
+            self._starts.add(iova)
         self._mappings[iova] = mapping
         return mapping
 
@@ -553,20 +553,21 @@ class IOAS(_PageTable):
         if exact is not None and exact.length == length:
             # one mapping, exactly (tracked mappings never overlap)
             del self._mappings[iova]
-            del self._starts[bisect.bisect_left(self._starts, iova)]
+            self._starts.remove(iova)
             exact._mark_closed()
             return int(cmd.length)
-        lo = bisect.bisect_left(self._starts, iova)
-        hi = bisect.bisect_right(self._starts, last)
-        kept = []
-        for start in self._starts[lo:hi]:
+        if (iova, length) == (0, U64_MAX):
+            for m in self._mappings.values():
+                m._mark_closed()
+            self._mappings.clear()
+            self._starts.clear()
+            return int(cmd.length)
+        for start in list(self._starts.irange(iova, last)):
             m = self._mappings[start]
             if m.iova + m.length - 1 <= last:
                 del self._mappings[start]
+                self._starts.remove(start)
                 m._mark_closed()
-            else:
-                kept.append(start)
-        self._starts[lo:hi] = kept
         return int(cmd.length)
 
     def close(self) -> None:

@@ -1,4 +1,4 @@
-"""IntervalMap against a brute-force reference."""
+"""IntervalMap and the SortedKeys beneath it against brute-force references."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pyvfio.fake import intervals
+from pyvfio import _sorted
+from pyvfio._sorted import SortedKeys
 from pyvfio.fake.intervals import IntervalMap, align_up
 
 
@@ -49,11 +50,11 @@ def test_align_up() -> None:
 def test_matches_reference(ops: list[tuple[bool, int, int]]) -> None:
     """Random inserts/removes (many, to force block splits) agree with a
     set of occupied addresses."""
-    saved, intervals._BLOCK = intervals._BLOCK, 4  # tiny blocks: exercise splits
+    saved, _sorted.BLOCK = _sorted.BLOCK, 4  # tiny blocks: exercise splits
     try:
         _run_against_reference(ops)
     finally:
-        intervals._BLOCK = saved
+        _sorted.BLOCK = saved
 
 
 def _run_against_reference(ops: list[tuple[bool, int, int]]) -> None:
@@ -79,3 +80,41 @@ def _run_against_reference(ops: list[tuple[bool, int, int]]) -> None:
     q0, q1 = 1000, 1500
     assert [s for s, _, _ in m.overlapping(q0, q1)] == sorted(
         s for s, l in ref.items() if s <= q1 and q0 <= l)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["add", "remove", "floor", "irange"]),
+                          st.integers(0, 300), st.integers(0, 60)), max_size=500))
+def test_sorted_keys_match_a_sorted_list(ops: list[tuple[str, int, int]]) -> None:
+    """SortedKeys with tiny blocks (many splits and emptied blocks) against
+    a plain sorted list."""
+    saved, _sorted.BLOCK = _sorted.BLOCK, 2
+    try:
+        keys = SortedKeys()
+        ref: list[int] = []
+        for op, key, span in ops:
+            if op == "add" and key not in ref:
+                keys.add(key)
+                ref = sorted(ref + [key])
+            elif op == "remove":
+                if key in ref:
+                    keys.remove(key)
+                    ref.remove(key)
+                else:
+                    with pytest.raises(KeyError):
+                        keys.remove(key)
+            elif op == "floor":
+                below = [k for k in ref if k <= key]
+                assert keys.floor(key) == (below[-1] if below else None)
+            elif op == "irange":
+                assert list(keys.irange(key, key + span)) == \
+                    [k for k in ref if key <= k <= key + span]
+                assert list(keys.irange(key)) == [k for k in ref if k >= key]
+            assert list(keys) == ref and len(keys) == len(ref)
+            assert bool(keys) == bool(ref)
+            assert all(k in keys for k in ref) and (key in keys) == (key in ref)
+            # every block within its bound, none empty, firsts in step
+            assert all(0 < len(b) <= 2 * _sorted.BLOCK for b in keys._blocks)
+            assert keys._firsts == [b[0] for b in keys._blocks]
+    finally:
+        _sorted.BLOCK = saved

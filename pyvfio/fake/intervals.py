@@ -4,20 +4,20 @@ Used by the fake kernel for IOVA mappings (type1 and iommufd), reserved
 and allowed ranges.  Intervals are inclusive ``[start, last]`` like the
 kernel's interval trees (``last`` avoids overflow at the top of the 64-bit
 space).  Lookups cost O(log n); inserts and removals O(log n + B) with a
-bounded block size B, so the cost stays flat from a thousand to hundreds
-of thousands of live mappings.
+bounded block size B (the starts are a :class:`pyvfio._sorted.SortedKeys`),
+so the cost stays flat from a thousand to hundreds of thousands of live
+mappings.
 """
 
 from __future__ import annotations
 
-from bisect import bisect_left, bisect_right, insort
 from typing import Generic, Iterator, TypeVar
+
+from .._sorted import SortedKeys
 
 __all__ = ["IntervalMap", "align_up"]
 
 V = TypeVar("V")
-
-_BLOCK = 512  # starts per block before it is split
 
 
 def align_up(value: int, alignment: int) -> int:
@@ -29,8 +29,7 @@ class IntervalMap(Generic[V]):
     """Non-overlapping inclusive intervals ``[start, last]`` -> value."""
 
     def __init__(self) -> None:
-        self._blocks: list[list[int]] = []  # sorted starts, in blocks
-        self._firsts: list[int] = []  # first start of each block
+        self._starts = SortedKeys()
         self._entries: dict[int, tuple[int, V]] = {}  # start -> (last, value)
 
     # -- basic container protocol -------------------------------------------
@@ -41,10 +40,9 @@ class IntervalMap(Generic[V]):
         return bool(self._entries)
 
     def __iter__(self) -> Iterator[tuple[int, int, V]]:
-        for block in self._blocks:
-            for start in block:
-                last, value = self._entries[start]
-                yield start, last, value
+        for start in self._starts:
+            last, value = self._entries[start]
+            yield start, last, value
 
     def __repr__(self) -> str:
         body = ", ".join(f"[{s:#x}, {l:#x}]" for s, l, _ in self)
@@ -52,26 +50,8 @@ class IntervalMap(Generic[V]):
 
     def clear(self) -> None:
         """Remove every interval."""
-        self._blocks.clear()
-        self._firsts.clear()
+        self._starts.clear()
         self._entries.clear()
-
-    # -- position helpers -----------------------------------------------------
-    def _floor(self, addr: int) -> int | None:
-        """Largest start <= addr."""
-        b = bisect_right(self._firsts, addr) - 1
-        if b < 0:
-            return None
-        block = self._blocks[b]
-        return block[bisect_right(block, addr) - 1]
-
-    def _iter_from(self, addr: int) -> Iterator[int]:
-        """Starts >= addr, ascending."""
-        b = max(bisect_right(self._firsts, addr) - 1, 0)
-        for bi in range(b, len(self._blocks)):
-            block = self._blocks[bi]
-            i = bisect_left(block, addr) if bi == b else 0
-            yield from block[i:]
 
     # -- queries ----------------------------------------------------------------
     def get(self, start: int) -> tuple[int, V] | None:
@@ -80,7 +60,7 @@ class IntervalMap(Generic[V]):
 
     def find(self, addr: int) -> tuple[int, int, V] | None:
         """The interval containing ``addr``."""
-        start = self._floor(addr)
+        start = self._starts.floor(addr)
         if start is None:
             return None
         last, value = self._entries[start]
@@ -88,14 +68,12 @@ class IntervalMap(Generic[V]):
 
     def overlapping(self, start: int, last: int) -> Iterator[tuple[int, int, V]]:
         """Intervals that share at least one address with ``[start, last]``."""
-        first = self._floor(start)
+        first = self._starts.floor(start)
         if first is not None and self._entries[first][0] >= start:
             begin = first
         else:
             begin = start
-        for s in self._iter_from(begin):
-            if s > last:
-                break
+        for s in self._starts.irange(begin, last):
             l, v = self._entries[s]
             if l >= start:
                 yield s, l, v
@@ -112,29 +90,12 @@ class IntervalMap(Generic[V]):
         if self.overlaps(start, last):
             raise ValueError(f"[{start:#x}, {last:#x}] overlaps an existing interval")
         self._entries[start] = (last, value)
-        if not self._blocks:
-            self._blocks.append([start])
-            self._firsts.append(start)
-            return
-        b = max(bisect_right(self._firsts, start) - 1, 0)
-        block = self._blocks[b]
-        insort(block, start)
-        self._firsts[b] = block[0]
-        if len(block) > 2 * _BLOCK:
-            self._blocks[b : b + 1] = [block[:_BLOCK], block[_BLOCK:]]
-            self._firsts[b : b + 1] = [block[0], block[_BLOCK]]
+        self._starts.add(start)
 
     def remove(self, start: int) -> tuple[int, V]:
         """Remove the interval beginning at ``start``; KeyError if none."""
         last, value = self._entries.pop(start)
-        b = bisect_right(self._firsts, start) - 1
-        block = self._blocks[b]
-        del block[bisect_left(block, start)]
-        if block:
-            self._firsts[b] = block[0]
-        else:
-            del self._blocks[b]
-            del self._firsts[b]
+        self._starts.remove(start)
         return last, value
 
     def replace(self, start: int, value: V) -> None:
