@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import enum
 import errno
-import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
@@ -38,6 +37,8 @@ from .errors import InvalidArgumentError, IoctlError, UnsupportedError, ioctl_er
 from .irq import EventFd
 
 if TYPE_CHECKING:
+    import uuid  # annotations only: uuid (and platform) cost ~2 ms to import
+
     from .device import Device
 
 __all__ = [

@@ -35,10 +35,8 @@ Where the information comes from (Linux 7.3):
 from __future__ import annotations
 
 import errno as _errno
-import gzip
 import os
 import re
-import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -661,6 +659,9 @@ def kernel_build(backend: Backend | None = None) -> KernelBuild:
     source: str | None = None
     raw = _read_binary(b, "/proc/config.gz", _CONFIG_GZ_LIMIT)
     if raw:
+        import gzip
+        import zlib
+
         try:
             config = _parse_config(gzip.decompress(raw).decode("ascii", errors="replace"))
             source = "/proc/config.gz"
