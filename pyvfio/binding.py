@@ -167,6 +167,13 @@ class UsageScan:
         self.backend = resolve_backend(backend)
         #: usages keyed by every PCI address on the carrying path
         self._by_bdf: dict[str, list[Usage]] = {}
+        #: The facts behind the usages, in the form of a fake topology's
+        #: ``host`` section (:mod:`pyvfio.fake.topology`): the used block
+        #: devices (with partitions and holders), network interfaces and
+        #: 9p/virtiofs tags, keyed to the nearest PCI device, and the mounts
+        #: and swaps that use them.
+        self.facts: dict[str, list[Any]] = {
+            "block": [], "net": [], "virtio_fs": [], "mounts": [], "swaps": []}
         self._scan_block()
         self._scan_virtio_fs()
         self._scan_net()
@@ -198,7 +205,8 @@ class UsageScan:
             bdfs = _path_bdfs(b, f"/sys/block/{disk}")
             if not bdfs:
                 continue
-            names, devnos = self._block_closure(disk)
+            names, devnos, entry = self._block_closure(disk)
+            used = False
             for m in mounts:
                 src = os.path.basename(m.source) if m.source.startswith("/dev/") else None
                 if src is not None and m.source.startswith("/dev/mapper/"):
@@ -206,34 +214,59 @@ class UsageScan:
                 if (m.devno and m.devno in devnos and not m.devno.startswith("0:")) \
                         or (src is not None and src in names):
                     self._add(bdfs, "mount", f"{m.source} ({disk}) is mounted on {m.target}")
+                    self._mount_fact(m)
+                    used = True
             for s in swaps:
                 if s.startswith("/dev/") and os.path.basename(s) in names:
                     self._add(bdfs, "swap", f"{s} ({disk}) is active swap")
+                    if s not in self.facts["swaps"]:
+                        self.facts["swaps"].append(s)
+                    used = True
+            if used:
+                self.facts["block"].append({"device": bdfs[-1], **entry})
 
-    def _block_closure(self, disk: str) -> tuple[set[str], set[str]]:
+    def _mount_fact(self, m: _Mount) -> None:
+        fact = {"source": m.source, "target": m.target, "fstype": m.fstype,
+                "dev": m.devno or "0:0"}
+        if fact not in self.facts["mounts"]:
+            self.facts["mounts"].append(fact)
+
+    def _block_closure(self, disk: str) -> tuple[set[str], set[str], dict[str, Any]]:
         """Names and device numbers of a disk, its partitions and (through
-        ``holders``) the device-mapper/md devices stacked on them."""
+        ``holders``) the device-mapper/md devices stacked on them, and the
+        same as a ``host.block`` entry of a topology (without ``device``)."""
         b = self.backend
         names: set[str] = set()
         devnos: set[str] = set()
-        todo = [f"/sys/block/{disk}"]
+        entry: dict[str, Any] = {"name": disk, "dev": "", "partitions": [], "holders": []}
+        todo: list[tuple[str, str, str | None]] = [(f"/sys/block/{disk}", "disk", None)]
         seen: set[str] = set()
         while todo:
-            path = todo.pop()
+            path, kind, of = todo.pop(0)
             if path in seen:
                 continue
             seen.add(path)
             name = os.path.basename(path)
             names.add(name)
-            dev = _read(b, f"{path}/dev")
+            dev = (_read(b, f"{path}/dev") or "").strip()
             if dev:
-                devnos.add(dev.strip())
-            for entry in _listdir(b, path):
-                if entry.startswith(name) and b.exists(f"{path}/{entry}/partition"):
-                    todo.append(f"{path}/{entry}")
-            for holder in _listdir(b, f"{path}/holders"):
-                todo.append(f"/sys/block/{holder}")
-        return names, devnos
+                devnos.add(dev)
+            if kind == "disk":
+                entry["dev"] = dev
+            elif kind == "partition":
+                entry["partitions"].append({"name": name, "dev": dev})
+            else:
+                holder = {"name": name, "dev": dev, "of": of}
+                dm_name = _read(b, f"{path}/dm/name")
+                if dm_name:
+                    holder["dm_name"] = dm_name.strip()
+                entry["holders"].append(holder)
+            for sub in _listdir(b, path):
+                if sub.startswith(name) and b.exists(f"{path}/{sub}/partition"):
+                    todo.append((f"{path}/{sub}", "partition", None))
+            for h in _listdir(b, f"{path}/holders"):
+                todo.append((f"/sys/block/{h}", "holder", name))
+        return names, devnos, entry
 
     # -- 9p and virtiofs ---------------------------------------------------------------
     def _scan_virtio_fs(self) -> None:
@@ -258,6 +291,10 @@ class UsageScan:
             if m.source in tags:
                 self._add(tags[m.source], "mount",
                           f"{m.fstype} file system {m.source!r} is mounted on {m.target}")
+                self._mount_fact(m)
+                fact = {"device": tags[m.source][-1], "tag": m.source}
+                if fact not in self.facts["virtio_fs"]:
+                    self.facts["virtio_fs"].append(fact)
 
     # -- network -------------------------------------------------------------------------
     def _scan_net(self) -> None:
@@ -281,6 +318,8 @@ class UsageScan:
                 state = "is up" if flags & _IFF_UP else "is down"
                 extra = f" with {n} route(s)" if n else ""
                 self._add(bdfs, "net", f"network interface {iface} {state}{extra}")
+                self.facts["net"].append({"device": bdfs[-1], "name": iface,
+                                          "up": bool(flags & _IFF_UP), "routes": n})
 
     # -- open VFIO files -------------------------------------------------------------------
     def _scan_vfio_files(self) -> None:

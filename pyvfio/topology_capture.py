@@ -22,7 +22,11 @@ type1 module parameters, NUMA nodes and RLIMIT_MEMLOCK; SR-IOV PFs
 (``sriov_totalvfs``, ``sriov_numvfs``) and their VFs (``physfn``); the
 kernel build (release, the VFIO-related options of its configuration and
 whether ``/lib/modules/<release>`` exists), so that ``pyvfio --fake FILE
-doctor`` gives the same fixes.
+doctor`` gives the same fixes; and what the host uses the devices for, as
+:class:`pyvfio.binding.UsageScan` finds it (the disks with mounted file
+systems or active swap, with their partitions and holders; network
+interfaces that are up or have routes; 9p/virtiofs tags that are mounted),
+so that binding refuses the same devices on the fake.
 
 Devices get the fake's model for their vendor:device when it has one
 (``edu``, ``nvme``, ``e1000e``, ...); others become ``generic`` models with
@@ -32,8 +36,9 @@ driver pyvfio remembered for it (:mod:`pyvfio.binding`) as its
 
 Not captured (the fake has no notion of them): device behaviour of
 unknown models, non-PCI devices, bridge windows and link properties, VFs
-on a bus of their own (the fake puts them on the root of their bus), and
-what the host uses the devices for (mounts, network interfaces).
+on a bus of their own (the fake puts them on the root of their bus),
+unused disks and interfaces, other mounts, and which processes hold VFIO
+files open.
 """
 
 from __future__ import annotations
@@ -261,7 +266,7 @@ def capture(backend: Backend | None = None, *, name: str | None = None,
     """The topology of the machine behind ``backend`` (the real one by
     default), as a dict in :mod:`pyvfio.fake.topology`'s schema.  Integers
     are written as ``0x`` strings where sysfs shows them in hex."""
-    from .binding import BindingState
+    from .binding import BindingState, UsageScan
 
     b = resolve_backend(backend)
     devices = sysfs.pci_devices(b)
@@ -339,6 +344,13 @@ def capture(backend: Backend | None = None, *, name: str | None = None,
                 out_groups.append({"id": next_id, "devices": [dev.bdf]})
                 next_id += 1
         topo["groups"] = out_groups
+    captured = {spec["bdf"]: spec for spec in specs}
+    facts = UsageScan(b).facts
+    for key in ("block", "net", "virtio_fs"):
+        facts[key] = [e for e in facts[key]
+                      if captured.get(e["device"], {}).get("driver") is not None]
+    if any(facts.values()):
+        topo["host"] = facts
     return topo
 
 
@@ -359,8 +371,8 @@ def to_json(topology: dict[str, Any]) -> str:
 
 def replay_check(topology: dict[str, Any]) -> list[str]:
     """Build a fake :class:`~pyvfio.fake.System` from ``topology`` and compare
-    its devices, groups and drivers with the topology's; returns the
-    differences (empty: it replays)."""
+    its devices, groups, drivers and host use with the topology's; returns
+    the differences (empty: it replays)."""
     from .fake import System
     from .fake.topology import load
 
@@ -392,4 +404,10 @@ def replay_check(topology: dict[str, Any]) -> list[str]:
     got_groups = {g.id: sorted(g.devices) for g in sysfs.iommu_groups(b)}
     if want_groups != got_groups:
         problems.append(f"groups differ: fake {got_groups}, captured {want_groups}")
+    from .binding import UsageScan
+
+    got_host = UsageScan(b).facts
+    for key, want in topology["host"].items():
+        if got_host.get(key) != want:
+            problems.append(f"host {key}: {got_host.get(key)} on the fake, {want} captured")
     return problems

@@ -377,6 +377,111 @@ def test_the_captured_guest_topology_replays() -> None:
     assert [r.driver for r in results] == ["vfio-pci", "vfio-pci"]
 
 
+# -- what the host uses, captured and replayed -------------------------------------------------
+NVME, E1000E = "0000:00:03.0", "0000:00:04.0"
+USED_HOST: dict[str, Any] = {
+    "block": [{"device": NVME, "name": "nvme0n1", "dev": "259:0",
+               "partitions": [{"name": "nvme0n1p1", "dev": "259:1"},
+                              {"name": "nvme0n1p2", "dev": "259:2"}],
+               "holders": [{"name": "dm-0", "dev": "253:0", "of": "nvme0n1p2",
+                            "dm_name": "vg-root"}]}],
+    "net": [{"device": E1000E, "name": "eth0", "up": True, "routes": 2}],
+    "virtio_fs": [],
+    "mounts": [{"source": "/dev/mapper/vg-root", "target": "/", "fstype": "ext4",
+                "dev": "253:0"},
+               {"source": "/dev/nvme0n1p1", "target": "/boot/efi x", "fstype": "vfat",
+                "dev": "259:1"}],
+    "swaps": ["/dev/nvme0n1p2"],
+}
+
+
+def used_machine() -> System:
+    topo = System("default").to_topology()
+    topo["host"] = USED_HOST
+    return System(topo)
+
+
+def test_a_topology_says_what_the_host_uses() -> None:
+    system = used_machine()
+    b = system.backend
+    assert [u.what for u in binding.device_users(NVME, b)] == [
+        "/dev/mapper/vg-root (nvme0n1) is mounted on /",
+        "/dev/nvme0n1p1 (nvme0n1) is mounted on /boot/efi x",
+        "/dev/nvme0n1p2 (nvme0n1) is active swap"]
+    assert [u.what for u in binding.device_users(E1000E, b)] == \
+        ["network interface eth0 is up with 2 route(s)"]
+    assert binding.device_users("0000:00:02.0", b) == []
+    # served as the kernel shows them
+    assert b.sysfs_readlink("/sys/block/nvme0n1") == \
+        "../devices/pci0000:00/0000:00:03.0/block/nvme0n1"
+    assert b.sysfs_read("/sys/block/nvme0n1/nvme0n1p2/partition").strip() == "2"
+    assert b.sysfs_listdir("/sys/block/nvme0n1/nvme0n1p2/holders") == ["dm-0"]
+    assert b.sysfs_read("/sys/block/dm-0/dm/name").strip() == "vg-root"
+    assert "/boot/efi\\040x" in b.sysfs_read("/proc/self/mountinfo")
+    assert b.sysfs_listdir("/sys/class/net") == ["eth0"]
+    state = binding.BindingState()
+    for bdf in (NVME, E1000E):
+        with pytest.raises(binding.DeviceInUseError) as exc:
+            binding.bind(bdf, backend=b, state=state)
+        assert exc.value.errno == errno.EBUSY and exc.value.usages
+    assert state.records() == []
+    # forced away from its driver, the disk and the interface go (the
+    # mounts stay listed, as the kernel keeps a dead disk's mounts)
+    binding.bind(NVME, force=True, backend=b, state=state)
+    binding.bind(E1000E, force=True, backend=b, state=state)
+    assert b.sysfs_listdir("/sys/block") == []
+    assert binding.device_users(NVME, b) == [] and binding.device_users(E1000E, b) == []
+    assert "vg-root" in b.sysfs_read("/proc/self/mountinfo")
+    binding.restore(NVME, backend=b, state=state)
+    assert b.sysfs_listdir("/sys/block") == ["dm-0", "nvme0n1"]
+
+
+def test_capture_keeps_what_the_host_uses() -> None:
+    captured = capture(used_machine().backend, name="used")
+    assert captured["host"] == USED_HOST
+    assert replay_check(captured) == []
+    replay = System(json.loads(to_json(captured)))
+    assert capture(replay.backend, name="used") == captured
+    assert [u.kind for u in binding.device_users(NVME, replay.backend)] == \
+        ["mount", "mount", "swap"]
+    # a machine that uses nothing has no host section
+    assert "host" not in capture(System("default").backend)
+
+
+def test_replay_check_compares_the_host_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pyvfio.fake.sysfs import Sysfs
+
+    captured = capture(used_machine().backend)
+    # a fake that served no /proc files would lose the mounts and swaps
+    monkeypatch.setattr(Sysfs, "_host_proc", lambda self: {})
+    problems = replay_check(captured)
+    assert any(p.startswith("host mounts: [] on the fake") for p in problems)
+    assert any(p.startswith("host swaps: [] on the fake") for p in problems)
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda h: h["block"][0].update(device="0000:09:00.0"), "0000:09:00.0 is not in devices"),
+    (lambda h: h["block"][0].update(device="0000:00:02.0"), "starts without a driver"),
+    (lambda h: h["block"][0].update(dev="259"), "not a device number"),
+    (lambda h: h["block"][0]["partitions"][0].update(name="sda1"), "does not start with"),
+    (lambda h: h["block"][0]["holders"][0].update(of="sdb"), "holders[0].of"),
+    (lambda h: h["block"][0]["holders"][0].update(name="nvme0n1p1"), "named twice"),
+    (lambda h: h["net"][0].update(name="eth0/x"), "not a device name"),
+    (lambda h: h["net"][0].update(up="yes"), "not true or false"),
+    (lambda h: h["mounts"][0].update(fstype="ext 4"), "not a file system type"),
+    (lambda h: h.update(swaps=["/dev/a b"]), "white space"),
+    (lambda h: h.update(disks=[]), "unknown key"),
+])
+def test_a_bad_host_section_is_refused(change: Any, message: str) -> None:
+    from pyvfio.fake.topology import TopologyError
+
+    topo = System("default").to_topology()
+    topo["host"] = json.loads(json.dumps(USED_HOST))
+    change(topo["host"])
+    with pytest.raises(TopologyError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        System(topo)
+
+
 def test_find_devices_by_ids_and_class() -> None:
     from pyvfio.fake import System
 

@@ -46,6 +46,7 @@ of VFs (``sriov_numvfs`` answers as for a PF driver without
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import re
 from dataclasses import dataclass
@@ -303,7 +304,7 @@ class Sysfs:
         config: dict[str, str] | None = kernel.get("config")
         tree: dict[str, object] = {
             "proc": {"sys": {"kernel": {"osrelease": f"{release}\n".encode()}},
-                     "devices": self._proc_devices()},
+                     "devices": self._proc_devices(), **self._host_proc()},
         }
         if config is not None:
             tree["boot"] = {f"config-{release}": self._config_text(release, config)}
@@ -395,6 +396,7 @@ class Sysfs:
             "kernel": _Dir(lambda: {"iommu_groups": _Dir(self._iommu_groups)}),
             "class": _Dir(self._classes),
             "module": _Dir(self._modules),
+            "block": _Dir(self._sys_block),
         }
 
     # /sys/bus/pci
@@ -459,6 +461,10 @@ class Sysfs:
             out["iommu"] = _Dir(lambda: {iommu.name: _Dir(self._iommu_dev_dir)})
         if self._vfio_group_devs():  # the class's folder appears with its first device
             out["vfio"] = _Dir(self._virtual_vfio)
+        if self._live_holders():
+            out["block"] = _Dir(lambda: {
+                h["name"]: _Dir(lambda h=h: self._holder_dir(h))  # type: ignore[misc]
+                for h in self._live_holders()})
         misc = self._misc_devices()
         if misc:
             out["misc"] = _Dir(lambda: {
@@ -553,6 +559,7 @@ class Sysfs:
             out["subordinate_bus_number"] = _Attr(show=_text(f"{sub}\n"))
         for child in pdev.children:
             out[child.bdf] = _Dir(lambda c=child: self._device_dir(c))  # type: ignore[misc]
+        out.update(self._host_device_nodes(pdev))
         return out
 
     @staticmethod
@@ -599,7 +606,120 @@ class Sysfs:
             out["misc"] = _Dir(lambda: {
                 name: _Link(self._rel("/sys/class/misc", f"/sys/devices/virtual/misc/{name}"))
                 for name in self._misc_devices()})
+        if self._host_entries("net"):
+            out["net"] = _Dir(lambda: {
+                e["name"]: _Link(self._rel("/sys/class/net",
+                                           f"{pdev.sysfs_path}/net/{e['name']}"))
+                for pdev, e in self._host_entries("net")})
         return out
+
+    # -- what the host uses (the topology's host section) --------------------------------
+    def _host_entries(self, key: str, pdev: PciDevice | None = None
+                      ) -> list[tuple[PciDevice, dict[str, Any]]]:
+        """``host[key]`` entries (of ``pdev``, or all) whose device is bound
+        to the driver the topology starts it with: a driver's disks and
+        interfaces go away when it lets go of the device."""
+        host: dict[str, Any] = getattr(self.system, "host", None) or {}
+        out = []
+        for e in host.get(key, []):
+            dev = self.system.devices.get(e["device"])
+            if dev is None or (pdev is not None and dev is not pdev):
+                continue
+            if dev.driver is not None and dev.driver == dev.spec.get("driver"):
+                out.append((dev, e))
+        return out
+
+    def _live_holders(self) -> list[dict[str, Any]]:
+        return [h for _pdev, e in self._host_entries("block") for h in e["holders"]]
+
+    def _holder_links(self, holders: list[dict[str, Any]], of: str) -> dict[str, _Node]:
+        return {h["name"]: _Link(f"/sys/devices/virtual/block/{h['name']}")
+                for h in holders if h["of"] == of}
+
+    def _disk_dir(self, pdev: PciDevice, e: dict[str, Any]) -> dict[str, _Node]:
+        holders = e["holders"]
+        out: dict[str, _Node] = {
+            "dev": _Attr(show=_text(f"{e['dev']}\n")),
+            "holders": _Dir(lambda: self._holder_links(holders, e["name"])),
+        }
+        for number, part in enumerate(e["partitions"], 1):
+            out[part["name"]] = _Dir(functools.partial(self._partition_dir, part, number,
+                                                       holders))
+        return out
+
+    def _partition_dir(self, part: dict[str, Any], number: int,
+                       holders: list[dict[str, Any]]) -> dict[str, _Node]:
+        return {
+            "dev": _Attr(show=_text(f"{part['dev']}\n")),
+            "partition": _Attr(show=_text(f"{number}\n")),
+            "holders": _Dir(lambda: self._holder_links(holders, part["name"])),
+        }
+
+    def _holder_dir(self, h: dict[str, Any]) -> dict[str, _Node]:
+        out: dict[str, _Node] = {
+            "dev": _Attr(show=_text(f"{h['dev']}\n")),
+            "holders": _Dir(lambda: self._holder_links(self._live_holders(), h["name"])),
+        }
+        if "dm_name" in h:
+            out["dm"] = _Dir(lambda: {"name": _Attr(show=_text(f"{h['dm_name']}\n"))})
+        return out
+
+    def _host_device_nodes(self, pdev: PciDevice) -> dict[str, _Node]:
+        """A device's disks (``block/``), interfaces (``net/``) and 9p tag."""
+        out: dict[str, _Node] = {}
+        disks = self._host_entries("block", pdev)
+        if disks:
+            out["block"] = _Dir(lambda: {
+                e["name"]: _Dir(lambda e=e: self._disk_dir(pdev, e))  # type: ignore[misc]
+                for _p, e in disks})
+        nets = self._host_entries("net", pdev)
+        if nets:
+            # IFF_UP | IFF_BROADCAST | IFF_MULTICAST, or the same without IFF_UP
+            out["net"] = _Dir(lambda: {
+                e["name"]: _Dir(functools.partial(
+                    self._attrs, {"flags": "0x1003\n" if e["up"] else "0x1002\n"}))
+                for _p, e in nets})
+        for i, (_p, e) in enumerate(self._host_entries("virtio_fs", pdev)):
+            out[f"virtio{i}"] = _Dir(functools.partial(self._attrs,
+                                                       {"mount_tag": f"{e['tag']}\0"}))
+        return out
+
+    @staticmethod
+    def _attrs(values: dict[str, str]) -> dict[str, _Node]:
+        """A folder of read-only attributes with fixed contents."""
+        return {name: _Attr(show=_text(text)) for name, text in values.items()}
+
+    def _sys_block(self) -> dict[str, _Node]:
+        out: dict[str, _Node] = {}
+        for pdev, e in self._host_entries("block"):
+            out[e["name"]] = _Link(self._rel("/sys/block",
+                                             f"{pdev.sysfs_path}/block/{e['name']}"))
+        for h in self._live_holders():
+            out[h["name"]] = _Link(self._rel("/sys/block", f"/sys/devices/virtual/block/{h['name']}"))
+        return out
+
+    def _host_proc(self) -> dict[str, object]:
+        """/proc/self/mountinfo, /proc/swaps and /proc/net/route{,6}, when
+        the topology says what the host uses."""
+        host: dict[str, Any] = getattr(self.system, "host", None) or {}
+        if not any(host.values()):
+            return {}
+
+        def esc(path: str) -> str:  # as show_mountinfo escapes (mangle)
+            return "".join(f"\\{ord(c):03o}" if c in " \t\n\\" else c for c in path)
+
+        mountinfo = "".join(
+            f"{20 + i} 1 {m['dev']} / {esc(m['target'])} rw - {m['fstype']} "
+            f"{esc(m['source'])} rw\n" for i, m in enumerate(host["mounts"]))
+        swaps = "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n" + "".join(
+            f"{path}\tpartition\t1048572\t\t0\t\t-2\n" for path in host["swaps"])
+        route = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n"
+        for _pdev, e in self._host_entries("net"):
+            for n in range(e["routes"]):
+                route += (f"{e['name']}\t{n:08X}\t00000000\t0001\t0\t0\t0\t00FFFFFF\t"
+                          "0\t0\t0\n")
+        return {"self": {"mountinfo": mountinfo.encode()}, "swaps": swaps.encode(),
+                "net": {"route": route.encode(), "ipv6_route": b""}}
 
     def _class_vfio_dev(self) -> dict[str, _Node]:
         # the vfio_device's parent is the PCI device: .../<bdf>/vfio-dev/vfioN

@@ -34,6 +34,7 @@ device's release request was signalled.
 
 from __future__ import annotations
 
+import copy
 import errno
 import importlib
 import os
@@ -809,6 +810,10 @@ class System:
         #: section: ``release``, ``config``, ``modules_dir``), served in its
         #: /proc and /lib/modules files.
         self.kernel: dict[str, Any] = topo["kernel"]
+        #: What the host uses the devices for (the topology's ``host``
+        #: section): disks, interfaces and 9p tags of devices while their
+        #: first driver has them, the mounts and swaps on them.
+        self.host: dict[str, Any] = topo["host"]
         self.modules: dict[str, bool] = dict(topo["modules"])
         #: vfio.enable_unsafe_noiommu_mode
         self.noiommu: bool = topo["noiommu"]
@@ -1249,6 +1254,7 @@ class System:
             "kernel": dict(self.kernel),
             "devices": devices,
             "groups": groups,
+            "host": copy.deepcopy(self.host),
         }
         if self._description is not None:
             topo["description"] = self._description

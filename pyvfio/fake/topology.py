@@ -36,7 +36,18 @@ Schema (all keys but ``devices`` are optional)::
         {"bdf": "0000:00:02.0", "model": "edu", "driver": null, ...},
         ...
       ],
-      "groups": [["0000:00:05.0", "0000:01:01.0"], {"id": 7, "devices": [...]}]
+      "groups": [["0000:00:05.0", "0000:01:01.0"], {"id": 7, "devices": [...]}],
+      "host": {                           # what the host uses devices for (see below)
+        "block": [{"device": "0000:00:03.0", "name": "nvme0n1", "dev": "259:0",
+                   "partitions": [{"name": "nvme0n1p1", "dev": "259:1"}],
+                   "holders": [{"name": "dm-0", "dev": "253:0", "of": "nvme0n1p1",
+                                "dm_name": "vg-root"}]}],
+        "net": [{"device": "0000:00:04.0", "name": "eth0", "up": true, "routes": 2}],
+        "virtio_fs": [{"device": "0000:00:02.0", "tag": "hostroot"}],
+        "mounts": [{"source": "/dev/mapper/vg-root", "target": "/", "fstype": "ext4",
+                    "dev": "253:0"}],
+        "swaps": ["/dev/nvme0n1p2"]
+      }
     }
 
 Device entries carry the keys shared with the device models
@@ -69,6 +80,19 @@ vfio devices cdevs and the group interface, so with VFIO built those
 options stay on.  A :class:`~pyvfio.fake.System` keeps the section as
 ``system.kernel`` and serves it; without one, the default build.
 
+``host`` is what the host uses the devices for, so that
+:mod:`pyvfio.binding` refuses to take them from their drivers on the fake
+as it does on the machine a topology was captured from.  A ``block`` disk
+(with its partitions and the device-mapper/md ``holders`` stacked on them,
+``of`` naming what each holds), a ``net`` interface and a ``virtio_fs`` tag
+belong to a device and exist while that device is bound to the driver the
+topology starts it with (unbinding it removes them, as the kernel removes a
+driver's disks and interfaces); ``mounts`` (``dev`` is the ``major:minor``
+of ``/proc/self/mountinfo``, ``0:0`` when unknown) and ``swaps`` are the
+host's, served as ``/proc/self/mountinfo`` and ``/proc/swaps``; ``routes``
+is how many routes ``/proc/net/route`` lists for an interface.  Without
+``host`` the fake machine has none of these files and uses no device.
+
 Without ``groups`` every device is alone in its group, except that the
 devices behind a conventional PCI bridge (a PCIe-to-PCI bridge) share the
 bridge's group: the IOMMU cannot tell their requester IDs apart.  Listed
@@ -96,6 +120,7 @@ __all__ = [
     "DEFAULT_KERNEL_RELEASE",
     "MODULE_OPTIONS",
     "normalize_kernel",
+    "normalize_host",
 ]
 
 TOPOLOGY_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "topologies")
@@ -188,7 +213,7 @@ _DEVICE_KEYS = {
 _MODEL_PARAM_PREFIX = "model_"
 _TOP_KEYS = {
     "name", "memlock_limit", "numa_nodes", "noiommu", "modules", "type1", "iommu",
-    "devices", "groups", "description", "kernel",
+    "devices", "groups", "description", "kernel", "host",
 }
 _RESET_METHODS = ("device_specific", "acpi", "flr", "af_flr", "pm", "bus", "cxl_bus")
 _BAR_TYPES = ("mem32", "mem64", "io")
@@ -656,6 +681,132 @@ def _groups(raw: object, devices: list[dict[str, Any]],
     return sorted(out, key=lambda g: int(g["id"]))
 
 
+_DEVNO = re.compile(r"^\d+:\d+$")
+_HOST_KEYS = ("block", "net", "virtio_fs", "mounts", "swaps")
+
+
+def _name(value: object, where: str) -> str:
+    if not isinstance(value, str) or not value or "/" in value or value.strip() != value:
+        raise TopologyError(f"{where}: {value!r} is not a device name")
+    return value
+
+
+def _devno(value: object, where: str) -> str:
+    if not isinstance(value, str) or not _DEVNO.match(value):
+        raise TopologyError(f"{where}: {value!r} is not a device number (major:minor)")
+    return value
+
+
+def _path(value: object, where: str) -> str:
+    if not isinstance(value, str) or not value or "\n" in value:
+        raise TopologyError(f"{where}: {value!r} is not a path")
+    return value
+
+
+def _host_device(entry: dict[str, Any], where: str, devices: dict[str, dict[str, Any]]) -> str:
+    bdf = normalize_bdf(entry.get("device"), f"{where}.device")
+    dev = devices.get(bdf)
+    if dev is None:
+        raise TopologyError(f"{where}.device: {bdf} is not in devices")
+    if dev["driver"] is None:
+        raise TopologyError(f"{where}.device: {bdf} starts without a driver, so the host "
+                            "cannot use it")
+    return bdf
+
+
+def normalize_host(raw: object, devices: list[dict[str, Any]]) -> dict[str, Any]:
+    """The ``host`` section, validated against ``devices`` (normalised
+    device entries), with every list present."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise TopologyError("host: an object with block, net, virtio_fs, mounts, swaps")
+    _unknown(raw, set(_HOST_KEYS), "host")
+    for key in _HOST_KEYS:
+        if not isinstance(raw.get(key, []), list):
+            raise TopologyError(f"host.{key}: a list")
+    by_bdf = {d["bdf"]: d for d in devices}
+    names: set[str] = set()
+
+    def unique(name: str, where: str) -> str:
+        if name in names:
+            raise TopologyError(f"{where}: {name!r} is named twice")
+        names.add(name)
+        return name
+
+    def obj(x: object, where: str, keys: set[str]) -> dict[str, Any]:
+        if not isinstance(x, dict):
+            raise TopologyError(f"{where}: an object")
+        _unknown(x, keys, where)
+        return x
+
+    host: dict[str, Any] = {k: [] for k in _HOST_KEYS}
+    for i, e in enumerate(raw.get("block", [])):
+        w = f"host.block[{i}]"
+        e = obj(e, w, {"device", "name", "dev", "partitions", "holders"})
+        disk = unique(_name(e.get("name"), f"{w}.name"), f"{w}.name")
+        out: dict[str, Any] = {"device": _host_device(e, w, by_bdf), "name": disk,
+                               "dev": _devno(e.get("dev"), f"{w}.dev"),
+                               "partitions": [], "holders": []}
+        for key in ("partitions", "holders"):
+            if not isinstance(e.get(key, []), list):
+                raise TopologyError(f"{w}.{key}: a list")
+        here = {disk}
+        for j, p in enumerate(e.get("partitions", [])):
+            pw = f"{w}.partitions[{j}]"
+            p = obj(p, pw, {"name", "dev"})
+            name = unique(_name(p.get("name"), f"{pw}.name"), f"{pw}.name")
+            if not name.startswith(disk):
+                # the kernel names partitions after their disk
+                raise TopologyError(f"{pw}.name: {name!r} does not start with {disk!r}")
+            out["partitions"].append({"name": name, "dev": _devno(p.get("dev"), f"{pw}.dev")})
+            here.add(name)
+        for j, h in enumerate(e.get("holders", [])):
+            hw = f"{w}.holders[{j}]"
+            h = obj(h, hw, {"name", "dev", "of", "dm_name"})
+            name = unique(_name(h.get("name"), f"{hw}.name"), f"{hw}.name")
+            of = h.get("of")
+            if of not in here:
+                raise TopologyError(f"{hw}.of: {of!r} is not {disk!r}, one of its partitions "
+                                    "or a holder listed before")
+            holder = {"name": name, "dev": _devno(h.get("dev"), f"{hw}.dev"), "of": of}
+            if h.get("dm_name") is not None:
+                holder["dm_name"] = _name(h["dm_name"], f"{hw}.dm_name")
+            out["holders"].append(holder)
+            here.add(name)
+        host["block"].append(out)
+    for i, e in enumerate(raw.get("net", [])):
+        w = f"host.net[{i}]"
+        e = obj(e, w, {"device", "name", "up", "routes"})
+        host["net"].append({
+            "device": _host_device(e, w, by_bdf),
+            "name": unique(_name(e.get("name"), f"{w}.name"), f"{w}.name"),
+            "up": _bool(e.get("up", True), f"{w}.up"),
+            "routes": _int(e.get("routes", 0), f"{w}.routes", 0, 1 << 20)})
+    for i, e in enumerate(raw.get("virtio_fs", [])):
+        w = f"host.virtio_fs[{i}]"
+        e = obj(e, w, {"device", "tag"})
+        tag = e.get("tag")
+        if not isinstance(tag, str) or not tag or tag.strip() != tag:
+            raise TopologyError(f"{w}.tag: {tag!r} is not a mount tag")
+        host["virtio_fs"].append({"device": _host_device(e, w, by_bdf), "tag": tag})
+    for i, e in enumerate(raw.get("mounts", [])):
+        w = f"host.mounts[{i}]"
+        e = obj(e, w, {"source", "target", "fstype", "dev"})
+        fstype = e.get("fstype")
+        if not isinstance(fstype, str) or not fstype or any(c.isspace() for c in fstype):
+            raise TopologyError(f"{w}.fstype: {fstype!r} is not a file system type")
+        host["mounts"].append({"source": _path(e.get("source"), f"{w}.source"),
+                               "target": _path(e.get("target"), f"{w}.target"),
+                               "fstype": fstype, "dev": _devno(e.get("dev", "0:0"), f"{w}.dev")})
+    for i, e in enumerate(raw.get("swaps", [])):
+        path = _path(e, f"host.swaps[{i}]")
+        if any(c.isspace() for c in path):
+            raise TopologyError(f"host.swaps[{i}]: {path!r} has white space")
+        host["swaps"].append(path)
+    return host
+
+
 def _validate(raw: dict[str, Any]) -> dict[str, Any]:
     _unknown(raw, _TOP_KEYS, "topology")
     topo: dict[str, Any] = {}
@@ -732,4 +883,5 @@ def _validate(raw: dict[str, Any]) -> dict[str, Any]:
         topo["groups"] = []
     else:
         topo["groups"] = _groups(raw.get("groups"), devices, parents)
+    topo["host"] = normalize_host(raw.get("host"), devices)
     return topo
