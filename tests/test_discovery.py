@@ -372,9 +372,15 @@ def test_the_captured_guest_topology_replays() -> None:
     assert resets["0000:01:00.0"] == ["bus"] and resets["0000:02:00.0"] == ["flr", "bus"]
     assert (again["iommu"]["name"], again["iommu"]["hw_info_type"]) == ("dmar0", "intel_vtd")
     assert again["iommu"]["reserved_regions"] == topo["iommu"]["reserved_regions"]
+    assert again["host"] == topo["host"]
     # binding works on it as on the guest
     results = binding.bind_group(11, backend=b, state=binding.BindingState())
     assert [r.driver for r in results] == ["vfio-pci", "vfio-pci"]
+    # and refuses the device that serves the guest's root file system
+    with pytest.raises(binding.DeviceInUseError) as exc:
+        binding.bind("00:02.0", backend=b, state=binding.BindingState())
+    assert "9p file system 'hostroot' is mounted on /" in str(exc.value)
+    assert drivers["0000:00:02.0"] == sysfs.device_driver("00:02.0", b) == "virtio-pci"
 
 
 # -- what the host uses, captured and replayed -------------------------------------------------
