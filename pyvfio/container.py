@@ -397,6 +397,14 @@ class Container(FdResource):
         # vfio_dma_do_unmap removes every mapping that starts inside the
         # range, whole: type1v2 refuses (EINVAL) a range that would cut one,
         # type1 (v1) removes one that runs past the range's end too.
+        exact = self._mappings.get(iova)
+        if exact is not None and exact.size == size and not everything:
+            # one mapping, exactly (tracked mappings never overlap)
+            del self._mappings[iova]
+            self._starts.remove(iova)
+            self._give_back(iova)
+            exact._mark_closed()
+            return
         if everything:
             for start, m in self._mappings.items():
                 self._give_back(start)
