@@ -305,6 +305,13 @@ def test_the_guest_topology_replays_through_the_command(capsys: pytest.CaptureFi
     assert out.startswith("IOMMU group 11 (3 device(s)): NOT viable")
     code, out, _ = run(capsys, "bind", "--fake", str(GUEST_TOPOLOGY), "--group", "11")
     assert code == cli.EXIT_OK and out.count("e1000 -> vfio-pci") == 2
+    # what the guest used when it was captured: its root and share over 9p
+    code, out, _ = run(capsys, "status", "--fake", str(GUEST_TOPOLOGY))
+    root = next(line for line in out.splitlines() if line.startswith("0000:00:02.0"))
+    assert root.endswith("9p file system 'hostroot' is mounted on /")
+    code, _, err = run(capsys, "bind", "--fake", str(GUEST_TOPOLOGY), "00:03.0")
+    assert code == cli.EXIT_IN_USE
+    assert "9p file system 'share' is mounted on /run/pyvfio-share" in err
 
 
 def test_python_dash_m_pyvfio() -> None:
