@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 from ._base import Resource
 from .backend.base import MAP_SHARED, PROT_READ, PROT_WRITE, DirectAccess, MemoryMap
@@ -246,6 +246,22 @@ class RegionMapping(Resource, RegisterIO):
         if single is not None and single[0] == 0 and single[1] >= self.size:
             self._direct = single[2].direct_access()
             self._base = single[2].address
+        # The hot path's pieces, looked up once: the load and store of each
+        # width (None: go through read()/write()) and the last offset at
+        # which an access of that width fits.
+        d = self._direct
+        loads = d.readers if d is not None else {}
+        stores = d.writers if d is not None and writable else {}
+        self._r1: Callable[[int], int] | None = loads.get(1)
+        self._r2: Callable[[int], int] | None = loads.get(2)
+        self._r4: Callable[[int], int] | None = loads.get(4)
+        self._r8: Callable[[int], int] | None = loads.get(8)
+        self._w1: Callable[[int, int], None] | None = stores.get(1)
+        self._w2: Callable[[int, int], None] | None = stores.get(2)
+        self._w4: Callable[[int, int], None] | None = stores.get(4)
+        self._w8: Callable[[int, int], None] | None = stores.get(8)
+        self._lim1, self._lim2, self._lim4, self._lim8 = (
+            self.size - 1, self.size - 2, self.size - 4, self.size - 8)
 
     def describe(self) -> str:
         """``"mapping of device 0000:00:02.0 BAR0"``."""
@@ -285,59 +301,76 @@ class RegionMapping(Resource, RegisterIO):
         access goes through the backend's mapping (the fake's devices)."""
         return self._direct is not None
 
-    def _fast_ok(self, offset: int, width: int) -> bool:
-        return (self._direct is not None and not self._closed and type(offset) is int
-                and 0 <= offset <= self.size - width and not offset & (width - 1))
-
     def read8(self, offset: int) -> int:
         """One 1-byte read at ``offset``."""
-        if self._fast_ok(offset, 1):
-            return int(self._direct.readers[1](self._base + offset))  # type: ignore[union-attr]
+        load = self._r1
+        if (load is not None and not self._closed and type(offset) is int
+                and 0 <= offset <= self._lim1):
+            return load(self._base + offset)
         return self.read(offset, 1)
 
     def read16(self, offset: int) -> int:
         """One 2-byte read at ``offset`` (2-byte aligned)."""
-        if self._fast_ok(offset, 2):
-            return int(self._direct.readers[2](self._base + offset))  # type: ignore[union-attr]
+        load = self._r2
+        if (load is not None and not self._closed and type(offset) is int
+                and 0 <= offset <= self._lim2 and not offset & 1):
+            return load(self._base + offset)
         return self.read(offset, 2)
 
     def read32(self, offset: int) -> int:
         """One 4-byte read at ``offset`` (4-byte aligned)."""
-        if self._fast_ok(offset, 4):
-            return int(self._direct.readers[4](self._base + offset))  # type: ignore[union-attr]
+        load = self._r4
+        if (load is not None and not self._closed and type(offset) is int
+                and 0 <= offset <= self._lim4 and not offset & 3):
+            return load(self._base + offset)
         return self.read(offset, 4)
 
     def read64(self, offset: int) -> int:
         """One 8-byte read at ``offset`` (8-byte aligned)."""
-        if self._fast_ok(offset, 8):
-            return int(self._direct.readers[8](self._base + offset))  # type: ignore[union-attr]
+        load = self._r8
+        if (load is not None and not self._closed and type(offset) is int
+                and 0 <= offset <= self._lim8 and not offset & 7):
+            return load(self._base + offset)
         return self.read(offset, 8)
-
-    def _fast_store(self, offset: int, width: int, value: int) -> bool:
-        if (self.writable and self._fast_ok(offset, width) and type(value) is int
-                and 0 <= value < 1 << (8 * width)):
-            self._direct.writers[width](self._base + offset, value)  # type: ignore[union-attr]
-            return True
-        return False
 
     def write8(self, offset: int, value: int) -> None:
         """One 1-byte write at ``offset``."""
-        if not self._fast_store(offset, 1, value):
+        store = self._w1
+        if (store is not None and not self._closed and type(offset) is int
+                and 0 <= offset <= self._lim1
+                and type(value) is int and 0 <= value <= 0xFF):
+            store(self._base + offset, value)
+        else:
             self.write(offset, 1, value)
 
     def write16(self, offset: int, value: int) -> None:
         """One 2-byte write at ``offset`` (2-byte aligned)."""
-        if not self._fast_store(offset, 2, value):
+        store = self._w2
+        if (store is not None and not self._closed and type(offset) is int
+                and 0 <= offset <= self._lim2 and not offset & 1
+                and type(value) is int and 0 <= value <= 0xFFFF):
+            store(self._base + offset, value)
+        else:
             self.write(offset, 2, value)
 
     def write32(self, offset: int, value: int) -> None:
         """One 4-byte write at ``offset`` (4-byte aligned)."""
-        if not self._fast_store(offset, 4, value):
+        store = self._w4
+        if (store is not None and not self._closed and type(offset) is int
+                and 0 <= offset <= self._lim4 and not offset & 3
+                and type(value) is int and 0 <= value <= 0xFFFFFFFF):
+            store(self._base + offset, value)
+        else:
             self.write(offset, 4, value)
 
     def write64(self, offset: int, value: int) -> None:
         """One 8-byte write at ``offset`` (8-byte aligned)."""
-        if not self._fast_store(offset, 8, value):
+        store = self._w8
+        if (store is not None and not self._closed and type(offset) is int
+                and 0 <= offset <= self._lim8 and not offset & 7
+                and type(value) is int and 0 <= value <= 0xFFFFFFFFFFFFFFFF):
+            store(self._base + offset, value)
+        else:
             self.write(offset, 8, value)
 
     def _write(self, offset: int, width: int, value: int) -> None:

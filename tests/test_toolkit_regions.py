@@ -245,7 +245,21 @@ def test_typed_accessors_of_plain_memory_take_the_direct_path() -> None:
                 lambda: mapping.read64(0x24)):
         with pytest.raises(InvalidArgumentError):
             bad()
+    for bad in (lambda: mapping.write32(0, -1), lambda: mapping.write16(0x2, 1 << 16),
+                lambda: mapping.write64(0x1000 - 4, 0), lambda: mapping.write32(0x4, 1.0)):  # type: ignore[arg-type]
+        with pytest.raises(InvalidArgumentError):
+            bad()
+    assert mapping.read32(0x0) == 0 and mapping.read64(0xFF8) == 0
     mapping.close()
     assert mm.closed
     with pytest.raises(ClosedError):
         mapping.read32(0)
+    with pytest.raises(ClosedError):
+        mapping.write32(0, 0)
+    # mapped read-only: loads direct, stores refused with the message
+    mm = kb.mmap(4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS)
+    ro = RegionMapping(region, [(0, 4096, mm)], writable=False)  # type: ignore[arg-type]
+    assert ro.direct_path and ro.read64(0xFF8) == 0
+    with pytest.raises(InvalidArgumentError, match="read-only"):
+        ro.write32(0, 1)
+    ro.close()
