@@ -16,7 +16,7 @@ Safety rules:
 * A device the host is using is not unbound unless ``force=True``
   (:class:`DeviceInUseError`, errno EBUSY): block devices under it with
   mounted file systems or active swap (also through partitions, device
-  mapper and md holders), 9p/virtiofs file systems served by it, network
+  mapper and md holders, and every controller of an NVMe multipath disk), 9p/virtiofs file systems served by it, network
   interfaces under it that are up (their routes are listed), and, for a
   device on vfio-pci, processes holding its VFIO files open (the kernel's
   unbind would wait for them).  See :func:`device_users`.
@@ -44,6 +44,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import time
 import weakref
 from dataclasses import dataclass, field
@@ -110,6 +111,34 @@ def _path_bdfs(b: Backend, link: str) -> list[str]:
     except OSError:
         return []
     return [p for p in target.split("/") if sysfs._BDF_COMPONENT.match(p)]
+
+
+_NVME_CTRL = re.compile(r"^nvme\d+$")
+
+
+def _disk_paths(b: Backend, disk: str) -> list[list[str]]:
+    """The PCI address chains of the devices behind ``/sys/block/<disk>``:
+    one for a disk on a device, one per path for an NVMe multipath head
+    disk, whose own parent is the virtual subsystem device (its
+    ``multipath/`` group links to the path disks since Linux 6.15; before,
+    the subsystem's folder links to its controllers)."""
+    own = _path_bdfs(b, f"/sys/block/{disk}")
+    if own:
+        return [own]
+    chains = [c for c in (_path_bdfs(b, f"/sys/block/{disk}/multipath/{p}")
+                          for p in _listdir(b, f"/sys/block/{disk}/multipath")) if c]
+    if chains:
+        return chains
+    try:
+        target = b.sysfs_readlink(f"/sys/block/{disk}")
+    except OSError:
+        return []
+    head = os.path.normpath(os.path.join("/sys/block", target))
+    subsys = os.path.dirname(head)
+    if "/nvme-subsystem/" not in head:
+        return []
+    return [c for c in (_path_bdfs(b, f"{subsys}/{ctrl}") for ctrl in _listdir(b, subsys)
+                        if _NVME_CTRL.match(ctrl)) if c]
 
 
 @dataclass
@@ -202,8 +231,8 @@ class UsageScan:
             if dm_name:
                 mapper[dm_name] = name
         for disk in _listdir(b, "/sys/block"):
-            bdfs = _path_bdfs(b, f"/sys/block/{disk}")
-            if not bdfs:
+            chains = _disk_paths(b, disk)
+            if not chains:
                 continue
             names, devnos, entry = self._block_closure(disk)
             used = False
@@ -213,17 +242,20 @@ class UsageScan:
                     src = mapper.get(src, src)
                 if (m.devno and m.devno in devnos and not m.devno.startswith("0:")) \
                         or (src is not None and src in names):
-                    self._add(bdfs, "mount", f"{m.source} ({disk}) is mounted on {m.target}")
+                    for bdfs in chains:
+                        self._add(bdfs, "mount", f"{m.source} ({disk}) is mounted on {m.target}")
                     self._mount_fact(m)
                     used = True
             for s in swaps:
                 if s.startswith("/dev/") and os.path.basename(s) in names:
-                    self._add(bdfs, "swap", f"{s} ({disk}) is active swap")
+                    for bdfs in chains:
+                        self._add(bdfs, "swap", f"{s} ({disk}) is active swap")
                     if s not in self.facts["swaps"]:
                         self.facts["swaps"].append(s)
                     used = True
             if used:
-                self.facts["block"].append({"device": bdfs[-1], **entry})
+                # a topology gives a disk one device: the first path's
+                self.facts["block"].append({"device": chains[0][-1], **entry})
 
     def _mount_fact(self, m: _Mount) -> None:
         fact = {"source": m.source, "target": m.target, "fstype": m.fstype,

@@ -264,6 +264,46 @@ def test_device_mapper_holders_and_swap(system: System) -> None:
                      "/dev/nvme0n1p1 (nvme0n1) is active swap"]
 
 
+# An NVMe multipath head disk hangs off the virtual subsystem device; its
+# controllers (here two, at NVME and E1000E's addresses) carry it.
+HEAD = "../devices/virtual/nvme-subsystem/nvme-subsys0/nvme0n1"
+HEAD_FILES = {"/sys/block/nvme0n1/dev": "259:0",
+              "/sys/block/nvme0n1/nvme0n1p1/dev": "259:1",
+              "/sys/block/nvme0n1/nvme0n1p1/partition": "1",
+              "/proc/self/mountinfo": "22 1 259:1 / / rw - xfs /dev/nvme0n1p1 rw\n"}
+
+
+def _both_controllers_refuse(b: Overlay) -> None:
+    for bdf in (NVME, E1000E):
+        assert [u.what for u in binding.device_users(bdf, b)] == \
+            ["/dev/nvme0n1p1 (nvme0n1) is mounted on /"]
+        with pytest.raises(DeviceInUseError):
+            binding.bind(bdf, backend=b, state=BindingState())
+    assert binding.device_users(EDU, b) == []
+
+
+def test_an_nvme_multipath_disk_blocks_every_controller(system: System) -> None:
+    # Linux 6.15+: the head disk's multipath/ group links to its path disks
+    paths = "../../../../../pci0000:00"
+    b = Overlay(system.backend, files=HEAD_FILES, links={
+        "/sys/block/nvme0n1": HEAD,
+        "/sys/block/nvme0n1/multipath/nvme0c0n1": f"{paths}/{NVME}/nvme/nvme0/nvme0c0n1",
+        "/sys/block/nvme0n1/multipath/nvme0c1n1": f"{paths}/{E1000E}/nvme/nvme1/nvme0c1n1"})
+    _both_controllers_refuse(b)
+    scan = binding.UsageScan(b)
+    assert [(e["device"], e["name"]) for e in scan.facts["block"]] == [(NVME, "nvme0n1")]
+
+
+def test_an_nvme_multipath_disk_before_the_multipath_links(system: System) -> None:
+    # before Linux 6.15: the subsystem's folder links to its controllers
+    subsys = "/sys/devices/virtual/nvme-subsystem/nvme-subsys0"
+    b = Overlay(system.backend, files={**HEAD_FILES, f"{subsys}/nvme0n1/dev": "259:0"}, links={
+        "/sys/block/nvme0n1": HEAD,
+        f"{subsys}/nvme0": f"../../../pci0000:00/{NVME}/nvme/nvme0",
+        f"{subsys}/nvme1": f"../../../pci0000:00/{E1000E}/nvme/nvme1"})
+    _both_controllers_refuse(b)
+
+
 def test_a_network_interface_that_is_up_blocks_unbinding(system: System) -> None:
     files = {"/sys/class/net/eth0/flags": "0x1003",
              "/proc/net/route": "Iface\tDestination\tGateway\n"
