@@ -452,6 +452,12 @@ def test_capture_keeps_what_the_host_uses() -> None:
         ["mount", "mount", "swap"]
     # a machine that uses nothing has no host section
     assert "host" not in capture(System("default").backend)
+    # mount points with the characters mountinfo escapes survive the trip
+    odd = json.loads(json.dumps(USED_HOST))
+    odd["mounts"][1]["target"] = "/mnt/a b\tc\nd\\e"
+    topo = System("default").to_topology()
+    topo["host"] = odd
+    assert capture(System(topo).backend)["host"] == odd
 
 
 def test_replay_check_compares_the_host_use(monkeypatch: pytest.MonkeyPatch) -> None:

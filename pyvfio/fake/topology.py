@@ -698,7 +698,8 @@ def _devno(value: object, where: str) -> str:
 
 
 def _path(value: object, where: str) -> str:
-    if not isinstance(value, str) or not value or "\n" in value:
+    # any characters: mountinfo escapes space, tab, newline and backslash
+    if not isinstance(value, str) or not value or "\0" in value:
         raise TopologyError(f"{where}: {value!r} is not a path")
     return value
 
