@@ -22,8 +22,9 @@ Commands:
 ``bind DEVICE...`` / ``bind --group GROUP...``
     Bind devices (a BDF, or ``vendor:device`` for every match) to vfio-pci
     (``--driver`` for another), remembering their driver.  Refuses devices
-    the host uses (mounted file systems, network interfaces that are up,
-    open VFIO files) unless ``--force``.
+    the host uses (mounted file systems and swap on their disks, 9p and
+    virtiofs file systems they serve, network interfaces that are up, open
+    VFIO files) unless ``--force``.
 ``unbind DEVICE...`` / ``unbind --group GROUP...``
     Detach devices from their driver and keep them driver-less.
 ``restore [DEVICE...]`` / ``restore --group GROUP...``
