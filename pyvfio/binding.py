@@ -16,10 +16,11 @@ Safety rules:
 * A device the host is using is not unbound unless ``force=True``
   (:class:`DeviceInUseError`, errno EBUSY): block devices under it with
   mounted file systems or active swap (also through partitions, device
-  mapper and md holders, and every controller of an NVMe multipath disk), 9p/virtiofs file systems served by it, network
-  interfaces under it that are up (their routes are listed), and, for a
-  device on vfio-pci, processes holding its VFIO files open (the kernel's
-  unbind would wait for them).  See :func:`device_users`.
+  mapper and md holders, and on every controller of an NVMe multipath
+  disk), 9p/virtiofs file systems served by it, network interfaces under
+  it that are up (their routes are listed), and, for a device on
+  vfio-pci, processes holding its VFIO files open (the kernel's unbind
+  would wait for them).  See :func:`device_users`.
 * The original driver and ``driver_override`` are remembered before
   anything changes, in a :class:`BindingState`: by default the file
   ``/run/pyvfio/bindings.json`` (``$PYVFIO_STATE_DIR`` overrides the

@@ -695,7 +695,8 @@ class Sysfs:
             out[e["name"]] = _Link(self._rel("/sys/block",
                                              f"{pdev.sysfs_path}/block/{e['name']}"))
         for h in self._live_holders():
-            out[h["name"]] = _Link(self._rel("/sys/block", f"/sys/devices/virtual/block/{h['name']}"))
+            out[h["name"]] = _Link(self._rel("/sys/block",
+                                             f"/sys/devices/virtual/block/{h['name']}"))
         return out
 
     def _host_proc(self) -> dict[str, object]:
@@ -713,7 +714,8 @@ class Sysfs:
             f"{esc(m['source'])} rw\n" for i, m in enumerate(host["mounts"]))
         swaps = "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n" + "".join(
             f"{path}\tpartition\t1048572\t\t0\t\t-2\n" for path in host["swaps"])
-        route = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n"
+        route = ("Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\t"
+                 "MTU\tWindow\tIRTT\n")
         for _pdev, e in self._host_entries("net"):
             for n in range(e["routes"]):
                 route += (f"{e['name']}\t{n:08X}\t00000000\t0001\t0\t0\t0\t00FFFFFF\t"
