@@ -135,9 +135,9 @@ def _disk_paths(b: Backend, disk: str) -> list[list[str]]:
     except OSError:
         return []
     head = os.path.normpath(os.path.join("/sys/block", target))
-    subsys = os.path.dirname(head)
     if "/nvme-subsystem/" not in head:
         return []
+    subsys = os.path.dirname(head)
     return [c for c in (_path_bdfs(b, f"{subsys}/{ctrl}") for ctrl in _listdir(b, subsys)
                         if _NVME_CTRL.match(ctrl)) if c]
 

@@ -614,14 +614,18 @@ class Sysfs:
         return out
 
     # -- what the host uses (the topology's host section) --------------------------------
+    def _host(self) -> dict[str, Any]:
+        """The system's ``host`` section (empty for a system without one)."""
+        host: dict[str, Any] = getattr(self.system, "host", None) or {}
+        return host
+
     def _host_entries(self, key: str, pdev: PciDevice | None = None
                       ) -> list[tuple[PciDevice, dict[str, Any]]]:
         """``host[key]`` entries (of ``pdev``, or all) whose device is bound
         to the driver the topology starts it with: a driver's disks and
         interfaces go away when it lets go of the device."""
-        host: dict[str, Any] = getattr(self.system, "host", None) or {}
         out = []
-        for e in host.get(key, []):
+        for e in self._host().get(key, []):
             dev = self.system.devices.get(e["device"])
             if dev is None or (pdev is not None and dev is not pdev):
                 continue
@@ -702,7 +706,7 @@ class Sysfs:
     def _host_proc(self) -> dict[str, object]:
         """/proc/self/mountinfo, /proc/swaps and /proc/net/route{,6}, when
         the topology says what the host uses."""
-        host: dict[str, Any] = getattr(self.system, "host", None) or {}
+        host = self._host()
         if not any(host.values()):
             return {}
 
