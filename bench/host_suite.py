@@ -244,7 +244,7 @@ def _one_maps_snapshot(system: Any) -> Iterator[None]:
     /proc/self/maps instead of one read per map (the fake's per-map check
     costs O(lines of /proc/self/maps); it is what the timed ops pay, but
     populating 100k mappings with it would take minutes)."""
-    from pyvfio.fake.iommufd_iopt import MapsSnapshot
+    from pyvfio.fake.iommufd.io_pagetable import MapsSnapshot
 
     um = system.user_memory
     um.check = MapsSnapshot().check

@@ -147,7 +147,8 @@ def _track(device: Device, space: pyvfio.IOAS | Container,
 
 def fake_backend() -> tuple[Backend, str]:
     """A fake machine whose IOMMU tracks dirty pages, one edu on vfio-pci."""
-    from pyvfio.fake import System, topology
+    from pyvfio.fake import System
+    from pyvfio.fake.machine import topology
 
     topo = topology.load("minimal")
     topo["iommu"]["dirty_tracking"] = True

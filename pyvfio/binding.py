@@ -198,7 +198,7 @@ class UsageScan:
         #: usages keyed by every PCI address on the carrying path
         self._by_bdf: dict[str, list[Usage]] = {}
         #: The facts behind the usages, in the form of a fake topology's
-        #: ``host`` section (:mod:`pyvfio.fake.topology`): the used block
+        #: ``host`` section (:mod:`pyvfio.fake.machine.topology`): the used block
         #: devices (with partitions and holders), network interfaces and
         #: 9p/virtiofs tags, keyed to the nearest PCI device, and the mounts
         #: and swaps that use them.

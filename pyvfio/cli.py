@@ -107,7 +107,7 @@ class _Context:
             self.backend = backend
         elif args.fake:
             from .fake import System
-            from .fake.topology import TopologyError, load
+            from .fake.machine.topology import TopologyError, load
 
             try:
                 topology = load(args.fake)
@@ -516,7 +516,7 @@ def cmd_restore(args: argparse.Namespace, backend: Backend | None) -> int:
 # -- topology ---------------------------------------------------------------------------
 def cmd_topology_dump(args: argparse.Namespace, backend: Backend | None) -> int:
     """``pyvfio topology dump``."""
-    from .fake.topology import TopologyError
+    from .fake.machine.topology import TopologyError
     from .topology_capture import capture, replay_check, to_json
 
     ctx = _Context(args, backend)

@@ -201,7 +201,7 @@ def vfio_system(request: pytest.FixtureRequest) -> Iterator[System]:
     """A fresh fake machine (see the module documentation for choosing its
     topology)."""
     from .fake import System
-    from .fake.topology import load
+    from .fake.machine.topology import load
 
     topo = load(_topology_source(request))
     if "vfio_device" in request.fixturenames:

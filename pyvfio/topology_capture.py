@@ -7,10 +7,10 @@ groups and drivers, so setup scripts can be tested against a server's
 layout anywhere::
 
     from pyvfio.topology_capture import capture, to_json
-    topology = capture()                  # a dict: pyvfio.fake.topology schema
+    topology = capture()                  # a dict: pyvfio.fake.machine.topology schema
     open("server.json", "w").write(to_json(topology))
 
-What is captured, from sysfs (see :mod:`pyvfio.fake.topology` for the
+What is captured, from sysfs (see :mod:`pyvfio.fake.machine.topology` for the
 schema): every PCI function with its IDs, class, BARs (``resource``),
 driver, NUMA node and enabled reset methods; bridges with their secondary
 bus; the IOMMU groups as they are (non-PCI members left out); the IOMMU's
@@ -69,7 +69,7 @@ def _yes(text: str | None) -> bool:
 
 
 def _known_models() -> dict[tuple[int, int], str]:
-    from .fake.topology import KNOWN_MODELS
+    from .fake.machine.topology import KNOWN_MODELS
 
     return {(ids["vendor"], ids["device"]): name for name, ids in KNOWN_MODELS.items()}
 
@@ -237,7 +237,7 @@ def _kernel(b: Backend, modules: dict[str, bool]) -> dict[str, Any]:
     """The ``kernel`` section: what doctor reads of the build, made
     consistent with the captured modules (the fake cannot load a module
     its config lacks, nor unload a built-in one)."""
-    from .fake.topology import MODULE_OPTIONS
+    from .fake.machine.topology import MODULE_OPTIONS
 
     build = sysfs.kernel_build(b)
     out: dict[str, Any] = {}
@@ -264,7 +264,7 @@ def _kernel(b: Backend, modules: dict[str, bool]) -> dict[str, Any]:
 def capture(backend: Backend | None = None, *, name: str | None = None,
             description: str | None = None) -> dict[str, Any]:
     """The topology of the machine behind ``backend`` (the real one by
-    default), as a dict in :mod:`pyvfio.fake.topology`'s schema.  Integers
+    default), as a dict in :mod:`pyvfio.fake.machine.topology`'s schema.  Integers
     are written as ``0x`` strings where sysfs shows them in hex."""
     from .binding import BindingState, UsageScan
 
@@ -374,7 +374,7 @@ def replay_check(topology: dict[str, Any]) -> list[str]:
     its devices, groups, drivers and host use with the topology's; returns
     the differences (empty: it replays)."""
     from .fake import System
-    from .fake.topology import load
+    from .fake.machine.topology import load
 
     topology = load(topology)
     system = System(topology)

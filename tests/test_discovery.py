@@ -297,7 +297,7 @@ def test_capture_of_a_host_sysfs_with_sriov(default: System) -> None:
 
 def test_capture_keeps_the_kernel_build() -> None:
     from pyvfio.environment import check_environment
-    from pyvfio.fake.topology import load
+    from pyvfio.fake.machine.topology import load
 
     topo = load({"devices": [{"bdf": "00:02.0", "model": "edu"}],
                  "modules": {"vfio_pci": False},
@@ -461,7 +461,7 @@ def test_capture_keeps_what_the_host_uses() -> None:
 
 
 def test_replay_check_compares_the_host_use(monkeypatch: pytest.MonkeyPatch) -> None:
-    from pyvfio.fake.sysfs import Sysfs
+    from pyvfio.fake.machine.sysfs import Sysfs
 
     captured = capture(used_machine().backend)
     # a fake that served no /proc files would lose the mounts and swaps
@@ -485,7 +485,7 @@ def test_replay_check_compares_the_host_use(monkeypatch: pytest.MonkeyPatch) -> 
     (lambda h: h.update(disks=[]), "unknown key"),
 ])
 def test_a_bad_host_section_is_refused(change: Any, message: str) -> None:
-    from pyvfio.fake.topology import TopologyError
+    from pyvfio.fake.machine.topology import TopologyError
 
     topo = System("default").to_topology()
     topo["host"] = json.loads(json.dumps(USED_HOST))

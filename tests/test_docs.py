@@ -38,7 +38,7 @@ API_MODULES = [
     "pyvfio.fake",
     "pyvfio.caps",
     "pyvfio.backend",
-    "pyvfio.fake.topology",
+    "pyvfio.fake.machine.topology",
     "pyvfio.fake.models",
 ]
 
@@ -185,8 +185,8 @@ def test_every_public_module_has_a_page(html: Path) -> None:
 
     modules = [f"pyvfio.{m.name}" for m in pkgutil.iter_modules(pyvfio.__path__)
                if not m.name.startswith("_")]
-    modules += ["pyvfio.backend.base", "pyvfio.backend.kernel", "pyvfio.fake.topology",
-                "pyvfio.fake.pci", "pyvfio.fake.models", "pyvfio.fake.models.edu",
+    modules += ["pyvfio.backend.base", "pyvfio.backend.kernel", "pyvfio.fake.machine.topology",
+                "pyvfio.fake.machine.pci", "pyvfio.fake.models", "pyvfio.fake.models.edu",
                 "pyvfio.fake.models.nvme"]
     ids = _documented_ids(html)
     missing = [m for m in modules if m not in ids]

@@ -16,7 +16,7 @@ from fixtures.sysfs_overlay import Overlay
 from pyvfio import cli, sysfs
 from pyvfio.environment import FAIL, INFO, OK, WARN, Check, check_environment
 from pyvfio.fake import System
-from pyvfio.fake.topology import TopologyError, load
+from pyvfio.fake.machine.topology import TopologyError, load
 
 EDU = {"bdf": "00:02.0", "model": "edu"}
 

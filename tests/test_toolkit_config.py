@@ -12,7 +12,7 @@ from toolkit_env import FakeMachine, bind_vfio, open_cdev
 
 from pyvfio.errors import InvalidArgumentError
 from pyvfio.fake import System, models
-from pyvfio.fake.pci import Bar, DeviceModel
+from pyvfio.fake.machine.pci import Bar, DeviceModel
 from pyvfio.pci_config import PCI_HEADER, PciCap, PciExtCap
 
 

@@ -19,7 +19,7 @@ from toolkit_env import FakeMachine, open_cdev, open_group
 from pyvfio import EventFd, PciIrq
 from pyvfio.errors import ClosedError, InvalidArgumentError, UnsupportedError
 from pyvfio.fake import vfio_pci
-from pyvfio.fake.pci import IRQ_MSIX
+from pyvfio.fake.machine.pci import IRQ_MSIX
 
 IRQ_RAISE = 0x60
 IRQ_ACK = 0x64

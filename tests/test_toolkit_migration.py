@@ -22,7 +22,7 @@ import pyvfio
 from pyvfio import DmaBuffer, IovaAllocator, MigrationState
 from pyvfio.errors import IoctlError, UnsupportedError
 from pyvfio.fake import System
-from pyvfio.fake.topology import load
+from pyvfio.fake.machine.topology import load
 from pyvfio.features import Feature, MigrationFlags
 
 edu_dma = load_example("edu_dma")

@@ -11,7 +11,7 @@ import copy
 
 from pyvfio import Device, IommuFd, MigrationState, binding
 from pyvfio.fake import System
-from pyvfio.fake.topology import load
+from pyvfio.fake.machine.topology import load
 
 # -- [migration]
 EDU = "0000:00:02.0"

@@ -16,7 +16,7 @@ import mmap
 import pyvfio
 from pyvfio import Device, IommuFd, PciRegion
 from pyvfio.fake import System, models
-from pyvfio.fake.pci import DMA_ERRORS, Bar, DeviceModel
+from pyvfio.fake.machine.pci import DMA_ERRORS, Bar, DeviceModel
 
 
 # -- [model]

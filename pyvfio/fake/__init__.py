@@ -18,7 +18,7 @@ See docs/dev/fake-kernel.md for the module map.
 from __future__ import annotations
 
 from .core import FakeBackend, FakeFile, FaultRecord, IoDomain, IommuFault
-from .system import IommuGroup, PciDevice, System
+from .machine.system import IommuGroup, PciDevice, System
 
 __all__ = [
     "System",

@@ -15,7 +15,6 @@ the simulated IOMMU (:class:`IoDomain`).
 from __future__ import annotations
 
 import abc
-import bisect
 import errno
 import os
 import threading
@@ -25,9 +24,10 @@ from typing import TYPE_CHECKING, Callable
 from .._uapi import ffi
 from ..backend.base import Backend, IoctlArg, MemoryMap
 from ..backend.kernel import KernelBackend
+from .uaccess import check_user_range
 
 if TYPE_CHECKING:
-    from .system import System
+    from .machine.system import System
 
 __all__ = [
     "FakeFile",
@@ -168,35 +168,10 @@ class UserMemory:
         self._lock = threading.Lock()
 
     @staticmethod
-    def _maps() -> list[tuple[int, int, str]]:
-        regions = []
-        with open("/proc/self/maps", encoding="ascii") as f:
-            for line in f:
-                addr, perms = line.split()[:2]
-                lo, hi = addr.split("-")
-                regions.append((int(lo, 16), int(hi, 16), perms))
-        return regions
-
-    def check(self, va: int, length: int, write: bool = True) -> None:
+    def check(va: int, length: int, write: bool = True) -> None:
         """EFAULT unless every byte of ``[va, va + length)`` is mapped
-        (and writable when ``write``)."""
-        if length <= 0:
-            return
-        end = va + length
-        regions = self._maps()
-        starts = [r[0] for r in regions]
-        pos = va
-        i = bisect.bisect_right(starts, pos) - 1
-        while pos < end:
-            if i < 0 or i >= len(regions):
-                raise errno_error(errno.EFAULT, f"user address {pos:#x} is not mapped")
-            lo, hi, perms = regions[i]
-            if not lo <= pos < hi:
-                raise errno_error(errno.EFAULT, f"user address {pos:#x} is not mapped")
-            if "r" not in perms or (write and "w" not in perms):
-                raise errno_error(errno.EFAULT, f"user address {pos:#x} is not accessible")
-            pos = hi
-            i += 1
+        (and writable when ``write``): :func:`.uaccess.check_user_range`."""
+        check_user_range(va, length, write)
 
     def pin(self, pages: int) -> None:
         """Charge ``pages`` pages; ENOMEM past RLIMIT_MEMLOCK."""

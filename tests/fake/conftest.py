@@ -5,7 +5,7 @@ code drives the real kernel.  They do not depend on the device models or
 the vfio-pci device file: systems are built without models (config space
 comes from the topology) and VFIO_GROUP_GET_DEVICE_FD is served by a small
 stand-in device file that follows the contract documented in
-:mod:`pyvfio.fake.legacy`.
+:mod:`pyvfio.fake.vfio`.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import pytest
 
 from pyvfio._uapi import ffi, lib
 from pyvfio.backend.base import MAP_ANONYMOUS, MAP_PRIVATE, PROT_READ, PROT_WRITE
-from pyvfio.fake import legacy
+from pyvfio.fake.vfio import container as legacy
 from pyvfio.fake.core import FakeBackend, FakeFile
-from pyvfio.fake.system import System
+from pyvfio.fake.machine.system import System
 
 MakeSystem = Callable[..., System]
 
@@ -34,7 +34,7 @@ def make_system() -> Iterator[MakeSystem]:
 
     def make(topology: Any = "default", **overrides: Any) -> System:
         if overrides:
-            from pyvfio.fake.topology import load
+            from pyvfio.fake.machine.topology import load
 
             topo = copy.deepcopy(load(topology))
             for key, value in overrides.items():
@@ -182,7 +182,7 @@ def vfio_helper() -> type[Vfio]:
 
 # -- a stand-in for the vfio-pci device file ------------------------------------------------
 class StubDeviceFile(FakeFile):
-    """Follows the device-file contract of pyvfio.fake.legacy: the first
+    """Follows the device-file contract of pyvfio.fake.vfio: the first
     open of a device uses the group's container, the last close unuses it;
     ``pdev`` names the device."""
 

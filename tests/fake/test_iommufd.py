@@ -18,7 +18,7 @@ from pyvfio._uapi import ffi, lib
 from pyvfio.backend.base import MAP_ANONYMOUS, MAP_PRIVATE, PROT_READ, PROT_WRITE, MemoryMap
 from pyvfio.fake.core import FakeBackend, IommuFault
 from pyvfio.fake.iommufd import IommufdFile
-from pyvfio.fake.system import System
+from pyvfio.fake.machine.system import System
 
 PAGE = 4096
 MIB = 1 << 20
@@ -230,7 +230,7 @@ def machine_factory() -> Iterator[Callable[..., Machine]]:
     machines: list[Machine] = []
 
     def make(topology: Any = "default", **overrides: Any) -> Machine:
-        from pyvfio.fake.topology import load
+        from pyvfio.fake.machine.topology import load
 
         topo = load(topology)
         for key, value in overrides.items():
@@ -730,7 +730,7 @@ def test_attach_over_reserved_mapping_fails(ctx: Iommufd, m: Machine) -> None:
 
 
 def test_extra_reserved_region(machine_factory: Callable[..., Machine]) -> None:
-    from pyvfio.fake.topology import load
+    from pyvfio.fake.machine.topology import load
 
     topo = load("default")
     for spec in topo["devices"]:
@@ -1636,7 +1636,7 @@ def test_noiommu_get_pa(ctx: Iommufd, m: Machine) -> None:
 def test_noiommu_cdev(machine_factory: Callable[..., Machine]) -> None:
     """A no-IOMMU device bound through its cdev (CONFIG_IOMMUFD_NOIOMMU):
     no DMA ownership, a software domain, and physical addresses by IOVA."""
-    from pyvfio.fake.topology import load
+    from pyvfio.fake.machine.topology import load
 
     topo = load("default")
     topo["iommu"], topo["noiommu"] = None, True
@@ -1667,7 +1667,7 @@ def test_noiommu_cdev(machine_factory: Callable[..., Machine]) -> None:
 def test_compat_noiommu_group(machine_factory: Callable[..., Machine]) -> None:
     """A no-IOMMU group set on an iommufd puts it in no-IOMMU mode
     (iommufd_vfio_compat_set_no_iommu)."""
-    from pyvfio.fake.topology import load
+    from pyvfio.fake.machine.topology import load
 
     topo = load("default")
     topo["iommu"], topo["noiommu"] = None, True
@@ -1703,7 +1703,7 @@ def test_pointer_argument_kinds(ctx: Iommufd) -> None:
        st.integers(0, 220), st.integers(1, 20))
 def test_free_space_index(ops: list[tuple[bool, int, int]], lo: int, need: int) -> None:
     """FreeSpace (with tiny blocks) against a plain list of used ranges."""
-    from pyvfio.fake import iommufd_iopt
+    from pyvfio.fake.iommufd import io_pagetable as iommufd_iopt
 
     free = iommufd_iopt.FreeSpace()
     free._BLOCK = 2

@@ -29,8 +29,8 @@ from pyvfio._uapi import ffi, lib
 from pyvfio.backend.base import MAP_ANONYMOUS, MAP_PRIVATE, PROT_READ, PROT_WRITE, MemoryMap
 from pyvfio.fake.core import IommuFault
 from pyvfio.fake.iommufd import IommufdFile
-from pyvfio.fake.system import System
-from pyvfio.fake.topology import load
+from pyvfio.fake.machine.system import System
+from pyvfio.fake.machine.topology import load
 
 PAGE = 4096
 U64_MAX = (1 << 64) - 1

@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from pyvfio._uapi import ffi, lib
 from pyvfio.backend.base import PROT_READ
 from pyvfio.fake.core import FakeFile, IommuFault
-from pyvfio.fake.legacy import Type1Iommu
-from pyvfio.fake.system import System
+from pyvfio.fake.vfio import Type1Iommu
+from pyvfio.fake.machine.system import System
 
 EDU = "0000:00:02.0"
 NVME = "0000:00:03.0"
@@ -191,7 +191,7 @@ def test_reserved_regions_of_every_group_shape_the_iova_ranges(make_system, vfio
         {"start": 0x1000, "last": 0x1FFF, "type": "direct-relaxable"},
     ]})
     system.device(NVME).extra_reserved = []
-    from pyvfio.fake.system import ReservedRegion
+    from pyvfio.fake.machine.system import ReservedRegion
 
     system.device(NVME).extra_reserved.append(ReservedRegion(0x10000000, 0x1000FFFF, "direct"))
     b = system.backend

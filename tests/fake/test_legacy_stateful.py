@@ -39,9 +39,9 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 import pyvfio
 from pyvfio.backend.base import MAP_ANONYMOUS, MAP_PRIVATE, PROT_READ, PROT_WRITE, MemoryMap
 from pyvfio.fake.core import IommuFault
-from pyvfio.fake.legacy import ContainerFile, Type1Iommu
-from pyvfio.fake.system import System
-from pyvfio.fake.topology import load
+from pyvfio.fake.vfio import ContainerFile, Type1Iommu
+from pyvfio.fake.machine.system import System
+from pyvfio.fake.machine.topology import load
 
 PAGE = 4096
 EDU = "0000:00:02.0"

@@ -20,8 +20,8 @@ from pyvfio.fake import vfio_pci
 from pyvfio.fake.core import FakeBackend
 from pyvfio.fake.models import MigratableDevice, MigrationCapability
 from pyvfio.fake.models.edu import EduDevice
-from pyvfio.fake.system import System
-from pyvfio.fake.topology import TopologyError, load
+from pyvfio.fake.machine.system import System
+from pyvfio.fake.machine.topology import TopologyError, load
 from pyvfio.fake.vfio_pci import mig_next_state
 
 EDU = "0000:00:02.0"

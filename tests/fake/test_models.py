@@ -17,7 +17,7 @@ from pyvfio.fake import models
 from pyvfio.fake.core import FaultRecord, IommuFault
 from pyvfio.fake.models.edu import EduDevice
 from pyvfio.fake.models.nvme import NvmeController
-from pyvfio.fake.pci import (
+from pyvfio.fake.machine.pci import (
     IRQ_MSI,
     IRQ_MSIX,
     PCI_COMMAND,

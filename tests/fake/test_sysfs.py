@@ -339,7 +339,7 @@ def test_sriov_links_and_attributes(make_system):
 
 
 def test_sriov_topology_errors():
-    from pyvfio.fake.topology import TopologyError, load
+    from pyvfio.fake.machine.topology import TopologyError, load
 
     def bad(change, match):
         topo = {"devices": [dict(d) for d in SRIOV["devices"]]}

@@ -11,8 +11,8 @@ import pytest
 
 from pyvfio._uapi import ffi
 from pyvfio.fake.core import FakeFile, IoDomain, IommuFault
-from pyvfio.fake.system import PciDevice, ReservedRegion, System, merge_reserved_regions
-from pyvfio.fake.topology import TopologyError, load, shipped
+from pyvfio.fake.machine.system import PciDevice, ReservedRegion, System, merge_reserved_regions
+from pyvfio.fake.machine.topology import TopologyError, load, shipped
 
 EDU = "0000:00:02.0"
 NVME = "0000:00:03.0"
@@ -546,7 +546,8 @@ def test_device_level_claims(make_system):
 
 
 def test_the_kernel_section_is_kept_and_round_trips() -> None:
-    from pyvfio.fake import System, topology
+    from pyvfio.fake import System
+    from pyvfio.fake.machine import topology
 
     topo = topology.load("minimal")
     topo["kernel"] = topology.normalize_kernel(

@@ -19,7 +19,7 @@ from pyvfio.fake import vfio_pci
 from pyvfio.fake.core import FakeBackend, FakeFile, IoDomain, IommuFault
 from pyvfio.fake.models.edu import EduDevice
 from pyvfio.fake.models.nvme import NvmeController
-from pyvfio.fake.system import System
+from pyvfio.fake.machine.system import System
 from pyvfio.fake.vfio_pci import BusError
 
 EDU = "0000:00:02.0"
@@ -944,7 +944,7 @@ def test_d3hot_through_the_pm_capability(nvme: Any) -> None:
 
 def test_a_user_model_behind_vfio() -> None:
     from pyvfio.fake import models
-    from pyvfio.fake.pci import Bar, DeviceModel
+    from pyvfio.fake.machine.pci import Bar, DeviceModel
 
     class Counter(DeviceModel):
         vendor_id, device_id, class_code = 0x1234, 0xC0DE, 0xFF0000

@@ -46,7 +46,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping
 
-from ..pci import (
+from ..machine.pci import (
     PCI_EXP_DEVCAP2_ATOMIC_COMP32,
     PCI_EXP_DEVCAP2_ATOMIC_COMP64,
     Bar,

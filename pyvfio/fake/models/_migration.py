@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from ..._uapi import lib
-from ..pci import DeviceModel
+from ..machine.pci import DeviceModel
 
 __all__ = [
     "MIGRATION_FLAG_NAMES",

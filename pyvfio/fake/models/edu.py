@@ -74,7 +74,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-from ..pci import DMA_ERRORS, IRQ_MSI, Bar
+from ..machine.pci import DMA_ERRORS, IRQ_MSI, Bar
 from ._migration import MigratableDevice
 
 __all__ = ["EduDevice"]

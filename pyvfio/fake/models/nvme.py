@@ -42,7 +42,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from ..pci import DMA_ERRORS, IRQ_MSIX, Bar, DeviceModel
+from ..machine.pci import DMA_ERRORS, IRQ_MSIX, Bar, DeviceModel
 
 __all__ = ["NvmeController"]
 

@@ -53,10 +53,10 @@ import heapq
 import os
 from typing import TYPE_CHECKING, Any, Callable
 
-from .._uapi import ffi, lib
-from ..backend.base import IoctlArg
-from .core import FakeBackend, FakeFile, IoDomain, IommuFault, UserMemory, errno_error
-from .iommufd_iopt import (
+from ..._uapi import ffi, lib
+from ...backend.base import IoctlArg
+from ..core import FakeBackend, FakeFile, IoDomain, IommuFault, UserMemory, errno_error
+from .io_pagetable import (
     ACCOUNT_MM,
     ACCOUNT_NONE,
     ACCOUNT_USER,
@@ -72,7 +72,7 @@ from .iommufd_iopt import (
 )
 
 if TYPE_CHECKING:
-    from .system import IommuGroup, PciDevice, VfioGroup
+    from ..machine.system import IommuGroup, PciDevice, VfioGroup
 
 __all__ = ["IommufdFile", "FaultFile", "NO_PASID"]
 

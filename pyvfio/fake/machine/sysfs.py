@@ -53,7 +53,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Union
 
 from . import topology as _topology
-from .core import errno_error
+from ..core import errno_error
 from .system import PCI_ANY_ID, PciId
 
 if TYPE_CHECKING:

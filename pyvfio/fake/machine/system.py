@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Union
 
 from . import topology as _topology
-from .core import FakeBackend, FakeFile, FaultRecord, IoDomain, IommuFault, UserMemory, errno_error
+from ..core import FakeBackend, FakeFile, FaultRecord, IoDomain, IommuFault, UserMemory, errno_error
 
 if TYPE_CHECKING:
     from .sysfs import Sysfs
@@ -775,7 +775,7 @@ def _model_config(model: Any) -> bytes | None:
 
 def _default_model_factory() -> ModelFactory | None:
     try:
-        models = importlib.import_module(".models", __package__)
+        models = importlib.import_module("..models", __package__)
     except ImportError:
         return None
     create = getattr(models, "create", None)
@@ -1202,22 +1202,22 @@ class System:
                 raise errno_error(errno.EACCES, f"{path}: use the sysfs_* calls for sysfs")
             raise errno_error(errno.ENOENT, path)
         if path == "/dev/vfio/vfio":
-            from .legacy import ContainerFile
+            from ..vfio import ContainerFile
 
             return ContainerFile(backend)
         if path == "/dev/iommu":
-            iommufd = importlib.import_module(".iommufd", __package__)
+            iommufd = importlib.import_module("..iommufd", __package__)
             file: FakeFile = iommufd.IommufdFile(backend)
             return file
         if path.startswith("/dev/vfio/devices/"):
             pdev = self.vfio_device_by_cdev(path.rsplit("/", 1)[1])
             assert pdev is not None
-            vfio_pci = importlib.import_module(".vfio_pci", __package__)
+            vfio_pci = importlib.import_module("..vfio_pci", __package__)
             dfile: FakeFile = vfio_pci.open_device_file(backend, pdev, cdev=True)
             return dfile
         vgroup = self.vfio_group_by_name(path.rsplit("/", 1)[1])
         assert vgroup is not None
-        from .legacy import GroupFile
+        from ..vfio import GroupFile
 
         return GroupFile.open(backend, vgroup)
 

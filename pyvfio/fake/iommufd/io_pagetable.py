@@ -26,12 +26,12 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
-from .core import errno_error
-from .intervals import IntervalMap
+from ..core import errno_error
+from ..intervals import IntervalMap
 
 if TYPE_CHECKING:
-    from ..backend.base import MemoryMap
-    from .core import FakeBackend, UserMemory
+    from ...backend.base import MemoryMap
+    from ..core import FakeBackend, UserMemory
 
 __all__ = [
     "ULONG_MAX",
@@ -383,7 +383,7 @@ class Pages:
         if self.kind == "user":
             return self.uptr + offset
         if self._map is None:
-            from ..backend.base import MAP_SHARED, PROT_READ, PROT_WRITE
+            from ...backend.base import MAP_SHARED, PROT_READ, PROT_WRITE
 
             length = self.npages * self.page_size
             try:

@@ -84,11 +84,11 @@ import zlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from .._uapi import ffi, lib
-from ..backend.base import MAP_SHARED, PROT_WRITE, IoctlArg, MemoryMap
-from .core import FakeBackend, FakeFile, cast_arg, errno_error
-from .models._migration import DmaDirtyLog, MigratableDevice, MigrationCapability
-from .pci import (
+from ..._uapi import ffi, lib
+from ...backend.base import MAP_SHARED, PROT_WRITE, IoctlArg, MemoryMap
+from ..core import FakeBackend, FakeFile, cast_arg, errno_error
+from ..models._migration import DmaDirtyLog, MigratableDevice, MigrationCapability
+from ..machine.pci import (
     IRQ_ERR,
     IRQ_INTX,
     IRQ_MSI,
@@ -152,7 +152,7 @@ from .pci import (
 )
 
 if TYPE_CHECKING:
-    from .system import PciDevice
+    from ..machine.system import PciDevice
 
 __all__ = [
     "open_device_file",

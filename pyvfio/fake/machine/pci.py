@@ -52,8 +52,8 @@ import mmap as _mmap
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Protocol, Sequence
 
-from .._uapi import ffi
-from .core import IommuFault
+from ..._uapi import ffi
+from ..core import IommuFault
 
 if TYPE_CHECKING:
     from .system import PciDevice

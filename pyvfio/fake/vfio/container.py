@@ -37,13 +37,13 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from .._uapi import ffi, lib  # type: ignore[import-not-found,unused-ignore]
-from ..backend.base import IoctlArg
-from .core import FakeBackend, FakeFile, IoDomain, IommuFault, errno_error
-from .intervals import IntervalMap
+from ..._uapi import ffi, lib  # type: ignore[import-not-found,unused-ignore]
+from ...backend.base import IoctlArg
+from ..core import FakeBackend, FakeFile, IoDomain, IommuFault, errno_error
+from ..intervals import IntervalMap
 
 if TYPE_CHECKING:
-    from .system import PciDevice, System, VfioGroup
+    from ..machine.system import PciDevice, System, VfioGroup
 
 __all__ = ["ContainerFile", "GroupFile", "Type1Iommu", "open_device_file"]
 
@@ -66,7 +66,7 @@ _PAGE_MASK = _ULONG & ~(_PAGE_SIZE - 1)
 def open_device_file(kernel: FakeBackend, pdev: PciDevice, *, cdev: bool,
                      group_file: GroupFile | None = None) -> FakeFile:
     """Open a vfio-pci device file (``pyvfio.fake.vfio_pci``)."""
-    vfio_pci = importlib.import_module(".vfio_pci", __package__)
+    vfio_pci = importlib.import_module("..vfio_pci", __package__)
     file: FakeFile = vfio_pci.open_device_file(kernel, pdev, cdev=cdev, group_file=group_file)
     return file
 
