@@ -37,7 +37,13 @@ from harness import REPO, Batch, Result, c_batch, calibrate, interleaved, per_op
 
 import pyvfio
 from pyvfio import ffi, lib
-from pyvfio.backend.base import MAP_ANONYMOUS, MAP_PRIVATE, MAP_SHARED, PROT_READ, PROT_WRITE
+from pyvfio.backend.base import (
+    MAP_ANONYMOUS,
+    MAP_PRIVATE,
+    MAP_SHARED,
+    PROT_READ,
+    PROT_WRITE,
+)
 from pyvfio.backend.kernel import KernelBackend
 
 sys.path.insert(0, str(REPO / "tests" / "vm"))

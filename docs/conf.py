@@ -85,12 +85,23 @@ def _documented_modules() -> set[str]:
 
 
 def public_modules() -> list[str]:
-    """``pyvfio.<name>`` for every module or package directly under pyvfio
+    """``pyvfio.<name>`` for every module or package directly under pyvfio,
+    and every module of its layer packages (core, toolkit, setup, testing),
     whose name does not start with an underscore."""
+    import importlib
     import pkgutil
 
-    return sorted(f"pyvfio.{m.name}" for m in pkgutil.iter_modules(pyvfio.__path__)
-                  if not m.name.startswith("_"))
+    found = {f"pyvfio.{m.name}" for m in pkgutil.iter_modules(pyvfio.__path__)
+             if not m.name.startswith("_")}
+    for layer in LAYERS:
+        package = importlib.import_module(f"pyvfio.{layer}")
+        found |= {f"pyvfio.{layer}.{m.name}" for m in pkgutil.iter_modules(package.__path__)
+                  if not m.name.startswith("_")}
+    return sorted(found)
+
+
+#: pyvfio's layer packages, bottom up (the fake kernel has a page of its own).
+LAYERS = ("core", "toolkit", "setup", "testing")
 
 
 def _fill_more(app: object, docname: str, source: list[str]) -> None:

@@ -45,8 +45,8 @@ from pyvfio import (
     RegisterBlock,
     map_buffer,
 )
-from pyvfio import binding
 from pyvfio.backend import Backend
+from pyvfio.setup import binding, devices
 
 EDU_ID = (0x1234, 0x11E8)
 
@@ -178,7 +178,7 @@ class EduDriver:
 # -- opening the device ---------------------------------------------------------------------
 def find_devices(backend: Backend, vendor: int, device: int) -> list[str]:
     """PCI addresses of the functions with this vendor:device ID."""
-    return pyvfio.sysfs.find_devices(vendor, device, backend=backend)
+    return devices.find_devices(vendor, device, backend=backend)
 
 
 def bind_vfio(backend: Backend, bdf: str) -> str | None:
@@ -265,11 +265,11 @@ def main(argv: list[str] | None = None) -> int:
         bound = False
     else:
         backend = pyvfio.default_backend()
-        bdf = pyvfio.sysfs.normalize_bdf(args.bdf)
+        bdf = pyvfio.core.sysfs.normalize_bdf(args.bdf)
         bound = False
         if args.bind:
             bound = bind_vfio(backend, bdf) != "vfio-pci"
-        elif pyvfio.sysfs.device_driver(bdf, backend) != "vfio-pci":
+        elif pyvfio.core.sysfs.device_driver(bdf, backend) != "vfio-pci":
             print(f"{bdf} is not bound to vfio-pci (use --bind)", file=sys.stderr)
             return 2
     try:

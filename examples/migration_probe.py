@@ -29,7 +29,8 @@ except ImportError:  # run from a source checkout without installing
     import pyvfio
 from pyvfio import Device, IommuFd, MigrationState
 from pyvfio.backend import Backend
-from pyvfio.features import Feature, MigrationFlags
+from pyvfio.core.features import Feature, MigrationFlags
+from pyvfio.setup import devices
 
 
 @dataclass
@@ -73,11 +74,11 @@ def run(bdf: str, backend: Backend, out: Callable[[str], None] = print) -> Probe
 
 def fake_backend() -> tuple[Backend, str]:
     """A fake machine with its edu device on vfio-pci."""
-    from pyvfio import binding
     from pyvfio.fake import System
+    from pyvfio.setup import binding
 
     backend = System("minimal").backend
-    (bdf,) = [d.bdf for d in pyvfio.sysfs.pci_devices(backend)]
+    (bdf,) = [d.bdf for d in devices.pci_devices(backend)]
     binding.bind(bdf, backend=backend)
     return backend, bdf
 

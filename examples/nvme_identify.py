@@ -41,8 +41,8 @@ from pyvfio import (
     Register,
     RegisterBlock,
 )
-from pyvfio import binding
 from pyvfio.backend import Backend
+from pyvfio.setup import binding, devices
 
 NVME_CLASS = 0x010802  # mass storage, NVM, NVMe
 
@@ -269,7 +269,7 @@ def _text(data: bytes) -> str:
 # -- opening the device ---------------------------------------------------------------------
 def find_by_class(backend: Backend, class_code: int) -> list[str]:
     """PCI addresses of the functions with this class code."""
-    return pyvfio.sysfs.find_devices(class_code=class_code, backend=backend)
+    return devices.find_devices(class_code=class_code, backend=backend)
 
 
 def bind_vfio(backend: Backend, bdf: str) -> str | None:
@@ -349,10 +349,10 @@ def main(argv: list[str] | None = None) -> int:
         backend, bdf = fake_backend()
     else:
         backend = pyvfio.default_backend()
-        bdf = pyvfio.sysfs.normalize_bdf(args.bdf)
+        bdf = pyvfio.core.sysfs.normalize_bdf(args.bdf)
         if args.bind:
             bound = bind_vfio(backend, bdf) != "vfio-pci"
-        elif pyvfio.sysfs.device_driver(bdf, backend) != "vfio-pci":
+        elif pyvfio.core.sysfs.device_driver(bdf, backend) != "vfio-pci":
             print(f"{bdf} is not bound to vfio-pci (use --bind)", file=sys.stderr)
             return 2
     try:

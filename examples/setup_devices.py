@@ -25,20 +25,21 @@ import argparse
 import sys
 from typing import Sequence
 
-from pyvfio import binding, sysfs
 from pyvfio.backend import Backend, default_backend
+from pyvfio.core import sysfs, viability
+from pyvfio.setup import binding, devices
 
 
 def find(specs: Sequence[str], b: Backend) -> list[str]:
     """PCI addresses for addresses and vendor:device IDs."""
-    devices = sysfs.pci_devices(b)
+    pci = devices.pci_devices(b)
     out: list[str] = []
     for spec in specs:
         if ":" in spec and "." not in spec:
-            hits = [d.bdf for d in devices if d.id == spec.lower()]
+            hits = [d.bdf for d in pci if d.id == spec.lower()]
         else:
             bdf = sysfs.normalize_bdf(spec)
-            hits = [d.bdf for d in devices if d.bdf == bdf]
+            hits = [d.bdf for d in pci if d.bdf == bdf]
         if not hits:
             raise SystemExit(f"no PCI device matches {spec}")
         out += [h for h in hits if h not in out]
@@ -47,7 +48,7 @@ def find(specs: Sequence[str], b: Backend) -> list[str]:
 
 def setup(bdf: str, b: Backend, force: bool) -> bool:
     """Make ``bdf`` usable through VFIO; True when it is."""
-    why = sysfs.explain_device(bdf, b)
+    why = viability.explain_device(bdf, b)
     if why.at_risk:
         print(f"{bdf} shares IOMMU group {why.group}; the user's DMA will also reach:")
         for m in why.at_risk:
@@ -57,7 +58,7 @@ def setup(bdf: str, b: Backend, force: bool) -> bool:
         results = [binding.bind(bdf, force=force, backend=b)]
     for r in results:
         print(r)
-    after = sysfs.explain_device(bdf, b)
+    after = viability.explain_device(bdf, b)
     if not after.viable:
         print(after.message())
     return after.viable

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from ._uapi import ffi, lib
 from .backend import Backend, MemoryMap, default_backend
-from .caps import IovaRange
-from .container import (
+from .core.caps import IovaRange
+from .core.container import (
     Container,
     DmaMapping,
     Extension,
@@ -20,7 +20,7 @@ from .container import (
     IommuInfo,
     IommuType,
 )
-from .device import (
+from .core.device import (
     Device,
     DeviceInfo,
     HotResetDevice,
@@ -30,7 +30,7 @@ from .device import (
     RegionInfo,
     open_attached,
 )
-from .dma import DmaBuffer, DmaChunk, DmaPool, IovaAllocator, map_buffer
+from .toolkit.dma import DmaBuffer, DmaChunk, DmaPool, IovaAllocator, map_buffer
 from .errors import (
     ClosedError,
     InvalidArgumentError,
@@ -39,8 +39,8 @@ from .errors import (
     UnsupportedError,
     VfioError,
 )
-from .features import DeviceFeatures, MigrationState
-from .iommufd import (
+from .core.features import DeviceFeatures, MigrationState
+from .core.iommufd import (
     HWPT,
     IOAS,
     FaultQueue,
@@ -55,10 +55,10 @@ from .iommufd import (
     Veventq,
     Viommu,
 )
-from .irq import EventFd, Irq, IrqMap, IrqVector
-from .pci_config import PciConfig
-from .region import Region, RegionMap, RegionMapping
-from .registers import Field, Register, RegisterBlock, RegisterIO
+from .core.irq import EventFd, Irq, IrqMap, IrqVector
+from .core.pci_config import PciConfig
+from .core.region import Region, RegionMap, RegionMapping
+from .core.registers import Field, Register, RegisterBlock, RegisterIO
 
 __version__ = "0.1.0"
 

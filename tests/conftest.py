@@ -50,7 +50,7 @@ class VfioEnv:
 
 
 def _find_edu(backend: object) -> str:
-    from pyvfio import sysfs
+    from pyvfio.core import sysfs
 
     b = backend
     for bdf in b.sysfs_listdir(sysfs.PCI_DEVICES):  # type: ignore[attr-defined]

@@ -1,4 +1,4 @@
-"""Binding (pyvfio.binding) on the fake kernel: bind, unbind, restore,
+"""Binding (pyvfio.setup.binding) on the fake kernel: bind, unbind, restore,
 whole groups, the host-use checks and the state file."""
 
 from __future__ import annotations
@@ -9,13 +9,14 @@ import os
 from pathlib import Path
 
 import pytest
-
 from fixtures.sysfs_overlay import Overlay
 
-from pyvfio import Container, Group, binding, sysfs
+from pyvfio import Container, Group
 from pyvfio.backend.kernel import KernelBackend
-from pyvfio.binding import BindError, BindingState, DeviceInUseError
+from pyvfio.core import sysfs, viability
 from pyvfio.fake import System
+from pyvfio.setup import binding
+from pyvfio.setup.binding import BindError, BindingState, DeviceInUseError
 
 EDU, NVME, E1000E = "0000:00:02.0", "0000:00:03.0", "0000:00:04.0"
 BRIDGE, E1000A, E1000B = "0000:00:05.0", "0000:01:01.0", "0000:01:02.0"
@@ -103,7 +104,7 @@ def test_unbind_keeps_the_device_driverless_until_restored(system: System) -> No
     assert driver(system, E1000E) is None
     assert not binding.unbind(E1000E, backend=system.backend).changed
     # a driver-less device keeps its group viable
-    assert sysfs.explain_device(E1000E, system.backend).viable
+    assert viability.explain_device(E1000E, system.backend).viable
     back = binding.restore(E1000E, backend=system.backend)
     assert back.driver == "e1000e" and override(system, E1000E) == "(null)"
 
@@ -138,12 +139,12 @@ def test_restore_all(system: System) -> None:
 
 def test_bind_group_and_restore_group(system: System) -> None:
     st = BindingState()
-    assert not sysfs.explain_group(3, None, system.backend).viable
+    assert not viability.explain_group(3, None, system.backend).viable
     results = binding.bind_group(3, backend=system.backend, state=st)
     assert [(r.bdf, r.previous_driver, r.driver) for r in results] == \
         [(E1000A, "e1000", "vfio-pci"), (E1000B, "e1000", "vfio-pci")]
     assert driver(system, BRIDGE) is None  # bridges are left alone
-    assert sysfs.explain_group(3, None, system.backend).viable
+    assert viability.explain_group(3, None, system.backend).viable
     back = binding.restore_group(3, backend=system.backend, state=st)
     assert [r.driver for r in back] == ["e1000", "e1000"] and st.records() == []
 
@@ -159,7 +160,7 @@ def test_bind_one_device_of_a_shared_group_warns(system: System) -> None:
 def test_unbind_group(system: System) -> None:
     results = binding.unbind_group(3, backend=system.backend, state=BindingState())
     assert [r.bdf for r in results] == [E1000A, E1000B]
-    assert sysfs.explain_group(3, None, system.backend).viable
+    assert viability.explain_group(3, None, system.backend).viable
 
 
 def test_a_kernel_driver_cannot_take_back_a_device_of_a_user_owned_group(system: System) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pyvfio._uapi import ffi, lib
-from pyvfio.caps import (
+from pyvfio.core.caps import (
     DmaAvailCap,
     IovaRange,
     IovaRangeCap,

@@ -9,11 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from fixtures.sysfs_overlay import Overlay
 
-from pyvfio import cli, sysfs
+from pyvfio.core import sysfs
 from pyvfio.fake import System
+from pyvfio.setup import cli, kernel_support
 
 REPO = Path(__file__).resolve().parent.parent
 GUEST_TOPOLOGY = REPO / "tests" / "fixtures" / "qemu-guest-topology.json"
@@ -128,7 +128,7 @@ def test_status_falls_back_to_the_fake_on_a_machine_without_iommu(
 
 
 def test_status_and_doctor_run_on_this_machine(capsys: pytest.CaptureFixture[str]) -> None:
-    support = sysfs.vfio_support()
+    support = kernel_support.vfio_support()
     code, out, _ = run(capsys, "status")
     assert code == cli.EXIT_OK
     if support.group_count == 0 and not support.noiommu_mode:

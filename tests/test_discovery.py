@@ -1,4 +1,4 @@
-"""Discovery (pyvfio.sysfs) on the fake kernel: devices, groups, VFIO
+"""Discovery (pyvfio.core.sysfs) on the fake kernel: devices, groups, VFIO
 support, viability explained."""
 
 from __future__ import annotations
@@ -9,14 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from fixtures.sysfs_overlay import Overlay
 
 import pyvfio
-from pyvfio import binding, sysfs
+from pyvfio.core import sysfs, viability
 from pyvfio.errors import NotViableError, VfioError
 from pyvfio.fake import System
-from pyvfio.topology_capture import capture, replay_check, to_json
+from pyvfio.setup import binding, devices, kernel_support
+from pyvfio.setup.capture import capture, replay_check, to_json
 
 E1000A, E1000B, BRIDGE = "0000:01:01.0", "0000:01:02.0", "0000:00:05.0"
 
@@ -27,58 +27,58 @@ def default() -> System:
 
 
 def test_pci_devices_describe_the_default_machine(default: System) -> None:
-    devices = {d.bdf: d for d in sysfs.pci_devices(default.backend)}
-    assert list(devices) == sorted(devices)
-    edu = devices["0000:00:02.0"]
+    pci = {d.bdf: d for d in devices.pci_devices(default.backend)}
+    assert list(pci) == sorted(pci)
+    edu = pci["0000:00:02.0"]
     assert (edu.id, edu.class_code, edu.driver, edu.iommu_group) == ("1234:11e8", 0x00FF00, None, 0)
     assert edu.description == "Unclassified device 1234:11e8"
     assert edu.driver_override is None and edu.numa_node == -1
     assert edu.bars[0].index == 0 and edu.bars[0].size == 1 << 20 and edu.bars[0].kind == "mem32"
-    nvme = devices["0000:00:03.0"]
+    nvme = pci["0000:00:03.0"]
     assert (nvme.driver, nvme.class_name, nvme.iommu_group) == ("nvme", "Non-Volatile memory controller", 1)
-    e1000e = devices["0000:00:04.0"]
+    e1000e = pci["0000:00:04.0"]
     assert e1000e.reset_methods == ("flr", "pm")
     assert [(b.index, b.size, b.kind) for b in e1000e.bars] == [
         (0, 0x20000, "mem32"), (1, 0x20000, "mem32"), (2, 0x20, "io"), (3, 0x4000, "mem32")]
-    bridge = devices[BRIDGE]
+    bridge = pci[BRIDGE]
     assert bridge.is_bridge and bridge.secondary_bus == 1 and bridge.driver is None
-    assert devices[E1000A].parent == BRIDGE and devices[E1000A].iommu_group == 3
-    assert not devices[E1000A].is_vf and devices[E1000A].virtfns == ()
-    assert devices[E1000A].as_dict()["class"] == "0x020000"
+    assert pci[E1000A].parent == BRIDGE and pci[E1000A].iommu_group == 3
+    assert not pci[E1000A].is_vf and pci[E1000A].virtfns == ()
+    assert pci[E1000A].as_dict()["class"] == "0x020000"
 
 
 def test_pci_device_errors(default: System) -> None:
     with pytest.raises(VfioError) as exc:
-        sysfs.pci_device("0000:09:00.0", default.backend)
+        devices.pci_device("0000:09:00.0", default.backend)
     assert exc.value.errno == errno.ENOENT
     with pytest.raises(pyvfio.InvalidArgumentError):
-        sysfs.pci_device("not-a-bdf", default.backend)
+        devices.pci_device("not-a-bdf", default.backend)
 
 
 def test_vfio_cdev_shows_once_bound(default: System) -> None:
     b = default.backend
     b.sysfs_write("/sys/bus/pci/devices/0000:00:02.0/driver_override", "vfio-pci")
     b.sysfs_write("/sys/bus/pci/drivers_probe", "0000:00:02.0")
-    edu = sysfs.pci_device("00:02.0", b)
+    edu = devices.pci_device("00:02.0", b)
     assert edu.driver == "vfio-pci" and edu.vfio_dev == "vfio0"
     assert edu.cdev_path == "/dev/vfio/devices/vfio0" == sysfs.device_cdev_path("00:02.0", b)
     assert edu.driver_override == "vfio-pci"
 
 
 def test_iommu_groups_with_members_and_reserved_regions(default: System) -> None:
-    groups = sysfs.iommu_groups(default.backend)
+    groups = devices.iommu_groups(default.backend)
     assert [g.id for g in groups] == [0, 1, 2, 3]
     g3 = groups[3]
     assert g3.devices == (BRIDGE, E1000A, E1000B)
-    assert g3.reserved_regions == (sysfs.ReservedRegion(0xFEE00000, 0xFEEFFFFF, "msi"),)
+    assert g3.reserved_regions == (devices.ReservedRegion(0xFEE00000, 0xFEEFFFFF, "msi"),)
     assert g3.type in ("DMA", "DMA-FQ") and not g3.noiommu
-    assert sysfs.iommu_group(3, default.backend) == g3
+    assert devices.iommu_group(3, default.backend) == g3
     with pytest.raises(VfioError):
-        sysfs.iommu_group(42, default.backend)
+        devices.iommu_group(42, default.backend)
 
 
 def test_vfio_support_of_a_full_machine(default: System) -> None:
-    s = sysfs.vfio_support(default.backend)
+    s = kernel_support.vfio_support(default.backend)
     assert s.iommu_enabled and s.iommus == ("dmar0",) and s.group_count == 4
     assert s.modules == {"vfio": True, "vfio_pci": True, "vfio_iommu_type1": True, "iommufd": True}
     assert s.vfio_pci_driver and s.container_node and s.iommufd_node
@@ -92,23 +92,23 @@ def test_vfio_support_of_a_full_machine(default: System) -> None:
     assert "legacy container" in s.interfaces and s.as_dict()["usable"] is True
     default.backend.sysfs_write("/sys/bus/pci/devices/0000:00:02.0/driver_override", "vfio-pci")
     default.backend.sysfs_write("/sys/bus/pci/drivers_probe", "0000:00:02.0")
-    s = sysfs.vfio_support(default.backend)
+    s = kernel_support.vfio_support(default.backend)
     assert s.cdev_dir and s.cdev_supported is True
 
 
 def test_vfio_support_of_a_machine_without_iommu_or_modules() -> None:
     system = System({"iommu": None, "modules": {"vfio": False, "iommufd": False},
                      "devices": [{"bdf": "00:02.0", "model": "edu"}]})
-    s = sysfs.vfio_support(system.backend)
+    s = kernel_support.vfio_support(system.backend)
     assert not s.iommu_enabled and s.group_count == 0 and not s.iommus
     assert not any(s.modules.values()) and not s.vfio_pci_driver
     assert not s.container_node and not s.iommufd_node
     # the kernel has CONFIG_VFIO_DEVICE_CDEV=y (the fake's default config):
     # vfio is just not loaded, so no interface is usable yet
     assert s.cdev_supported is True and s.kernel is not None
-    assert s.kernel.module("vfio") == sysfs.MODULE
+    assert s.kernel.module("vfio") == kernel_support.MODULE
     assert not s.usable and s.interfaces == "none"
-    assert sysfs.pci_device("00:02.0", system.backend).iommu_group is None
+    assert devices.pci_device("00:02.0", system.backend).iommu_group is None
 
 
 def test_sriov_relations_and_noiommu_group_name(default: System) -> None:
@@ -120,13 +120,13 @@ def test_sriov_relations_and_noiommu_group_name(default: System) -> None:
         f"{pf}/virtfn0": "../0000:00:04.1", f"{pf}/virtfn1": "../0000:00:04.2",
         "/sys/bus/pci/devices/0000:00:03.0/physfn": "../0000:00:04.0",
     })
-    info = sysfs.pci_device("00:04.0", b)
+    info = devices.pci_device("00:04.0", b)
     assert info.virtfns == ("0000:00:04.1", "0000:00:04.2")
     assert (info.sriov_totalvfs, info.sriov_numvfs) == (7, 2)
-    vf = sysfs.pci_device("00:03.0", b)
+    vf = devices.pci_device("00:03.0", b)
     assert vf.physfn == "0000:00:04.0" and vf.is_vf
-    assert sysfs.iommu_group(0, b).noiommu
-    assert sysfs.explain_group(0, None, b).noiommu
+    assert devices.iommu_group(0, b).noiommu
+    assert viability.explain_group(0, None, b).noiommu
 
 
 def test_resource_parsing_of_64bit_prefetchable_and_io_bars() -> None:
@@ -139,7 +139,7 @@ def test_resource_parsing_of_64bit_prefetchable_and_io_bars() -> None:
         "0x0000000000000000 0x0000000000000000 0x0000000000000000",
         "0x00000000fe800000 0x00000000fe87ffff 0x0000000000046200",  # ROM: not a BAR
     ])
-    bars = sysfs._parse_resource(text)
+    bars = devices._parse_resource(text)
     assert [(b.index, b.size, b.kind, b.prefetchable) for b in bars] == [
         (0, 0x4000, "mem32", False), (2, 1 << 32, "mem64", True), (4, 0x20, "io", False)]
 
@@ -155,13 +155,13 @@ def test_class_names() -> None:
 
 def test_driver_rule_follows_driver_managed_dma() -> None:
     for driver in (None, "vfio-pci", "pci-stub", "pcieport", "mlx5_vfio_pci", "virtio-vfio-pci"):
-        assert sysfs.driver_keeps_group_viable(driver), driver
+        assert viability.driver_keeps_group_viable(driver), driver
     for driver in ("nvme", "e1000", "vfio", "pci_pf_stub"):
-        assert not sysfs.driver_keeps_group_viable(driver), driver
+        assert not viability.driver_keeps_group_viable(driver), driver
 
 
 def test_explain_a_blocked_multi_device_group(default: System) -> None:
-    why = sysfs.explain_group(3, E1000A, default.backend)
+    why = viability.explain_group(3, E1000A, default.backend)
     assert not why.viable and why.device == E1000A
     assert [b.bdf for b in why.blockers] == [E1000A, E1000B]
     assert all(b.driver == "e1000" for b in why.blockers)
@@ -175,20 +175,20 @@ def test_explain_a_blocked_multi_device_group(default: System) -> None:
     data = why.as_dict()
     assert data["viable"] is False and [m["bdf"] for m in data["at_risk"]] == [BRIDGE, E1000B]
     # the whole group: every member shares the address space
-    whole = sysfs.explain_group(3, None, default.backend)
+    whole = viability.explain_group(3, None, default.backend)
     assert [m.bdf for m in whole.at_risk] == [BRIDGE, E1000A, E1000B]
     # a group of one: nothing else at risk
-    alone = sysfs.explain_device("00:02.0", default.backend)
+    alone = viability.explain_device("00:02.0", default.backend)
     assert alone.viable and alone.at_risk == () and alone.group == 0
     assert alone.summary() == "group 0 is viable"
     with pytest.raises(VfioError):
-        sysfs.explain_group(99, None, default.backend)
+        viability.explain_group(99, None, default.backend)
 
 
 def test_viability_blockers_keep_their_api() -> None:
     system = System("multi-group")
-    blockers = sysfs.viability_blockers(1, system.backend)
-    assert blockers == [sysfs.Blocker("0000:00:06.2", "e1000e")]
+    blockers = viability.viability_blockers(1, system.backend)
+    assert blockers == [viability.Blocker("0000:00:06.2", "e1000e")]
     assert blockers[0].reason.startswith("0000:00:06.2 (Ethernet controller 8086:10d3) is bound to "
                                          "the host driver 'e1000e'")
     assert "unbind it or bind it to vfio-pci" in blockers[0].reason
@@ -206,7 +206,7 @@ def test_not_viable_error_for_the_cdev_path(default: System) -> None:
         with pytest.raises(OSError) as exc:
             dev.bind(iommufd)
         assert exc.value.errno == errno.EPERM
-        err = sysfs.explain_device(E1000A, b).error(
+        err = viability.explain_device(E1000A, b).error(
             ioctl="VFIO_DEVICE_BIND_IOMMUFD", target=dev.describe(), cause=exc.value)
     assert isinstance(err, NotViableError) and err.errno == errno.EPERM
     assert err.blockers == [(E1000B, err.blockers[0][1])]
@@ -218,7 +218,7 @@ def test_not_viable_error_for_the_cdev_path(default: System) -> None:
 
 
 def test_error_without_blockers_names_another_owner(default: System) -> None:
-    err = sysfs.explain_device("00:02.0", default.backend).error(ioctl="VFIO_GROUP_SET_CONTAINER")
+    err = viability.explain_device("00:02.0", default.backend).error(ioctl="VFIO_GROUP_SET_CONTAINER")
     assert "another process or iommufd owns the group" in str(err)
     assert err.blockers == []
 
@@ -273,9 +273,9 @@ def test_capture_and_replay_keep_sriov_relations() -> None:
     assert "physfn" not in specs[pf] and "sriov_totalvfs" not in specs[vfs[0]]
     assert replay_check(captured) == []
     replay = System(json.loads(to_json(captured)))
-    info = sysfs.pci_device(pf, replay.backend)
+    info = devices.pci_device(pf, replay.backend)
     assert (info.sriov_totalvfs, info.sriov_numvfs, info.virtfns) == (64, 2, vfs)
-    assert sysfs.pci_device(vfs[1], replay.backend).physfn == pf
+    assert devices.pci_device(vfs[1], replay.backend).physfn == pf
     assert capture(replay.backend) == captured
 
 
@@ -296,8 +296,8 @@ def test_capture_of_a_host_sysfs_with_sriov(default: System) -> None:
 
 
 def test_capture_keeps_the_kernel_build() -> None:
-    from pyvfio.environment import check_environment
     from pyvfio.fake.machine.topology import load
+    from pyvfio.setup.environment import check_environment
 
     topo = load({"devices": [{"bdf": "00:02.0", "model": "edu"}],
                  "modules": {"vfio_pci": False},
@@ -338,20 +338,20 @@ def test_the_captured_guest_topology_replays() -> None:
     assert replay_check(topo) == []
     system = System.from_file(GUEST_TOPOLOGY)
     b = system.backend
-    groups = {g.id: g.devices for g in sysfs.iommu_groups(b)}
+    groups = {g.id: g.devices for g in devices.iommu_groups(b)}
     assert len(groups) == 12
     assert groups[7] == ("0000:00:1f.0", "0000:00:1f.2", "0000:00:1f.3")
     assert groups[8] == ("0000:01:00.0",) and groups[9] == ("0000:02:00.0",)
     assert groups[11] == ("0000:04:00.0", "0000:05:01.0", "0000:05:02.0")
-    drivers = {d.bdf: d.driver for d in sysfs.pci_devices(b)}
+    drivers = {d.bdf: d.driver for d in devices.pci_devices(b)}
     assert drivers["0000:01:00.0"] is None and drivers["0000:02:00.0"] == "nvme"
     assert drivers["0000:03:00.0"] == "e1000e" and drivers["0000:00:10.0"] == "pcieport"
     assert drivers["0000:05:01.0"] == drivers["0000:05:02.0"] == "e1000"
     assert drivers["0000:00:02.0"] == "virtio-pci" and drivers["0000:00:1f.2"] == "ahci"
-    edu = sysfs.pci_device("01:00.0", b)
+    edu = devices.pci_device("01:00.0", b)
     assert edu.id == "1234:11e8" and edu.parent == "0000:00:10.0"
     assert type(system.device("01:00.0").model).__name__ == "EduDevice"
-    why = sysfs.explain_group(11, "0000:05:01.0", b)
+    why = viability.explain_group(11, "0000:05:01.0", b)
     assert [x.bdf for x in why.blockers] == ["0000:05:01.0", "0000:05:02.0"]
     # the replay captures back to the same devices and groups
     again = capture(b, name="qemu-guest")
@@ -498,9 +498,9 @@ def test_find_devices_by_ids_and_class() -> None:
     from pyvfio.fake import System
 
     b = System("default").backend
-    assert sysfs.find_devices(0x8086, 0x100E, backend=b) == ["0000:01:01.0", "0000:01:02.0"]
-    assert sysfs.find_devices(0x8086, backend=b) == ["0000:00:04.0", "0000:01:01.0",
+    assert devices.find_devices(0x8086, 0x100E, backend=b) == ["0000:01:01.0", "0000:01:02.0"]
+    assert devices.find_devices(0x8086, backend=b) == ["0000:00:04.0", "0000:01:01.0",
                                                      "0000:01:02.0"]
-    assert sysfs.find_devices(class_code=0x010802, backend=b) == ["0000:00:03.0"]  # NVMe
-    assert sysfs.find_devices(0x1234, 0xFFFF, backend=b) == []
-    assert sysfs.find_devices(backend=b) == [d.bdf for d in sysfs.pci_devices(b)]
+    assert devices.find_devices(class_code=0x010802, backend=b) == ["0000:00:03.0"]  # NVMe
+    assert devices.find_devices(0x1234, 0xFFFF, backend=b) == []
+    assert devices.find_devices(backend=b) == [d.bdf for d in devices.pci_devices(b)]

@@ -6,7 +6,7 @@ API reference covers every public name.
 * ``sphinx-build -W --keep-going -b html docs <tmp>`` succeeds (skipped
   when Sphinx is not installed: ``pip install -e '.[docs]'``).
 * Every name in ``__all__`` of ``pyvfio``, ``pyvfio.errors``,
-  ``pyvfio.sysfs``, ``pyvfio.fake`` and the other documented modules has an
+  ``pyvfio.core.sysfs``, ``pyvfio.fake`` and the other documented modules has an
   entry in the generated reference, and every public module has a page.
 """
 
@@ -34,9 +34,9 @@ HELPERS = {"edu.py"}
 API_MODULES = [
     "pyvfio",
     "pyvfio.errors",
-    "pyvfio.sysfs",
+    "pyvfio.core.sysfs",
     "pyvfio.fake",
-    "pyvfio.caps",
+    "pyvfio.core.caps",
     "pyvfio.backend",
     "pyvfio.fake.machine.topology",
     "pyvfio.fake.models",
@@ -87,7 +87,7 @@ def test_every_example_program_is_described() -> None:
 def test_documented_cli_commands_exist() -> None:
     """Every ``pyvfio <command>`` the pages mention is a command, and the
     read-only ones run on a fake machine."""
-    from pyvfio import cli
+    from pyvfio.setup import cli
 
     parser = cli.build_parser()
     commands = next(a for a in parser._actions if a.dest == "command").choices
@@ -185,6 +185,10 @@ def test_every_public_module_has_a_page(html: Path) -> None:
 
     modules = [f"pyvfio.{m.name}" for m in pkgutil.iter_modules(pyvfio.__path__)
                if not m.name.startswith("_")]
+    for layer in ("core", "toolkit", "setup", "testing"):
+        package = importlib.import_module(f"pyvfio.{layer}")
+        modules += [f"pyvfio.{layer}.{m.name}" for m in pkgutil.iter_modules(package.__path__)
+                    if not m.name.startswith("_")]
     modules += ["pyvfio.backend.base", "pyvfio.backend.kernel", "pyvfio.fake.machine.topology",
                 "pyvfio.fake.machine.pci", "pyvfio.fake.models", "pyvfio.fake.models.edu",
                 "pyvfio.fake.models.nvme"]

@@ -34,7 +34,7 @@ import re
 import sys
 import types
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import pytest
 
@@ -43,22 +43,22 @@ REPO = Path(__file__).resolve().parent.parent
 #: Modules whose public names must all be documented.
 DOCUMENTED = [
     "pyvfio",
-    "pyvfio.device",
-    "pyvfio.container",
-    "pyvfio.iommufd",
+    "pyvfio.core.device",
+    "pyvfio.core.container",
+    "pyvfio.core.iommufd",
     "pyvfio.errors",
-    "pyvfio.caps",
-    "pyvfio.binding",
-    "pyvfio.region",
-    "pyvfio.irq",
-    "pyvfio.dma",
-    "pyvfio.features",
-    "pyvfio.pci_config",
-    "pyvfio.registers",
-    "pyvfio.cli",
-    "pyvfio.environment",
-    "pyvfio.topology_capture",
-    "pyvfio.pytest_plugin",
+    "pyvfio.core.caps",
+    "pyvfio.setup.binding",
+    "pyvfio.core.region",
+    "pyvfio.core.irq",
+    "pyvfio.toolkit.dma",
+    "pyvfio.core.features",
+    "pyvfio.core.pci_config",
+    "pyvfio.core.registers",
+    "pyvfio.setup.cli",
+    "pyvfio.setup.environment",
+    "pyvfio.setup.capture",
+    "pyvfio.testing.plugin",
     "pyvfio.backend",
     "pyvfio.backend.base",
     "pyvfio.backend.kernel",
@@ -80,8 +80,17 @@ DOCUMENTED = [
     "pyvfio.fake.vfio_pci.core",
     "pyvfio.fake.intervals",
     "pyvfio.fake.machine.topology",
-    "pyvfio.sysfs",
+    "pyvfio.core.sysfs",
     "pyvfio.fake.machine.sysfs",
+    "pyvfio.core",
+    "pyvfio.core.resource",
+    "pyvfio.core.user_buffer",
+    "pyvfio.core.viability",
+    "pyvfio.setup",
+    "pyvfio.setup.devices",
+    "pyvfio.setup.kernel_support",
+    "pyvfio.testing",
+    "pyvfio.toolkit",
 ]
 
 

@@ -1,4 +1,4 @@
-"""``pyvfio doctor`` and :mod:`pyvfio.environment` follow the kernel build:
+"""``pyvfio doctor`` and :mod:`pyvfio.setup.environment` follow the kernel build:
 its configuration (/proc/config.gz, /boot/config-<release>) and module
 lists (/lib/modules/<release>), on fake machines that declare one and on
 this machine."""
@@ -10,13 +10,12 @@ import os
 from typing import Any
 
 import pytest
-
 from fixtures.sysfs_overlay import Overlay
 
-from pyvfio import cli, sysfs
-from pyvfio.environment import FAIL, INFO, OK, WARN, Check, check_environment
 from pyvfio.fake import System
 from pyvfio.fake.machine.topology import TopologyError, load
+from pyvfio.setup import cli, kernel_support
+from pyvfio.setup.environment import FAIL, INFO, OK, WARN, Check, check_environment
 
 EDU = {"bdf": "00:02.0", "model": "edu"}
 
@@ -63,8 +62,8 @@ def test_a_module_that_is_not_loaded_gets_modprobe() -> None:
 
 def test_a_built_in_module_needs_nothing() -> None:
     system = machine(kernel={"config": {"CONFIG_IOMMUFD": "y", "CONFIG_VFIO_IOMMU_TYPE1": "y"}})
-    build = sysfs.kernel_build(system.backend)
-    assert build.module("iommufd") == sysfs.BUILTIN and build.module("vfio") == sysfs.MODULE
+    build = kernel_support.kernel_build(system.backend)
+    assert build.module("iommufd") == kernel_support.BUILTIN and build.module("vfio") == kernel_support.MODULE
     assert "kernel/drivers/iommu/iommufd/iommufd.ko" in system.backend.sysfs_read(
         "/lib/modules/7.3.0-fake/modules.builtin")
     found = checks(system)
@@ -88,7 +87,7 @@ def test_a_module_configured_but_not_installed() -> None:
 
 def test_without_a_readable_config_doctor_says_what_it_needs() -> None:
     system = machine(modules={"vfio_pci": False}, kernel={"config": None})
-    build = sysfs.kernel_build(system.backend)
+    build = kernel_support.kernel_build(system.backend)
     assert build.config is None and build.module("vfio_pci") is None
     found = checks(system)
     assert found["module vfio_pci"].fix == "modprobe vfio-pci (on a kernel with CONFIG_VFIO_PCI)"
@@ -136,12 +135,12 @@ def test_proc_config_gz_comes_first() -> None:
     text = b"".join(b"CONFIG_FILLER_%d=y\n" % i for i in range(400))
     text += b'CONFIG_LOCALVERSION="-mine"\n# CONFIG_VFIO is not set\nCONFIG_IOMMUFD=m\n'
     b = _ConfigGz(System("default").backend, text)
-    build = sysfs.kernel_build(b)  # type: ignore[arg-type]
+    build = kernel_support.kernel_build(b)  # type: ignore[arg-type]
     assert build.config_source == "/proc/config.gz" and not b.fds
     assert build.option("CONFIG_LOCALVERSION") == "-mine" and build.option("CONFIG_VFIO") == "n"
     assert build.option("CONFIG_FILLER_399") == "y" and build.option("CONFIG_NOT_THERE") == "n"
     # modules.dep of the fake lists vfio.ko: the file wins over the config
-    assert build.module("vfio") == sysfs.MODULE and build.module("iommufd") == sysfs.MODULE
+    assert build.module("vfio") == kernel_support.MODULE and build.module("iommufd") == kernel_support.MODULE
 
 
 def test_module_lists_without_a_config() -> None:
@@ -150,12 +149,12 @@ def test_module_lists_without_a_config() -> None:
         "/lib/modules/7.3.0-fake/modules.builtin": "kernel/drivers/vfio/vfio.ko\n",
         "/lib/modules/7.3.0-fake/modules.dep":
             "kernel/drivers/vfio/pci/vfio-pci.ko.zst: kernel/drivers/vfio/vfio.ko\n"})
-    build = sysfs.kernel_build(b)  # type: ignore[arg-type]
+    build = kernel_support.kernel_build(b)  # type: ignore[arg-type]
     assert build.config is None and build.modules_dir == "/lib/modules/7.3.0-fake"
-    assert build.module("vfio") == sysfs.BUILTIN and build.module("vfio_pci") == sysfs.MODULE
+    assert build.module("vfio") == kernel_support.BUILTIN and build.module("vfio_pci") == kernel_support.MODULE
     # both lists are readable and neither has iommufd: the kernel lacks it
-    assert build.module("iommufd") == sysfs.ABSENT
-    assert sysfs.module_present("vfio", b, kernel=build)  # type: ignore[arg-type]
+    assert build.module("iommufd") == kernel_support.ABSENT
+    assert kernel_support.module_present("vfio", b, kernel=build)  # type: ignore[arg-type]
 
 
 def test_doctor_prints_the_fixes_of_info_rows(capsys: pytest.CaptureFixture[str]) -> None:
@@ -180,14 +179,14 @@ def test_doctor_on_a_declared_kernel_through_the_command(
 
 
 def test_this_machine_gets_fixes_its_kernel_allows() -> None:
-    build = sysfs.kernel_build()
+    build = kernel_support.kernel_build()
     found = {c.name: c for c in check_environment()}
     for module in ("vfio", "vfio_pci", "vfio_iommu_type1", "iommufd"):
         check = found[f"module {module}"]
         state = build.module(module)
-        if state == sysfs.ABSENT:
+        if state == kernel_support.ABSENT:
             assert "modprobe" not in check.fix and "use a kernel that has it" in check.fix
-        elif state == sysfs.BUILTIN:
+        elif state == kernel_support.BUILTIN:
             assert check.fix == "" or "dmesg" in check.fix
 
 
@@ -223,7 +222,7 @@ def test_when_nothing_tells_cdev_support_both_rows_say_so(
         capsys: pytest.CaptureFixture[str]) -> None:
     system = machine(kernel={"config": None})
     b = _Hiding(system.backend, {"/proc/devices"})
-    support = sysfs.vfio_support(b)  # type: ignore[arg-type]
+    support = kernel_support.vfio_support(b)  # type: ignore[arg-type]
     assert support.cdev_supported is None
     assert support.interfaces == "iommufd + cdev (unconfirmed), legacy container"
     found = {c.name: c for c in check_environment(b)}  # type: ignore[arg-type]
@@ -234,7 +233,7 @@ def test_when_nothing_tells_cdev_support_both_rows_say_so(
     assert "usable interfaces: iommufd + cdev (unconfirmed)" in capsys.readouterr().out
     # once a device is bound, its vfio-dev/vfioN/dev number settles it
     cli.main(["bind", "00:02.0"], backend=b)  # type: ignore[arg-type]
-    assert sysfs.vfio_support(b).cdev_supported is True  # type: ignore[arg-type]
+    assert kernel_support.vfio_support(b).cdev_supported is True  # type: ignore[arg-type]
 
 
 def test_vfio_devices_without_device_numbers_mean_no_cdevs() -> None:
@@ -246,5 +245,5 @@ def test_vfio_devices_without_device_numbers_mean_no_cdevs() -> None:
         def exists(self, path: str) -> bool:
             return path not in hidden and path != "/dev/vfio/devices" and super().exists(path)
 
-    support = sysfs.vfio_support(NoNumbers(system.backend, hidden))  # type: ignore[arg-type]
+    support = kernel_support.vfio_support(NoNumbers(system.backend, hidden))  # type: ignore[arg-type]
     assert support.cdev_supported is False and not support.cdev_usable

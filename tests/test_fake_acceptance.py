@@ -26,7 +26,7 @@ def _bind(system: System) -> None:
     b.sysfs_write(f"/sys/bus/pci/devices/{NVME}/driver_override", "vfio-pci")
     b.sysfs_write(f"/sys/bus/pci/drivers/nvme/unbind", NVME)
     b.sysfs_write("/sys/bus/pci/drivers_probe", NVME)
-    assert pyvfio.sysfs.device_driver(NVME, b) == "vfio-pci"
+    assert pyvfio.core.sysfs.device_driver(NVME, b) == "vfio-pci"
 
 
 def _identify(dev: Device, mem: mmap.mmap, data_iova: int) -> int:

@@ -9,14 +9,16 @@ from typing import Any
 
 import pytest
 
-from pyvfio import Device, IommuFd, binding, sysfs
+from pyvfio import Device, IommuFd
+from pyvfio.core import sysfs
 from pyvfio.fake import System
+from pyvfio.setup import binding, devices
 
 ROOT_PORT = {"bdf": "00:1c.0", "model": "pcie-root-port", "bridge": {"secondary_bus": 1}}
 
 
 def reset_methods(b: Any, bdf: str) -> list[str]:
-    return sysfs.pci_device(bdf, b).reset_methods  # type: ignore[no-any-return]
+    return devices.pci_device(bdf, b).reset_methods  # type: ignore[no-any-return]
 
 
 def vfio_can_reset(system: System, bdf: str) -> bool:
@@ -41,7 +43,7 @@ def test_the_default_topology_agrees_with_vfio() -> None:
     system = System("default")
     b = system.backend
     seen = {}
-    for dev in sysfs.pci_devices(b):
+    for dev in devices.pci_devices(b):
         if dev.is_bridge:
             continue
         seen[dev.bdf] = reset_methods(b, dev.bdf)

@@ -31,11 +31,18 @@ from typing import Any
 
 import cffi
 import pytest
-
 import uapi_headers
+from uapi_headers import (
+    INTEGER,
+    POINTER,
+    Headers,
+    Member,
+    Reference,
+    find_headers,
+    load_reference,
+)
+
 from pyvfio._uapi import ffi, lib
-from uapi_headers import (INTEGER, POINTER, Headers, Member, Reference, find_headers,
-                          load_reference)
 
 # cffi objects are untyped: an FFI (compiled or not) and its library.
 FFI = Any

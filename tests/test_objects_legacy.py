@@ -13,7 +13,6 @@ from pyvfio import Container, Group, IommuType
 from pyvfio.errors import ClosedError, InvalidArgumentError, IoctlError, NotViableError
 
 
-
 @pytest.fixture
 def backend(vfio_env):  # type: ignore[no-untyped-def]
     return vfio_env.backend
@@ -52,7 +51,7 @@ def test_set_iommu_needs_a_group(backend) -> None:  # type: ignore[no-untyped-de
 
 def test_group_status_and_devices(backend, edu) -> None:  # type: ignore[no-untyped-def]
     with Group.for_device(edu, backend=backend) as g:
-        assert g.id == pyvfio.sysfs.device_group(edu, backend)
+        assert g.id == pyvfio.core.sysfs.device_group(edu, backend)
         assert g.path == f"/dev/vfio/{g.id}"
         st = g.status
         assert st.viable and not st.container_set
@@ -162,7 +161,7 @@ def test_device_through_group(setup, edu) -> None:  # type: ignore[no-untyped-de
     bar0 = dev.regions[pyvfio.PciRegion.BAR0]
     assert bar0.name == "BAR0" and bar0.size == 1 << 20 and bar0.mmappable
     config = dev.region_info(pyvfio.PciRegion.CONFIG)
-    assert config.offset == pyvfio.device.region_offset(7)
+    assert config.offset == pyvfio.core.device.region_offset(7)
     assert dev.pread(config, 0, 4) == bytes.fromhex("3412e811")  # 1234:11e8
     assert pyvfio.PciIrq.MSI in dev.irqs
     with pytest.raises(InvalidArgumentError, match="outside"):
@@ -207,12 +206,12 @@ def test_non_viable_group_is_explained() -> None:
     # find the multi-device group: one of its devices is on a kernel driver
     groups = {}
     for bdf in b.sysfs_listdir("/sys/bus/pci/devices"):
-        groups.setdefault(pyvfio.sysfs.device_group(bdf, b), []).append(bdf)
+        groups.setdefault(pyvfio.core.sysfs.device_group(bdf, b), []).append(bdf)
     gid, members = next((g, m) for g, m in groups.items() if len(m) > 1)
-    blockers = pyvfio.sysfs.viability_blockers(gid, b)
+    blockers = pyvfio.core.viability.viability_blockers(gid, b)
     assert blockers, "the shipped 1:N group has a device on a kernel driver"
     for bdf in members:
-        if pyvfio.sysfs.device_driver(bdf, b) is None:
+        if pyvfio.core.sysfs.device_driver(bdf, b) is None:
             b.sysfs_write(f"/sys/bus/pci/devices/{bdf}/driver_override", "vfio-pci")
             b.sysfs_write("/sys/bus/pci/drivers_probe", bdf)
     with Container(backend=b) as c, Group(gid, backend=b) as g:

@@ -1,4 +1,4 @@
-"""The pytest plugin (pyvfio.pytest_plugin), run with pytester."""
+"""The pytest plugin (pyvfio.testing.plugin), run with pytester."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 # Imported here so that pytester's inner runs (which drop the modules they
 # import) find them loaded: each run stays fast.
-import pyvfio.pytest_plugin  # noqa: F401
+import pyvfio.testing.plugin  # noqa: F401
 from pyvfio.fake import System
 from pyvfio.fake.models import edu, nvme  # noqa: F401
 
@@ -28,7 +28,7 @@ def _no_plugin_autoload(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
-    return pytester.runpytest("-p", "pyvfio.pytest_plugin", "-p", "no:cacheprovider", *args)
+    return pytester.runpytest("-p", "pyvfio.testing.plugin", "-p", "no:cacheprovider", *args)
 
 
 def test_entry_point_is_declared() -> None:
@@ -38,7 +38,7 @@ def test_entry_point_is_declared() -> None:
     import tomllib
 
     data = tomllib.loads((REPO / "pyproject.toml").read_text())
-    assert data["project"]["entry-points"]["pytest11"] == {"pyvfio": "pyvfio.pytest_plugin"}
+    assert data["project"]["entry-points"]["pytest11"] == {"pyvfio": "pyvfio.testing.plugin"}
 
 
 def test_installed_entry_point_loads_the_plugin() -> None:
@@ -49,19 +49,20 @@ def test_installed_entry_point_loads_the_plugin() -> None:
     except metadata.PackageNotFoundError:
         pytest.skip("pyvfio is not installed as a distribution (run from a source tree)")
     found = [ep for ep in metadata.entry_points(group="pytest11") if ep.name == "pyvfio"]
-    assert [ep.value for ep in found] == ["pyvfio.pytest_plugin"]
-    assert found[0].load() is pyvfio.pytest_plugin
+    assert [ep.value for ep in found] == ["pyvfio.testing.plugin"]
+    assert found[0].load() is pyvfio.testing.plugin
 
 
 def test_vfio_system_and_topology_selection(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(f"""
         import pytest
-        from pyvfio import sysfs
+        from pyvfio.core import sysfs
+        from pyvfio.setup import devices
 
         def test_default(vfio_system, vfio_backend):
             assert vfio_system.topology_name == "default"
             assert vfio_backend is vfio_system.backend
-            assert len(sysfs.pci_devices(vfio_backend)) == 6
+            assert len(devices.pci_devices(vfio_backend)) == 6
 
         @pytest.mark.vfio_topology("multi-group")
         def test_marker(vfio_system):
@@ -78,7 +79,7 @@ def test_vfio_system_and_topology_selection(pytester: pytest.Pytester) -> None:
         @pytest.mark.vfio_topology({str(GUEST_TOPOLOGY)!r})
         def test_captured_file(vfio_system, vfio_backend):
             assert vfio_system.topology_name == "qemu-guest"
-            assert sysfs.iommu_group(11, vfio_backend).devices == (
+            assert devices.iommu_group(11, vfio_backend).devices == (
                 "0000:04:00.0", "0000:05:01.0", "0000:05:02.0")
 
         def test_fresh_per_test(vfio_system):
@@ -176,7 +177,7 @@ def test_vfio_device_in_a_shared_group(pytester: pytest.Pytester) -> None:
     pytester.makepyfile("""
         import pytest
         import pyvfio
-        from pyvfio import sysfs
+        from pyvfio.core import sysfs
 
         @pytest.mark.vfio_device("e1000")
         def test_whole_group_bound(vfio_device, vfio_system):

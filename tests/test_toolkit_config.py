@@ -10,10 +10,10 @@ from typing import Any, Iterator, Mapping
 import pytest
 from toolkit_env import FakeMachine, bind_vfio, open_cdev
 
+from pyvfio.core.pci_config import PCI_HEADER, PciCap, PciExtCap
 from pyvfio.errors import InvalidArgumentError
 from pyvfio.fake import System, models
 from pyvfio.fake.machine.pci import Bar, DeviceModel
-from pyvfio.pci_config import PCI_HEADER, PciCap, PciExtCap
 
 
 @pytest.fixture

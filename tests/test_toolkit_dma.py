@@ -17,9 +17,9 @@ import pytest
 from toolkit_env import FakeMachine, open_cdev, open_group
 
 from pyvfio import DmaBuffer, DmaPool, IovaAllocator, map_buffer
-from pyvfio.caps import IovaRange
-from pyvfio.dma import HUGE_1G, HUGE_2M, hugepages_available
+from pyvfio.core.caps import IovaRange
 from pyvfio.errors import ClosedError, InvalidArgumentError, UnsupportedError
+from pyvfio.toolkit.dma import HUGE_1G, HUGE_2M, hugepages_available
 
 MSI_WINDOW = 0xFEE00000
 

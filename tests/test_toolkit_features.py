@@ -17,9 +17,9 @@ import pytest
 from toolkit_env import FakeMachine, bind_vfio, open_cdev
 
 from pyvfio import Device, Group, IommuFd, MigrationState, ffi, lib
+from pyvfio.core.features import Feature, MigrationFlags
 from pyvfio.errors import InvalidArgumentError, IoctlError, UnsupportedError
 from pyvfio.fake import vfio_pci
-from pyvfio.features import Feature, MigrationFlags
 
 E1000_A, E1000_B = "0000:01:01.0", "0000:01:02.0"
 
@@ -227,7 +227,7 @@ def test_function_reset(machine: FakeMachine) -> None:
 
 
 def test_device_opened_by_cdev_path_knows_its_address(machine: FakeMachine) -> None:
-    from pyvfio import sysfs
+    from pyvfio.core import sysfs
 
     path = sysfs.device_cdev_path(machine.edu, machine.backend)
     with IommuFd(backend=machine.backend) as fd, Device.open(path, backend=machine.backend) as dev:

@@ -20,10 +20,10 @@ from toolkit_env import bind_vfio, load_example, open_cdev, open_group
 
 import pyvfio
 from pyvfio import DmaBuffer, IovaAllocator, MigrationState
+from pyvfio.core.features import Feature, MigrationFlags
 from pyvfio.errors import IoctlError, UnsupportedError
 from pyvfio.fake import System
 from pyvfio.fake.machine.topology import load
-from pyvfio.features import Feature, MigrationFlags
 
 edu_dma = load_example("edu_dma")
 migration_probe = load_example("migration_probe")

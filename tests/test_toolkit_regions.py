@@ -11,8 +11,8 @@ from toolkit_env import FakeMachine, open_cdev, open_group
 
 import pyvfio
 from pyvfio import PciRegion, Region, RegionMap
-from pyvfio.caps import RegionTypeCap
-from pyvfio.device import RegionInfo
+from pyvfio.core.caps import RegionTypeCap
+from pyvfio.core.device import RegionInfo
 from pyvfio.errors import ClosedError, InvalidArgumentError, UnsupportedError
 from pyvfio.fake import vfio_pci
 
@@ -35,7 +35,7 @@ def test_region_map_lookup(machine: FakeMachine) -> None:
         assert isinstance(bar0, Region) and bar0.name == "BAR0" and bar0.index == 0
         assert (bar0.size, bar0.readable, bar0.writable, bar0.mmappable) == (1 << 20, True,
                                                                             True, True)
-        assert bar0.offset == pyvfio.device.region_offset(0)
+        assert bar0.offset == pyvfio.core.device.region_offset(0)
         config = regions["CONFIG"]
         assert config.size == 256 and not config.mmappable and config.mmap_areas == ()
         assert "VGA" not in regions and 8 not in regions  # no VGA: EINVAL, left out
@@ -91,7 +91,7 @@ def test_mmap_path_is_one_access_of_the_width(machine: FakeMachine, path: str) -
         bar0 = dev.regions["BAR0"]
         mapping = bar0.mmap()
         assert bar0.mapping is mapping and bar0.io() is mapping
-        assert mapping.areas == (pyvfio.caps.SparseMmapArea(0, 1 << 20),)
+        assert mapping.areas == (pyvfio.core.caps.SparseMmapArea(0, 1 << 20),)
         assert mapping.size == 1 << 20 and mapping.address(0x10) == mapping.address() + 0x10
         model.mmio_log.clear()
         assert mapping.read32(0) == EDU_IDENT
@@ -223,8 +223,8 @@ def test_typed_accessors_of_plain_memory_take_the_direct_path() -> None:
 
     from pyvfio.backend.base import MAP_ANONYMOUS, MAP_PRIVATE, PROT_READ, PROT_WRITE
     from pyvfio.backend.kernel import KernelBackend
+    from pyvfio.core.region import RegionMapping
     from pyvfio.errors import ClosedError
-    from pyvfio.region import RegionMapping
 
     kb = KernelBackend()
     mm = kb.mmap(4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS)

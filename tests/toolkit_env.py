@@ -24,8 +24,8 @@ NVME_ID = ("0x1b36", "0x0010")
 def find(backend: Backend, ident: tuple[str, str]) -> str:
     """The one PCI function with this ``(vendor, device)`` (sysfs text)."""
     hits = []
-    for bdf in backend.sysfs_listdir(pyvfio.sysfs.PCI_DEVICES):
-        base = f"{pyvfio.sysfs.PCI_DEVICES}/{bdf}"
+    for bdf in backend.sysfs_listdir(pyvfio.core.sysfs.PCI_DEVICES):
+        base = f"{pyvfio.core.sysfs.PCI_DEVICES}/{bdf}"
         if (backend.sysfs_read(f"{base}/vendor"), backend.sysfs_read(f"{base}/device")) == ident:
             hits.append(bdf)
     assert len(hits) == 1, f"{ident}: {hits}"
@@ -34,23 +34,23 @@ def find(backend: Backend, ident: tuple[str, str]) -> str:
 
 def bind_vfio(backend: Backend, bdf: str) -> str | None:
     """Move ``bdf`` to vfio-pci; returns its previous driver."""
-    base = f"{pyvfio.sysfs.PCI_DEVICES}/{bdf}"
-    old = pyvfio.sysfs.device_driver(bdf, backend)
+    base = f"{pyvfio.core.sysfs.PCI_DEVICES}/{bdf}"
+    old = pyvfio.core.sysfs.device_driver(bdf, backend)
     if old == "vfio-pci":
         return old
     backend.sysfs_write(f"{base}/driver_override", "vfio-pci")
     if old is not None:
         backend.sysfs_write(f"/sys/bus/pci/drivers/{old}/unbind", bdf)
     backend.sysfs_write("/sys/bus/pci/drivers_probe", bdf)
-    assert pyvfio.sysfs.device_driver(bdf, backend) == "vfio-pci"
+    assert pyvfio.core.sysfs.device_driver(bdf, backend) == "vfio-pci"
     return old
 
 
 def unbind_vfio(backend: Backend, bdf: str) -> None:
     """Give ``bdf`` back to the driver the kernel picks."""
-    base = f"{pyvfio.sysfs.PCI_DEVICES}/{bdf}"
+    base = f"{pyvfio.core.sysfs.PCI_DEVICES}/{bdf}"
     backend.sysfs_write(f"{base}/driver_override", "\n")
-    if pyvfio.sysfs.device_driver(bdf, backend) == "vfio-pci":
+    if pyvfio.core.sysfs.device_driver(bdf, backend) == "vfio-pci":
         backend.sysfs_write("/sys/bus/pci/drivers/vfio-pci/unbind", bdf)
     backend.sysfs_write("/sys/bus/pci/drivers_probe", bdf)
 

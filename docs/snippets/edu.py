@@ -44,7 +44,7 @@ def find_device(backend: Backend, vendor: int, device: int) -> str:
 
 def bind_vfio_pci(backend: Backend, bdf: str) -> None:
     """Give the device to vfio-pci, as a setup script would (needs root)."""
-    driver = pyvfio.sysfs.device_driver(bdf, backend)
+    driver = pyvfio.core.sysfs.device_driver(bdf, backend)
     if driver == "vfio-pci":
         return
     # Only vfio-pci may bind the device from now on...

@@ -4,7 +4,9 @@ whose group 1 holds three functions of one multi-function device."""
 import errno
 
 import pyvfio
-from pyvfio import Container, Device, Group, IommuFd, sysfs
+from pyvfio import Container, Device, Group, IommuFd
+from pyvfio.core import sysfs
+from pyvfio.core import viability
 from pyvfio.fake import System
 
 backend = System("multi-group").backend
@@ -13,7 +15,7 @@ backend = System("multi-group").backend
 for number in sorted(int(g) for g in backend.sysfs_listdir(sysfs.IOMMU_GROUPS)):
     drivers = {bdf: sysfs.device_driver(bdf, backend)
                for bdf in sysfs.group_devices(number, backend)}
-    state = "NOT viable" if sysfs.viability_blockers(number, backend) else "viable"
+    state = "NOT viable" if viability.viability_blockers(number, backend) else "viable"
     print(f"group {number}: {state}: {drivers}")
 # group 0: viable: {'0000:00:02.0': 'vfio-pci'}
 # group 1: NOT viable: {'0000:00:06.0': 'vfio-pci', '0000:00:06.1': 'vfio-pci', '0000:00:06.2': 'e1000e'}

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import copy
 
-from pyvfio import Device, IommuFd, MigrationState, binding
+from pyvfio import Device, IommuFd, MigrationState
+from pyvfio.setup import binding
 from pyvfio.fake import System
 from pyvfio.fake.machine.topology import load
 

@@ -11,17 +11,15 @@ stand-in device file that follows the contract documented in
 from __future__ import annotations
 
 import copy
-import errno
-import os
 from typing import Any, Callable, Iterator
 
 import pytest
 
 from pyvfio._uapi import ffi, lib
 from pyvfio.backend.base import MAP_ANONYMOUS, MAP_PRIVATE, PROT_READ, PROT_WRITE
-from pyvfio.fake.vfio import container as legacy
 from pyvfio.fake.core import FakeBackend, FakeFile
 from pyvfio.fake.machine.system import System
+from pyvfio.fake.vfio import container as legacy
 
 MakeSystem = Callable[..., System]
 

@@ -15,7 +15,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pyvfio._uapi import ffi, lib
-from pyvfio.backend.base import MAP_ANONYMOUS, MAP_PRIVATE, PROT_READ, PROT_WRITE, MemoryMap
+from pyvfio.backend.base import (
+    MAP_ANONYMOUS,
+    MAP_PRIVATE,
+    PROT_READ,
+    PROT_WRITE,
+    MemoryMap,
+)
 from pyvfio.fake.core import FakeBackend, IommuFault
 from pyvfio.fake.iommufd import IommufdFile
 from pyvfio.fake.machine.system import System

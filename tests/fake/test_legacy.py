@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from pyvfio._uapi import ffi, lib
 from pyvfio.backend.base import PROT_READ
 from pyvfio.fake.core import FakeFile, IommuFault
-from pyvfio.fake.vfio import Type1Iommu
 from pyvfio.fake.machine.system import System
+from pyvfio.fake.vfio import Type1Iommu
 
 EDU = "0000:00:02.0"
 NVME = "0000:00:03.0"

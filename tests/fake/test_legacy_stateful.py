@@ -14,7 +14,7 @@ come from, permissions) from which every expected result is derived:
   never splits one), otherwise every mapping inside the range goes and
   the size reported is theirs, 0 when the range covers nothing;
 * UNMAP_DMA with VFIO_DMA_UNMAP_FLAG_ALL, and closing a
-  :class:`~pyvfio.container.DmaMapping`.
+  :class:`~pyvfio.core.container.DmaMapping`.
 
 After every step the fake's table, the container's DmaMapping objects,
 ``dma_avail`` of GET_INFO, the pinned-page count and what the device's
@@ -34,14 +34,26 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
 
 import pyvfio
-from pyvfio.backend.base import MAP_ANONYMOUS, MAP_PRIVATE, PROT_READ, PROT_WRITE, MemoryMap
+from pyvfio.backend.base import (
+    MAP_ANONYMOUS,
+    MAP_PRIVATE,
+    PROT_READ,
+    PROT_WRITE,
+    MemoryMap,
+)
 from pyvfio.fake.core import IommuFault
-from pyvfio.fake.vfio import ContainerFile, Type1Iommu
 from pyvfio.fake.machine.system import System
 from pyvfio.fake.machine.topology import load
+from pyvfio.fake.vfio import ContainerFile, Type1Iommu
 
 PAGE = 4096
 EDU = "0000:00:02.0"

@@ -15,13 +15,19 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from pyvfio._uapi import ffi, lib
-from pyvfio.backend.base import MAP_ANONYMOUS, MAP_PRIVATE, MAP_SHARED, PROT_READ, PROT_WRITE
+from pyvfio.backend.base import (
+    MAP_ANONYMOUS,
+    MAP_PRIVATE,
+    MAP_SHARED,
+    PROT_READ,
+    PROT_WRITE,
+)
 from pyvfio.fake import vfio_pci
 from pyvfio.fake.core import FakeBackend
-from pyvfio.fake.models import MigratableDevice, MigrationCapability
-from pyvfio.fake.models.edu import EduDevice
 from pyvfio.fake.machine.system import System
 from pyvfio.fake.machine.topology import TopologyError, load
+from pyvfio.fake.models import MigratableDevice, MigrationCapability
+from pyvfio.fake.models.edu import EduDevice
 from pyvfio.fake.vfio_pci import mig_next_state
 
 EDU = "0000:00:02.0"

@@ -15,8 +15,6 @@ import pytest
 
 from pyvfio.fake import models
 from pyvfio.fake.core import FaultRecord, IommuFault
-from pyvfio.fake.models.edu import EduDevice
-from pyvfio.fake.models.nvme import NvmeController
 from pyvfio.fake.machine.pci import (
     IRQ_MSI,
     IRQ_MSIX,
@@ -31,6 +29,8 @@ from pyvfio.fake.machine.pci import (
     DeviceModel,
     NotAttached,
 )
+from pyvfio.fake.models.edu import EduDevice
+from pyvfio.fake.models.nvme import NvmeController
 
 IOVA = 0x100000
 

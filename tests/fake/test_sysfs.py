@@ -312,7 +312,7 @@ SRIOV = {"devices": [
 
 
 def test_sriov_links_and_attributes(make_system):
-    from pyvfio import sysfs
+    from pyvfio.setup import devices
 
     system = make_system(SRIOV)
     b = system.backend
@@ -323,9 +323,9 @@ def test_sriov_links_and_attributes(make_system):
     assert b.sysfs_readlink(f"{DEV}/{pf}/virtfn1") == f"../{vf1}"
     assert b.sysfs_readlink(f"{DEV}/{vf1}/physfn") == f"../{pf}"
     assert not b.exists(f"{DEV}/{vf0}/sriov_totalvfs") and not b.exists(f"{DEV}/{pf}/physfn")
-    info = sysfs.pci_device(pf, b)
+    info = devices.pci_device(pf, b)
     assert (info.sriov_totalvfs, info.sriov_numvfs, info.virtfns) == (8, 2, (vf0, vf1))
-    assert sysfs.pci_device(vf1, b).physfn == pf and sysfs.pci_device(vf1, b).is_vf
+    assert devices.pci_device(vf1, b).physfn == pf and devices.pci_device(vf1, b).is_vf
     # sriov_numvfs_store: the same number is a no-op; the fake's drivers
     # have no sriov_configure, so a change fails like theirs would
     e = lambda fn: pytest.raises(OSError, fn).value.errno  # noqa: E731

@@ -11,7 +11,12 @@ import pytest
 
 from pyvfio._uapi import ffi
 from pyvfio.fake.core import FakeFile, IoDomain, IommuFault
-from pyvfio.fake.machine.system import PciDevice, ReservedRegion, System, merge_reserved_regions
+from pyvfio.fake.machine.system import (
+    PciDevice,
+    ReservedRegion,
+    System,
+    merge_reserved_regions,
+)
 from pyvfio.fake.machine.topology import TopologyError, load, shipped
 
 EDU = "0000:00:02.0"

@@ -14,12 +14,18 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from pyvfio._uapi import ffi, lib
-from pyvfio.backend.base import MAP_ANONYMOUS, MAP_PRIVATE, MAP_SHARED, PROT_READ, PROT_WRITE
+from pyvfio.backend.base import (
+    MAP_ANONYMOUS,
+    MAP_PRIVATE,
+    MAP_SHARED,
+    PROT_READ,
+    PROT_WRITE,
+)
 from pyvfio.fake import vfio_pci
 from pyvfio.fake.core import FakeBackend, FakeFile, IoDomain, IommuFault
+from pyvfio.fake.machine.system import System
 from pyvfio.fake.models.edu import EduDevice
 from pyvfio.fake.models.nvme import NvmeController
-from pyvfio.fake.machine.system import System
 from pyvfio.fake.vfio_pci import BusError
 
 EDU = "0000:00:02.0"

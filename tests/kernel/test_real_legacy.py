@@ -79,7 +79,7 @@ def test_bridge_group_viability() -> None:
     assert group is not None
     members = guestpci.group_devices(group)
     assert set(e1000s) <= set(members) and len(members) == 3
-    blockers = pyvfio.sysfs.viability_blockers(group)
+    blockers = pyvfio.core.viability.viability_blockers(group)
     assert {b.bdf for b in blockers} == set(e1000s)
     assert all(b.driver == "e1000" for b in blockers)
     # Bind one function to vfio-pci: the other still blocks the group.

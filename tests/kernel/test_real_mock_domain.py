@@ -20,7 +20,7 @@ from typing import Iterator
 import pytest
 
 import pyvfio
-from pyvfio import ffi, lib
+from pyvfio import ffi
 from pyvfio.backend.kernel import KernelBackend
 from pyvfio.errors import IoctlError
 

@@ -17,8 +17,10 @@ import guestpci
 import pytest
 
 import pyvfio
-from pyvfio import Container, Group, IommuType, sysfs
+from pyvfio import Container, Group, IommuType
 from pyvfio.backend.kernel import KernelBackend
+from pyvfio.core import sysfs
+from pyvfio.setup import devices
 
 pytestmark = [pytest.mark.kernel, pytest.mark.iommu_off]
 
@@ -55,11 +57,11 @@ def noiommu_edu() -> Iterator[str]:
 def test_the_unsafe_group_and_its_container(noiommu_edu: str) -> None:
     bdf = noiommu_edu
     group_id = sysfs.device_group(bdf, KB)
-    assert sysfs.iommu_group(group_id, KB).noiommu
+    assert devices.iommu_group(group_id, KB).noiommu
     assert sysfs.group_dev_path(group_id, KB) == f"/dev/vfio/noiommu-{group_id}"
     with Container() as container, Group.for_device(bdf) as group:
         assert group.noiommu and group.viable
-        assert IommuType.NOIOMMU in pyvfio.container.iommu_types_supported(container)
+        assert IommuType.NOIOMMU in pyvfio.core.container.iommu_types_supported(container)
         group.set_container(container)
         container.set_iommu(IommuType.NOIOMMU)
         with group.open_device(bdf) as dev:

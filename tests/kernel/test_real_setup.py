@@ -15,9 +15,11 @@ import guestpci
 import pytest
 
 import pyvfio
-from pyvfio import Container, Group, IommuFd, binding, cli, sysfs
-from pyvfio.binding import BindError, BindingState, DeviceInUseError
-from pyvfio.topology_capture import capture, replay_check
+from pyvfio import Container, Group, IommuFd
+from pyvfio.core import sysfs, viability
+from pyvfio.setup import binding, cli, devices, kernel_support
+from pyvfio.setup.binding import BindError, BindingState, DeviceInUseError
+from pyvfio.setup.capture import capture, replay_check
 
 pytestmark = pytest.mark.kernel
 
@@ -36,18 +38,18 @@ def _bdf(ids: tuple[int, int]) -> str:
 
 
 def test_discovery_matches_the_guest() -> None:
-    edu = sysfs.pci_device(_bdf(guestpci.EDU))
+    edu = devices.pci_device(_bdf(guestpci.EDU))
     assert edu.id == "1234:11e8" and edu.driver is None and edu.iommu_group is not None
     assert edu.class_name == "Unclassified device" and edu.bars[0].size == 1 << 20
-    assert edu.parent is not None and sysfs.pci_device(edu.parent).is_bridge
-    nvme = sysfs.pci_device(_bdf(guestpci.NVME))
+    assert edu.parent is not None and devices.pci_device(edu.parent).is_bridge
+    nvme = devices.pci_device(_bdf(guestpci.NVME))
     assert nvme.driver == "nvme" and "flr" in nvme.reset_methods
     e1000s = guestpci.find(*guestpci.E1000)
-    group = sysfs.iommu_group(guestpci.device_info(e1000s[0]).group)  # type: ignore[arg-type]
+    group = devices.iommu_group(guestpci.device_info(e1000s[0]).group)  # type: ignore[arg-type]
     assert set(e1000s) < set(group.devices) and len(group.devices) == 3
-    assert sysfs.ReservedRegion(0xFEE00000, 0xFEEFFFFF, "msi") in group.reserved_regions
+    assert devices.ReservedRegion(0xFEE00000, 0xFEEFFFFF, "msi") in group.reserved_regions
     assert group.type in ("DMA", "DMA-FQ")
-    support = sysfs.vfio_support()
+    support = kernel_support.vfio_support()
     assert support.iommu_enabled and "dmar0" in support.iommus
     assert support.vfio_pci_driver and support.container_node and support.iommufd_node
     # CONFIG_VFIO_DEVICE_CDEV: /sys/class/vfio-dev exists from boot
@@ -62,10 +64,10 @@ def test_bind_and_restore(state: BindingState) -> None:
     assert f"/dev/vfio/{res.group}" in res.nodes
     assert any(n.startswith("/dev/vfio/devices/vfio") for n in res.nodes)
     assert all(os.path.exists(n) for n in res.nodes)
-    assert sysfs.vfio_support().cdev_dir
+    assert kernel_support.vfio_support().cdev_dir
     back = binding.restore(edu, state=state)
     assert back.driver is None and guestpci.device_info(edu).driver is None
-    assert sysfs.pci_device(edu).driver_override is None
+    assert devices.pci_device(edu).driver_override is None
     res = binding.bind(nvme, state=state)
     assert (res.previous_driver, res.driver) == ("nvme", "vfio-pci")
     assert binding.restore(nvme, state=state).driver == "nvme"
@@ -84,7 +86,7 @@ def test_unbind_keeps_the_device_driverless(state: BindingState) -> None:
 def test_the_root_file_system_is_never_unbound(state: BindingState) -> None:
     # the guest's / is 9p over a virtio-pci device
     scan = binding.UsageScan()
-    root = [d.bdf for d in sysfs.pci_devices()
+    root = [d.bdf for d in devices.pci_devices()
             if any(u.what.endswith("is mounted on /") for u in scan.for_device(d.bdf))]
     assert len(root) == 1
     with pytest.raises(DeviceInUseError) as exc:
@@ -153,12 +155,12 @@ def test_groups_and_a_user_owned_group(state: BindingState) -> None:
     leaves the device driver-less and keeps the record."""
     e1000a, e1000b = guestpci.find(*guestpci.E1000)
     gid = sysfs.device_group(e1000a)
-    why = sysfs.explain_group(gid, e1000a)
+    why = viability.explain_group(gid, e1000a)
     assert not why.viable and {b.bdf for b in why.blockers} == {e1000a, e1000b}
     assert len(why.at_risk) == 2 and any(m.is_bridge for m in why.at_risk)
     results = binding.bind_group(gid, state=state)
     assert [r.bdf for r in results] == [e1000a, e1000b]
-    assert sysfs.explain_group(gid).viable
+    assert viability.explain_group(gid).viable
     with Container() as c, Group(gid) as g:
         g.set_container(c)
         with pytest.raises(DeviceInUseError) as refused:
@@ -182,7 +184,7 @@ def test_cdev_bind_of_a_shared_group_fails_with_eperm(state: BindingState) -> No
         with pytest.raises(OSError) as exc:
             dev.bind(iommufd)
         assert exc.value.errno == errno.EPERM
-        err = sysfs.explain_device(e1000a).error(ioctl="VFIO_DEVICE_BIND_IOMMUFD",
+        err = viability.explain_device(e1000a).error(ioctl="VFIO_DEVICE_BIND_IOMMUFD",
                                                  target=dev.describe())
     assert [bdf for bdf, _ in err.blockers] == [e1000b]
     assert f"{e1000b} (Ethernet controller 8086:100e) is bound to the host driver 'e1000'" \
@@ -205,6 +207,6 @@ def test_the_command_on_the_guest(capsys: pytest.CaptureFixture[str], tmp_path: 
     topo = json.loads(path.read_text())
     assert replay_check(topo) == []
     assert {g["id"]: g["devices"] for g in topo["groups"]} == \
-        {g.id: list(g.devices) for g in sysfs.iommu_groups()}
+        {g.id: list(g.devices) for g in devices.iommu_groups()}
     assert topo["iommu"]["hw_info_type"] == "intel_vtd"
     assert topo == capture(name=topo["name"]) | {"description": topo["description"]}

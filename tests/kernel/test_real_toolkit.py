@@ -27,9 +27,9 @@ from toolkit_env import load_example, open_cdev, open_group
 import pyvfio
 from pyvfio import DmaBuffer, DmaPool, IovaAllocator, MigrationState, map_buffer
 from pyvfio.backend.kernel import KernelBackend
-from pyvfio.dma import HUGE_2M
+from pyvfio.core.features import Feature
 from pyvfio.errors import UnsupportedError
-from pyvfio.features import Feature
+from pyvfio.toolkit.dma import HUGE_2M
 
 pytestmark = pytest.mark.kernel
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import errno
 import gc
 import mmap
-import os
 from typing import Any, Callable
 
 import pyvfio
@@ -48,7 +47,7 @@ class Env:
     def bind(self, bdf: str, driver: str | None) -> None:
         """Move ``bdf`` to ``driver`` (None: driver-less); undone by restore()."""
         b = self.backend
-        current = pyvfio.sysfs.device_driver(bdf, b)
+        current = pyvfio.core.sysfs.device_driver(bdf, b)
         self._restore.append((bdf, current))
         b.sysfs_write(f"/sys/bus/pci/devices/{bdf}/driver_override", driver or "\n")
         if current is not None:
@@ -414,9 +413,9 @@ def ownership_and_viability(env: Env) -> Result:
     r: Result = {}
     e1000s = env.find(E1000)
     r["count"] = len(e1000s)
-    group = pyvfio.sysfs.device_group(e1000s[0], env.backend)
-    r["members"] = len(pyvfio.sysfs.group_devices(group, env.backend))
-    r["blockers"] = sorted(x.driver for x in pyvfio.sysfs.viability_blockers(group, env.backend))
+    group = pyvfio.core.sysfs.device_group(e1000s[0], env.backend)
+    r["members"] = len(pyvfio.core.sysfs.group_devices(group, env.backend))
+    r["blockers"] = sorted(x.driver for x in pyvfio.core.viability.viability_blockers(group, env.backend))
     try:
         env.bind(e1000s[0], "vfio-pci")
         with Container(backend=env.backend) as c, Group(group, backend=env.backend) as g:
@@ -435,12 +434,12 @@ def ownership_and_viability(env: Env) -> Result:
                 lambda: b.sysfs_write("/sys/bus/pci/drivers/e1000/bind", bdf))
             r["probe_in_user_group"] = attempt(
                 lambda: b.sysfs_write("/sys/bus/pci/drivers_probe", bdf))
-            r["driver_after"] = pyvfio.sysfs.device_driver(bdf, b)
+            r["driver_after"] = pyvfio.core.sysfs.device_driver(bdf, b)
             r["viable_with_unbound"] = g.viable
             # the cdev of a user-owned group's other device cannot be bound
     finally:
         env.restore()
-    r["restored"] = [pyvfio.sysfs.device_driver(x, env.backend) for x in e1000s]
+    r["restored"] = [pyvfio.core.sysfs.device_driver(x, env.backend) for x in e1000s]
     return r
 
 

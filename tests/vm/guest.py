@@ -57,7 +57,7 @@ REPO = HERE.parent.parent
 sys.path.insert(0, str(HERE))
 
 import build_kernel  # noqa: E402  (same folder)
-import hostctl       # noqa: E402
+import hostctl  # noqa: E402
 
 QEMU = "qemu-system-x86_64"
 QEMU_PACKAGE = "qemu-system-x86"

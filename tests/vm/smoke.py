@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import guestpci  # noqa: E402
-import hostctl   # noqa: E402
+import hostctl  # noqa: E402
 
 failures: list[str] = []
 

@@ -10,7 +10,7 @@ changes the system) and returns :class:`Check` results, each with a status
 A ``fail`` means VFIO cannot be used on this machine as it is; a ``warn``
 that one path or feature is missing or will need root.
 
-Fixes follow the kernel build (:func:`pyvfio.sysfs.kernel_build`): a module
+Fixes follow the kernel build (:func:`pyvfio.setup.kernel_support.kernel_build`): a module
 the kernel has as a file gets ``modprobe``; one it was built without
 (``# CONFIG_VFIO is not set`` in ``/proc/config.gz`` or
 ``/boot/config-<release>``) gets "use a kernel that has it"; one configured
@@ -23,8 +23,9 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass
 
-from . import sysfs
-from .backend import Backend, default_backend
+from ..backend import Backend, default_backend
+from ..core import sysfs
+from . import devices, kernel_support
 
 __all__ = ["Check", "check_environment", "OK", "WARN", "FAIL", "INFO"]
 
@@ -61,10 +62,10 @@ def _cpu_vendor(b: Backend) -> str | None:
     return None
 
 
-def _iommu_check(b: Backend, support: sysfs.VfioSupport) -> Check:
+def _iommu_check(b: Backend, support: kernel_support.VfioSupport) -> Check:
     cmdline = (_read(b, "/proc/cmdline") or "").split()
     if support.iommu_enabled:
-        types = sorted({g.type for g in sysfs.iommu_groups(b) if g.type})
+        types = sorted({g.type for g in devices.iommu_groups(b) if g.type})
         mode = f", default domain {'/'.join(types)}" if types else ""
         passthrough = any(a in ("iommu=pt", "iommu.passthrough=1") for a in cmdline)
         note = " (iommu=pt: host devices bypass translation, VFIO still isolates)" \
@@ -109,13 +110,13 @@ def _join(items: list[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
-def _modules_fix(build: sysfs.KernelBuild, modules: list[str]) -> str:
+def _modules_fix(build: kernel_support.KernelBuild, modules: list[str]) -> str:
     """How to get ``modules`` (not loaded): modprobe those the kernel has
     as files, a kernel with the options for those it was built without,
     the kernel's module files for those configured but not installed."""
-    absent = [sysfs.MODULE_OPTIONS[m] for m in modules if build.module(m) == sysfs.ABSENT]
-    missing = [m for m in modules if build.module(m) == sysfs.NOT_INSTALLED]
-    loadable = [m for m in modules if build.module(m) in (sysfs.MODULE, None)]
+    absent = [kernel_support.MODULE_OPTIONS[m] for m in modules if build.module(m) == kernel_support.ABSENT]
+    missing = [m for m in modules if build.module(m) == kernel_support.NOT_INSTALLED]
+    loadable = [m for m in modules if build.module(m) in (kernel_support.MODULE, None)]
     parts = []
     if absent:
         them = "them" if len(absent) > 1 else "it"
@@ -123,7 +124,7 @@ def _modules_fix(build: sysfs.KernelBuild, modules: list[str]) -> str:
                      f"{them} (=m or =y)")
     if missing:
         where = build.modules_dir or f"/lib/modules/{build.release or '$(uname -r)'}"
-        parts.append(f"{_join([sysfs.MODULE_OPTIONS[m] + '=m' for m in missing])}, but "
+        parts.append(f"{_join([kernel_support.MODULE_OPTIONS[m] + '=m' for m in missing])}, but "
                      f"{where} has no {_join([_modprobe_name(m) for m in missing])} module: "
                      "install this kernel's modules (the distribution's modules package for "
                      f"{build.release or 'it'}), then modprobe "
@@ -132,43 +133,43 @@ def _modules_fix(build: sysfs.KernelBuild, modules: list[str]) -> str:
         unknown = [m for m in loadable if build.module(m) is None]
         text = "modprobe " + " ".join(_modprobe_name(m) for m in loadable)
         if unknown:
-            text += f" (on a kernel with {_join([sysfs.MODULE_OPTIONS[m] for m in unknown])})"
+            text += f" (on a kernel with {_join([kernel_support.MODULE_OPTIONS[m] for m in unknown])})"
         parts.append(text)
     return "; ".join(parts)
 
 
-def _module_check(b: Backend, support: sysfs.VfioSupport, build: sysfs.KernelBuild,
+def _module_check(b: Backend, support: kernel_support.VfioSupport, build: kernel_support.KernelBuild,
                   module: str, what: str) -> Check:
     present = support.modules.get(module, False)
     if module == "vfio_pci":
         present = present and support.vfio_pci_driver
     state = build.module(module)
-    option = sysfs.MODULE_OPTIONS[module]
+    option = kernel_support.MODULE_OPTIONS[module]
     name = f"module {module}"
     if present:
-        return Check(name, OK, f"{what} " + ("built into the kernel" if state == sysfs.BUILTIN
+        return Check(name, OK, f"{what} " + ("built into the kernel" if state == kernel_support.BUILTIN
                                              else "loaded"))
-    if module == "vfio_iommu_type1" and state == sysfs.ABSENT             and build.option("CONFIG_IOMMUFD_VFIO_CONTAINER") == "y":
+    if module == "vfio_iommu_type1" and state == kernel_support.ABSENT             and build.option("CONFIG_IOMMUFD_VFIO_CONTAINER") == "y":
         return Check(name, INFO, f"{what}: not in this kernel; iommufd provides the legacy "
                                  "container instead (CONFIG_IOMMUFD_VFIO_CONTAINER)")
-    if state == sysfs.BUILTIN:
+    if state == kernel_support.BUILTIN:
         return Check(name, WARN, f"{what}: built into the kernel ({option}=y) but not active "
                                  "(for vfio-pci: no /sys/bus/pci/drivers/vfio-pci)",
                      fix="see the kernel log (dmesg) for why it did not register")
     source = f" in {build.config_source}" if build.config_source else ""
     detail = {
-        sysfs.ABSENT: f"{what}: not in this kernel ({option} is not set{source})",
-        sysfs.NOT_INSTALLED: f"{what} not loaded; {option}=m, but the module is not installed",
-        sysfs.MODULE: f"{what} not loaded (a module of this kernel)",
+        kernel_support.ABSENT: f"{what}: not in this kernel ({option} is not set{source})",
+        kernel_support.NOT_INSTALLED: f"{what} not loaded; {option}=m, but the module is not installed",
+        kernel_support.MODULE: f"{what} not loaded (a module of this kernel)",
     }.get(state or "", f"{what} not loaded (or not built)")
     return Check(name, WARN, detail, fix=_modules_fix(build, [module]))
 
 
-def _container_fix(b: Backend, support: sysfs.VfioSupport, build: sysfs.KernelBuild) -> str:
+def _container_fix(b: Backend, support: kernel_support.VfioSupport, build: kernel_support.KernelBuild) -> str:
     """Why /dev/vfio/vfio is missing and what to do."""
     if not support.modules.get("vfio", False):
         fix = _modules_fix(build, ["vfio"])
-        if build.module("vfio") != sysfs.ABSENT and build.config is None:
+        if build.module("vfio") != kernel_support.ABSENT and build.config is None:
             fix += (" (the legacy container needs CONFIG_VFIO_CONTAINER, or iommufd's compat "
                     "container CONFIG_IOMMUFD_VFIO_CONTAINER)")
         return fix
@@ -188,13 +189,13 @@ def _container_fix(b: Backend, support: sysfs.VfioSupport, build: sysfs.KernelBu
             "CONFIG_IOMMUFD_VFIO_CONTAINER")
 
 
-def _iommufd_fix(support: sysfs.VfioSupport, build: sysfs.KernelBuild) -> str:
+def _iommufd_fix(support: kernel_support.VfioSupport, build: kernel_support.KernelBuild) -> str:
     if not support.modules.get("iommufd", False):
         return _modules_fix(build, ["iommufd"])
     return "iommufd is loaded (misc device \"iommu\"): check that devtmpfs or udev created /dev/iommu"
 
 
-def _cdev_check(support: sysfs.VfioSupport, build: sysfs.KernelBuild) -> Check:
+def _cdev_check(support: kernel_support.VfioSupport, build: kernel_support.KernelBuild) -> Check:
     if support.cdev_supported:
         detail = ("vfio device cdevs supported: /dev/vfio/devices/vfioN appears for each device "
                   "bound to vfio-pci")
@@ -210,7 +211,7 @@ def _cdev_check(support: sysfs.VfioSupport, build: sysfs.KernelBuild) -> Check:
                                    "driver and the kernel configuration is not readable",
                      fix=(vfio_fix + "; then " if vfio_fix else "")
                      + "bind a device to vfio-pci: /dev/vfio/devices/vfioN appears if it does")
-    if build.module("vfio") == sysfs.ABSENT:
+    if build.module("vfio") == kernel_support.ABSENT:
         return Check("cdev", WARN, "no vfio device cdevs: the kernel has no VFIO", fix=vfio_fix)
     why = ("CONFIG_VFIO_DEVICE_CDEV is not set"
            if build.option("CONFIG_VFIO_DEVICE_CDEV") == "n"
@@ -271,7 +272,7 @@ def _hugepage_checks(b: Backend) -> list[Check]:
 def check_environment(backend: Backend | None = None) -> list[Check]:
     """Run every check; nothing here needs root or changes the system."""
     b = backend if backend is not None else default_backend()
-    support = sysfs.vfio_support(b)
+    support = kernel_support.vfio_support(b)
     checks: list[Check] = []
 
     release = _read(b, "/proc/sys/kernel/osrelease")
@@ -284,7 +285,7 @@ def check_environment(backend: Backend | None = None) -> list[Check]:
                                              "without an IOMMU get unsafe no-IOMMU groups",
                             fix="only for devices you trust with all of memory"))
 
-    build = support.kernel if support.kernel is not None else sysfs.kernel_build(b)
+    build = support.kernel if support.kernel is not None else kernel_support.kernel_build(b)
     for module, what in (("vfio", "VFIO core"), ("vfio_pci", "vfio-pci driver"),
                          ("vfio_iommu_type1", "legacy type1 IOMMU backend"),
                          ("iommufd", "iommufd")):
@@ -306,7 +307,7 @@ def check_environment(backend: Backend | None = None) -> list[Check]:
         checks.append(Check("interfaces", FAIL, f"usable: {support.interfaces}", fix=fix))
 
     # devices already bound: can this user open them?
-    bound = [d for d in sysfs.pci_devices(b) if d.driver == "vfio-pci"]
+    bound = [d for d in devices.pci_devices(b) if d.driver == "vfio-pci"]
     unreadable = []
     for dev in bound:
         nodes = []

@@ -6,10 +6,10 @@ import errno as _errno
 import warnings
 from typing import Any, Callable, Iterator, TypeVar
 
-from ._uapi import ffi
-from .backend import Backend, resolve_backend
-from .backend.base import IoctlArg
-from .errors import ClosedError, InvalidArgumentError, ioctl_error
+from .._uapi import ffi
+from ..backend import Backend, resolve_backend
+from ..backend.base import IoctlArg
+from ..errors import ClosedError, InvalidArgumentError, ioctl_error
 
 #: A cffi pointer or array (untyped: the layouts are checked by tests).
 CData = Any

@@ -28,15 +28,15 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable, SupportsIndex, Union
 
-from ._base import Resource
-from ._uapi import ffi, lib
-from .backend import Backend, resolve_backend
-from .caps import IovaRange
-from .errors import InvalidArgumentError, UnsupportedError
+from .._uapi import ffi, lib
+from ..backend import Backend, resolve_backend
+from ..core.caps import IovaRange
+from ..core.resource import Resource
+from ..errors import InvalidArgumentError, UnsupportedError
 
 if TYPE_CHECKING:
-    from .container import Container, DmaMapping
-    from .iommufd import IOAS, IoasMapping
+    from ..core.container import Container, DmaMapping
+    from ..core.iommufd import IOAS, IoasMapping
 
 __all__ = [
     "HUGE_2M",
@@ -337,7 +337,7 @@ class IovaAllocator:
     """Allocates IOVA ranges for drivers that pick IOVAs themselves.
 
     :param ranges: usable inclusive ``[start, last]`` IOVA ranges (an
-        IOAS's :meth:`~pyvfio.iommufd.IOAS.iova_ranges`, a container's
+        IOAS's :meth:`~pyvfio.core.iommufd.IOAS.iova_ranges`, a container's
         ``info().iova_ranges``).
     :param alignment: minimum alignment and size granularity (bytes; the
         IOMMU page size or the IOAS's ``iova_alignment``).
@@ -374,7 +374,7 @@ class IovaAllocator:
                  alignment: int | None = None) -> IovaAllocator:
         """An allocator over the IOAS's usable ranges (query after the
         devices are attached: they narrow the ranges), within its
-        :attr:`~pyvfio.iommufd.IOAS.allowed_ranges` when it has some."""
+        :attr:`~pyvfio.core.iommufd.IOAS.allowed_ranges` when it has some."""
         align = max(ioas.iova_alignment, ioas.backend.page_size, alignment or 1)
         ranges = ioas.iova_ranges()
         if ioas.allowed_ranges:
@@ -423,7 +423,7 @@ class IovaAllocator:
     def for_space(cls, space: IOAS | Container, *, limit: int | None = None,
                   alignment: int | None = None) -> IovaAllocator:
         """:meth:`for_ioas` or :meth:`for_container`, whichever ``space`` is."""
-        from .container import Container
+        from ..core.container import Container
 
         if isinstance(space, Container):
             return cls.for_container(space, limit=limit, alignment=alignment)
@@ -497,7 +497,7 @@ def map_buffer(space: IOAS | Container, buffer: Any, iova: int | None = None, *,
 
     The IOVA is ``iova``, else one from ``allocator`` (freed again when the
     map call fails), else -- for an IOAS only -- chosen by the kernel."""
-    from .container import Container
+    from ..core.container import Container
 
     allocated = False
     if iova is None and allocator is not None:

@@ -6,7 +6,7 @@ server.json status``) gives a fake machine with the same devices, IOMMU
 groups and drivers, so setup scripts can be tested against a server's
 layout anywhere::
 
-    from pyvfio.topology_capture import capture, to_json
+    from pyvfio.setup.capture import capture, to_json
     topology = capture()                  # a dict: pyvfio.fake.machine.topology schema
     open("server.json", "w").write(to_json(topology))
 
@@ -23,7 +23,7 @@ type1 module parameters, NUMA nodes and RLIMIT_MEMLOCK; SR-IOV PFs
 kernel build (release, the VFIO-related options of its configuration and
 whether ``/lib/modules/<release>`` exists), so that ``pyvfio --fake FILE
 doctor`` gives the same fixes; and what the host uses the devices for, as
-:class:`pyvfio.binding.UsageScan` finds it (the disks with mounted file
+:class:`pyvfio.setup.binding.UsageScan` finds it (the disks with mounted file
 systems or active swap, with their partitions and holders; network
 interfaces that are up or have routes; 9p/virtiofs tags that are mounted),
 so that binding refuses the same devices on the fake.
@@ -31,7 +31,7 @@ so that binding refuses the same devices on the fake.
 Devices get the fake's model for their vendor:device when it has one
 (``edu``, ``nvme``, ``e1000e``, ...); others become ``generic`` models with
 the captured IDs, class and BARs.  A device on vfio-pci gets the original
-driver pyvfio remembered for it (:mod:`pyvfio.binding`) as its
+driver pyvfio remembered for it (:mod:`pyvfio.setup.binding`) as its
 ``default_driver``.
 
 Not captured (the fake has no notion of them): device behaviour of
@@ -47,8 +47,9 @@ import json
 import os
 from typing import Any
 
-from . import sysfs
-from .backend import Backend, resolve_backend
+from ..backend import Backend, resolve_backend
+from ..core import sysfs
+from . import devices, kernel_support
 
 __all__ = ["capture", "to_json", "replay_check"]
 
@@ -69,12 +70,12 @@ def _yes(text: str | None) -> bool:
 
 
 def _known_models() -> dict[tuple[int, int], str]:
-    from .fake.machine.topology import KNOWN_MODELS
+    from ..fake.machine.topology import KNOWN_MODELS
 
     return {(ids["vendor"], ids["device"]): name for name, ids in KNOWN_MODELS.items()}
 
 
-def _numa_nodes(b: Backend, devices: list[sysfs.PciDeviceInfo]) -> int:
+def _numa_nodes(b: Backend, pci: list[devices.PciDeviceInfo]) -> int:
     count = 1
     text = _read(b, "/sys/devices/system/node/online")
     for part in (text or "").strip().split(","):
@@ -83,7 +84,7 @@ def _numa_nodes(b: Backend, devices: list[sysfs.PciDeviceInfo]) -> int:
                 count = max(count, int(part.split("-")[-1]) + 1)
             except ValueError:
                 pass
-    return max([count] + [d.numa_node + 1 for d in devices])
+    return max([count] + [d.numa_node + 1 for d in pci])
 
 
 def _config(b: Backend, bdf: str) -> bytes | None:
@@ -101,8 +102,8 @@ def _config(b: Backend, bdf: str) -> bytes | None:
         b.close(fd)
 
 
-def _conventional_bridge(b: Backend, dev: sysfs.PciDeviceInfo,
-                         by_bus: dict[int, list[sysfs.PciDeviceInfo]]) -> bool:
+def _conventional_bridge(b: Backend, dev: devices.PciDeviceInfo,
+                         by_bus: dict[int, list[devices.PciDeviceInfo]]) -> bool:
     """A PCI-to-PCI (not PCIe) bridge: its devices' requester IDs alias to
     the bridge, so they share its IOMMU group."""
     cfg = _config(b, dev.bdf)
@@ -137,7 +138,7 @@ def _intel_iommu(b: Backend, name: str, iommu: dict[str, Any]) -> None:
             iommu["pasid_bits"] = min(20, ((ecap >> 35) & 0x1F) + 1)
 
 
-def _iommu(b: Backend, groups: list[sysfs.IommuGroupInfo]) -> dict[str, Any] | None:
+def _iommu(b: Backend, groups: list[devices.IommuGroupInfo]) -> dict[str, Any] | None:
     hw = [n for n in _listdir(b, "/sys/class/iommu") if not n.startswith("iommufd_selftest")]
     real = [g for g in groups if not g.noiommu]
     if not hw and not real:
@@ -155,7 +156,7 @@ def _iommu(b: Backend, groups: list[sysfs.IommuGroupInfo]) -> dict[str, Any] | N
         iommu["hw_info_type"] = "arm_smmuv3"
     else:
         iommu["hw_info_type"] = "none"
-    common: set[sysfs.ReservedRegion] | None = None
+    common: set[devices.ReservedRegion] | None = None
     for g in real:
         regions = set(g.reserved_regions)
         common = regions if common is None else common & regions
@@ -168,7 +169,7 @@ def _iommu(b: Backend, groups: list[sysfs.IommuGroupInfo]) -> dict[str, Any] | N
     return iommu
 
 
-def _device_spec(b: Backend, dev: sysfs.PciDeviceInfo, model: str | None, conventional: bool,
+def _device_spec(b: Backend, dev: devices.PciDeviceInfo, model: str | None, conventional: bool,
                  original: str | None) -> dict[str, Any]:
     spec: dict[str, Any] = {"bdf": dev.bdf}
     if model is None:
@@ -206,12 +207,12 @@ def _device_spec(b: Backend, dev: sysfs.PciDeviceInfo, model: str | None, conven
     return spec
 
 
-def _sriov(specs: list[dict[str, Any]], devices: list[sysfs.PciDeviceInfo]) -> None:
+def _sriov(specs: list[dict[str, Any]], pci: list[devices.PciDeviceInfo]) -> None:
     """PF/VF links: ``physfn`` on each VF whose PF is captured (and is a PF),
     ``sriov_numvfs`` on each PF (the VFs that name it)."""
     by_bdf = {s["bdf"]: s for s in specs}
     counts: dict[str, int] = {}
-    for dev in devices:
+    for dev in pci:
         pf = dev.physfn
         if pf is None or pf not in by_bdf or "sriov_totalvfs" not in by_bdf[pf] \
                 or "sriov_totalvfs" in by_bdf[dev.bdf] or pf[:4] != dev.bdf[:4]:
@@ -237,9 +238,9 @@ def _kernel(b: Backend, modules: dict[str, bool]) -> dict[str, Any]:
     """The ``kernel`` section: what doctor reads of the build, made
     consistent with the captured modules (the fake cannot load a module
     its config lacks, nor unload a built-in one)."""
-    from .fake.machine.topology import MODULE_OPTIONS
+    from ..fake.machine.topology import MODULE_OPTIONS
 
-    build = sysfs.kernel_build(b)
+    build = kernel_support.kernel_build(b)
     out: dict[str, Any] = {}
     if build.release:
         out["release"] = build.release
@@ -269,8 +270,8 @@ def capture(backend: Backend | None = None, *, name: str | None = None,
     from .binding import BindingState, UsageScan
 
     b = resolve_backend(backend)
-    devices = sysfs.pci_devices(b)
-    groups = sysfs.iommu_groups(b)
+    pci = devices.pci_devices(b)
+    groups = devices.iommu_groups(b)
     host = (_read(b, "/proc/sys/kernel/hostname") or "").strip()
     if host == "(none)":  # the kernel's name for "not set"
         host = ""
@@ -279,12 +280,12 @@ def capture(backend: Backend | None = None, *, name: str | None = None,
     where = f" from {host}" if host else ""
     kernel = f" (Linux {release})" if release else ""
     topo["description"] = description or (
-        f"Captured by `pyvfio topology dump`{where}{kernel}: {len(devices)} PCI devices, "
+        f"Captured by `pyvfio topology dump`{where}{kernel}: {len(pci)} PCI devices, "
         f"{len(groups)} IOMMU groups.")
     topo["memlock_limit"] = b.memlock_limit()
-    topo["numa_nodes"] = _numa_nodes(b, devices)
+    topo["numa_nodes"] = _numa_nodes(b, pci)
     topo["noiommu"] = _yes(_read(b, "/sys/module/vfio/parameters/enable_unsafe_noiommu_mode"))
-    modules = {m: sysfs.module_present(m, b)
+    modules = {m: kernel_support.module_present(m, b)
                for m in ("vfio", "vfio_pci", "vfio_iommu_type1", "iommufd", "pci_stub")}
     modules["vfio_pci"] = modules["vfio_pci"] and b.exists("/sys/bus/pci/drivers/vfio-pci")
     topo["kernel"] = _kernel(b, modules)
@@ -305,16 +306,16 @@ def capture(backend: Backend | None = None, *, name: str | None = None,
     topo["iommu"] = iommu
 
     known = _known_models()
-    by_bus: dict[int, list[sysfs.PciDeviceInfo]] = {}
-    for dev in devices:
+    by_bus: dict[int, list[devices.PciDeviceInfo]] = {}
+    for dev in pci:
         by_bus.setdefault(int(dev.bdf[5:7], 16), []).append(dev)
     state = BindingState.default(b)
     specs = []
     common = {(r["start"], r["last"], r["type"]) for r in (iommu or {}).get("reserved_regions", [])}
-    first_of_group = {g.id: next((d for d in g.devices if d in {x.bdf for x in devices}), None)
+    first_of_group = {g.id: next((d for d in g.devices if d in {x.bdf for x in pci}), None)
                       for g in groups}
     group_regions = {g.id: g.reserved_regions for g in groups}
-    for dev in devices:
+    for dev in pci:
         record = state.get(dev.bdf) if dev.driver in ("vfio-pci", "pci-stub") else None
         conventional = dev.is_bridge and _conventional_bridge(b, dev, by_bus)
         spec = _device_spec(b, dev, known.get((dev.vendor, dev.device)), conventional,
@@ -327,10 +328,10 @@ def capture(backend: Backend | None = None, *, name: str | None = None,
             if extra:
                 spec["reserved_regions"] = extra
         specs.append(spec)
-    _sriov(specs, devices)
+    _sriov(specs, pci)
     topo["devices"] = specs
     if iommu is not None:
-        listed = {d.bdf for d in devices}
+        listed = {d.bdf for d in pci}
         out_groups: list[dict[str, Any]] = []
         grouped: set[str] = set()
         for g in groups:
@@ -339,7 +340,7 @@ def capture(backend: Backend | None = None, *, name: str | None = None,
                 out_groups.append({"id": g.id, "devices": members})
                 grouped.update(members)
         next_id = max([g.id for g in groups] + [-1]) + 1
-        for dev in devices:
+        for dev in pci:
             if dev.bdf not in grouped:  # the IOMMU left it out: keep it alone
                 out_groups.append({"id": next_id, "devices": [dev.bdf]})
                 next_id += 1
@@ -373,15 +374,15 @@ def replay_check(topology: dict[str, Any]) -> list[str]:
     """Build a fake :class:`~pyvfio.fake.System` from ``topology`` and compare
     its devices, groups, drivers and host use with the topology's; returns
     the differences (empty: it replays)."""
-    from .fake import System
-    from .fake.machine.topology import load
+    from ..fake import System
+    from ..fake.machine.topology import load
 
     topology = load(topology)
     system = System(topology)
     problems = []
     b = system.backend
     want_drivers = {d["bdf"]: d.get("driver") for d in topology["devices"]}
-    got = {d.bdf: d for d in sysfs.pci_devices(b)}
+    got = {d.bdf: d for d in devices.pci_devices(b)}
     for bdf, driver in want_drivers.items():
         dev = got.get(bdf)
         if dev is None:
@@ -401,7 +402,7 @@ def replay_check(topology: dict[str, Any]) -> list[str]:
                             f"fake, {spec.get('sriov_numvfs')}/{spec.get('sriov_totalvfs')} "
                             "captured")
     want_groups = {g["id"]: sorted(g["devices"]) for g in topology.get("groups", [])}
-    got_groups = {g.id: sorted(g.devices) for g in sysfs.iommu_groups(b)}
+    got_groups = {g.id: sorted(g.devices) for g in devices.iommu_groups(b)}
     if want_groups != got_groups:
         problems.append(f"groups differ: fake {got_groups}, captured {want_groups}")
     from .binding import UsageScan

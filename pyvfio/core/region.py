@@ -4,7 +4,7 @@
 ``regions["BAR0"]``, ``regions[PciRegion.CONFIG]`` and
 ``regions.by_type(type, subtype)`` all give a :class:`Region`.  A region
 can be accessed two ways, both with exact-width accessors
-(:class:`~pyvfio.registers.RegisterIO`):
+(:class:`~pyvfio.core.registers.RegisterIO`):
 
 * through the device file: ``region.read32(offset)`` is one ``pread`` of 4
   bytes at that offset, which vfio-pci turns into one 4-byte access of the
@@ -18,10 +18,10 @@ can be accessed two ways, both with exact-width accessors
   An access outside the mapped areas raises
   :class:`~pyvfio.errors.InvalidArgumentError` saying so.
 
-A mapping is a :class:`~pyvfio._base.Resource` of its device: ``close()``
+A mapping is a :class:`~pyvfio.core.resource.Resource` of its device: ``close()``
 unmaps it, and closing the device closes its mappings first.  While a BAR
 is mapped, keep Memory Space enabled in the Command register
-(:meth:`pyvfio.pci_config.PciConfig.enable_memory`): vfio-pci answers an
+(:meth:`pyvfio.core.pci_config.PciConfig.enable_memory`): vfio-pci answers an
 access to a BAR with memory decode off (or in low power) with ``SIGBUS``
 (the fake kernel raises ``BusError``).
 """
@@ -32,11 +32,11 @@ import errno
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
-from ._base import Resource
-from .backend.base import MAP_SHARED, PROT_READ, PROT_WRITE, DirectAccess, MemoryMap
+from ..backend.base import MAP_SHARED, PROT_READ, PROT_WRITE, DirectAccess, MemoryMap
+from ..errors import InvalidArgumentError, UnsupportedError, ioctl_error
 from .caps import Capability, MsixMappableCap, SparseMmapArea
-from .errors import InvalidArgumentError, UnsupportedError, ioctl_error
 from .registers import RegisterIO
+from .resource import Resource
 
 if TYPE_CHECKING:
     from .device import Device, RegionInfo

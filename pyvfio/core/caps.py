@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Union
 
-from ._uapi import ffi, lib
+from .._uapi import ffi, lib
 
 __all__ = [
     "Capability",

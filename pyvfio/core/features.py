@@ -31,10 +31,10 @@ import errno
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
-from ._base import FdResource
-from ._uapi import ffi, lib
-from .errors import InvalidArgumentError, IoctlError, UnsupportedError, ioctl_error
+from .._uapi import ffi, lib
+from ..errors import InvalidArgumentError, IoctlError, UnsupportedError, ioctl_error
 from .irq import EventFd
+from .resource import FdResource
 
 if TYPE_CHECKING:
     import uuid  # annotations only: uuid (and platform) cost ~2 ms to import
@@ -340,7 +340,7 @@ class DeviceFeatures:
     def set_bus_master(self, enable: bool) -> None:
         """``VFIO_DEVICE_FEATURE_BUS_MASTER`` (devices whose bus mastering is
         not in a PCI Command register; vfio-pci answers ENOTTY: use
-        :meth:`pyvfio.pci_config.PciConfig.enable_bus_master`)."""
+        :meth:`pyvfio.core.pci_config.PciConfig.enable_bus_master`)."""
         payload = ffi.new("struct vfio_device_feature_bus_master *")
         payload.op = (lib.VFIO_DEVICE_FEATURE_SET_MASTER if enable
                       else lib.VFIO_DEVICE_FEATURE_CLEAR_MASTER)

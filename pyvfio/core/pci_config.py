@@ -22,7 +22,7 @@ vfio-pci does not pass config space through unchanged
 * BARs and the ROM BAR are virtualised: sizing them (write all-ones, read
   back) works, but the value is not the host's bus address.
 * MSI and MSI-X control (enable, vector counts) is virtualised: enabling
-  MSI in config space does nothing -- use ``device.irqs`` (:mod:`pyvfio.irq`).
+  MSI in config space does nothing -- use ``device.irqs`` (:mod:`pyvfio.core.irq`).
 * Capabilities vfio does not know are hidden from the list; a hidden first
   extended capability leaves a placeholder with ID 0 that the walk skips.
 * Writing Initiate FLR in the Express Device Control register makes vfio
@@ -35,7 +35,7 @@ import enum
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .errors import InvalidArgumentError
+from ..errors import InvalidArgumentError
 from .registers import Field, Register, RegisterBlock, RegisterIO
 
 if TYPE_CHECKING:

@@ -22,13 +22,21 @@ import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence, TypeVar
 
-from ._base import U64_MAX, FdResource, Resource, check_u32, check_u64, describe, open_node
-from ._memory import UserBuffer, user_buffer
-from ._sorted import SortedKeys
-from ._uapi import ffi, lib
-from .backend import Backend, resolve_backend
+from .._sorted import SortedKeys
+from .._uapi import ffi, lib
+from ..backend import Backend, resolve_backend
+from ..errors import InvalidArgumentError, IoctlError, VfioError, ioctl_error
 from .caps import IovaRange
-from .errors import InvalidArgumentError, IoctlError, VfioError, ioctl_error
+from .resource import (
+    U64_MAX,
+    FdResource,
+    Resource,
+    check_u32,
+    check_u64,
+    describe,
+    open_node,
+)
+from .user_buffer import UserBuffer, user_buffer
 
 if TYPE_CHECKING:
     from .device import Device

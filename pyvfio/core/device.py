@@ -12,13 +12,13 @@ bound to an iommufd (``/dev/vfio/devices/vfioN``).
 
 What a driver uses once the device is open:
 
-* ``dev.regions`` (:mod:`pyvfio.region`): BARs, ROM, config and
+* ``dev.regions`` (:mod:`pyvfio.core.region`): BARs, ROM, config and
   device-specific regions, with exact-width accessors through the device
   file and ``mmap()`` for MMIO;
-* ``dev.config`` (:mod:`pyvfio.pci_config`): typed config-space access,
+* ``dev.config`` (:mod:`pyvfio.core.pci_config`): typed config-space access,
   capabilities, bus mastering;
-* ``dev.irqs`` (:mod:`pyvfio.irq`): INTx/MSI/MSI-X/ERR/REQ with eventfds;
-* ``dev.features`` (:mod:`pyvfio.features`): ``VFIO_DEVICE_FEATURE``;
+* ``dev.irqs`` (:mod:`pyvfio.core.irq`): INTx/MSI/MSI-X/ERR/REQ with eventfds;
+* ``dev.features`` (:mod:`pyvfio.core.features`): ``VFIO_DEVICE_FEATURE``;
 * :meth:`Device.reset`, :meth:`Device.hot_reset_info`,
   :meth:`Device.hot_reset`, :attr:`Device.reset_methods`.
 
@@ -34,16 +34,22 @@ import errno
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
-from . import sysfs
-from ._base import FdResource, check_u32, check_u64, open_node
-from ._uapi import ffi, lib
-from .backend import Backend, resolve_backend
+from .._uapi import ffi, lib
+from ..backend import Backend, resolve_backend
+from ..errors import (
+    InvalidArgumentError,
+    IoctlError,
+    UnsupportedError,
+    VfioError,
+    ioctl_error,
+)
+from . import sysfs, viability
 from .caps import Capability, RegionTypeCap, SparseMmapCap, parse_chain
-from .errors import InvalidArgumentError, IoctlError, UnsupportedError, VfioError, ioctl_error
 from .features import DeviceFeatures
 from .irq import Irq, IrqMap
 from .pci_config import PciConfig
 from .region import Region, RegionMap
+from .resource import FdResource, check_u32, check_u64, open_node
 
 if TYPE_CHECKING:
     import uuid  # annotations only: uuid (and platform) cost ~2 ms to import
@@ -298,11 +304,11 @@ class Device(FdResource):
         """EPERM from VFIO_DEVICE_BIND_IOMMUFD: when a device of the group is
         on a host driver, raise the explained :class:`NotViableError`."""
         try:
-            viability = sysfs.explain_device(self.bdf, self._backend)
+            verdict = viability.explain_device(self.bdf, self._backend)
         except (VfioError, OSError):
             return  # not a PCI device, or its group cannot be read
-        if viability.blockers:
-            raise viability.error(ioctl="VFIO_DEVICE_BIND_IOMMUFD", target=self.describe(),
+        if verdict.blockers:
+            raise verdict.error(ioctl="VFIO_DEVICE_BIND_IOMMUFD", target=self.describe(),
                                   cause=exc) from None
 
     def attach(self, pt: IOAS | HWPT, *, pasid: int | None = None) -> int:
@@ -388,7 +394,7 @@ class Device(FdResource):
 
     @property
     def regions(self) -> RegionMap:
-        """The device's regions (:class:`~pyvfio.region.RegionMap`): by index
+        """The device's regions (:class:`~pyvfio.core.region.RegionMap`): by index
         (``regions[0]``), by name (``regions["BAR0"]``) or by device-specific
         type (``regions.by_type(type, subtype)``).  Indices the device does
         not implement (vfio-pci's VGA region without VGA, for example:
@@ -407,7 +413,7 @@ class Device(FdResource):
 
     @property
     def config(self) -> PciConfig:
-        """PCI configuration space (:class:`~pyvfio.pci_config.PciConfig`)
+        """PCI configuration space (:class:`~pyvfio.core.pci_config.PciConfig`)
         through the ``CONFIG`` region."""
         self._check_open()
         if self._config is None:
@@ -421,7 +427,7 @@ class Device(FdResource):
 
     @property
     def features(self) -> DeviceFeatures:
-        """``VFIO_DEVICE_FEATURE`` (:class:`~pyvfio.features.DeviceFeatures`)."""
+        """``VFIO_DEVICE_FEATURE`` (:class:`~pyvfio.core.features.DeviceFeatures`)."""
         self._check_open()
         return DeviceFeatures(self)
 
@@ -437,8 +443,8 @@ class Device(FdResource):
 
     @property
     def irqs(self) -> IrqMap:
-        """The device's interrupt indexes (:class:`~pyvfio.irq.IrqMap` of
-        :class:`~pyvfio.irq.Irq`): by index (``irqs[PciIrq.MSI]``) or name
+        """The device's interrupt indexes (:class:`~pyvfio.core.irq.IrqMap` of
+        :class:`~pyvfio.core.irq.Irq`): by index (``irqs[PciIrq.MSI]``) or name
         (``irqs["MSIX"]``).  Indices the device does not implement
         (the ERR index of a conventional PCI function on kernels before
         7.x: EINVAL) are left out.

@@ -62,10 +62,11 @@ import sys
 import textwrap
 from typing import Any, NoReturn, Sequence
 
-from . import binding, sysfs
-from .backend import Backend, default_backend
+from ..backend import Backend, default_backend
+from ..core import sysfs, viability
+from ..errors import InvalidArgumentError, VfioError
+from . import binding, devices, kernel_support
 from .environment import FAIL, WARN, check_environment
-from .errors import InvalidArgumentError, VfioError
 
 __all__ = ["main", "build_parser", "EXIT_OK", "EXIT_PROBLEM", "EXIT_USAGE", "EXIT_FAILED",
            "EXIT_IN_USE", "FALLBACK_TOPOLOGY"]
@@ -106,8 +107,8 @@ class _Context:
         if backend is not None:
             self.backend = backend
         elif args.fake:
-            from .fake import System
-            from .fake.machine.topology import TopologyError, load
+            from ..fake import System
+            from ..fake.machine.topology import TopologyError, load
 
             try:
                 topology = load(args.fake)
@@ -146,19 +147,19 @@ def _print_json(data: Any) -> None:
 def _fallback_needed(args: argparse.Namespace, backend: Backend | None) -> bool:
     if args.fake or backend is not None or args.json or args.real:
         return False
-    support = sysfs.vfio_support(default_backend())
+    support = kernel_support.vfio_support(default_backend())
     return support.group_count == 0 and not support.noiommu_mode
 
 
 def _status_data(ctx: _Context) -> dict[str, Any]:
     b = ctx.backend
-    devices = sysfs.pci_devices(b)
+    pci = devices.pci_devices(b)
     scan = binding.UsageScan(b)
-    explained: dict[int, sysfs.GroupViability] = {}
-    for g in sysfs.iommu_groups(b):
-        explained[g.id] = sysfs.explain_group(g.id, None, b)
+    explained: dict[int, viability.GroupViability] = {}
+    for g in devices.iommu_groups(b):
+        explained[g.id] = viability.explain_group(g.id, None, b)
     out_devices = []
-    for d in devices:
+    for d in pci:
         entry = d.as_dict()
         why = explained.get(d.iommu_group) if d.iommu_group is not None else None
         entry["group_viable"] = why.viable if why is not None else None
@@ -166,7 +167,7 @@ def _status_data(ctx: _Context) -> dict[str, Any]:
         out_devices.append(entry)
     return {
         "system": ctx.as_dict(),
-        "support": sysfs.vfio_support(b).as_dict(),
+        "support": kernel_support.vfio_support(b).as_dict(),
         "devices": out_devices,
         "groups": [e.as_dict() for e in explained.values()],
     }
@@ -270,7 +271,7 @@ def cmd_status(args: argparse.Namespace, backend: Backend | None) -> int:
     """``pyvfio status``."""
     fallback = _fallback_needed(args, backend)
     if fallback:
-        real = sysfs.pci_devices(default_backend())
+        real = devices.pci_devices(default_backend())
         args.fake = FALLBACK_TOPOLOGY
         print(_BANNER.format(why=f"{len(real)} PCI devices, no IOMMU groups",
                              name=FALLBACK_TOPOLOGY))
@@ -323,13 +324,13 @@ def cmd_groups(args: argparse.Namespace, backend: Backend | None) -> int:
     ctx = _Context(args, backend)
     b = ctx.backend
     if args.targets:
-        results = [sysfs.explain_group(gid, device, b)
+        results = [viability.explain_group(gid, device, b)
                    for gid, device in _group_targets(b, args.targets)]
     else:
-        results = [sysfs.explain_group(g.id, None, b) for g in sysfs.iommu_groups(b)]
+        results = [viability.explain_group(g.id, None, b) for g in devices.iommu_groups(b)]
     hint = None
     if not results:
-        support = sysfs.vfio_support(b)
+        support = kernel_support.vfio_support(b)
         hint = ("no IOMMU groups: the IOMMU is not enabled (see `pyvfio doctor`)"
                 if not support.iommus else
                 "no IOMMU groups although an IOMMU is active (see `pyvfio doctor`)")
@@ -390,7 +391,7 @@ def cmd_doctor(args: argparse.Namespace, backend: Backend | None) -> int:
 def _devices(b: Backend, specs: Sequence[str]) -> list[str]:
     """BDFs for device arguments: a BDF, or vendor:device (every match)."""
     out: list[str] = []
-    all_devices: list[sysfs.PciDeviceInfo] | None = None
+    all_devices: list[devices.PciDeviceInfo] | None = None
     for spec in specs:
         if sysfs._BDF.match(spec.strip()):
             bdf = sysfs.normalize_bdf(spec)
@@ -399,7 +400,7 @@ def _devices(b: Backend, specs: Sequence[str]) -> list[str]:
             matches = [bdf]
         elif len(spec.split(":")) == 2 and all(len(p) == 4 for p in spec.split(":")):
             if all_devices is None:
-                all_devices = sysfs.pci_devices(b)
+                all_devices = devices.pci_devices(b)
             matches = [d.bdf for d in all_devices if d.id == spec.lower()]
             if not matches:
                 raise _UsageError(f"no PCI device with ID {spec}")
@@ -423,7 +424,7 @@ def _refuse_bridges(b: Backend, bdfs: Sequence[str], driver: str) -> None:
         return
     for bdf in bdfs:
         try:
-            info = sysfs.pci_device(bdf, b)
+            info = devices.pci_device(bdf, b)
         except VfioError:
             continue
         if info.is_bridge:
@@ -516,8 +517,8 @@ def cmd_restore(args: argparse.Namespace, backend: Backend | None) -> int:
 # -- topology ---------------------------------------------------------------------------
 def cmd_topology_dump(args: argparse.Namespace, backend: Backend | None) -> int:
     """``pyvfio topology dump``."""
-    from .fake.machine.topology import TopologyError
-    from .topology_capture import capture, replay_check, to_json
+    from ..fake.machine.topology import TopologyError
+    from .capture import capture, replay_check, to_json
 
     ctx = _Context(args, backend)
     topo = capture(ctx.backend, name=args.name)

@@ -2,8 +2,8 @@
 drivers without hardware.
 
 Installed pyvfio registers it (entry point ``pytest11``: ``pyvfio =
-"pyvfio.pytest_plugin"``); from a checkout, enable it with ``-p
-pyvfio.pytest_plugin`` or ``pytest_plugins = ["pyvfio.pytest_plugin"]`` in
+"pyvfio.testing.plugin"``); from a checkout, enable it with ``-p
+pyvfio.testing.plugin`` or ``pytest_plugins = ["pyvfio.testing.plugin"]`` in
 the top-level ``conftest.py``.  The how-to "Test a driver with the fake
 kernel" describes the fixtures and how to choose the machine and device.
 
@@ -44,12 +44,13 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import pytest
 
-from . import binding, sysfs
-from .backend import Backend
+from ..backend import Backend
+from ..core import sysfs, viability
+from ..setup import binding
 
 if TYPE_CHECKING:
-    from .device import Device
-    from .fake import PciDevice, System
+    from ..core.device import Device
+    from ..fake import PciDevice, System
 
 __all__ = [
     "FakeVfioDevice",
@@ -124,15 +125,15 @@ class FakeVfioDevice:
         """IOMMU faults the device caused so far (blocked DMA)."""
         return [f for f in self.system.faults if f.bdf == self.bdf]
 
-    def viability(self) -> sysfs.GroupViability:
+    def viability(self) -> viability.GroupViability:
         """Whether its group can be used, and what else is in it."""
-        return sysfs.explain_device(self.bdf, self.backend)
+        return viability.explain_device(self.bdf, self.backend)
 
     def open(self) -> Device:
         """Open the device's vfio cdev (:meth:`pyvfio.Device.open`); bind it
         to an :class:`pyvfio.IommuFd` of the same backend before use.
         Close it (``with``) before the test ends."""
-        from .device import Device
+        from ..core.device import Device
 
         return Device.open(self.bdf, backend=self.backend)
 
@@ -200,8 +201,8 @@ def _with_device(topo: dict[str, Any], want: dict[str, Any]) -> tuple[dict[str, 
 def vfio_system(request: pytest.FixtureRequest) -> Iterator[System]:
     """A fresh fake machine (see the module documentation for choosing its
     topology)."""
-    from .fake import System
-    from .fake.machine.topology import load
+    from ..fake import System
+    from ..fake.machine.topology import load
 
     topo = load(_topology_source(request))
     if "vfio_device" in request.fixturenames:
@@ -226,7 +227,7 @@ def vfio_backend(vfio_system: System) -> Backend:
 def vfio_device(request: pytest.FixtureRequest, vfio_system: System) -> FakeVfioDevice:
     """A device of the chosen model bound to vfio-pci in ``vfio_system``,
     with every other device of its IOMMU group (bridges excepted)."""
-    from .errors import VfioError
+    from ..errors import VfioError
 
     want = _device_request(request)
     bdf = request.node.stash[_DEVICE_KEY]
@@ -239,11 +240,11 @@ def vfio_device(request: pytest.FixtureRequest, vfio_system: System) -> FakeVfio
     try:
         binding.bind_group(group, force=True, backend=b, state=state)
     except VfioError as e:
-        why = sysfs.explain_device(bdf, b).message()
+        why = viability.explain_device(bdf, b).message()
         pytest.fail(f"vfio_device {bdf}: binding IOMMU group {group} to vfio-pci failed: {e}\n"
                     f"{why}", pytrace=False)
-    viability = sysfs.explain_device(bdf, b)
-    if not viability.viable or sysfs.device_driver(bdf, b) != "vfio-pci":
+    verdict = viability.explain_device(bdf, b)
+    if not verdict.viable or sysfs.device_driver(bdf, b) != "vfio-pci":
         pytest.fail(f"vfio_device {bdf}: its IOMMU group is not usable after binding:\n"
-                    f"{viability.message()}", pytrace=False)
+                    f"{verdict.message()}", pytrace=False)
     return FakeVfioDevice(bdf, str(want["model"]), vfio_system, group)

@@ -4,10 +4,10 @@ Device registers must be accessed with the width the hardware documents:
 one 4-byte load is not the same as four 1-byte loads (a read may have side
 effects, a register may only decode 4-byte accesses).  :class:`RegisterIO`
 is the interface every register window in pyvfio implements -- an mmapped
-region (:class:`pyvfio.region.RegionMapping`, volatile C accessors on the
+region (:class:`pyvfio.core.region.RegionMapping`, volatile C accessors on the
 real kernel), a region accessed through ``pread``/``pwrite`` on the device
-file (:class:`pyvfio.region.Region`) and PCI configuration space
-(:class:`pyvfio.pci_config.PciConfig`): ``read32(offset)`` is exactly one
+file (:class:`pyvfio.core.region.Region`) and PCI configuration space
+(:class:`pyvfio.core.pci_config.PciConfig`): ``read32(offset)`` is exactly one
 access of exactly 4 bytes.
 
 On top of it, a small declarative description of a register block names
@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from dataclasses import field as dc_field
 from typing import Iterable, Iterator, Mapping
 
-from .errors import InvalidArgumentError
+from ..errors import InvalidArgumentError
 
 __all__ = [
     "WIDTHS",

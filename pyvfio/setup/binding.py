@@ -5,7 +5,7 @@ wanted driver's name to the device's ``driver_override``, unbind the
 current driver, then ask the PCI bus to probe the device again
 (``/sys/bus/pci/drivers_probe``); only the overridden driver can take it::
 
-    from pyvfio import binding
+    from pyvfio.setup import binding
 
     b = binding.bind("0000:03:00.0")          # e1000e -> vfio-pci
     ...                                       # use it through VFIO
@@ -51,9 +51,10 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-from . import sysfs
-from .backend import Backend, resolve_backend
-from .errors import VfioError
+from ..backend import Backend, resolve_backend
+from ..core import sysfs, viability
+from ..errors import VfioError
+from . import devices
 
 __all__ = [
     "Usage",
@@ -708,9 +709,9 @@ def _in_use(b: Backend, bdfs: Iterable[str], what: str, host_driver: bool = Fals
             "stop using it first, or pass --force (force=True) to do it anyway", usages)
 
 
-def _device(b: Backend, bdf: str) -> sysfs.PciDeviceInfo:
+def _device(b: Backend, bdf: str) -> devices.PciDeviceInfo:
     try:
-        return sysfs.pci_device(bdf, b)
+        return devices.pci_device(bdf, b)
     except VfioError as e:
         raise BindError(errno.ENODEV, str(e), target=f"device {bdf}") from None
 
@@ -747,7 +748,7 @@ def bind(bdf: str, driver: str = "vfio-pci", *, force: bool = False,
     if driver == "vfio-pci" and group is None and not _noiommu(b):
         raise BindError(errno.EINVAL, f"{bdf} is in no IOMMU group: vfio-pci needs an active "
                                       "IOMMU (see `pyvfio doctor`)", target=f"device {bdf}")
-    host_driver = not sysfs.driver_keeps_group_viable(driver)
+    host_driver = not viability.driver_keeps_group_viable(driver)
     if (info.driver is not None or host_driver) and not force:
         _in_use(b, [bdf], f"unbind {bdf} from {info.driver}" if info.driver is not None
                 else f"bind {bdf} to {driver}", host_driver)
@@ -759,7 +760,7 @@ def bind(bdf: str, driver: str = "vfio-pci", *, force: bool = False,
     now = sysfs.device_driver(bdf, b)
     if now != driver:
         why = f" (drivers_probe: {os.strerror(err.errno)})" if err is not None and err.errno else ""
-        note = _busy_group_note(b, bdf, group) if driver not in sysfs.VIABLE_DRIVERS else ""
+        note = _busy_group_note(b, bdf, group) if driver not in viability.VIABLE_DRIVERS else ""
         raise BindError(errno.EIO if err is None else (err.errno or errno.EIO),
                         f"{driver} did not take {bdf}{why}; the device is now on "
                         f"{now or 'no driver'}" + (f"; {note}" if note else "")
@@ -769,14 +770,14 @@ def bind(bdf: str, driver: str = "vfio-pci", *, force: bool = False,
     if driver == "vfio-pci":
         result.nodes = _vfio_nodes(b, bdf, group, timeout)
     if group is not None:
-        viability = sysfs.explain_group(group, bdf, b)
-        if not viability.viable:
-            result.notes.append(viability.summary())
-        elif viability.at_risk and driver == "vfio-pci":
+        verdict = viability.explain_group(group, bdf, b)
+        if not verdict.viable:
+            result.notes.append(verdict.summary())
+        elif verdict.at_risk and driver == "vfio-pci":
             result.notes.append(
-                f"group {group} has {len(viability.at_risk)} other device(s) that share its I/O "
+                f"group {group} has {len(verdict.at_risk)} other device(s) that share its I/O "
                 "address space: " + ", ".join(f"{m.bdf} ({m.driver or 'no driver'})"
-                                              for m in viability.at_risk))
+                                              for m in verdict.at_risk))
     return result
 
 
@@ -835,7 +836,7 @@ def restore(bdf: str | Binding, *, force: bool = False, backend: Backend | None 
                            notes=["no record of another original driver: left as it is"])
     need_unbind = info.driver is not None and (record is None or info.driver != target)
     host_driver = (record is None or target is not None) \
-        and not sysfs.driver_keeps_group_viable(target)
+        and not viability.driver_keeps_group_viable(target)
     if (need_unbind or host_driver) and not force:
         _in_use(b, [bdf], f"give {bdf} back to {target or 'the kernel'}"
                 if host_driver else f"unbind {bdf} from {info.driver}", host_driver)
@@ -879,7 +880,7 @@ def restore_all(*, force: bool = False, backend: Backend | None = None,
 
 
 def _group_targets(b: Backend, group: int) -> list[str]:
-    why = sysfs.explain_group(group, None, b)
+    why = viability.explain_group(group, None, b)
     return [m.bdf for m in why.members
             if not m.is_bridge and sysfs._BDF_COMPONENT.match(m.bdf)]
 
@@ -895,7 +896,7 @@ def bind_group(group: int, driver: str = "vfio-pci", *, force: bool = False,
     st = state if state is not None else BindingState.default(b)
     targets = _group_targets(b, group)
     if not force:
-        host_driver = not sysfs.driver_keeps_group_viable(driver)
+        host_driver = not viability.driver_keeps_group_viable(driver)
         busy = [t for t in targets if sysfs.device_driver(t, b) not in (None, driver)
                 or host_driver]
         _in_use(b, busy, f"bind IOMMU group {group} to {driver}", host_driver)

@@ -24,7 +24,7 @@ single-vector indexes used the same way.  :meth:`Irq.trigger` makes the
 kernel signal a vector's eventfd (loopback, for tests) with ``DATA_NONE``
 or ``DATA_BOOL``.
 
-Eventfds are :class:`~pyvfio._base.Resource` objects: :meth:`Irq.disable`
+Eventfds are :class:`~pyvfio.core.resource.Resource` objects: :meth:`Irq.disable`
 disables the index in the kernel and then closes them; closing the device
 does the same first.
 """
@@ -39,10 +39,16 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, AsyncIterator, Iterable, Iterator, Sequence
 
-from ._base import FdResource, Resource
-from ._uapi import ffi, lib
-from .backend import Backend
-from .errors import ClosedError, InvalidArgumentError, IoctlError, UnsupportedError, VfioError
+from .._uapi import ffi, lib
+from ..backend import Backend
+from ..errors import (
+    ClosedError,
+    InvalidArgumentError,
+    IoctlError,
+    UnsupportedError,
+    VfioError,
+)
+from .resource import FdResource, Resource
 
 if TYPE_CHECKING:
     import asyncio
@@ -75,7 +81,7 @@ class EventFd(FdResource):
     _number = -1  # the fd number, for messages after close
 
     def __init__(self, backend: Backend | None = None, *, initval: int = 0) -> None:
-        from .backend import resolve_backend
+        from ..backend import resolve_backend
 
         b = resolve_backend(backend)
         fd = b.eventfd(initval, os.EFD_NONBLOCK)

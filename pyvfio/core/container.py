@@ -22,18 +22,25 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from . import sysfs
-from ._base import FdResource, Resource, check_flags, check_u64, open_node
-from ._memory import UserBuffer, user_buffer
-from ._sorted import SortedKeys
-from ._uapi import ffi, lib
-from .backend import Backend, resolve_backend
-from .caps import Capability, DmaAvailCap, IovaRange, IovaRangeCap, MigrationCap, parse_chain
-from .errors import InvalidArgumentError, VfioError
+from .._sorted import SortedKeys
+from .._uapi import ffi, lib
+from ..backend import Backend, resolve_backend
+from ..errors import InvalidArgumentError, VfioError
+from . import sysfs, viability
+from .caps import (
+    Capability,
+    DmaAvailCap,
+    IovaRange,
+    IovaRangeCap,
+    MigrationCap,
+    parse_chain,
+)
+from .resource import FdResource, Resource, check_u64, open_node
+from .user_buffer import UserBuffer, user_buffer
 
 if TYPE_CHECKING:
+    from ..toolkit.dma import IovaAllocator
     from .device import Device
-    from .dma import IovaAllocator
 
 __all__ = [
     "IommuType",
@@ -348,7 +355,7 @@ class Container(FdResource):
         :meth:`info` (set the IOMMU first), minus the mappings made so far."""
         self._check_open()
         if self._allocator is None:
-            from .dma import IovaAllocator
+            from ..toolkit.dma import IovaAllocator
 
             allocator = IovaAllocator.for_container(self, skip_mapped=False)
             for m in self._mappings.values():
@@ -614,9 +621,9 @@ class Group(FdResource):
         """BDFs of the devices in this group (from sysfs)."""
         return sysfs.group_devices(self.id, self._backend)
 
-    def viability(self) -> list[sysfs.Blocker]:
+    def viability(self) -> list[viability.Blocker]:
         """Devices that keep the group from being viable (empty when viable)."""
-        return sysfs.viability_blockers(self.id, self._backend)
+        return viability.viability_blockers(self.id, self._backend)
 
     @property
     def container(self) -> Container | None:
@@ -634,9 +641,9 @@ class Group(FdResource):
             self._ioctl("VFIO_GROUP_SET_CONTAINER", lib.VFIO_GROUP_SET_CONTAINER, arg)
         except OSError as exc:
             if exc.errno == errno.EPERM and self.id >= 0:  # the DMA ownership claim failed
-                viability = sysfs.explain_group(self.id, backend=self._backend)
-                if viability.blockers:
-                    raise viability.error(ioctl="VFIO_GROUP_SET_CONTAINER",
+                verdict = viability.explain_group(self.id, backend=self._backend)
+                if verdict.blockers:
+                    raise verdict.error(ioctl="VFIO_GROUP_SET_CONTAINER",
                                           target=self.describe(), cause=exc) from None
             raise
         self._container = container

@@ -6,8 +6,8 @@ import array
 import mmap
 from typing import Any, NamedTuple
 
-from ._uapi import ffi
-from .errors import InvalidArgumentError
+from .._uapi import ffi
+from ..errors import InvalidArgumentError
 
 __all__ = ["UserBuffer", "user_buffer"]
 
@@ -19,7 +19,7 @@ class UserBuffer(NamedTuple):
     address: int  #: virtual address of the first byte
     length: int  #: bytes
     owner: Any  #: referenced while the memory is mapped for DMA
-    writable: bool
+    writable: bool  #: whether the device may write the memory (DMA to memory)
 
 
 #: Buffer types that carry no ``address``/``length`` of their own.

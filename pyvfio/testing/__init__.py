@@ -1,0 +1,1 @@
+"""Test support for users of pyvfio: the pytest plugin (:mod:`.plugin`)."""

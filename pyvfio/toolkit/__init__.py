@@ -1,0 +1,3 @@
+"""The driver toolkit on top of the objects: DMA buffers, IOVA allocation,
+descriptor pools, and devices opened ready for DMA.
+"""
