@@ -72,6 +72,8 @@ DOCUMENTED = [
     "pyvfio.fake.models.nvme",
     "pyvfio.fake.vfio",
     "pyvfio.fake.vfio.container",
+    "pyvfio.fake.vfio.group",
+    "pyvfio.fake.vfio.vfio_iommu_type1",
     "pyvfio.fake.machine",
     "pyvfio.fake.iommufd",
     "pyvfio.fake.iommufd.main",

@@ -19,7 +19,7 @@ from pyvfio._uapi import ffi, lib
 from pyvfio.backend.base import MAP_ANONYMOUS, MAP_PRIVATE, PROT_READ, PROT_WRITE
 from pyvfio.fake.core import FakeBackend, FakeFile
 from pyvfio.fake.machine.system import System
-from pyvfio.fake.vfio import container as legacy
+from pyvfio.fake.vfio import group as vfio_group
 
 MakeSystem = Callable[..., System]
 
@@ -218,5 +218,5 @@ def stub_device_files(monkeypatch: pytest.MonkeyPatch) -> list[StubDeviceFile]:
         opened.append(f)
         return f
 
-    monkeypatch.setattr(legacy, "open_device_file", open_device_file)
+    monkeypatch.setattr(vfio_group, "open_device_file", open_device_file)
     return opened
