@@ -781,6 +781,22 @@ def test_cdev_before_bind(host: Host) -> None:
     assert errno_of(lambda: bind(host, dfd, efd)) == errno.EBADFD
 
 
+def test_bind_with_a_bad_token_pointer_is_efault(host: Host) -> None:
+    """vfio_df_check_token copies the UUID from the user: an unmapped
+    ``token_uuid_ptr`` is EFAULT (it once crashed the interpreter), and the
+    file can still be bound afterwards."""
+    pytest.importorskip("pyvfio.fake.iommufd")
+    b = host.b
+    dfd = b.open(cdev_path(host, EDU))
+    ifd = b.open("/dev/iommu")
+    bind_arg = ffi.new("struct vfio_device_bind_iommufd *")
+    bind_arg.argsz = ffi.sizeof(bind_arg[0])
+    bind_arg.flags, bind_arg.iommufd = lib.VFIO_DEVICE_BIND_FLAG_TOKEN, ifd
+    bind_arg.token_uuid_ptr = 0x1000
+    assert errno_of(lambda: b.ioctl(dfd, lib.VFIO_DEVICE_BIND_IOMMUFD, bind_arg)) == errno.EFAULT
+    assert bind(host, dfd, ifd).out_devid > 0
+
+
 def test_bind_on_a_group_device_file_is_einval(edu: Any) -> None:
     h, cfd, dfd, _ = edu
     assert errno_of(lambda: bind(h, dfd, cfd)) == errno.EINVAL
