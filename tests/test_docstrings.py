@@ -76,6 +76,7 @@ DOCUMENTED = [
     "pyvfio.fake.iommufd",
     "pyvfio.fake.iommufd.main",
     "pyvfio.fake.iommufd.io_pagetable",
+    "pyvfio.fake.iommufd.pages",
     "pyvfio.fake.vfio_pci",
     "pyvfio.fake.vfio_pci.core",
     "pyvfio.fake.intervals",

@@ -2,7 +2,7 @@
 
 After drivers/iommu/iommufd/ of Linux 7.3 (main.c, ioas.c, device.c,
 hw_pagetable.c, vfio_compat.c, eventq.c, viommu.c); the I/O page table
-itself lives in :mod:`pyvfio.fake.iommufd_iopt`.  Every check carries a
+itself lives in :mod:`.io_pagetable` and :mod:`.pages`.  Every check carries a
 comment naming the kernel function whose rule it mirrors, and checks run in
 the kernel's order so that a call breaking two rules fails with the same
 errno as on Linux.
@@ -57,9 +57,6 @@ from ..._uapi import ffi, lib
 from ...backend.base import IoctlArg
 from ..core import FakeBackend, FakeFile, IoDomain, IommuFault, UserMemory, errno_error
 from .io_pagetable import (
-    ACCOUNT_MM,
-    ACCOUNT_NONE,
-    ACCOUNT_USER,
     HPAGE_SIZE,
     IOMMU_READ,
     IOMMU_WRITE,
@@ -67,9 +64,9 @@ from .io_pagetable import (
     ElmPages,
     IoPagetable,
     IoptDomain,
-    Pages,
     page_runs,
 )
+from .pages import ACCOUNT_MM, ACCOUNT_NONE, ACCOUNT_USER, Pages
 
 if TYPE_CHECKING:
     from ..machine.system import IommuGroup, PciDevice, VfioGroup
