@@ -177,6 +177,11 @@ class FreeSpace:
         self._add(start, last)
 
     # -- queries ------------------------------------------------------------------------
+    def contains(self, start: int, last: int) -> bool:
+        """Whether ``[start, last]`` lies inside one hole (O(log n))."""
+        hs = self._floor(start)
+        return hs is not None and self._last[hs] >= last
+
     def holes(self, lo: int, hi: int, min_length: int) -> Iterator[tuple[int, int]]:
         """Holes clipped to ``[lo, hi]``, ascending, skipping holes shorter
         than ``min_length`` (before clipping)."""
@@ -434,6 +439,8 @@ class IoPagetable:
         if last > ULONG_MAX:
             # iopt_check_iova: EOVERFLOW when iova + length wraps
             raise errno_error(errno.EOVERFLOW, "iova + length overflows")
+        if self.free.contains(iova, last):
+            return  # neither reserved nor mapped: the two checks below pass
         if self.reserved_overlaps(iova, last):
             # iopt_check_iova: EINVAL over a reserved range
             raise errno_error(errno.EINVAL, f"[{iova:#x}, {last:#x}] overlaps a reserved range")
@@ -541,7 +548,10 @@ class IoPagetable:
         with ENOENT at the first mapping that sticks out of the range."""
         unmapped = 0
         while True:
-            hit = next(self.areas.overlapping(start, last), None)
+            # the area holding ``start``, else the first one starting after it
+            hit = self.areas.find(start)
+            if hit is None:
+                hit = next(self.areas.overlapping(start, last), None)
             if hit is None:
                 return 0, unmapped
             area = hit[2]
