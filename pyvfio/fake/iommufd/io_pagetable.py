@@ -1,21 +1,24 @@
 """The I/O page table behind an iommufd IOAS.
 
-After drivers/iommu/iommufd/io_pagetable.c and pages.c of Linux 7.3: an
+After drivers/iommu/iommufd/io_pagetable.c of Linux 7.3: an
 :class:`IoPagetable` holds *areas* (IOVA ranges mapped to a slice of a
-:class:`Pages` object: user memory or a file), *reserved* ranges (domain
-apertures, device reserved regions), *allowed* ranges (IOMMU_IOAS_ALLOW_IOVAS)
-and the *domains* (paging HWPTs) that mirror the areas.
+:class:`~.pages.Pages` object: user memory or a file), *reserved* ranges
+(domain apertures, device reserved regions), *allowed* ranges
+(IOMMU_IOAS_ALLOW_IOVAS) and the *domains* (paging HWPTs) that mirror the
+areas.
 
-Pinning follows the kernel: nothing is pinned while the table has no
-domain; the first domain pins every area (iopt_table_add_domain ->
-iopt_fill_domain), later maps pin at map time (iopt_area_fill_domains), and
-pages stay pinned until their last filled area goes away or the last domain
-is removed.  A page of a :class:`Pages` object is pinned and charged once no
-matter how many areas (of any IOAS, through IOMMU_IOAS_COPY) map it.
+Nothing is pinned while the table has no domain; the first domain pins
+every area (iopt_table_add_domain -> iopt_fill_domain), later maps pin at
+map time (iopt_area_fill_domains), and pages stay pinned until their last
+filled area goes away or the last domain is removed (the pinning itself is
+:mod:`.pages`).
 
 Free IOVA space is indexed by :class:`FreeSpace` so that automatic IOVA
 allocation and map/unmap cost O(log n) (plus a bounded block scan) in the
 number of live areas.
+
+:func:`iopt_map_user_pages`, :func:`iopt_map_file_pages` and
+:func:`iopt_map_common` take the iommufd context, as the kernel's do.
 """
 
 from __future__ import annotations
@@ -28,132 +31,39 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 from ..core import errno_error
 from ..intervals import IntervalMap
+from ._spans import ULONG_MAX, lowest_bit, merge_spans, roundup_pow_of_two, span_holes
+from .pages import ACCOUNT_MM, ACCOUNT_NONE, ACCOUNT_USER, MapsSnapshot, Pages
 
 if TYPE_CHECKING:
-    from ...backend.base import MemoryMap
-    from ..core import FakeBackend, UserMemory
+    from .main import IommufdFile
 
 __all__ = [
     "ULONG_MAX",
     "IOMMU_READ",
     "IOMMU_WRITE",
-    "ACCOUNT_NONE",
-    "ACCOUNT_USER",
-    "ACCOUNT_MM",
+    "HPAGE_SIZE",
     "FreeSpace",
-    "Pages",
     "Area",
     "IoptDomain",
+    "ElmPages",
     "IoPagetable",
+    "page_runs",
+    "iopt_map_common",
+    "iopt_map_user_pages",
+    "iopt_map_file_pages",
+    # where the tests and benchmarks have always found them
+    "merge_spans",
+    "span_holes",
     "MapsSnapshot",
 ]
-
-#: The largest ``unsigned long`` (64-bit): the last IOVA.
-ULONG_MAX = (1 << 64) - 1
-SIZE_MAX = ULONG_MAX
 
 #: iommu_prot bit (include/linux/iommu.h): the device may read.
 IOMMU_READ = 1 << 0
 #: iommu_prot bit: the device may write.
 IOMMU_WRITE = 1 << 1
 
-#: enum iopt_pages_account_mode: pinned pages are not charged.
-ACCOUNT_NONE = 0
-#: Pinned pages are charged to the user's locked memory (RLIMIT_MEMLOCK).
-ACCOUNT_USER = 1
-#: Pinned pages are charged to the process's locked_vm (``mm`` mode).
-ACCOUNT_MM = 2
-
 #: HPAGE_SIZE on x86-64 (PMD size), the IOVA alignment cap with THP
 HPAGE_SIZE = 2 << 20
-
-
-# -- small helpers -------------------------------------------------------------------------
-def roundup_pow_of_two(value: int) -> int:
-    """roundup_pow_of_two: the smallest power of two >= ``value`` (1 for 0)."""
-    return 1 << (value - 1).bit_length() if value > 1 else 1
-
-
-def lowest_bit(value: int) -> int:
-    """1 << __ffs(value) (value != 0)."""
-    return value & -value
-
-
-def merge_spans(spans: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Sort inclusive spans and merge overlapping or touching ones (the
-    "used" spans of interval_tree_span_iter)."""
-    out: list[tuple[int, int]] = []
-    for start, last in sorted(spans):
-        if out and start <= out[-1][1] + 1:
-            if last > out[-1][1]:
-                out[-1] = (out[-1][0], last)
-        else:
-            out.append((start, last))
-    return out
-
-
-def span_holes(merged: list[tuple[int, int]], lo: int, hi: int) -> list[tuple[int, int]]:
-    """The holes of ``merged`` (sorted, disjoint) inside ``[lo, hi]``."""
-    holes: list[tuple[int, int]] = []
-    pos = lo
-    for start, last in merged:
-        if last < pos:
-            continue
-        if start > hi:
-            break
-        if start > pos:
-            holes.append((pos, start - 1))
-        if last >= hi:
-            return holes
-        pos = last + 1
-    if pos <= hi:
-        holes.append((pos, hi))
-    return holes
-
-
-def subtract_spans(span: tuple[int, int], merged: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """The parts of ``span`` not covered by ``merged``."""
-    return span_holes(merged, span[0], span[1])
-
-
-def spans_size(spans: Iterable[tuple[int, int]]) -> int:
-    """The number of units the inclusive ``(start, last)`` spans cover
-    (summed; overlapping spans count twice)."""
-    return sum(last - start + 1 for start, last in spans)
-
-
-class MapsSnapshot:
-    """One read of /proc/self/maps, to validate many user ranges at once
-    (pin_user_pages over many areas)."""
-
-    def __init__(self) -> None:
-        self._starts: list[int] = []
-        self._regions: list[tuple[int, int, str]] = []
-        with open("/proc/self/maps", encoding="ascii") as f:
-            for line in f:
-                addr, perms = line.split()[:2]
-                lo, hi = addr.split("-")
-                self._regions.append((int(lo, 16), int(hi, 16), perms))
-        self._regions.sort()
-        self._starts = [r[0] for r in self._regions]
-
-    def check(self, va: int, length: int, write: bool) -> None:
-        """EFAULT unless ``[va, va + length)`` is mapped readable (and writable)."""
-        if length <= 0:
-            return
-        end = va + length
-        pos = va
-        i = bisect.bisect_right(self._starts, pos) - 1
-        while pos < end:
-            if i < 0 or i >= len(self._regions):
-                raise errno_error(errno.EFAULT, f"user address {pos:#x} is not mapped")
-            lo, hi, perms = self._regions[i]
-            if not lo <= pos < hi:
-                raise errno_error(errno.EFAULT, f"user address {pos:#x} is not mapped")
-            if "r" not in perms or (write and "w" not in perms):
-                raise errno_error(errno.EFAULT, f"user address {pos:#x} is not accessible")
-            pos = hi
-            i += 1
 
 
 # -- free IOVA space -------------------------------------------------------------------------
@@ -267,6 +177,11 @@ class FreeSpace:
         self._add(start, last)
 
     # -- queries ------------------------------------------------------------------------
+    def contains(self, start: int, last: int) -> bool:
+        """Whether ``[start, last]`` lies inside one hole (O(log n))."""
+        hs = self._floor(start)
+        return hs is not None and self._last[hs] >= last
+
     def holes(self, lo: int, hi: int, min_length: int) -> Iterator[tuple[int, int]]:
         """Holes clipped to ``[lo, hi]``, ascending, skipping holes shorter
         than ``min_length`` (before clipping)."""
@@ -299,192 +214,6 @@ class FreeSpace:
                 return
             b += 1
             i = 0
-
-
-# -- pages ---------------------------------------------------------------------------------------
-class Pages:
-    """struct iopt_pages: the memory behind one IOMMU_IOAS_MAP / _MAP_FILE
-    (or IOMMU_VFIO compat map), shared by the areas that map it."""
-
-    def __init__(self, kernel: FakeBackend, page_size: int, kind: str, start_byte: int,
-                 length: int, writable: bool, account_mode: int) -> None:
-        # iopt_alloc_pages: EINVAL for an empty or size_t-overflowing length
-        if length > SIZE_MAX - page_size or length == 0:
-            raise errno_error(errno.EINVAL, f"bad length {length:#x}")
-        self.kernel = kernel
-        self.page_size = page_size
-        self.kind = kind  # "user" | "file"
-        self.npages = (length + start_byte + page_size - 1) // page_size
-        self.writable = writable
-        self.account_mode = account_mode
-        #: user: the page-aligned user address; file: the page-aligned offset
-        self.uptr = 0
-        self.file_start = 0
-        self.fd = -1
-        self.refs = 1
-        self.npinned = 0
-        self._filled: dict[Area, tuple[int, int]] = {}
-        self._union: list[tuple[int, int]] = []
-        self._map: MemoryMap | None = None
-
-    @property
-    def user_memory(self) -> UserMemory:
-        """The pinned-page accounting the pages are charged to."""
-        return self.kernel.system.user_memory
-
-    @classmethod
-    def user(cls, kernel: FakeBackend, page_size: int, uptr: int, length: int, writable: bool,
-             account_mode: int) -> Pages:
-        """iopt_alloc_user_pages."""
-        if uptr + length > ULONG_MAX:
-            # iopt_alloc_user_pages: EOVERFLOW when uptr + length wraps
-            raise errno_error(errno.EOVERFLOW, "user_va + length overflows")
-        down = uptr - uptr % page_size
-        pages = cls(kernel, page_size, "user", uptr - down, length, writable, account_mode)
-        pages.uptr = down
-        return pages
-
-    @classmethod
-    def file(cls, kernel: FakeBackend, page_size: int, fd: int, start: int, length: int,
-             writable: bool, account_mode: int) -> Pages:
-        """iopt_alloc_file_pages (the caller checked the fd)."""
-        start_byte = start % page_size
-        pages = cls(kernel, page_size, "file", start_byte, length, writable, account_mode)
-        pages.file_start = start - start_byte
-        pages.fd = os.dup(fd)  # get_file: the file stays open while mapped
-        return pages
-
-    def __repr__(self) -> str:
-        where = f"va {self.uptr:#x}" if self.kind == "user" else f"file offset {self.file_start:#x}"
-        return f"<Pages {self.kind} {where} npages={self.npages} pinned={self.npinned}>"
-
-    # -- references -----------------------------------------------------------------
-    def get(self) -> None:
-        """Take a reference (another area or an IOAS copy uses the pages)."""
-        self.refs += 1
-
-    def put(self) -> None:
-        """iopt_put_pages: the last reference releases the file."""
-        assert self.refs > 0
-        self.refs -= 1
-        if self.refs:
-            return
-        assert not self._filled and self.npinned == 0, "releasing pinned pages"
-        if self._map is not None:
-            self._map.close()
-            self._map = None
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
-    # -- address translation for DMA -----------------------------------------------------
-    def va(self, offset: int) -> int:
-        """The process address of byte ``offset`` of the pages."""
-        if self.kind == "user":
-            return self.uptr + offset
-        if self._map is None:
-            from ...backend.base import MAP_SHARED, PROT_READ, PROT_WRITE
-
-            length = self.npages * self.page_size
-            try:
-                self._map = self.kernel.mmap(length, PROT_READ | PROT_WRITE, MAP_SHARED,
-                                             self.fd, self.file_start)
-            except OSError:
-                self._map = self.kernel.mmap(length, PROT_READ, MAP_SHARED, self.fd,
-                                             self.file_start)
-        return self._map.address + offset
-
-    # -- pinning -------------------------------------------------------------------------------
-    def _validate(self, spans: list[tuple[int, int]], maps: MapsSnapshot | None) -> None:
-        ps = self.page_size
-        if self.kind == "user":
-            for first, last in spans:
-                va, n = self.uptr + first * ps, (last - first + 1) * ps
-                # pin_user_pages_fast: EFAULT for unmapped (or, with
-                # FOLL_WRITE, read-only) user memory
-                if maps is not None:
-                    maps.check(va, n, self.writable)
-                else:
-                    self.user_memory.check(va, n, self.writable)
-            return
-        if not _is_shmem(self.fd):
-            # memfd_pin_folios: EINVAL for a file that is not shmem/hugetlbfs
-            raise errno_error(errno.EINVAL, "only memfd/shmem files can be pinned")
-        size = os.fstat(self.fd).st_size
-        for _first, last in spans:
-            if self.file_start + (last + 1) * ps - 1 >= size:
-                # memfd_pin_folios: EINVAL for pages past the end of the file
-                raise errno_error(errno.EINVAL, "the range ends past the end of the file")
-
-    def fill(self, area: Area, maps: MapsSnapshot | None = None) -> None:
-        """Pin what ``area`` needs that is not pinned yet (pfn_reader +
-        pfn_reader_update_pinned); EFAULT/EINVAL, then ENOMEM."""
-        span = area.index_span()
-        new = subtract_spans(span, self._union)
-        if new:
-            self._validate(new, maps)
-            count = spans_size(new)
-            if self.account_mode != ACCOUNT_NONE:
-                # incr_user_locked_vm / __account_locked_vm: ENOMEM past RLIMIT_MEMLOCK
-                self.user_memory.pin(count)
-            self.npinned += count
-        self._filled[area] = span
-        self._union = merge_spans(self._filled.values())
-        area.filled = True
-
-    def unfill(self, area: Area) -> None:
-        """Drop ``area``'s claim on its pages; unpin what nothing else holds
-        (__iopt_area_unfill_domain + update_unpinned)."""
-        if self._filled.pop(area, None) is None:
-            return
-        area.filled = False
-        self._union = merge_spans(self._filled.values())
-        now = spans_size(self._union)
-        delta = self.npinned - now
-        if delta:
-            if self.account_mode != ACCOUNT_NONE:
-                self.user_memory.unpin(delta)
-            self.npinned = now
-
-    def split_filled(self, old: Area, lhs: Area, rhs: Area) -> None:
-        """iopt_area_split: the two halves inherit the filled state."""
-        if self._filled.pop(old, None) is None:
-            return
-        self._filled[lhs] = lhs.index_span()
-        self._filled[rhs] = rhs.index_span()
-        lhs.filled = rhs.filled = True
-        self._union = merge_spans(self._filled.values())
-
-
-_SHMEM_FS = ("tmpfs", "hugetlbfs", "shmem")
-
-
-def _is_shmem(fd: int) -> bool:
-    """shmem_file() || is_file_hugepages(): memfds and files on tmpfs/hugetlbfs."""
-    try:
-        target = os.readlink(f"/proc/self/fd/{fd}")
-    except OSError:
-        return False
-    if target.startswith("/memfd:"):
-        return True
-    if not target.startswith("/"):
-        return False
-    if target.endswith(" (deleted)"):
-        target = target[: -len(" (deleted)")]
-    best, fstype = "", ""
-    try:
-        with open("/proc/self/mounts", encoding="utf-8") as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) < 3:
-                    continue
-                mnt = parts[1].replace("\\040", " ")
-                if (target == mnt or target.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best):
-                    best, fstype = mnt, parts[2]
-    except OSError:
-        return False
-    return fstype in _SHMEM_FS
-
 
 # -- areas ---------------------------------------------------------------------------------
 @dataclass(eq=False)
@@ -710,6 +439,8 @@ class IoPagetable:
         if last > ULONG_MAX:
             # iopt_check_iova: EOVERFLOW when iova + length wraps
             raise errno_error(errno.EOVERFLOW, "iova + length overflows")
+        if self.free.contains(iova, last):
+            return  # neither reserved nor mapped: the two checks below pass
         if self.reserved_overlaps(iova, last):
             # iopt_check_iova: EINVAL over a reserved range
             raise errno_error(errno.EINVAL, f"[{iova:#x}, {last:#x}] overlaps a reserved range")
@@ -817,7 +548,10 @@ class IoPagetable:
         with ENOENT at the first mapping that sticks out of the range."""
         unmapped = 0
         while True:
-            hit = next(self.areas.overlapping(start, last), None)
+            # the area holding ``start``, else the first one starting after it
+            hit = self.areas.find(start)
+            if hit is None:
+                hit = next(self.areas.overlapping(start, last), None)
             if hit is None:
                 return 0, unmapped
             area = hit[2]
@@ -990,4 +724,54 @@ def page_runs(areas: IntervalMap[Area], iova: int, length: int, write: bool,
     return runs
 
 
-__all__ += ["ElmPages", "page_runs", "merge_spans", "span_holes"]
+
+# -- mapping for the ioctls: these take the context, as the kernel's do ---------------------
+def _pages_account_mode(ictx: IommufdFile) -> int:
+    """iopt_alloc_pages: CAP_IPC_LOCK skips accounting."""
+    return ACCOUNT_NONE if getattr(ictx.system, "cap_ipc_lock", False) else ACCOUNT_USER
+
+
+def iopt_map_common(ictx: IommufdFile, iopt: IoPagetable, pages: Pages, start_byte: int,
+                    length: int, iova: int, prot: int, alloc: bool) -> int:
+    """iopt_map_common: map one slice of ``pages``, charged the way the
+    context's RLIMIT_MODE says; the reference on ``pages`` is dropped when
+    the map fails."""
+    if ictx.account_mode == ACCOUNT_MM and pages.account_mode == ACCOUNT_USER:
+        pages.account_mode = ACCOUNT_MM
+    try:
+        return iopt.map_pages([ElmPages(pages, start_byte, length)], length, iova, prot, alloc)
+    except BaseException:
+        pages.put()
+        raise
+
+
+def iopt_map_user_pages(ictx: IommufdFile, iopt: IoPagetable, uptr: int, length: int,
+                        iova: int, prot: int, alloc: bool) -> int:
+    """iopt_map_user_pages: map ``length`` bytes of user memory at ``uptr``;
+    returns the IOVA."""
+    pages = Pages.user(ictx.kernel, ictx.system_page_size, uptr, length,
+                       bool(prot & IOMMU_WRITE), _pages_account_mode(ictx))
+    return iopt_map_common(ictx, iopt, pages, uptr - pages.uptr, length, iova, prot, alloc)
+
+
+def iopt_map_file_pages(ictx: IommufdFile, iopt: IoPagetable, fd: int, start: int,
+                        length: int, iova: int, prot: int, alloc: bool) -> int:
+    """iopt_map_file_pages: map ``length`` bytes of the file ``fd`` from
+    offset ``start``; returns the IOVA."""
+    if not length:
+        # iopt_map_file_pages: EINVAL for a zero length
+        raise errno_error(errno.EINVAL, "zero length")
+    if start + length - 1 > ULONG_MAX:
+        # iopt_map_file_pages: EOVERFLOW when start + length wraps
+        raise errno_error(errno.EOVERFLOW, "start + length overflows")
+    try:
+        if fd < 0:
+            raise OSError(errno.EBADF, "negative fd")
+        os.fstat(fd)
+    except OSError:
+        # iopt_map_file_pages: EBADF when fget fails
+        raise errno_error(errno.EBADF, f"fd {fd} is not open") from None
+    ps = ictx.system_page_size
+    pages = Pages.file(ictx.kernel, ps, fd, start, length, bool(prot & IOMMU_WRITE),
+                       _pages_account_mode(ictx))
+    return iopt_map_common(ictx, iopt, pages, start % ps, length, iova, prot, alloc)

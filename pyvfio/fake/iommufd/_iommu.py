@@ -1,0 +1,159 @@
+"""The IOMMU below iommufd: what the IOMMU core and the intel-iommu driver
+answer when iommufd asks.
+
+After drivers/iommu/iommu.c and drivers/iommu/intel/iommu.c of Linux 7.3,
+as far as iommufd calls them: reserved regions of a device, device
+capabilities, PASID width, paging-domain allocation, the driver's checks
+on attach, and the VT-d registers IOMMU_GET_HW_INFO reports.  The IOMMU is
+the :class:`~pyvfio.fake.machine.system.System`'s ``iommu`` (None: no
+IOMMU).
+"""
+
+from __future__ import annotations
+
+import errno
+from typing import TYPE_CHECKING
+
+from ..._uapi import lib
+from ..core import errno_error
+
+if TYPE_CHECKING:
+    from ..machine.system import PciDevice, System
+    from ._private import HwptPaging, Idev
+
+__all__ = [
+    "HW_INFO_TYPES", "HW_INFO_STRUCTS", "iommu_get_resv_regions", "dirty_tracking_capable",
+    "max_pasids", "pri_supported", "driver_attach_check", "pasid_attach_check",
+    "domain_alloc_paging_flags", "vtd_regs",
+]
+
+#: ``System.iommu.hw_info_type`` -> enum iommu_hw_info_type
+HW_INFO_TYPES = {
+    "none": lib.IOMMU_HW_INFO_TYPE_NONE,
+    "intel_vtd": lib.IOMMU_HW_INFO_TYPE_INTEL_VTD,
+    "arm_smmuv3": lib.IOMMU_HW_INFO_TYPE_ARM_SMMUV3,
+    "amd": lib.IOMMU_HW_INFO_TYPE_AMD,
+}
+#: enum iommu_hw_info_type -> the struct IOMMU_GET_HW_INFO fills
+HW_INFO_STRUCTS = {
+    lib.IOMMU_HW_INFO_TYPE_INTEL_VTD: "struct iommu_hw_info_vtd",
+    lib.IOMMU_HW_INFO_TYPE_ARM_SMMUV3: "struct iommu_hw_info_arm_smmuv3",
+    lib.IOMMU_HW_INFO_TYPE_AMD: "struct iommu_hw_info_amd",
+}
+
+
+def iommu_get_resv_regions(system: System, idev: Idev) -> list[tuple[int, int, str]]:
+    """iommu_get_resv_regions(dev) (intel_iommu_get_resv_regions: the
+    device's RMRRs and the interrupt window)."""
+    iommu = system.iommu
+    regions = []
+    if iommu is not None:
+        regions += [(r.start, r.last, r.type) for r in iommu.reserved_regions]
+    regions += [(r.start, r.last, r.type) for r in idev.pdev.extra_reserved]
+    group = idev.pdev.group
+    if group is not None:
+        regions += [(r.start, r.last, r.type) for r in group.extra_reserved]
+    return regions
+
+
+def dirty_tracking_capable(system: System, idev: Idev) -> bool:
+    """device_iommu_capable(IOMMU_CAP_DIRTY_TRACKING)."""
+    iommu = system.iommu
+    return not idev.noiommu and iommu is not None and bool(iommu.dirty_tracking)
+
+
+def max_pasids(system: System, pdev: PciDevice) -> int:
+    """dev->iommu->max_pasids: PASID enabled when both the IOMMU and the
+    device support it."""
+    iommu = system.iommu
+    if iommu is None or not iommu.pasid_bits:
+        return 0
+    bits = getattr(pdev, "pasid_bits", None)
+    if bits is None:
+        bits = pdev.spec.get("pasid_bits", getattr(pdev.model, "pasid_bits", 0))
+    bits = int(bits or 0)
+    if not bits:
+        return 0
+    return 1 << min(bits, int(iommu.pasid_bits))
+
+
+def pri_supported(pdev: PciDevice) -> bool:
+    """pci_pri_supported."""
+    return bool(getattr(pdev, "pri_supported", False) or pdev.spec.get("pri", False))
+
+
+def driver_attach_check(hwpt: HwptPaging, idev: Idev) -> None:
+    """intel_iommu_attach_device / set_dev_pasid: iopf_for_domain_set."""
+    if hwpt.fault is not None and not pri_supported(idev.pdev):
+        # intel_iommu_enable_iopf: ENODEV without PCI PRI
+        raise errno_error(errno.ENODEV, f"{idev.pdev.bdf} cannot report page faults (no PRI)")
+
+
+def pasid_attach_check(system: System, hwpt: HwptPaging, idev: Idev,
+                       pasid: int) -> list[PciDevice]:
+    """iommu_attach_device_pasid / intel_iommu_set_dev_pasid checks;
+    returns the devices of the group."""
+    group = idev.pdev.group
+    assert group is not None
+    for dev in group.devices:
+        mp = max_pasids(system, dev)
+        if mp > 0 and pasid >= mp:
+            # iommu_attach_device_pasid: EINVAL beyond a device's PASID width
+            raise errno_error(errno.EINVAL, f"PASID {pasid} is beyond {dev.bdf}'s width")
+    iommu = system.iommu
+    if iommu is None or not iommu.pasid_bits:
+        # intel_iommu_set_dev_pasid: EOPNOTSUPP without PASID support
+        raise errno_error(errno.EOPNOTSUPP, "the IOMMU does not support PASID")
+    driver_attach_check(hwpt, idev)
+    return list(group.devices)
+
+
+def domain_alloc_paging_flags(system: System, idev: Idev, flags: int, user_data: bool) -> None:
+    """ops->domain_alloc_paging_flags of the device's IOMMU driver."""
+    if idev.noiommu:
+        if flags or user_data:
+            # noiommu_alloc_paging_flags: EOPNOTSUPP for flags or data
+            raise errno_error(errno.EOPNOTSUPP, "no-IOMMU domains take no flags")
+        return
+    iommu = system.iommu
+    assert iommu is not None
+    if user_data:
+        # intel_iommu_domain_alloc_paging_flags: EOPNOTSUPP for driver data
+        raise errno_error(errno.EOPNOTSUPP, "paging domains take no driver data")
+    if flags & lib.IOMMU_HWPT_ALLOC_NEST_PARENT and not getattr(iommu, "nesting", False):
+        # intel_iommu_domain_alloc_second_stage: EOPNOTSUPP without nesting support
+        raise errno_error(errno.EOPNOTSUPP, "the IOMMU does not support nesting")
+    if flags & lib.IOMMU_HWPT_ALLOC_DIRTY_TRACKING and not iommu.dirty_tracking:
+        # intel_iommu_domain_alloc_second_stage: EOPNOTSUPP without SSADS
+        raise errno_error(errno.EOPNOTSUPP, "the IOMMU cannot track dirty pages")
+
+
+def vtd_regs(system: System) -> tuple[int, int]:
+    """CAP_REG / ECAP_REG of the emulated VT-d (QEMU's intel-iommu
+    defaults, adjusted to the topology's features)."""
+    iommu = system.iommu
+    assert iommu is not None
+    cap = getattr(iommu, "cap_reg", None)
+    ecap = getattr(iommu, "ecap_reg", None)
+    if cap is not None and ecap is not None:
+        return int(cap), int(ecap)
+    aw = max(int(iommu.aperture[1]).bit_length(), 39)
+    cap = (0x220 << 20) | 6 | (18 << 48) | (1 << 39) | ((aw - 1) << 16) | (0x2 << 8)
+    if aw >= 48:
+        cap |= 0x4 << 8
+    if iommu.pgsize_bitmap & (1 << 21):
+        cap |= 1 << 34
+    if iommu.pgsize_bitmap & (1 << 30):
+        cap |= 1 << 35
+    ecap = (0xF0 << 4) | (1 << 1) | (1 << 6)
+    if iommu.interrupt_remapping:
+        ecap |= (1 << 3) | (1 << 4) | (15 << 20)
+    if iommu.enforce_cache_coherency:
+        ecap |= 1 << 7
+    if iommu.dirty_tracking or iommu.pasid_bits:
+        ecap |= (1 << 43) | (1 << 46) | (1 << 48)
+    if iommu.dirty_tracking:
+        ecap |= 1 << 55
+    if iommu.pasid_bits:
+        ecap |= (1 << 40) | ((int(iommu.pasid_bits) - 1) << 35)
+    return cap, ecap
