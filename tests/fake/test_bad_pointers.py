@@ -147,6 +147,16 @@ class Env:
         self.fds: dict[str, int] = {}
         getattr(self, "_" + context)()
 
+    def close(self) -> None:
+        """Close every fd and mapping (only the parent's warm-up needs it)."""
+        for fd in list(self.b._files):
+            self.b.close(fd)
+        if hasattr(self, "memfd"):
+            os.close(self.memfd)
+        for m in self.keep:
+            if hasattr(m, "close"):
+                m.close()
+
     # helpers
     def ioctl(self, fd: int, request: int, arg: Any = 0) -> int:
         return self.b.ioctl(fd, request, arg)
@@ -769,9 +779,7 @@ def warm() -> None:
     """Every context built once here: the children start with the imports
     and caches of the fake in place (a few ms each instead of ~0.3 s)."""
     for context in set(FD_CONTEXT.values()):
-        env = Env(context)
-        for fd in list(env.b._files):
-            env.b.close(fd)
+        Env(context).close()
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
