@@ -61,7 +61,6 @@ EDU_BUFFER, DMA_SRC, DMA_DST, DMA_COUNT, DMA_CMD = 0x40000, 0x80, 0x88, 0x90, 0x
 CONFIG = lib.VFIO_PCI_CONFIG_REGION_INDEX << 40
 TIMEOUT = 10.0
 KERNEL_ADDR = 0xFFFF888000000000
-TYPE1v2 = lib.VFIO_TYPE1v2_IOMMU
 MAP_FIXED = lib.IOMMU_IOAS_MAP_READABLE | lib.IOMMU_IOAS_MAP_WRITEABLE | lib.IOMMU_IOAS_MAP_FIXED_IOVA
 GET, SET = lib.VFIO_DEVICE_FEATURE_GET, lib.VFIO_DEVICE_FEATURE_SET
 
@@ -128,8 +127,7 @@ def at_guard(ctype: str) -> Any:
 
 
 def heap(ctype: str) -> Any:
-    """An ordinary owning ``ctype *``."""
-    return ffi.new(ctype + " *")
+    return ffi.new(ctype + " *")  # an ordinary owning ``ctype *``
 
 
 def address(obj: Any) -> int:
@@ -255,7 +253,7 @@ class Env:
         self.cfd = self.fds["container"] = self.b.open("/dev/vfio/vfio")
         self.gfd = self.fds["group"] = self.b.open(f"/dev/vfio/{group}")
         self.ioctl(self.gfd, lib.VFIO_GROUP_SET_CONTAINER, ffi.new("int *", self.cfd))
-        self.ioctl(self.cfd, lib.VFIO_SET_IOMMU, TYPE1v2)
+        self.ioctl(self.cfd, lib.VFIO_SET_IOMMU, lib.VFIO_TYPE1v2_IOMMU)
         m = ffi.new("struct vfio_iommu_type1_dma_map *")
         m.argsz, m.flags = ffi.sizeof(m[0]), lib.VFIO_DMA_MAP_FLAG_READ | lib.VFIO_DMA_MAP_FLAG_WRITE
         m.vaddr, m.iova, m.size = self.memory(NPAGES), IOVA, NPAGES * PAGE
@@ -393,7 +391,7 @@ IO = ("iommufd",)
 DEV = ("dev/group", "dev/cdev")
 E1000_FDS = ("e1000/group", "e1000/cdev")
 DMA_RW = lib.VFIO_DMA_MAP_FLAG_READ | lib.VFIO_DMA_MAP_FLAG_WRITE
-ENOTTY, EINVAL, ENOENT = frozenset({errno.ENOTTY}), frozenset({errno.EINVAL}), frozenset({errno.ENOENT})
+ENOTTY, EINVAL = frozenset({errno.ENOTTY}), frozenset({errno.EINVAL})
 EOPNOTSUPP, EBUSY, SUCCESS = frozenset({errno.EOPNOTSUPP}), frozenset({errno.EBUSY}), frozenset({OK})
 
 OPS: list[Op] = [
@@ -637,8 +635,7 @@ _POINTERISH = re.compile(r"uptr|_ptr$|^data$|^allowed_iovas$|^(dma_)?ranges$|^bi
 
 #: ioctl numbers the bindings spell twice (sPAPR shares type1's numbers)
 ALIASES = {"VFIO_IOMMU_SPAPR_TCE_GET_INFO": "VFIO_IOMMU_GET_INFO",
-           "VFIO_IOMMU_SPAPR_REGISTER_MEMORY": "VFIO_IOMMU_DIRTY_PAGES",
-           "VFIO_DEVICE_FEATURE": "VFIO_IOMMU_DIRTY_PAGES"}
+           "VFIO_IOMMU_SPAPR_REGISTER_MEMORY": "VFIO_IOMMU_DIRTY_PAGES"}
 
 
 def test_pointer_members_are_curated() -> None:
@@ -678,13 +675,9 @@ class Case:
         return f"{self.op.name}@{self.fd}-{what}" + ("" if self.kind == "argsz" else f"-{self.bad}")
 
     def expected(self) -> frozenset[int]:
-        if self.kind == "arg":
-            assert self.op.arg is not None
-            return self.op.arg
-        if self.kind == "field":
-            return self.op.field_outcome
-        assert self.op.argsz is not None
-        return self.op.argsz
+        out = {"arg": self.op.arg, "field": self.op.field_outcome, "argsz": self.op.argsz}[self.kind]
+        assert out is not None
+        return out
 
     def call(self, env: Env) -> tuple[int, int, Any]:
         """Build the argument (in the child): (fd, request, argument)."""
