@@ -78,6 +78,7 @@ DOCUMENTED = [
     "pyvfio.fake.iommufd",
     "pyvfio.fake.iommufd.main",
     "pyvfio.fake.iommufd.io_pagetable",
+    "pyvfio.fake.iommufd.iova_bitmap",
     "pyvfio.fake.iommufd.pages",
     "pyvfio.fake.iommufd.ioas",
     "pyvfio.fake.iommufd.device",

@@ -264,6 +264,9 @@ class FakeBackend(Backend):
     def ioctl(self, fd: int, request: int, arg: IoctlArg = 0) -> int:
         """:meth:`FakeFile.ioctl` of the file behind ``fd``, under the
         system lock; EBADF for an fd that is not a fake file."""
+        if not isinstance(arg, (int, ffi.CData)):
+            # what fcntl.ioctl says to the real backend for such an argument
+            raise TypeError(f"an ioctl argument is an int or a cffi pointer, not {type(arg).__name__}")
         file = self.file(fd)
         with self.system.lock:
             return file.ioctl(request, arg)

@@ -130,7 +130,7 @@ class UserPtr:
     def __init__(self, arg: IoctlArg) -> None:
         self.address: int
         self.extent: int | None = None
-        if isinstance(arg, bool) or not isinstance(arg, (int, ffi.CData)):
+        if not isinstance(arg, (int, ffi.CData)):
             raise TypeError(f"an ioctl argument is an int or a cffi pointer, not {type(arg).__name__}")
         if isinstance(arg, int):
             self.address = arg & _ULONG

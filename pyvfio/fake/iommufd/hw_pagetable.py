@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Tuple
 from ..._uapi import lib
 from ..core import errno_error
 from ..uaccess import UserPtr
+from .iova_bitmap import iova_bitmap_set
 from ._iommu import dirty_tracking_capable, domain_alloc_paging_flags
 from ._private import (
     NO_PASID,
@@ -209,10 +210,6 @@ def _read_and_clear_dirty(hwpt: HwptPaging, iova: int, last: int, page_size: int
     ``iova`` (iopt_for_each_contig_area), into the user's bitmap of one
     bit per ``page_size`` bytes from ``iova``."""
     shift = (page_size & -page_size).bit_length() - 1
-    # iova_bitmap_get: pin_user_pages_fast(FOLL_WRITE) of the whole bitmap
-    # (u64 words), EFAULT when it is not writable user memory
-    nbytes = (((last - iova) >> shift) // 64 + 1) * 8
-    bitmap.check(0, nbytes, True)
     areas = hwpt.ioas.iopt.areas
     ps = hwpt.dirty_page
     spans: list[tuple[int, int]] = []
@@ -236,20 +233,14 @@ def _read_and_clear_dirty(hwpt: HwptPaging, iova: int, last: int, page_size: int
             dirty_pages += [p for p in hwpt.dirty if lo <= p <= hi]
     if not dirty_pages:
         return
-    bits: dict[int, int] = {}
+    bits: list[int] = []
     for p in dirty_pages:
         first = max(p * ps, iova)
         end = min(p * ps + ps - 1, last)
-        for bit in range((first - iova) >> shift, ((end - iova) >> shift) + 1):
-            bits[bit >> 3] = bits.get(bit >> 3, 0) | (1 << (bit & 7))
+        bits.extend(range((first - iova) >> shift, ((end - iova) >> shift) + 1))
         if clear:
             hwpt.dirty.discard(p)
-    # iova_bitmap_set: set the bits in the pinned pages
-    lo_byte, hi_byte = min(bits), max(bits)
-    data = bytearray(bitmap.read(lo_byte, hi_byte - lo_byte + 1))
-    for byte, mask in bits.items():
-        data[byte - lo_byte] |= mask
-    bitmap.write(lo_byte, data)
+    iova_bitmap_set(bitmap, bits)
 
 
 def iommufd_hwpt_invalidate(ictx: IommufdFile, u: Ucmd) -> int:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Callable
 from ..._uapi import ffi, lib
 from ...backend.base import IoctlArg
 from ..core import errno_error
+from ..iommufd.iova_bitmap import iova_bitmap_set
 from ..uaccess import UserPtr
 from .intrs import Eventfd
 from .migration import LOG_MAX_RANGES, MigrationDriver
@@ -207,12 +208,10 @@ def vfio_ioctl_device_feature_logging_report(vdev: VfioPciCore, flags: int, data
         return 0
     if not bitmap.address:
         raise errno_error(errno.EFAULT, "bitmap is NULL")
-    words: dict[int, int] = {}
+    bits: list[int] = []
     for start, n in mig.log_read_and_clear(iova, length):
-        for bit in range((start - iova) // page_size, (start + n - 1 - iova) // page_size + 1):
-            words[bit // 64] = words.get(bit // 64, 0) | 1 << (bit % 64)
-    for word, bits in words.items():
-        bitmap.write_u64(8 * word, bitmap.read_u64(8 * word) | bits)
+        bits.extend(range((start - iova) // page_size, (start + n - 1 - iova) // page_size + 1))
+    iova_bitmap_set(bitmap, bits)
     return 0
 
 
