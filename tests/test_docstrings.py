@@ -82,6 +82,23 @@ DOCUMENTED = [
     "pyvfio.fake.machine.topology",
     "pyvfio.sysfs",
     "pyvfio.fake.machine.sysfs",
+    "pyvfio.fake.machine.iommu",
+    "pyvfio.fake.machine.pci_device",
+    "pyvfio.fake.machine.pci_driver",
+    "pyvfio.fake.machine.driver_core",
+    "pyvfio.fake.machine.vfio_group",
+    "pyvfio.fake.machine.dma",
+    "pyvfio.fake.machine.chrdev",
+    "pyvfio.fake.machine.kernfs",
+    "pyvfio.fake.machine.kstrtox",
+    "pyvfio.fake.machine.resets",
+    "pyvfio.fake.machine.pci_sysfs",
+    "pyvfio.fake.machine.bus_sysfs",
+    "pyvfio.fake.machine.iommu_sysfs",
+    "pyvfio.fake.machine.iov",
+    "pyvfio.fake.machine.host_use",
+    "pyvfio.fake.machine.procfs",
+    "pyvfio.fake.machine.module_sysfs",
 ]
 
 
