@@ -98,6 +98,8 @@ DOCUMENTED = [
     "pyvfio.fake.machine.iov",
     "pyvfio.fake.machine.host_use",
     "pyvfio.fake.machine.procfs",
+    "pyvfio.fake.machine.pci_regs",
+    "pyvfio.fake.machine.config_space",
     "pyvfio.fake.machine.module_sysfs",
 ]
 
