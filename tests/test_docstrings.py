@@ -100,6 +100,8 @@ DOCUMENTED = [
     "pyvfio.fake.machine.procfs",
     "pyvfio.fake.machine.pci_regs",
     "pyvfio.fake.machine.config_space",
+    "pyvfio.fake.machine.topology_fields",
+    "pyvfio.fake.machine.topology_host",
     "pyvfio.fake.machine.module_sysfs",
 ]
 
