@@ -28,12 +28,17 @@ __all__ = ["bus_pci"]
 def bus_pci(fs: Sysfs) -> dict[str, Node]:
     """/sys/bus/pci: the devices, the drivers and the driver core files."""
     return {
-        "devices": Dir(functools.partial(bus_devices, fs)),
+        "devices": Dir(functools.partial(bus_devices, fs), functools.partial(_bus_device, fs)),
         "drivers": Dir(functools.partial(bus_drivers, fs)),
         "drivers_probe": Attr(store=functools.partial(drivers_probe_store, fs)),
         "drivers_autoprobe": Attr(show=lambda: f"{int(fs.drivers_autoprobe)}\n".encode(),
                                    store=functools.partial(drivers_autoprobe_store, fs)),
     }
+
+
+def _bus_device(fs: Sysfs, name: str) -> Node | None:
+    pdev = fs.system.devices.get(name)
+    return None if pdev is None else Link(rel("/sys/bus/pci/devices", pdev.sysfs_path))
 
 
 def bus_devices(fs: Sysfs) -> dict[str, Node]:

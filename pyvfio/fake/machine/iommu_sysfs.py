@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import errno
+import functools
 from typing import TYPE_CHECKING
 
 from ..core import errno_error
@@ -16,7 +17,20 @@ if TYPE_CHECKING:
     from .iommu import IommuGroup
     from .sysfs import Sysfs
 
-__all__ = ["iommu_groups", "iommu_device_dir", "class_iommu"]
+__all__ = ["iommu_groups_dir", "iommu_groups", "iommu_device_dir", "class_iommu"]
+
+
+def iommu_groups_dir(fs: Sysfs) -> Dir:
+    """/sys/kernel/iommu_groups."""
+    return Dir(functools.partial(iommu_groups, fs), functools.partial(_iommu_group, fs))
+
+
+def _iommu_group(fs: Sysfs, name: str) -> Node | None:
+    # the folders are named str(gid): no sign, no leading zeros
+    if not name.isdigit() or str(int(name)) != name:
+        return None
+    group = fs.system.groups.get(int(name))
+    return None if group is None else Dir(lambda: group_dir(fs, group))
 
 
 def iommu_groups(fs: Sysfs) -> dict[str, Node]:

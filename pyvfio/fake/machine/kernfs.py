@@ -32,10 +32,24 @@ class Link:
 
 
 class Dir:
-    """A directory; ``children()`` lists its nodes by name."""
+    """A directory; ``children()`` lists its nodes by name.
 
-    def __init__(self, children: Callable[[], dict[str, Node]]) -> None:
+    ``lookup(name)``, when given, finds one child without generating the
+    others (kernfs_find_ns next to kernfs_fop_readdir): a path walk through
+    a folder of many devices then costs one entry, not the whole folder.
+    It must give what ``children().get(name)`` gives.
+    """
+
+    def __init__(self, children: Callable[[], dict[str, Node]],
+                 lookup: Callable[[str], Node | None] | None = None) -> None:
         self.children = children
+        self._lookup = lookup
+
+    def lookup(self, name: str) -> Node | None:
+        """The child called ``name``, or None."""
+        if self._lookup is not None:
+            return self._lookup(name)
+        return self.children().get(name)
 
 
 #: Any node of the tree.

@@ -9,6 +9,7 @@ buses under /sys/devices.
 from __future__ import annotations
 
 import errno
+import functools
 from typing import TYPE_CHECKING
 
 from ..core import errno_error
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
     from .pci_device import PciDevice
     from .sysfs import Sysfs
 
-__all__ = ["pci_root", "device_dir"]
+__all__ = ["pci_root_dir", "pci_root", "device_dir"]
 
 #: PAGE_SIZE: what a sysfs write can hold.
 PAGE_SIZE = 4096
@@ -36,12 +37,23 @@ _IORESOURCE_SIZEALIGN = 0x00040000
 _IORESOURCE_MEM_64 = 0x00100000
 
 
+def pci_root_dir(fs: Sysfs, root: str) -> Dir:
+    """/sys/devices/<root>: the folder of root bus ``root`` (``pci0000:00``)."""
+    return Dir(functools.partial(pci_root, fs, root), functools.partial(_pci_root_lookup, fs, root))
+
+
+def _pci_root_lookup(fs: Sysfs, root: str, name: str) -> Node | None:
+    pdev = fs.system.devices.get(name)
+    if pdev is None or pdev.parent is not None or pdev.sysfs_path.split("/")[3] != root:
+        return None
+    return Dir(lambda: device_dir(fs, pdev))
+
+
 def pci_root(fs: Sysfs, root: str) -> dict[str, Node]:
     """The devices on root bus ``root`` (``pci0000:00``) under /sys/devices."""
     return {
         pdev.bdf: Dir(lambda p=pdev: device_dir(fs, p))  # type: ignore[misc]
-        for pdev in fs.system.devices.values()
-        if pdev.parent is None and pdev.sysfs_path.split("/")[3] == root
+        for pdev in fs.system.root_buses.get(root, ())
     }
 
 

@@ -54,10 +54,10 @@ from ..core import errno_error
 from .bus_sysfs import bus_pci
 from .chrdev import IOMMUFD_MINOR, MISC_MAJOR, VFIO_GROUP_MAJOR, VFIO_MINOR
 from .host_use import holder_dir, host_entries, live_holders, sys_block
-from .iommu_sysfs import class_iommu, iommu_device_dir, iommu_groups
+from .iommu_sysfs import class_iommu, iommu_device_dir, iommu_groups_dir
 from .kernfs import Attr, Dir, Link, Node, rel, show_text
 from .module_sysfs import module_root
-from .pci_sysfs import pci_root
+from .pci_sysfs import pci_root_dir
 from .procfs import host_path
 from .resets import enabled_reset_methods
 
@@ -193,10 +193,9 @@ class Sysfs:
                     break
                 if not isinstance(node, Dir):
                     raise errno_error(errno.ENOTDIR, path)
-                children = node.children()
-                if name not in children:
+                child = node.lookup(name)
+                if child is None:
                     raise errno_error(errno.ENOENT, path)
-                child = children[name]
                 if isinstance(child, Link) and (rest or follow):
                     hops += 1
                     if hops > 40:
@@ -215,21 +214,22 @@ class Sysfs:
     def _root(self) -> dict[str, Node]:
         return {
             "bus": Dir(lambda: {"pci": Dir(functools.partial(bus_pci, self))}),
-            "devices": Dir(self._devices_root),
-            "kernel": Dir(lambda: {"iommu_groups": Dir(functools.partial(iommu_groups, self))}),
+            "devices": Dir(self._devices_root, self._devices_lookup),
+            "kernel": Dir(lambda: {"iommu_groups": iommu_groups_dir(self)}),
             "class": Dir(self._classes),
             "module": Dir(functools.partial(module_root, self)),
             "block": Dir(functools.partial(sys_block, self)),
         }
 
     def _devices_root(self) -> dict[str, Node]:
-        out: dict[str, Node] = {}
-        for pdev in self.system.devices.values():
-            if pdev.parent is None:
-                root = pdev.sysfs_path.split("/")[3]
-                out.setdefault(root, Dir(lambda r=root: pci_root(self, r)))  # type: ignore[misc]
+        out: dict[str, Node] = {root: pci_root_dir(self, root) for root in self.system.root_buses}
         out["virtual"] = Dir(self._virtual)
         return out
+
+    def _devices_lookup(self, name: str) -> Node | None:
+        if name == "virtual":
+            return Dir(self._virtual)
+        return pci_root_dir(self, name) if name in self.system.root_buses else None
 
     def _virtual(self) -> dict[str, Node]:
         out: dict[str, Node] = {}

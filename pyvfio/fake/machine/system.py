@@ -150,6 +150,12 @@ class System:
             if parent is not None:
                 d.parent = parent
                 parent.children.append(d)
+        #: The root buses (``pci0000:00``, ...) with the devices directly on
+        #: each, in topology order (the hierarchy is fixed: no hotplug).
+        self.root_buses: dict[str, list[PciDevice]] = {}
+        for d in self.devices.values():
+            if d.parent is None:
+                self.root_buses.setdefault(d.sysfs_path.split("/")[3], []).append(d)
         self._assign_bars()
         for g in topo["groups"]:
             group = IommuGroup(self, g["id"])
