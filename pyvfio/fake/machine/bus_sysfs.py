@@ -32,7 +32,7 @@ def bus_pci(fs: Sysfs) -> dict[str, Node]:
         "drivers": Dir(functools.partial(bus_drivers, fs)),
         "drivers_probe": Attr(store=functools.partial(drivers_probe_store, fs)),
         "drivers_autoprobe": Attr(show=lambda: f"{int(fs.drivers_autoprobe)}\n".encode(),
-                                   store=functools.partial(drivers_autoprobe_store, fs)),
+                                  store=functools.partial(drivers_autoprobe_store, fs)),
     }
 
 
@@ -42,6 +42,7 @@ def _bus_device(fs: Sysfs, name: str) -> Node | None:
 
 
 def bus_devices(fs: Sysfs) -> dict[str, Node]:
+    """/sys/bus/pci/devices: a link to every device."""
     return {
         bdf: Link(rel("/sys/bus/pci/devices", pdev.sysfs_path))
         for bdf, pdev in fs.system.devices.items()
@@ -49,11 +50,13 @@ def bus_devices(fs: Sysfs) -> dict[str, Node]:
 
 
 def bus_drivers(fs: Sysfs) -> dict[str, Node]:
+    """/sys/bus/pci/drivers: one folder per registered driver."""
     return {name: Dir(lambda d=drv: driver_dir(fs, d))  # type: ignore[misc]
             for name, drv in fs.system.drivers.items()}
 
 
 def driver_dir(fs: Sysfs, drv: Driver) -> dict[str, Node]:
+    """The folder of ``drv``: its files, module link and bound devices."""
     base = f"/sys/bus/pci/drivers/{drv.name}"
     out: dict[str, Node] = {
         "bind": Attr(store=lambda v: bind_store(fs, drv, v)),
@@ -77,6 +80,7 @@ def find_device(fs: Sysfs, buf: str) -> PciDevice | None:
 
 
 def bind_store(fs: Sysfs, drv: Driver, value: str) -> None:
+    """bind_store: bind ``drv`` to the device named."""
     pdev = find_device(fs, value)
     # bind_store: ENODEV for an unknown device or one the driver does not match
     if pdev is None or not pci_match_device(drv, pdev):
@@ -85,6 +89,7 @@ def bind_store(fs: Sysfs, drv: Driver, value: str) -> None:
 
 
 def unbind_store(fs: Sysfs, drv: Driver, value: str) -> None:
+    """unbind_store: take the device named from ``drv``."""
     pdev = find_device(fs, value)
     # unbind_store: ENODEV unless the device is bound to this driver
     if pdev is None or pdev.driver != drv.name:
@@ -93,6 +98,7 @@ def unbind_store(fs: Sysfs, drv: Driver, value: str) -> None:
 
 
 def drivers_probe_store(fs: Sysfs, value: str) -> None:
+    """drivers_probe_store: find a driver for the device named."""
     pdev = find_device(fs, value)
     if pdev is None:
         # drivers_probe_store: ENODEV for an unknown device
@@ -103,10 +109,12 @@ def drivers_probe_store(fs: Sysfs, value: str) -> None:
 
 
 def drivers_autoprobe_store(fs: Sysfs, value: str) -> None:
+    """drivers_autoprobe_store."""
     fs.drivers_autoprobe = not value.startswith("0")
 
 
 def new_id_store(fs: Sysfs, drv: Driver, value: str) -> None:
+    """new_id_store: add a dynamic ID, then bind the devices it matches."""
     fields = scan_hex(value, 7)
     # new_id_store: EINVAL with fewer than vendor and device
     if len(fields) < 2:
@@ -133,6 +141,7 @@ def new_id_store(fs: Sysfs, drv: Driver, value: str) -> None:
 
 
 def remove_id_store(drv: Driver, value: str) -> None:
+    """remove_id_store: remove a dynamic ID."""
     fields = scan_hex(value, 6)
     # remove_id_store: EINVAL with fewer than vendor and device
     if len(fields) < 2:

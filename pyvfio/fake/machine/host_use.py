@@ -29,7 +29,7 @@ def host_section(fs: Sysfs) -> dict[str, Any]:
 
 
 def host_entries(fs: Sysfs, key: str, pdev: PciDevice | None = None
-                  ) -> list[tuple[PciDevice, dict[str, Any]]]:
+                 ) -> list[tuple[PciDevice, dict[str, Any]]]:
     """``host[key]`` entries (of ``pdev``, or all) whose device is bound
     to the driver the topology starts it with: a driver's disks and
     interfaces go away when it lets go of the device."""
@@ -49,11 +49,13 @@ def live_holders(fs: Sysfs) -> list[dict[str, Any]]:
 
 
 def holder_links(holders: list[dict[str, Any]], of: str) -> dict[str, Node]:
+    """``holders/`` of ``of``: links to the holders stacked on it."""
     return {h["name"]: Link(f"/sys/devices/virtual/block/{h['name']}")
             for h in holders if h["of"] == of}
 
 
 def disk_dir(pdev: PciDevice, e: dict[str, Any]) -> dict[str, Node]:
+    """The folder of disk ``e`` below its device."""
     holders = e["holders"]
     out: dict[str, Node] = {
         "dev": Attr(show=show_text(f"{e['dev']}\n")),
@@ -61,12 +63,13 @@ def disk_dir(pdev: PciDevice, e: dict[str, Any]) -> dict[str, Node]:
     }
     for number, part in enumerate(e["partitions"], 1):
         out[part["name"]] = Dir(functools.partial(partition_dir, part, number,
-                                                   holders))
+                                                  holders))
     return out
 
 
 def partition_dir(part: dict[str, Any], number: int,
-                   holders: list[dict[str, Any]]) -> dict[str, Node]:
+                  holders: list[dict[str, Any]]) -> dict[str, Node]:
+    """The folder of partition ``part`` (number ``number``) of a disk."""
     return {
         "dev": Attr(show=show_text(f"{part['dev']}\n")),
         "partition": Attr(show=show_text(f"{number}\n")),
@@ -102,7 +105,7 @@ def host_device_nodes(fs: Sysfs, pdev: PciDevice) -> dict[str, Node]:
             for _p, e in nets})
     for i, (_p, e) in enumerate(host_entries(fs, "virtio_fs", pdev)):
         out[f"virtio{i}"] = Dir(functools.partial(attrs,
-                                                   {"mount_tag": f"{e['tag']}\0"}))
+                                                  {"mount_tag": f"{e['tag']}\0"}))
     return out
 
 
@@ -111,8 +114,8 @@ def sys_block(fs: Sysfs) -> dict[str, Node]:
     out: dict[str, Node] = {}
     for pdev, e in host_entries(fs, "block"):
         out[e["name"]] = Link(rel("/sys/block",
-                                         f"{pdev.sysfs_path}/block/{e['name']}"))
+                                  f"{pdev.sysfs_path}/block/{e['name']}"))
     for h in live_holders(fs):
         out[h["name"]] = Link(rel("/sys/block",
-                                         f"/sys/devices/virtual/block/{h['name']}"))
+                                  f"/sys/devices/virtual/block/{h['name']}"))
     return out

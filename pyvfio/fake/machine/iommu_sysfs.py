@@ -40,6 +40,7 @@ def iommu_groups(fs: Sysfs) -> dict[str, Node]:
 
 
 def group_dir(fs: Sysfs, group: IommuGroup) -> dict[str, Node]:
+    """The folder of ``group``."""
     base = f"/sys/kernel/iommu_groups/{group.id}"
 
     def devices() -> dict[str, Node]:
@@ -49,7 +50,7 @@ def group_dir(fs: Sysfs, group: IommuGroup) -> dict[str, Node]:
         "devices": Dir(devices),
         "reserved_regions": Attr(show=lambda: reserved_regions_show(group)),
         "type": Attr(show=lambda: group_type_show(fs, group),
-                      store=lambda v: group_type_store(fs, group, v)),
+                     store=lambda v: group_type_store(fs, group, v)),
     }
     if group.name is not None:
         out["name"] = Attr(show=lambda: f"{group.name}\n".encode())
@@ -57,12 +58,14 @@ def group_dir(fs: Sysfs, group: IommuGroup) -> dict[str, Node]:
 
 
 def reserved_regions_show(group: IommuGroup) -> bytes:
+    """iommu_group_show_resv_regions."""
     # iommu_group_show_resv_regions
     return "".join(f"0x{r.start:016x} 0x{r.last:016x} {r.type}\n"
                    for r in group.reserved_regions).encode()
 
 
 def group_type_show(fs: Sysfs, group: IommuGroup) -> bytes:
+    """iommu_group_show_type."""
     # iommu_group_show_type: "unknown" without a default domain
     if group.name == "vfio-noiommu" or fs.system.iommu is None:
         return b"unknown\n"
@@ -70,6 +73,7 @@ def group_type_show(fs: Sysfs, group: IommuGroup) -> bytes:
 
 
 def group_type_store(fs: Sysfs, group: IommuGroup, value: str) -> None:
+    """iommu_group_store_type: change the default domain type."""
     # iommu_group_store_type
     if group.name == "vfio-noiommu" or fs.system.iommu is None:
         raise errno_error(errno.EINVAL, "the group has no default domain")
@@ -109,4 +113,4 @@ def class_iommu(fs: Sysfs) -> dict[str, Node]:
     if iommu is None:
         return {}
     return {iommu.name: Link(rel("/sys/class/iommu",
-                                        f"/sys/devices/virtual/iommu/{iommu.name}"))}
+                                 f"/sys/devices/virtual/iommu/{iommu.name}"))}

@@ -40,13 +40,14 @@ def sriov_nodes(fs: Sysfs, pdev: PciDevice) -> dict[str, Node]:
     vfs = virtfns(fs, pdev)
     out["sriov_totalvfs"] = Attr(show=show_text(f"{total}\n"))
     out["sriov_numvfs"] = Attr(show=lambda: f"{len(virtfns(fs, pdev))}\n".encode(),
-                                store=lambda v: sriov_numvfs_store(fs, pdev, v))
+                               store=lambda v: sriov_numvfs_store(fs, pdev, v))
     for i, vf in enumerate(vfs):
         out[f"virtfn{i}"] = Link(rel(base, vf.sysfs_path))
     return out
 
 
 def sriov_numvfs_store(fs: Sysfs, pdev: PciDevice, value: str) -> None:
+    """sriov_numvfs_store."""
     # sriov_numvfs_store
     try:
         num = parse_uint(value, 16)

@@ -41,6 +41,7 @@ def module_root(fs: Sysfs) -> dict[str, Node]:
 
 
 def module_dir(fs: Sysfs, name: str) -> dict[str, Node]:
+    """/sys/module/<name>: its ``parameters`` folder."""
     params: dict[str, Node] = {}
     system = fs.system
     if name == "vfio":
@@ -50,7 +51,7 @@ def module_dir(fs: Sysfs, name: str) -> dict[str, Node]:
         t1 = system.type1_params
         for key in ("allow_unsafe_interrupts", "disable_hugepages"):
             params[key] = bool_param(lambda k=key: bool(t1[k]),  # type: ignore[misc]
-                                           lambda v, k=key: t1.__setitem__(k, v))  # type: ignore[misc]
+                                     lambda v, k=key: t1.__setitem__(k, v))  # type: ignore[misc]
         params["dma_entry_limit"] = Attr(
             show=lambda: f"{t1['dma_entry_limit']}\n".encode(),
             store=lambda v: t1.__setitem__("dma_entry_limit", parse_uint(v)))
@@ -58,7 +59,7 @@ def module_dir(fs: Sysfs, name: str) -> dict[str, Node]:
         vp = fs.vfio_pci_params
         for key in ("nointxmask", "disable_idle_d3", "enable_sriov"):
             params[key] = bool_param(lambda k=key: vp[k],  # type: ignore[misc]
-                                           lambda v, k=key: vp.__setitem__(k, v))  # type: ignore[misc]
+                                     lambda v, k=key: vp.__setitem__(k, v))  # type: ignore[misc]
         params["disable_denylist"] = Attr(
             show=lambda: b"Y\n" if vp["disable_denylist"] else b"N\n")
     elif name == "iommufd":
@@ -73,5 +74,6 @@ def module_dir(fs: Sysfs, name: str) -> dict[str, Node]:
 
 
 def bool_param(get: Callable[[], bool], put: Callable[[bool], None]) -> Attr:
+    """A boolean module parameter (``Y``/``N``)."""
     return Attr(show=lambda: b"Y\n" if get() else b"N\n",
-                 store=lambda v: put(parse_bool(v)))
+                store=lambda v: put(parse_bool(v)))

@@ -71,9 +71,9 @@ def device_dir(fs: Sysfs, pdev: PciDevice) -> dict[str, Node]:
         "resource": Attr(show=lambda: resource_show(pdev)),
         "modalias": Attr(show=lambda: modalias_show(pdev)),
         "enable": Attr(show=lambda: f"{pdev.enable_cnt}\n".encode(),
-                        store=lambda v: enable_store(pdev, v)),
+                       store=lambda v: enable_store(pdev, v)),
         "numa_node": Attr(show=lambda: f"{pdev.numa_node}\n".encode(),
-                           store=lambda v: numa_node_store(fs, pdev, v)),
+                          store=lambda v: numa_node_store(fs, pdev, v)),
         "driver_override": Attr(
             show=lambda: f"{pdev.driver_override if pdev.driver_override is not None else '(null)'}\n".encode(),
             store=lambda v: driver_override_store(pdev, v)),
@@ -82,7 +82,7 @@ def device_dir(fs: Sysfs, pdev: PciDevice) -> dict[str, Node]:
     if supported_reset_methods(pdev):
         # pci_dev_reset_attr_is_visible / reset_method: only with a reset method
         out["reset_method"] = Attr(show=lambda: reset_method_show(pdev),
-                                    store=lambda v: reset_method_store(pdev, v))
+                                   store=lambda v: reset_method_store(pdev, v))
         out["reset"] = Attr(store=lambda v: reset_store(pdev, v))
     if pdev.driver is not None:
         out["driver"] = Link(rel(base, f"/sys/bus/pci/drivers/{pdev.driver}"))
@@ -111,6 +111,7 @@ def device_dir(fs: Sysfs, pdev: PciDevice) -> dict[str, Node]:
 
 
 def descendants(pdev: PciDevice) -> list[PciDevice]:
+    """Every device below bridge ``pdev``."""
     out = []
     stack = list(pdev.children)
     while stack:
@@ -121,6 +122,7 @@ def descendants(pdev: PciDevice) -> list[PciDevice]:
 
 
 def resource_show(pdev: PciDevice) -> bytes:
+    """resource_show: start, end and flags of each resource."""
     # resource_show: 13 lines (BARs, ROM, IOV BARs) for endpoints, 17
     # with the bridge windows
     count = 17 if pdev.is_bridge else 13
@@ -142,6 +144,7 @@ def resource_show(pdev: PciDevice) -> bytes:
 
 
 def modalias_show(pdev: PciDevice) -> bytes:
+    """modalias: the IDs as module aliases match them."""
     c = pdev.class_code
     return (f"pci:v{pdev.vendor:08X}d{pdev.device:08X}sv{pdev.subsystem_vendor:08X}"
             f"sd{pdev.subsystem_device:08X}bc{(c >> 16) & 0xFF:02X}sc{(c >> 8) & 0xFF:02X}"
@@ -149,6 +152,7 @@ def modalias_show(pdev: PciDevice) -> bytes:
 
 
 def enable_store(pdev: PciDevice, value: str) -> None:
+    """enable_store: pci_enable_device/pci_disable_device counts."""
     # enable_store
     try:
         val = parse_uint(value, 64)
@@ -166,6 +170,7 @@ def enable_store(pdev: PciDevice, value: str) -> None:
 
 
 def numa_node_store(fs: Sysfs, pdev: PciDevice, value: str) -> None:
+    """numa_node_store."""
     # numa_node_store
     try:
         node = parse_int(value)
@@ -179,6 +184,7 @@ def numa_node_store(fs: Sysfs, pdev: PciDevice, value: str) -> None:
 
 
 def driver_override_store(pdev: PciDevice, value: str) -> None:
+    """driver_override_store (__device_set_driver_override)."""
     # __device_set_driver_override
     if len(value) >= PAGE_SIZE - 1:
         raise errno_error(errno.EINVAL, "driver_override is too long")

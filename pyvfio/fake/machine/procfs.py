@@ -63,6 +63,7 @@ def host_path(fs: Sysfs, path: str) -> bytes | dict[str, object] | None:
 
 
 def host_tree(fs: Sysfs) -> dict[str, object]:
+    """The host files outside /sys as nested dicts (folders) and bytes (files)."""
     kernel = fs.kernel
     release = str(kernel["release"])
     config: dict[str, str] | None = kernel.get("config")
@@ -100,6 +101,7 @@ def proc_devices(fs: Sysfs) -> bytes:
 
 
 def config_text(release: str, config: dict[str, str]) -> bytes:
+    """/boot/config-<release> of ``config``."""
     lines = ["#", "# Automatically generated file; DO NOT EDIT.",
              f"# Linux/x86 {release} Kernel Configuration", "#"]
     for name, value in config.items():

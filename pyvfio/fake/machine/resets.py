@@ -74,6 +74,7 @@ def capabilities(cfg: bytes) -> dict[int, int]:
 
 
 def af_flr(pdev: PciDevice) -> bool:
+    """pci_af_flr can work: an AF capability with TP and FLR."""
     cfg = pdev.config_bytes()
     pos = capabilities(cfg).get(_PCI_CAP_ID_AF)
     if pos is None or pos + _PCI_AF_CAP >= len(cfg):
@@ -83,6 +84,7 @@ def af_flr(pdev: PciDevice) -> bool:
 
 
 def pm_reset(pdev: PciDevice) -> bool:
+    """pci_pm_reset can work: a PM capability without No_Soft_Reset."""
     model = pdev.model
     pm = getattr(model, "pm_offset", None)
     if pm is None:

@@ -291,7 +291,7 @@ class Sysfs:
         if host_entries(self, "net"):
             out["net"] = Dir(lambda: {
                 e["name"]: Link(rel("/sys/class/net",
-                                           f"{pdev.sysfs_path}/net/{e['name']}"))
+                                    f"{pdev.sysfs_path}/net/{e['name']}"))
                 for pdev, e in host_entries(self, "net")})
         return out
 
@@ -302,5 +302,5 @@ class Sysfs:
             name = pdev.vfio_cdev_name
             if name is not None:
                 out[name] = Link(rel("/sys/class/vfio-dev",
-                                            f"{pdev.sysfs_path}/vfio-dev/{name}"))
+                                     f"{pdev.sysfs_path}/vfio-dev/{name}"))
         return out

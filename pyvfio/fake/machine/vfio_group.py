@@ -29,7 +29,7 @@ class VfioGroup:
     least one device of the IOMMU group is bound to a vfio driver, and
     backs ``/dev/vfio/N`` (``/dev/vfio/noiommu-N``).
 
-    The group file (:class:`pyvfio.fake.legacy.GroupFile`) and the cdev
+    The group file (:class:`pyvfio.fake.vfio.GroupFile`) and the cdev
     path keep their state here, so that both see each other's claims.
     """
 
@@ -45,7 +45,7 @@ class VfioGroup:
         self.drivers = 0
         #: The open /dev/vfio/N file, if any (group->opened_file).
         self.opened_file: FakeFile | None = None
-        #: Legacy container (a legacy.ContainerFile) the group is attached to.
+        #: Legacy container (a vfio.ContainerFile) the group is attached to.
         self.container: Any = None
         #: Devices using the container (group->container_users).
         self.container_users = 0
