@@ -102,6 +102,7 @@ DOCUMENTED = [
     "pyvfio.fake.machine.config_space",
     "pyvfio.fake.machine.topology_fields",
     "pyvfio.fake.machine.topology_host",
+    "pyvfio.fake.machine.topology_groups",
     "pyvfio.fake.machine.module_sysfs",
 ]
 

@@ -15,6 +15,6 @@
   :mod:`.kernfs`, :mod:`.kstrtox`, :mod:`.pci_sysfs`, :mod:`.resets`,
   :mod:`.iov`, :mod:`.bus_sysfs`, :mod:`.iommu_sysfs`,
   :mod:`.module_sysfs`, :mod:`.host_use` and :mod:`.procfs`;
-* the topology format: :mod:`.topology` with :mod:`.topology_fields` and
-  :mod:`.topology_host`.
+* the topology format: :mod:`.topology` with :mod:`.topology_fields`,
+  :mod:`.topology_groups` and :mod:`.topology_host`.
 """
