@@ -25,7 +25,9 @@ from . import vfio as _vfio
 from . import vfio_pci as _vfio_pci
 from .core import FakeBackend, FakeFile, FaultRecord, IoDomain, IommuFault
 from .machine.chrdev import register_chrdev
-from .machine.system import IommuGroup, PciDevice, System, set_default_model_factory
+from .machine.iommu import IommuGroup
+from .machine.pci_device import PciDevice
+from .machine.system import System, set_default_model_factory
 
 __all__ = [
     "System",
