@@ -461,11 +461,11 @@ def test_capture_keeps_what_the_host_uses() -> None:
 
 
 def test_replay_check_compares_the_host_use(monkeypatch: pytest.MonkeyPatch) -> None:
-    from pyvfio.fake.machine.sysfs import Sysfs
+    from pyvfio.fake.machine import procfs
 
     captured = capture(used_machine().backend)
     # a fake that served no /proc files would lose the mounts and swaps
-    monkeypatch.setattr(Sysfs, "_host_proc", lambda self: {})
+    monkeypatch.setattr(procfs, "host_proc", lambda fs: {})
     problems = replay_check(captured)
     assert any(p.startswith("host mounts: [] on the fake") for p in problems)
     assert any(p.startswith("host swaps: [] on the fake") for p in problems)

@@ -17,8 +17,17 @@ See docs/dev/fake-kernel.md for the module map.
 
 from __future__ import annotations
 
+from typing import Any
+
+from . import iommufd as _iommufd
+from . import models as _models
+from . import vfio as _vfio
+from . import vfio_pci as _vfio_pci
 from .core import FakeBackend, FakeFile, FaultRecord, IoDomain, IommuFault
-from .machine.system import IommuGroup, PciDevice, System
+from .machine.chrdev import register_chrdev
+from .machine.iommu import IommuGroup
+from .machine.pci_device import PciDevice
+from .machine.system import System, set_default_model_factory
 
 __all__ = [
     "System",
@@ -30,3 +39,32 @@ __all__ = [
     "IoDomain",
     "IommuFault",
 ]
+
+
+# The drivers register the device nodes they serve (misc_register,
+# cdev_device_add); the machine opens a node through this table.
+def _open_container(backend: FakeBackend, _target: Any) -> FakeFile:
+    file: FakeFile = _vfio.ContainerFile(backend)
+    return file
+
+
+def _open_iommufd(backend: FakeBackend, _target: Any) -> FakeFile:
+    file: FakeFile = _iommufd.IommufdFile(backend)
+    return file
+
+
+def _open_group(backend: FakeBackend, vgroup: Any) -> FakeFile:
+    file: FakeFile = _vfio.GroupFile.open(backend, vgroup)
+    return file
+
+
+def _open_vfio_cdev(backend: FakeBackend, pdev: Any) -> FakeFile:
+    file: FakeFile = _vfio_pci.open_device_file(backend, pdev, cdev=True)
+    return file
+
+
+register_chrdev("vfio", _open_container)
+register_chrdev("iommu", _open_iommufd)
+register_chrdev("vfio-group", _open_group)
+register_chrdev("vfio-dev", _open_vfio_cdev)
+set_default_model_factory(_models.create)

@@ -191,7 +191,7 @@ def test_reserved_regions_of_every_group_shape_the_iova_ranges(make_system, vfio
         {"start": 0x1000, "last": 0x1FFF, "type": "direct-relaxable"},
     ]})
     system.device(NVME).extra_reserved = []
-    from pyvfio.fake.machine.system import ReservedRegion
+    from pyvfio.fake.machine.iommu import ReservedRegion
 
     system.device(NVME).extra_reserved.append(ReservedRegion(0x10000000, 0x1000FFFF, "direct"))
     b = system.backend

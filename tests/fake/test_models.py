@@ -15,19 +15,15 @@ import pytest
 
 from pyvfio.fake import models
 from pyvfio.fake.core import FaultRecord, IommuFault
-from pyvfio.fake.machine.pci import (
-    IRQ_MSI,
-    IRQ_MSIX,
+from pyvfio.fake.machine.dma import BusMasterDisabled, NotAttached
+from pyvfio.fake.machine.pci import IRQ_MSI, IRQ_MSIX, Bar, DeviceModel
+from pyvfio.fake.machine.pci_regs import (
     PCI_COMMAND,
     PCI_COMMAND_INTX_DISABLE,
     PCI_COMMAND_MASTER,
     PCI_COMMAND_MEMORY,
     PCI_STATUS,
     PCI_STATUS_INTERRUPT,
-    Bar,
-    BusMasterDisabled,
-    DeviceModel,
-    NotAttached,
 )
 from pyvfio.fake.models.edu import EduDevice
 from pyvfio.fake.models.nvme import NvmeController

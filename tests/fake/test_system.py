@@ -11,12 +11,9 @@ import pytest
 
 from pyvfio._uapi import ffi
 from pyvfio.fake.core import FakeFile, IoDomain, IommuFault
-from pyvfio.fake.machine.system import (
-    PciDevice,
-    ReservedRegion,
-    System,
-    merge_reserved_regions,
-)
+from pyvfio.fake.machine.iommu import ReservedRegion, merge_reserved_regions
+from pyvfio.fake.machine.pci_device import PciDevice
+from pyvfio.fake.machine.system import System
 from pyvfio.fake.machine.topology import TopologyError, load, shipped
 
 EDU = "0000:00:02.0"

@@ -1,10 +1,10 @@
 """Declarative descriptions of simulated machines.
 
 A topology is a plain dict (usually loaded from JSON) that lists the PCI
-devices of a :class:`~pyvfio.fake.system.System`, how they are grouped by
+devices of a :class:`~pyvfio.fake.machine.system.System`, how they are grouped by
 the IOMMU, what the IOMMU can do and which kernel drivers start out bound.
 :func:`load` accepts a dict, the path of a JSON file or the name of a
-shipped topology (``pyvfio/fake/topologies/<name>.json``) and returns a
+shipped topology (``pyvfio/fake/machine/topologies/<name>.json``) and returns a
 validated, normalised copy with every default filled in; errors are
 :class:`TopologyError` with the offending key in the message.
 
@@ -108,6 +108,12 @@ import os
 import re
 from typing import Any
 
+# TopologyError, normalize_bdf and normalize_host are part of this module's API;
+# the field checkers, the groups and the host section are kept in modules of their own.
+from .topology_fields import TopologyError, check_bool, check_int, check_keys, normalize_bdf
+from .topology_groups import bridge_parents, iommu_groups
+from .topology_host import normalize_host
+
 __all__ = [
     "TopologyError",
     "load",
@@ -209,8 +215,6 @@ _DEVICE_KEYS = {
     "revision", "bars", "driver", "default_driver", "numa_node", "reset_methods",
     "bridge", "reserved_regions", "pcie", "physfn", "sriov_totalvfs", "sriov_numvfs",
 }
-# Keys that models may define for themselves: passed through untouched.
-_MODEL_PARAM_PREFIX = "model_"
 _TOP_KEYS = {
     "name", "memlock_limit", "numa_nodes", "noiommu", "modules", "type1", "iommu",
     "devices", "groups", "description", "kernel", "host",
@@ -219,23 +223,6 @@ _RESET_METHODS = ("device_specific", "acpi", "flr", "af_flr", "pm", "bus", "cxl_
 _BAR_TYPES = ("mem32", "mem64", "io")
 _DOMAIN_TYPES = ("DMA", "DMA-FQ", "identity", "blocked", "unmanaged")
 _HW_INFO_TYPES = ("none", "intel_vtd", "arm_smmuv3", "amd")
-
-_BDF = re.compile(r"^(?:([0-9a-fA-F]{4}):)?([0-9a-fA-F]{2}):([0-1][0-9a-fA-F])\.([0-7])$")
-
-
-class TopologyError(ValueError):
-    """A topology is malformed; the message names the offending entry."""
-
-
-def normalize_bdf(bdf: object, where: str = "bdf") -> str:
-    """``"00:02.0"`` -> ``"0000:00:02.0"``; TopologyError when malformed."""
-    if not isinstance(bdf, str):
-        raise TopologyError(f"{where}: a PCI address must be a string, not {bdf!r}")
-    m = _BDF.match(bdf.strip())
-    if not m:
-        raise TopologyError(f"{where}: {bdf!r} is not a PCI address (DDDD:BB:DD.F)")
-    domain, bus, dev, fn = m.groups()
-    return f"{(domain or '0000').lower()}:{bus.lower()}:{dev.lower()}.{fn}"
 
 
 def shipped() -> list[str]:
@@ -280,36 +267,6 @@ def load(source: dict[str, Any] | str | os.PathLike[str]) -> dict[str, Any]:
     return _validate(raw)
 
 
-# -- helpers -------------------------------------------------------------------
-def _int(value: object, where: str, lo: int | None = None, hi: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, str):
-            try:
-                value = int(value, 0)
-            except ValueError:
-                raise TopologyError(f"{where}: {value!r} is not an integer") from None
-        else:
-            raise TopologyError(f"{where}: {value!r} is not an integer")
-    assert isinstance(value, int)
-    if lo is not None and value < lo:
-        raise TopologyError(f"{where}: {value:#x} is below the minimum {lo:#x}")
-    if hi is not None and value > hi:
-        raise TopologyError(f"{where}: {value:#x} is above the maximum {hi:#x}")
-    return value
-
-
-def _bool(value: object, where: str) -> bool:
-    if not isinstance(value, bool):
-        raise TopologyError(f"{where}: {value!r} is not true or false")
-    return value
-
-
-def _unknown(d: dict[str, Any], allowed: set[str], where: str) -> None:
-    extra = sorted(k for k in d if k not in allowed and not k.startswith(_MODEL_PARAM_PREFIX))
-    if extra:
-        raise TopologyError(f"{where}: unknown key(s) {', '.join(map(repr, extra))}")
-
-
 def _regions(value: object, where: str) -> list[dict[str, Any]]:
     if not isinstance(value, list):
         raise TopologyError(f"{where}: reserved regions are a list")
@@ -318,9 +275,9 @@ def _regions(value: object, where: str) -> list[dict[str, Any]]:
         w = f"{where}[{i}]"
         if not isinstance(r, dict):
             raise TopologyError(f"{w}: a reserved region is an object with start, last, type")
-        _unknown(r, {"start", "last", "type"}, w)
-        start = _int(r.get("start"), f"{w}.start", 0, (1 << 64) - 1)
-        last = _int(r.get("last"), f"{w}.last", 0, (1 << 64) - 1)
+        check_keys(r, {"start", "last", "type"}, w)
+        start = check_int(r.get("start"), f"{w}.start", 0, (1 << 64) - 1)
+        last = check_int(r.get("last"), f"{w}.last", 0, (1 << 64) - 1)
         if last < start:
             raise TopologyError(f"{w}: last {last:#x} is below start {start:#x}")
         rtype = r.get("type", "reserved")
@@ -339,7 +296,7 @@ def _iommu(value: object) -> dict[str, Any] | None:
         value = {}
     if not isinstance(value, dict):
         raise TopologyError("iommu: an object, or null for a machine without an IOMMU")
-    _unknown(value, set(DEFAULT_IOMMU), "iommu")
+    check_keys(value, set(DEFAULT_IOMMU), "iommu")
     out = copy.deepcopy(DEFAULT_IOMMU)
     out.update(copy.deepcopy(value))
     if not isinstance(out["name"], str) or not out["name"]:
@@ -347,18 +304,18 @@ def _iommu(value: object) -> dict[str, Any] | None:
     ap = out["aperture"]
     if not isinstance(ap, (list, tuple)) or len(ap) != 2:
         raise TopologyError("iommu.aperture: [start, last]")
-    start = _int(ap[0], "iommu.aperture[0]", 0, (1 << 64) - 1)
-    last = _int(ap[1], "iommu.aperture[1]", 0, (1 << 64) - 1)
+    start = check_int(ap[0], "iommu.aperture[0]", 0, (1 << 64) - 1)
+    last = check_int(ap[1], "iommu.aperture[1]", 0, (1 << 64) - 1)
     if last <= start:
         raise TopologyError(f"iommu.aperture: last {last:#x} must be above start {start:#x}")
     out["aperture"] = [start, last]
-    pgs = _int(out["pgsize_bitmap"], "iommu.pgsize_bitmap", 1, (1 << 64) - 1)
+    pgs = check_int(out["pgsize_bitmap"], "iommu.pgsize_bitmap", 1, (1 << 64) - 1)
     out["pgsize_bitmap"] = pgs
     out["reserved_regions"] = _regions(out["reserved_regions"], "iommu.reserved_regions")
     for key in ("dirty_tracking", "cache_coherency", "enforce_cache_coherency",
                 "interrupt_remapping"):
-        out[key] = _bool(out[key], f"iommu.{key}")
-    out["pasid_bits"] = _int(out["pasid_bits"], "iommu.pasid_bits", 0, 20)
+        out[key] = check_bool(out[key], f"iommu.{key}")
+    out["pasid_bits"] = check_int(out["pasid_bits"], "iommu.pasid_bits", 0, 20)
     if out["hw_info_type"] not in _HW_INFO_TYPES:
         raise TopologyError(
             f"iommu.hw_info_type: {out['hw_info_type']!r} is not one of {', '.join(_HW_INFO_TYPES)}"
@@ -379,9 +336,9 @@ def _bars(value: object, where: str) -> list[dict[str, Any]]:
         w = f"{where}[{i}]"
         if not isinstance(bar, dict):
             raise TopologyError(f"{w}: a BAR is an object with index, size, type")
-        _unknown(bar, {"index", "size", "type", "prefetchable", "ram", "mmappable"}, w)
-        index = _int(bar.get("index"), f"{w}.index", 0, 5)
-        size = _int(bar.get("size"), f"{w}.size", 1)
+        check_keys(bar, {"index", "size", "type", "prefetchable", "ram", "mmappable"}, w)
+        index = check_int(bar.get("index"), f"{w}.index", 0, 5)
+        size = check_int(bar.get("size"), f"{w}.size", 1)
         if size & (size - 1):
             raise TopologyError(f"{w}.size: {size:#x} is not a power of two")
         btype = bar.get("type", "mem32")
@@ -397,13 +354,13 @@ def _bars(value: object, where: str) -> list[dict[str, Any]]:
         if taken & seen:
             raise TopologyError(f"{w}: BAR {index} overlaps another BAR")
         seen |= taken
-        pref = _bool(bar.get("prefetchable", False), f"{w}.prefetchable")
+        pref = check_bool(bar.get("prefetchable", False), f"{w}.prefetchable")
         if btype == "io" and pref:
             raise TopologyError(f"{w}: I/O BARs cannot be prefetchable")
         entry = {"index": index, "size": size, "type": btype, "prefetchable": pref}
         for flag in ("ram", "mmappable"):
             if flag in bar:
-                entry[flag] = _bool(bar[flag], f"{w}.{flag}")
+                entry[flag] = check_bool(bar[flag], f"{w}.{flag}")
         out.append(entry)
     return sorted(out, key=lambda b: b["index"])
 
@@ -420,7 +377,7 @@ def _device(raw: object, i: int, numa_nodes: int) -> dict[str, Any]:
     where = f"devices[{i}]"
     if not isinstance(raw, dict):
         raise TopologyError(f"{where}: a device is an object")
-    _unknown(raw, _DEVICE_KEYS, where)
+    check_keys(raw, _DEVICE_KEYS, where)
     dev = copy.deepcopy(raw)
     bdf = normalize_bdf(raw.get("bdf"), f"{where}.bdf")
     where = f"device {bdf}"
@@ -432,7 +389,7 @@ def _device(raw: object, i: int, numa_nodes: int) -> dict[str, Any]:
     for key, bits in (("vendor", 16), ("device", 16), ("subsystem_vendor", 16),
                       ("subsystem_device", 16), ("revision", 8), ("class", 24)):
         if key in raw:
-            dev[key] = _int(raw[key], f"{where}.{key}", 0, (1 << bits) - 1)
+            dev[key] = check_int(raw[key], f"{where}.{key}", 0, (1 << bits) - 1)
         elif key in ("vendor", "device") and model == "generic":
             raise TopologyError(f"{where}: {key!r} is required for model {model!r}")
     if dev.get("vendor") == 0xFFFF:
@@ -450,7 +407,7 @@ def _device(raw: object, i: int, numa_nodes: int) -> dict[str, Any]:
             f"{where}.default_driver: {dev['default_driver']!r} binds only through "
             "driver_override or new_id"
         )
-    node = _int(raw.get("numa_node", -1), f"{where}.numa_node", -1)
+    node = check_int(raw.get("numa_node", -1), f"{where}.numa_node", -1)
     if node >= numa_nodes:
         raise TopologyError(f"{where}.numa_node: node {node} is not online (numa_nodes={numa_nodes})")
     dev["numa_node"] = node
@@ -467,15 +424,15 @@ def _device(raw: object, i: int, numa_nodes: int) -> dict[str, Any]:
     if bridge is not None:
         if not isinstance(bridge, dict):
             raise TopologyError(f"{where}.bridge: {{'secondary_bus': N, 'conventional': bool}}")
-        _unknown(bridge, {"secondary_bus", "conventional"}, f"{where}.bridge")
+        check_keys(bridge, {"secondary_bus", "conventional"}, f"{where}.bridge")
         dev["bridge"] = {
-            "secondary_bus": _int(bridge.get("secondary_bus"), f"{where}.bridge.secondary_bus", 1, 255),
-            "conventional": _bool(bridge.get("conventional", False), f"{where}.bridge.conventional"),
+            "secondary_bus": check_int(bridge.get("secondary_bus"), f"{where}.bridge.secondary_bus", 1, 255),
+            "conventional": check_bool(bridge.get("conventional", False), f"{where}.bridge.conventional"),
         }
         if dev.get("class", 0x060400) >> 8 != 0x0604:
             raise TopologyError(f"{where}.bridge: the class of a PCI bridge is 0x0604xx")
     if "pcie" in raw:
-        dev["pcie"] = _bool(raw["pcie"], f"{where}.pcie")
+        dev["pcie"] = check_bool(raw["pcie"], f"{where}.pcie")
     if "reserved_regions" in raw:
         dev["reserved_regions"] = _regions(raw["reserved_regions"], f"{where}.reserved_regions")
     if raw.get("physfn") is not None:
@@ -484,7 +441,7 @@ def _device(raw: object, i: int, numa_nodes: int) -> dict[str, Any]:
         dev.pop("physfn", None)
     for key in ("sriov_totalvfs", "sriov_numvfs"):
         if raw.get(key) is not None:
-            dev[key] = _int(raw[key], f"{where}.{key}", 0, 0xFFFF)
+            dev[key] = check_int(raw[key], f"{where}.{key}", 0, 0xFFFF)
         else:
             dev.pop(key, None)
     if "sriov_numvfs" in dev and "sriov_totalvfs" not in dev:
@@ -541,12 +498,12 @@ def normalize_kernel(raw: object) -> dict[str, Any]:
         raw = {}
     if not isinstance(raw, dict):
         raise TopologyError("kernel: an object with release, config, modules_dir")
-    _unknown(raw, {"release", "config", "modules_dir"}, "kernel")
+    check_keys(raw, {"release", "config", "modules_dir"}, "kernel")
     release = raw.get("release", DEFAULT_KERNEL_RELEASE)
     if not isinstance(release, str) or not re.fullmatch(r"[A-Za-z0-9._+~-]+", release):
         raise TopologyError(f"kernel.release: {release!r} is not a kernel release (like 7.3.0)")
     out: dict[str, Any] = {"release": release,
-                           "modules_dir": _bool(raw.get("modules_dir", True), "kernel.modules_dir")}
+                           "modules_dir": check_bool(raw.get("modules_dir", True), "kernel.modules_dir")}
     if "config" in raw and raw["config"] is None:
         out["config"] = None
         return out
@@ -583,233 +540,8 @@ def normalize_kernel(raw: object) -> dict[str, Any]:
     return out
 
 
-def _parents(devices: list[dict[str, Any]]) -> dict[str, str | None]:
-    """bdf -> bdf of the bridge whose secondary bus the device sits on."""
-    bridges: dict[tuple[str, int], str] = {}
-    for d in devices:
-        if "bridge" in d:
-            key = (d["bdf"][:4], d["bridge"]["secondary_bus"])
-            if key in bridges:
-                raise TopologyError(
-                    f"device {d['bdf']}: bus {key[1]:02x} is already the secondary bus of {bridges[key]}"
-                )
-            bridges[key] = d["bdf"]
-    parents: dict[str, str | None] = {}
-    for d in devices:
-        bus = int(d["bdf"][5:7], 16)
-        parents[d["bdf"]] = bridges.get((d["bdf"][:4], bus))
-    # No cycles: walking up must terminate.
-    for bdf in parents:
-        seen = {bdf}
-        p = parents[bdf]
-        while p is not None:
-            if p in seen:
-                raise TopologyError(f"device {bdf}: the bridge hierarchy has a cycle")
-            seen.add(p)
-            p = parents[p]
-    return parents
-
-
-def _groups(raw: object, devices: list[dict[str, Any]],
-            parents: dict[str, str | None]) -> list[dict[str, Any]]:
-    bdfs = [d["bdf"] for d in devices]
-    by_bdf = {d["bdf"]: d for d in devices}
-    explicit: list[tuple[int | None, list[str]]] = []
-    if raw is not None:
-        if not isinstance(raw, list):
-            raise TopologyError("groups: a list of groups (lists of PCI addresses)")
-        for i, g in enumerate(raw):
-            where = f"groups[{i}]"
-            gid: int | None = None
-            members: object = g
-            if isinstance(g, dict):
-                _unknown(g, {"id", "devices"}, where)
-                gid = _int(g.get("id"), f"{where}.id", 0, (1 << 31) - 1)
-                members = g.get("devices")
-            if not isinstance(members, list) or not members:
-                raise TopologyError(f"{where}: a non-empty list of PCI addresses")
-            explicit.append((gid, [normalize_bdf(b, where) for b in members]))
-    placed: dict[str, int] = {}
-    for i, (_gid, members) in enumerate(explicit):
-        for b in members:
-            if b not in by_bdf:
-                raise TopologyError(f"groups[{i}]: no device {b} in the topology")
-            if b in placed:
-                raise TopologyError(f"groups[{i}]: device {b} is already in groups[{placed[b]}]")
-            placed[b] = i
-    # Derived groups for the rest: each device's isolation root is the
-    # topmost conventional bridge above it (or itself).
-    derived: dict[str, list[str]] = {}
-    for b in bdfs:
-        if b in placed:
-            continue
-        root = b
-        p = parents[b]
-        while p is not None:
-            if by_bdf[p].get("bridge", {}).get("conventional"):
-                root = p
-            p = parents[p]
-        if root in placed:
-            raise TopologyError(
-                f"device {b} is behind the conventional PCI bridge {root}, which is listed in "
-                "'groups' without it: list them in the same group"
-            )
-        derived.setdefault(root, []).append(b)
-    used = {gid for gid, _ in explicit if gid is not None}
-    if len(used) != len([g for g, _ in explicit if g is not None]):
-        raise TopologyError("groups: duplicate group id")
-    out: list[dict[str, Any]] = []
-    next_id = 0
-
-    def fresh() -> int:
-        nonlocal next_id
-        while next_id in used:
-            next_id += 1
-        used.add(next_id)
-        return next_id
-
-    pending: list[tuple[int | None, list[str]]] = list(explicit)
-    derived_groups = sorted(derived.values(), key=lambda m: min(bdfs.index(x) for x in m))
-    pending += [(None, members) for members in derived_groups]
-    # Plain lists and derived groups are numbered in order of their first
-    # device in the device list, after the explicitly numbered ones.
-    for gid, members in pending:
-        if gid is None:
-            gid = fresh()
-        members = sorted(members, key=bdfs.index)
-        out.append({"id": gid, "devices": members})
-    return sorted(out, key=lambda g: int(g["id"]))
-
-
-_DEVNO = re.compile(r"^\d+:\d+$")
-_HOST_KEYS = ("block", "net", "virtio_fs", "mounts", "swaps")
-
-
-def _name(value: object, where: str) -> str:
-    if not isinstance(value, str) or not value or "/" in value or value.strip() != value:
-        raise TopologyError(f"{where}: {value!r} is not a device name")
-    return value
-
-
-def _devno(value: object, where: str) -> str:
-    if not isinstance(value, str) or not _DEVNO.match(value):
-        raise TopologyError(f"{where}: {value!r} is not a device number (major:minor)")
-    return value
-
-
-def _path(value: object, where: str) -> str:
-    # any characters: mountinfo escapes space, tab, newline and backslash
-    if not isinstance(value, str) or not value or "\0" in value:
-        raise TopologyError(f"{where}: {value!r} is not a path")
-    return value
-
-
-def _host_device(entry: dict[str, Any], where: str, devices: dict[str, dict[str, Any]]) -> str:
-    bdf = normalize_bdf(entry.get("device"), f"{where}.device")
-    dev = devices.get(bdf)
-    if dev is None:
-        raise TopologyError(f"{where}.device: {bdf} is not in devices")
-    if dev["driver"] is None:
-        raise TopologyError(f"{where}.device: {bdf} starts without a driver, so the host "
-                            "cannot use it")
-    return bdf
-
-
-def normalize_host(raw: object, devices: list[dict[str, Any]]) -> dict[str, Any]:
-    """The ``host`` section, validated against ``devices`` (normalised
-    device entries), with every list present."""
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise TopologyError("host: an object with block, net, virtio_fs, mounts, swaps")
-    _unknown(raw, set(_HOST_KEYS), "host")
-    for key in _HOST_KEYS:
-        if not isinstance(raw.get(key, []), list):
-            raise TopologyError(f"host.{key}: a list")
-    by_bdf = {d["bdf"]: d for d in devices}
-    names: set[str] = set()
-
-    def unique(name: str, where: str) -> str:
-        if name in names:
-            raise TopologyError(f"{where}: {name!r} is named twice")
-        names.add(name)
-        return name
-
-    def obj(x: object, where: str, keys: set[str]) -> dict[str, Any]:
-        if not isinstance(x, dict):
-            raise TopologyError(f"{where}: an object")
-        _unknown(x, keys, where)
-        return x
-
-    host: dict[str, Any] = {k: [] for k in _HOST_KEYS}
-    for i, e in enumerate(raw.get("block", [])):
-        w = f"host.block[{i}]"
-        e = obj(e, w, {"device", "name", "dev", "partitions", "holders"})
-        disk = unique(_name(e.get("name"), f"{w}.name"), f"{w}.name")
-        out: dict[str, Any] = {"device": _host_device(e, w, by_bdf), "name": disk,
-                               "dev": _devno(e.get("dev"), f"{w}.dev"),
-                               "partitions": [], "holders": []}
-        for key in ("partitions", "holders"):
-            if not isinstance(e.get(key, []), list):
-                raise TopologyError(f"{w}.{key}: a list")
-        here = {disk}
-        for j, p in enumerate(e.get("partitions", [])):
-            pw = f"{w}.partitions[{j}]"
-            p = obj(p, pw, {"name", "dev"})
-            name = unique(_name(p.get("name"), f"{pw}.name"), f"{pw}.name")
-            if not name.startswith(disk):
-                # the kernel names partitions after their disk
-                raise TopologyError(f"{pw}.name: {name!r} does not start with {disk!r}")
-            out["partitions"].append({"name": name, "dev": _devno(p.get("dev"), f"{pw}.dev")})
-            here.add(name)
-        for j, h in enumerate(e.get("holders", [])):
-            hw = f"{w}.holders[{j}]"
-            h = obj(h, hw, {"name", "dev", "of", "dm_name"})
-            name = unique(_name(h.get("name"), f"{hw}.name"), f"{hw}.name")
-            of = h.get("of")
-            if of not in here:
-                raise TopologyError(f"{hw}.of: {of!r} is not {disk!r}, one of its partitions "
-                                    "or a holder listed before")
-            holder = {"name": name, "dev": _devno(h.get("dev"), f"{hw}.dev"), "of": of}
-            if h.get("dm_name") is not None:
-                holder["dm_name"] = _name(h["dm_name"], f"{hw}.dm_name")
-            out["holders"].append(holder)
-            here.add(name)
-        host["block"].append(out)
-    for i, e in enumerate(raw.get("net", [])):
-        w = f"host.net[{i}]"
-        e = obj(e, w, {"device", "name", "up", "routes"})
-        host["net"].append({
-            "device": _host_device(e, w, by_bdf),
-            "name": unique(_name(e.get("name"), f"{w}.name"), f"{w}.name"),
-            "up": _bool(e.get("up", True), f"{w}.up"),
-            "routes": _int(e.get("routes", 0), f"{w}.routes", 0, 1 << 20)})
-    for i, e in enumerate(raw.get("virtio_fs", [])):
-        w = f"host.virtio_fs[{i}]"
-        e = obj(e, w, {"device", "tag"})
-        tag = e.get("tag")
-        if not isinstance(tag, str) or not tag or tag.strip() != tag:
-            raise TopologyError(f"{w}.tag: {tag!r} is not a mount tag")
-        host["virtio_fs"].append({"device": _host_device(e, w, by_bdf), "tag": tag})
-    for i, e in enumerate(raw.get("mounts", [])):
-        w = f"host.mounts[{i}]"
-        e = obj(e, w, {"source", "target", "fstype", "dev"})
-        fstype = e.get("fstype")
-        if not isinstance(fstype, str) or not fstype or any(c.isspace() for c in fstype):
-            raise TopologyError(f"{w}.fstype: {fstype!r} is not a file system type")
-        host["mounts"].append({"source": _path(e.get("source"), f"{w}.source"),
-                               "target": _path(e.get("target"), f"{w}.target"),
-                               "fstype": fstype, "dev": _devno(e.get("dev", "0:0"), f"{w}.dev")})
-    for i, e in enumerate(raw.get("swaps", [])):
-        path = _path(e, f"host.swaps[{i}]")
-        if any(c.isspace() for c in path):
-            raise TopologyError(f"host.swaps[{i}]: {path!r} has white space")
-        host["swaps"].append(path)
-    return host
-
-
 def _validate(raw: dict[str, Any]) -> dict[str, Any]:
-    _unknown(raw, _TOP_KEYS, "topology")
+    check_keys(raw, _TOP_KEYS, "topology")
     topo: dict[str, Any] = {}
     name = raw.get("name", "custom")
     if not isinstance(name, str):
@@ -817,9 +549,9 @@ def _validate(raw: dict[str, Any]) -> dict[str, Any]:
     topo["name"] = name
     if "description" in raw:
         topo["description"] = str(raw["description"])
-    topo["memlock_limit"] = _int(raw.get("memlock_limit", 64 << 20), "memlock_limit", -1)
-    topo["numa_nodes"] = _int(raw.get("numa_nodes", 1), "numa_nodes", 1, 1024)
-    topo["noiommu"] = _bool(raw.get("noiommu", False), "noiommu")
+    topo["memlock_limit"] = check_int(raw.get("memlock_limit", 64 << 20), "memlock_limit", -1)
+    topo["numa_nodes"] = check_int(raw.get("numa_nodes", 1), "numa_nodes", 1, 1024)
+    topo["noiommu"] = check_bool(raw.get("noiommu", False), "noiommu")
     kernel = normalize_kernel(raw.get("kernel"))
     topo["kernel"] = kernel
     config = kernel["config"]
@@ -827,9 +559,9 @@ def _validate(raw: dict[str, Any]) -> dict[str, Any]:
     mods = raw.get("modules", {})
     if not isinstance(mods, dict):
         raise TopologyError("modules: an object of module name -> loaded")
-    _unknown(mods, set(DEFAULT_MODULES), "modules")
+    check_keys(mods, set(DEFAULT_MODULES), "modules")
     for k, v in mods.items():
-        modules[k] = _bool(v, f"modules.{k}")
+        modules[k] = check_bool(v, f"modules.{k}")
     if config is not None:
         for k, option in MODULE_OPTIONS.items():
             state = config.get(option, "n")
@@ -850,12 +582,12 @@ def _validate(raw: dict[str, Any]) -> dict[str, Any]:
     t1raw = raw.get("type1", {})
     if not isinstance(t1raw, dict):
         raise TopologyError("type1: an object")
-    _unknown(t1raw, set(DEFAULT_TYPE1), "type1")
+    check_keys(t1raw, set(DEFAULT_TYPE1), "type1")
     if "dma_entry_limit" in t1raw:
-        t1["dma_entry_limit"] = _int(t1raw["dma_entry_limit"], "type1.dma_entry_limit", 0,
+        t1["dma_entry_limit"] = check_int(t1raw["dma_entry_limit"], "type1.dma_entry_limit", 0,
                                      (1 << 32) - 1)
     if "allow_unsafe_interrupts" in t1raw:
-        t1["allow_unsafe_interrupts"] = _bool(t1raw["allow_unsafe_interrupts"],
+        t1["allow_unsafe_interrupts"] = check_bool(t1raw["allow_unsafe_interrupts"],
                                               "type1.allow_unsafe_interrupts")
     topo["type1"] = t1
     topo["iommu"] = _iommu(raw.get("iommu", {}))
@@ -870,7 +602,7 @@ def _validate(raw: dict[str, Any]) -> dict[str, Any]:
         if d["bdf"] in seen:
             raise TopologyError(f"devices: {d['bdf']} is listed twice")
         seen.add(d["bdf"])
-    parents = _parents(devices)
+    parents = bridge_parents(devices)
     _sriov(devices)
     for d in devices:
         if d["driver"] == "vfio-pci" and not modules["vfio_pci"]:
@@ -883,6 +615,6 @@ def _validate(raw: dict[str, Any]) -> dict[str, Any]:
             raise TopologyError("groups: a machine without an IOMMU has no IOMMU groups")
         topo["groups"] = []
     else:
-        topo["groups"] = _groups(raw.get("groups"), devices, parents)
+        topo["groups"] = iommu_groups(raw.get("groups"), devices, parents)
     topo["host"] = normalize_host(raw.get("host"), devices)
     return topo
