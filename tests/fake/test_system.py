@@ -479,20 +479,12 @@ def test_iommu_properties_and_model_free_devices(make_system):
 
 
 def test_open_iommufd_node(b):
-    pytest.importorskip("pyvfio.fake.iommufd", reason="the iommufd file is not available")
     fd = b.open("/dev/iommu")
     b.close(fd)
 
 
 def _system_with_models(name: str) -> System:
-    pytest.importorskip("pyvfio.fake.vfio_pci", reason="the vfio-pci device file is not available")
-    models = pytest.importorskip("pyvfio.fake.models", reason="the device models are not available")
-    if not hasattr(models, "create"):
-        pytest.skip("pyvfio.fake.models has no create()")
-    try:
-        return System(name)
-    except ImportError as e:  # a model still being written
-        pytest.skip(f"a device model is not available: {e}")
+    return System(name)
 
 
 def test_open_device_cdev(vfio_helper):
@@ -513,13 +505,7 @@ def test_open_device_cdev(vfio_helper):
 
 
 def test_models_are_used_when_available():
-    models = pytest.importorskip("pyvfio.fake.models", reason="the device models are not available")
-    if not hasattr(models, "create"):
-        pytest.skip("pyvfio.fake.models has no create()")
-    try:
-        system = System("minimal")
-    except ImportError as e:  # a model still being written
-        pytest.skip(f"the edu model is not available: {e}")
+    system = System("minimal")
     edu = system.device(EDU)
     assert edu.model is not None
     assert (edu.vendor, edu.device) == (0x1234, 0x11E8)

@@ -785,7 +785,6 @@ def test_bind_with_a_bad_token_pointer_is_efault(host: Host) -> None:
     """vfio_df_check_token copies the UUID from the user: an unmapped
     ``token_uuid_ptr`` is EFAULT (it once crashed the interpreter), and the
     file can still be bound afterwards."""
-    pytest.importorskip("pyvfio.fake.iommufd")
     b = host.b
     dfd = b.open(cdev_path(host, EDU))
     ifd = b.open("/dev/iommu")
@@ -803,7 +802,6 @@ def test_bind_on_a_group_device_file_is_einval(edu: Any) -> None:
 
 
 def test_cdev_bind_attach_and_dma(host: Host) -> None:
-    pytest.importorskip("pyvfio.fake.iommufd")
     path = cdev_path(host, EDU)
     b = host.b
     dfd = b.open(path)
@@ -1071,7 +1069,6 @@ def test_atomic_completion_capability() -> None:
 
 
 def test_group_path_on_iommufd_compat(host: Host) -> None:
-    pytest.importorskip("pyvfio.fake.iommufd")
     host.bind_vfio(EDU)
     b = host.b
     ifd = b.open("/dev/iommu")
