@@ -132,6 +132,8 @@ DOCUMENTED = [
     "pyvfio.fake.machine.topology_host",
     "pyvfio.fake.machine.topology_groups",
     "pyvfio.fake.machine.module_sysfs",
+    "pyvfio.setup.binding_state",
+    "pyvfio.setup.host_use",
 ]
 
 

@@ -50,6 +50,8 @@ from typing import Any
 from ..backend import Backend, resolve_backend
 from ..core import sysfs
 from . import devices, kernel_support
+from .binding_state import BindingState
+from .host_use import UsageScan
 
 __all__ = ["capture", "to_json", "replay_check"]
 
@@ -267,7 +269,6 @@ def capture(backend: Backend | None = None, *, name: str | None = None,
     """The topology of the machine behind ``backend`` (the real one by
     default), as a dict in :mod:`pyvfio.fake.machine.topology`'s schema.  Integers
     are written as ``0x`` strings where sysfs shows them in hex."""
-    from .binding import BindingState, UsageScan
 
     b = resolve_backend(backend)
     pci = devices.pci_devices(b)
@@ -405,7 +406,6 @@ def replay_check(topology: dict[str, Any]) -> list[str]:
     got_groups = {g.id: sorted(g.devices) for g in devices.iommu_groups(b)}
     if want_groups != got_groups:
         problems.append(f"groups differ: fake {got_groups}, captured {want_groups}")
-    from .binding import UsageScan
 
     got_host = UsageScan(b).facts
     for key, want in topology["host"].items():

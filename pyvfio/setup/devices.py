@@ -20,11 +20,11 @@ from typing import Any
 from ..backend import Backend
 from ..core.sysfs import (
     _BDF_COMPONENT,
-    _listdir,
     IOMMU_GROUPS,
     PCI_DEVICES,
     _backend,
     _int,
+    _listdir,
     _read,
     class_name,
     normalize_bdf,
