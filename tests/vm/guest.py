@@ -340,6 +340,8 @@ class Console(threading.Thread):
 
     def write(self, line: str) -> None:
         with self.lock:
+            if self.log_file.closed:  # a late line from the QMP relay after the run
+                return
             self.log_file.write(line + "\n")
             self.log_file.flush()
             self.tail = (self.tail + [line])[-60:]
