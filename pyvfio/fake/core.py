@@ -74,7 +74,7 @@ class FakeFile:
 
     @property
     def system(self) -> System:
-        """The :class:`~pyvfio.fake.system.System` the file belongs to."""
+        """The :class:`~pyvfio.fake.machine.system.System` the file belongs to."""
         return self.kernel.system
 
     def ioctl(self, request: int, arg: IoctlArg) -> int:
@@ -354,7 +354,7 @@ class FakeBackend(Backend):
 
     # -- Backend: sysfs -----------------------------------------------------
     def sysfs_read(self, path: str) -> str:
-        """An attribute of the simulated sysfs (:mod:`pyvfio.fake.sysfs`)."""
+        """An attribute of the simulated sysfs (:mod:`pyvfio.fake.machine.sysfs`)."""
         with self.system.lock:
             return self.system.sysfs.read(path)
 

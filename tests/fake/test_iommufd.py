@@ -1709,9 +1709,9 @@ def test_pointer_argument_kinds(ctx: Iommufd) -> None:
        st.integers(0, 220), st.integers(1, 20))
 def test_free_space_index(ops: list[tuple[bool, int, int]], lo: int, need: int) -> None:
     """FreeSpace (with tiny blocks) against a plain list of used ranges."""
-    from pyvfio.fake.iommufd import io_pagetable as iommufd_iopt
+    from pyvfio.fake.iommufd import io_pagetable
 
-    free = iommufd_iopt.FreeSpace()
+    free = io_pagetable.FreeSpace()
     free._BLOCK = 2
     used: list[tuple[int, int]] = []
     for add, start, length in ops:
@@ -1724,7 +1724,7 @@ def test_free_space_index(ops: list[tuple[bool, int, int]], lo: int, need: int) 
         elif used:
             victim = used.pop(start % len(used))
             free.free(*victim)
-        want = iommufd_iopt.span_holes(iommufd_iopt.merge_spans(used), 0, U64_MAX)
+        want = io_pagetable.span_holes(io_pagetable.merge_spans(used), 0, U64_MAX)
         assert list(free) == want
         got = list(free.holes(lo, lo + 100, need))
         naive = [(max(s, lo), min(l, lo + 100)) for s, l in want

@@ -27,8 +27,9 @@ of :class:`IommufdFile` served by :mod:`.device` and :mod:`.vfio_compat`:
   (vfio_iommufd_compat_attach_ioas), ``device_id_of(pdev)`` and
   ``has_group(iommu_group)`` (vfio_iommufd_get_dev_id).
 
-Contract with the legacy group file: ``compat_attach_group(vgroup)`` /
-``compat_detach_group(vgroup)`` for VFIO_GROUP_SET_CONTAINER with an iommufd.
+Contract with the group file (:mod:`pyvfio.fake.vfio.group`):
+``compat_attach_group(vgroup)`` / ``compat_detach_group(vgroup)`` for
+VFIO_GROUP_SET_CONTAINER with an iommufd.
 
 Differences from the kernel:
 
@@ -44,7 +45,7 @@ Differences from the kernel:
 * IOMMU_IOAS_NOIOMMU_GET_PA reports the process address of the page as its
   "physical" address, and no-IOMMU devices get no DMA translation.
 
-Machine features read from the :class:`~pyvfio.fake.system.System` when
+Machine features read from the :class:`~pyvfio.fake.machine.system.System` when
 present (defaults in brackets): ``transparent_hugepage`` [True: automatic
 IOVAs are aligned up to 2 MiB, as with CONFIG_TRANSPARENT_HUGEPAGE],
 ``cap_ipc_lock`` [False: pinned pages are charged], ``cap_sys_resource``

@@ -39,8 +39,8 @@ class NotAttached(DmaError):
     """The model is not attached to a :class:`PciDevice` (no bus to DMA on)."""
 
 
-#: Every exception a DMA through :meth:`DeviceModel.dma_read` /
-#: :meth:`DeviceModel.dma_write` can raise; models catch these and report
+#: Every exception a DMA through :meth:`.pci.DeviceModel.dma_read` /
+#: :meth:`.pci.DeviceModel.dma_write` can raise; models catch these and report
 #: the error the way their hardware would.
 DMA_ERRORS: tuple[type[Exception], ...] = (IommuFault, DmaError)
 

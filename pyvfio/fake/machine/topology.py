@@ -81,7 +81,7 @@ options stay on.  A :class:`~pyvfio.fake.System` keeps the section as
 ``system.kernel`` and serves it; without one, the default build.
 
 ``host`` is what the host uses the devices for, so that
-:mod:`pyvfio.binding` refuses to take them from their drivers on the fake
+:mod:`pyvfio.setup.binding` refuses to take them from their drivers on the fake
 as it does on the machine a topology was captured from.  A ``block`` disk
 (with its partitions and the device-mapper/md ``holders`` stacked on them,
 ``of`` naming what each holds), a ``net`` interface and a ``virtio_fs`` tag

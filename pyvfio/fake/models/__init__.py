@@ -1,6 +1,6 @@
 """Device models of the fake kernel and the registry topologies use.
 
-``create(spec)`` builds the :class:`~pyvfio.fake.pci.DeviceModel` a
+``create(spec)`` builds the :class:`~pyvfio.fake.machine.pci.DeviceModel` a
 topology entry names in its ``model`` key:
 
 ========================  ==================================================

@@ -46,7 +46,7 @@ Differences from QEMU, all deliberate:
   the IOMMU logs a fault.  Here a blocked transfer (IOMMU fault, or Bus
   Master Enable clear) transfers nothing -- memory and the DMA buffer are
   left untouched -- the fault is recorded in ``System.faults`` by the
-  :class:`~pyvfio.fake.system.PciDevice`, :attr:`EduDevice.dma_errors`
+  :class:`~pyvfio.fake.machine.pci_device.PciDevice`, :attr:`EduDevice.dma_errors`
   counts it, and the transfer completes (command bit 0 clears, the IRQ is
   raised if requested) as QEMU's would.
 * Out-of-range transfers (the buffer window ``[0x40000, 0x41000)`` exceeded)

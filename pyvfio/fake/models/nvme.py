@@ -23,7 +23,7 @@ Supported commands:
 Data moves with PRP1/PRP2 and PRP lists (chained lists too); SGLs are not
 supported (Invalid Field).  Every memory access -- fetching commands,
 reading PRP lists, moving data, posting completions -- goes through the
-:class:`~pyvfio.fake.system.PciDevice`, i.e. through the IOMMU.
+:class:`~pyvfio.fake.machine.pci_device.PciDevice`, i.e. through the IOMMU.
 
 Timing: the controller processes a submission queue synchronously when its
 tail doorbell is written and posts every completion before the doorbell

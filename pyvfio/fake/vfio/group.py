@@ -20,7 +20,7 @@ Contract with the vfio-pci device file (:mod:`pyvfio.fake.vfio_pci`):
   close it calls ``group_file.unuse_container(pdev)`` (resp. unbinds).
   While a device uses the container the group file stays alive even if
   its fd is closed, and VFIO_GROUP_UNSET_CONTAINER fails with ``EBUSY``.
-* A device file exposes its :class:`~pyvfio.fake.machine.system.PciDevice`
+* A device file exposes its :class:`~pyvfio.fake.machine.pci_device.PciDevice`
   as the attribute ``pdev`` (the system counts open files through it).
 
 Contract with iommufd: an iommufd file set with VFIO_GROUP_SET_CONTAINER

@@ -11,7 +11,7 @@ Served for a model that declares it (``model_migration``, see
 * The data fds are real files (a memfd opened read-only for a saving
   session, write-only for resuming): ``os.read``/``os.write`` work on them.
   Through the backend (pyvfio's
-  :class:`~pyvfio.features.MigrationDataFile`), reads also give ENOMSG at
+  :class:`~pyvfio.core.features.MigrationDataFile`), reads also give ENOMSG at
   the temporary end of the pre-copy data and ENODEV once the session is
   over, and VFIO_MIG_GET_PRECOPY_INFO is served; a raw ``os.read`` sees
   the end of the file instead.
@@ -204,7 +204,7 @@ class MigrationFile(FakeFile):
     The fd the user gets is a real file: a memfd holding the stream, opened
     read-only (saving) or write-only (resuming), so ``os.read``/``os.write``
     work on it as on the kernel's fd.  Through the backend (what pyvfio's
-    :class:`~pyvfio.features.MigrationDataFile` uses) the driver's rules
+    :class:`~pyvfio.core.features.MigrationDataFile` uses) the driver's rules
     apply too: ENOMSG at the temporary end of the pre-copy data, ENODEV
     once the session is over, ``VFIO_MIG_GET_PRECOPY_INFO``.  A raw
     ``os.read`` cannot return those errors: it sees the end of the file
