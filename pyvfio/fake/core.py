@@ -36,7 +36,6 @@ __all__ = [
     "IommuFault",
     "UserMemory",
     "errno_error",
-    "cast_arg",
 ]
 
 
@@ -46,17 +45,6 @@ def errno_error(err: int, detail: str = "") -> OSError:
     if detail:
         message = f"{message} ({detail})"
     return OSError(err, message)
-
-
-def cast_arg(arg: IoctlArg, ctype: str) -> "ffi.CData":
-    """View an ioctl argument as a pointer to ``ctype`` (like the kernel's
-    ``copy_from_user`` of a user pointer).  An int argument where a pointer
-    is needed gives EFAULT, as a bad user pointer would."""
-    if isinstance(arg, int):
-        if arg == 0:
-            raise errno_error(errno.EFAULT, "NULL user pointer")
-        return ffi.cast(ctype + " *", arg)
-    return ffi.cast(ctype + " *", arg)
 
 
 class FakeFile:
