@@ -149,6 +149,7 @@ def test_loopback_triggers(machine: FakeMachine) -> None:
         vectors[2].trigger()
         assert vectors[2].wait(1) == 1
         # the device's own MSI-X message reaches its vector's eventfd only
+        dev.config.enable(bus_master=True)  # the message is a memory write
         machine.model(machine.nvme).raise_irq(IRQ_MSIX, 2)
         assert [v.poll() for v in vectors] == [0, 0, 1]
         with pytest.raises(InvalidArgumentError, match="exceed the 65"):

@@ -509,6 +509,7 @@ def test_msi_through_edu(edu: Any) -> None:
 
 def test_msix_vectors_through_nvme(nvme: Any) -> None:
     h, cfd, dfd, model = nvme
+    h.wcfg(dfd, 4, 0x0006, 2)  # an MSI-X message is a memory write: Bus Master on
     efds = [h.eventfd() for _ in range(3)]
     assert h.eventfds(dfd, lib.VFIO_PCI_MSIX_IRQ_INDEX, efds[:2]) == 0
     assert model.msix_enabled and model.msix is not None
@@ -998,6 +999,7 @@ def test_a_user_model_behind_vfio() -> None:
         h.eventfds(dfd, lib.VFIO_PCI_MSI_IRQ_INDEX, [efd])
         bar = h.b.mmap(0x1000, PROT_READ | PROT_WRITE, MAP_SHARED, dfd, 0)
         h.maps.append(bar)
+        h.wcfg(dfd, 4, 0x0006, 2)  # memory decode, and Bus Master for the MSI
         bar.write(0x10, 2, 5)
         assert bar.read(0x10, 8) == 5 and fired(efd) == 1
         model = system.devices["0000:00:07.0"].model

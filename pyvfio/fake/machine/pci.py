@@ -5,7 +5,11 @@ its configuration space (type-0 header and capabilities), its BARs (plain
 RAM or registers served by Python hooks), its interrupts (INTx, MSI and
 MSI-X as the hardware would signal them) and its DMA, which goes through
 the :class:`~pyvfio.fake.machine.pci_device.PciDevice` the model is attached to and
-therefore through the simulated IOMMU.
+therefore through the simulated IOMMU.  DMA and MSI/MSI-X messages are
+both memory writes of the function: they leave it only while Bus Master
+Enable is set in the Command register (a DMA raises
+:class:`BusMasterDisabled`, a message is lost); INTx is a wire that only
+Interrupt Disable holds back.  Both rules live here, once, for every model.
 
 The model's config space is the *physical* one.  The vfio-pci device file
 (:mod:`pyvfio.fake.vfio_pci`) keeps its own virtualised view on top of it,
@@ -126,9 +130,11 @@ class IrqSink(Protocol):
     """Where a model's interrupts go (the vfio-pci device file).
 
     ``deliver`` is an MSI or MSI-X message for ``vector`` (already checked
-    against enable and mask state by the model); ``intx`` reports a change
-    of the INTx line as seen by the interrupt controller (asserted and not
-    disabled in the Command register).
+    by the model against enable and mask state and against Bus Master
+    Enable, without which the message, a memory write, never leaves the
+    function); ``intx`` reports a change of the INTx line as seen by the
+    interrupt controller (asserted and not disabled in the Command
+    register).
     """
 
     def deliver(self, index: int, vector: int) -> None:
@@ -325,6 +331,8 @@ class DeviceModel(ConfigSpace):
         self._intx_line = False  # what the interrupt controller sees
         #: Number of function level resets (FLR, PM or bus) the model saw.
         self.reset_count = 0
+        #: MSI/MSI-X messages lost because Bus Master Enable was clear.
+        self.lost_messages = 0
 
         self._init_config_space()
 
@@ -580,8 +588,11 @@ class DeviceModel(ConfigSpace):
     def raise_irq(self, index: int, vector: int = 0) -> bool:
         """Signal interrupt ``vector`` of type ``index`` (``IRQ_INTX``,
         ``IRQ_MSI``, ``IRQ_MSIX``), honouring enable and mask state as the
-        hardware does (masked vectors become pending).  Returns whether a
-        message/level reached the interrupt controller."""
+        hardware does (masked vectors become pending).  An unmasked MSI or
+        MSI-X message is a memory write: with Bus Master Enable clear it is
+        lost (counted in :attr:`lost_messages`).  INTx is a wire, not a
+        write: it does not need Bus Master, only Interrupt Disable clear.
+        Returns whether a message/level reached the interrupt controller."""
         if index == IRQ_INTX:
             self.set_intx(True)
             return self._intx_line
@@ -643,6 +654,15 @@ class DeviceModel(ConfigSpace):
                 self._send(IRQ_MSI, vector)
 
     def _send(self, index: int, vector: int) -> bool:
+        """The one path of every MSI and MSI-X message a model sends, after
+        the enable, mask and pending rules (QEMU's msi_send_message)."""
+        # pci_msi_trigger: the message is a memory write issued through
+        # the function's bus-master address space, which is disabled while
+        # Bus Master Enable is clear (pci_default_write_config).  The write
+        # goes nowhere: the interrupt is lost, no pending bit keeps it.
+        if not self.bus_master:
+            self.lost_messages += 1
+            return False
         sink = self.irq_sink
         if sink is None:
             return False

@@ -29,6 +29,9 @@ write, as QEMU's ``valid.min_access_size = 4`` makes them.
 Interrupts: one MSI vector (64-bit, no per-vector masking) when software
 enabled MSI, INTx pin A otherwise; the interrupt stays asserted while the
 interrupt status is non-zero (INTx) and every raise sends a message (MSI).
+As in QEMU the message is a memory write of the function: with Bus Master
+Enable clear it is lost (the interrupt status register is still set), while
+INTx needs only Interrupt Disable clear (see :mod:`pyvfio.fake.machine.pci`).
 The device is conventional PCI (256-byte config space, no FLR).
 
 Differences from QEMU, all deliberate:

@@ -7,6 +7,9 @@ ACQ), the doorbells at 0x1000 (stride ``4 << CAP.DSTRD``), the MSI-X table
 (65 vectors) at 0x2000 and its PBA at 0x3000.  Capabilities: PM, MSI-X and
 PCI Express with FLR.  Interrupts are MSI-X when enabled, INTx pin A
 otherwise (masked through INTMS/INTMC); like QEMU's device there is no MSI.
+Queue fetches, data transfers and MSI-X messages are memory writes and
+reads of the function and need Bus Master Enable; an MSI-X message sent
+while it is clear is lost (:mod:`pyvfio.fake.machine.pci`).
 
 Supported commands:
 
