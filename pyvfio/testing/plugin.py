@@ -51,6 +51,7 @@ Markers: ``vfio_topology(source)``, ``vfio_device(model, bdf=None, **spec)``,
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import sys
 from dataclasses import dataclass, field
@@ -157,17 +158,29 @@ def _pyvfio_call(frame: FrameType | None) -> tuple[str, str]:
         frame = frame.f_back
     if entry is None:
         return "pyvfio.default_backend()", ""
-    code = entry.f_code
-    name = f"{entry.f_globals['__name__']}.{getattr(code, 'co_qualname', code.co_name)}"
+    name = f"{entry.f_globals['__name__']}.{_qualname(entry)}"
     name = name[:-len(".__init__")] if name.endswith(".__init__") else name
     caller = entry.f_back
     where = f" (called at {caller.f_code.co_filename}:{caller.f_lineno})" if caller else ""
     return f"{name}()", where
 
 
+def _qualname(frame: FrameType) -> str:
+    code = frame.f_code
+    qualname: str | None = getattr(code, "co_qualname", None)  # Python 3.11+
+    if qualname is not None:
+        return qualname
+    owner = frame.f_locals.get("self", frame.f_locals.get("cls"))
+    if owner is None:
+        return code.co_name
+    cls = owner if isinstance(owner, type) else type(owner)
+    return f"{cls.__qualname__}.{code.co_name}"
+
+
 _GUARD_KEY = pytest.StashKey[_Guard]()
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> None:
     """Note the refusals that reached pytest (the others were caught by the
     code under test: vfio_system reports them at teardown)."""
@@ -290,6 +303,20 @@ def _with_device(topo: dict[str, Any], want: dict[str, Any]) -> tuple[dict[str, 
     return topo, str(bdf)
 
 
+def _default_replacement(request: pytest.FixtureRequest,
+                         system: System) -> Backend | _Guard | None:
+    """What pyvfio.default_backend() gives during the test: the real kernel
+    backend (None), the fake one, or a refusal."""
+    if request.node.get_closest_marker("vfio_real_backend") is not None:
+        return None
+    if request.config.getini("vfio_default_backend") == "fake":
+        return system.backend
+    if request.config.getini("vfio_real_backend") == "refuse":
+        guard = request.node.stash[_GUARD_KEY] = _Guard()
+        return guard
+    return None
+
+
 @pytest.fixture
 def vfio_system(request: pytest.FixtureRequest) -> Iterator[System]:
     """A fresh fake machine (see the module documentation for choosing its
@@ -302,18 +329,10 @@ def vfio_system(request: pytest.FixtureRequest) -> Iterator[System]:
         topo, bdf = _with_device(topo, _device_request(request))
         request.node.stash[_DEVICE_KEY] = bdf
     system = System(topo)
-    replacement: Any = None
-    if request.node.get_closest_marker("vfio_real_backend") is not None:
-        pass
-    elif request.config.getini("vfio_default_backend") == "fake":
-        replacement = system.backend
-    elif request.config.getini("vfio_real_backend") == "refuse":
-        replacement = request.node.stash[_GUARD_KEY] = _Guard()
-    if replacement is None:
+    replacement = _default_replacement(request, system)
+    with (contextlib.nullcontext() if replacement is None
+          else override_default_backend(replacement)):
         yield system
-    else:
-        with override_default_backend(replacement):
-            yield system
     guard = request.node.stash.get(_GUARD_KEY, None)
     caught = [e for e in guard.refused if id(e) not in guard.reported] if guard else []
     if caught:
