@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -208,3 +209,203 @@ def test_vfio_device_in_a_shared_group(pytester: pytest.Pytester) -> None:
         "*vfio_device 0000:01:01.0: binding IOMMU group 0 to vfio-pci failed: *"
         "the vfio-pci driver is not loaded*",
         "*IOMMU group 0 (3 device(s)): NOT viable*"])
+
+
+# -- the real backend in fake-machine tests ---------------------------------------------
+
+REFUSED = "pyvfio.testing.plugin.RealBackendRefused: "
+NO_VFIO = not os.path.exists("/dev/vfio/vfio")
+
+
+def crashes(result: pytest.RunResult) -> dict[str, str]:
+    """Test name (and phase, for setup and teardown) -> the message of the
+    exception that failed it; "passed" for a call that passed."""
+    out: dict[str, str] = {}
+    for rep in result.reprec.getreports("pytest_runtest_logreport"):  # type: ignore[attr-defined]
+        name = rep.nodeid.split("::")[-1] + ("" if rep.when == "call" else f"@{rep.when}")
+        if rep.failed:
+            out[name] = rep.longrepr.reprcrash.message
+        elif rep.when == "call":
+            out[name] = rep.outcome
+    return out
+
+
+def assert_reached_the_kernel(message: str) -> None:
+    """The test used the real backend: on a machine without VFIO (this
+    suite's host), opening /dev/vfio/vfio failed."""
+    if NO_VFIO:
+        assert message.startswith("pyvfio.errors.IoctlError: open on /dev/vfio/vfio: [ENOENT]")
+    else:
+        assert "RealBackendRefused" not in message
+
+
+def test_real_backend_is_refused_in_fake_machine_tests(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_refuse="""
+        import pytest
+        import pyvfio
+        from pyvfio.core import sysfs
+
+        def test_container(vfio_system):
+            pyvfio.Container()
+
+        def test_iommufd(vfio_device):
+            with pyvfio.IommuFd():
+                pass
+
+        def test_sysfs(vfio_backend):
+            sysfs.device_group("0000:00:02.0")
+
+        def test_default_backend(vfio_system):
+            pyvfio.default_backend()
+
+        def test_with_backend(vfio_device, vfio_backend):
+            with pyvfio.IommuFd(backend=vfio_backend) as iommufd, vfio_device.open() as dev:
+                dev.bind(iommufd)
+            assert sysfs.device_group(vfio_device.bdf, vfio_backend) == vfio_device.group
+
+        def test_caught(vfio_system):
+            try:
+                pyvfio.Container()
+            except Exception:
+                pass
+
+        def test_wrapped(vfio_system):
+            try:
+                pyvfio.Container()
+            except Exception as e:
+                raise ValueError("no VFIO") from e
+
+        def test_unaffected():
+            assert type(pyvfio.default_backend()).__name__ == "KernelBackend"
+            pyvfio.Container().close()
+    """)
+    result = run(pytester)
+    got = crashes(result)
+    where = f"(called at {pytester.path / 'test_refuse.py'}:"
+    advice = ("in a test that uses the fake machine: pass backend=vfio_backend (or "
+              "vfio_device.backend).  To use the real kernel here, mark the test "
+              "@pytest.mark.vfio_real_backend or set the ini option vfio_real_backend = allow.")
+    for test, call, line in [("test_container", "pyvfio.core.container.Container()", 6),
+                             ("test_iommufd", "pyvfio.core.iommufd.IommuFd()", 9),
+                             ("test_sysfs", "pyvfio.core.sysfs.device_group()", 13),
+                             ("test_default_backend", "pyvfio.backend.default_backend()", 16)]:
+        assert got[test] == (f"{REFUSED}{call} {where}{line}) asked for the real kernel backend "
+                             f"(this machine's /dev/vfio, /dev/iommu and sysfs) {advice}")
+    assert got["test_with_backend"] == "passed"
+    # caught by the code under test: the test fails all the same, at teardown
+    assert got["test_caught"] == "passed"
+    assert got["test_caught@teardown"].startswith(
+        f"Failed: the code under test caught RealBackendRefused:\n  pyvfio.core.container.Container() "
+        f"{where}25)")
+    # raised again as another exception: reported once, by the call
+    assert got["test_wrapped"] == "ValueError: no VFIO"
+    assert "test_wrapped@teardown" not in got
+    assert_reached_the_kernel(got["test_unaffected"])
+    assert len(got) == 9
+
+
+def test_real_backend_allowed_by_the_marker_or_the_ini_option(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("""
+        import pytest
+        import pyvfio
+
+        @pytest.mark.vfio_real_backend
+        def test_marked(vfio_system, vfio_backend):
+            assert pyvfio.default_backend() is not vfio_backend
+            pyvfio.Container().close()
+
+        def test_unmarked(vfio_device):
+            pyvfio.Container().close()
+    """)
+    got = crashes(run(pytester))
+    assert_reached_the_kernel(got["test_marked"])
+    assert got["test_unmarked"].startswith(REFUSED + "pyvfio.core.container.Container()")
+    pytester.makeini("[pytest]\nvfio_real_backend = allow\n")
+    got = crashes(run(pytester))
+    assert_reached_the_kernel(got["test_marked"])
+    assert_reached_the_kernel(got["test_unmarked"])
+
+
+def test_default_backend_can_be_the_fake_one(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\nvfio_default_backend = fake\n")
+    pytester.makepyfile("""
+        import pytest
+        import pyvfio
+        from pyvfio.core import sysfs
+
+        def test_fake(vfio_device, vfio_backend):
+            assert pyvfio.default_backend() is vfio_backend
+            assert sysfs.device_driver(vfio_device.bdf) == "vfio-pci"
+            with pyvfio.IommuFd() as iommufd, pyvfio.Device.open(vfio_device.bdf) as dev:
+                dev.bind(iommufd)
+                assert iommufd.backend is dev.backend is vfio_backend
+
+        @pytest.mark.vfio_real_backend
+        def test_marked(vfio_system):
+            pyvfio.Container().close()
+
+        def test_no_fixture():
+            assert type(pyvfio.default_backend()).__name__ == "KernelBackend"
+    """)
+    got = crashes(run(pytester))
+    assert got["test_fake"] == got["test_no_fixture"] == "passed"
+    assert_reached_the_kernel(got["test_marked"])
+
+
+def test_bad_ini_values_are_usage_errors(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\nvfio_real_backend = sometimes\n")
+    pytester.makepyfile("def test_it(): pass\n")
+    result = run(pytester)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*ini option vfio_real_backend = 'sometimes': must be one of "
+                                 "refuse, allow*"])
+    pytester.makeini("[pytest]\nvfio_default_backend = real\n")
+    result = run(pytester)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*must be one of kernel, fake*"])
+
+
+def test_real_backend_marker_is_registered(pytester: pytest.Pytester) -> None:
+    run(pytester, "--markers").stdout.fnmatch_lines(["@pytest.mark.vfio_real_backend:*"])
+
+
+# The seam the plugin uses: pyvfio.backend.override_default_backend.
+
+def test_override_default_backend_is_context_local() -> None:
+    import asyncio
+    import threading
+
+    from pyvfio.backend import default_backend, override_default_backend
+
+    real = default_backend()
+    one, two = System("minimal"), System("minimal")
+    seen: list[object] = []
+    with override_default_backend(one.backend):
+        assert default_backend() is one.backend
+        with override_default_backend(lambda: two.backend):
+            assert default_backend() is two.backend
+            thread = threading.Thread(target=lambda: seen.append(default_backend()))
+            thread.start()
+            thread.join()
+
+            async def task() -> object:
+                return default_backend()
+
+            seen.append(asyncio.run(task()))
+        assert default_backend() is one.backend
+    assert default_backend() is real
+    assert seen == [real, two.backend]          # other threads: no; asyncio tasks: yes
+
+
+def test_override_can_refuse() -> None:
+    from pyvfio.backend import Backend, default_backend, override_default_backend, resolve_backend
+
+    def refuse() -> Backend:
+        raise LookupError("no default here")
+
+    with override_default_backend(refuse):
+        with pytest.raises(LookupError, match="no default here"):
+            resolve_backend(None)
+        fake = System("minimal").backend
+        assert resolve_backend(fake) is fake
+    assert default_backend().name == "kernel"

@@ -1,17 +1,38 @@
-"""Backends: the syscall layer under pyvfio's objects."""
+"""Backends: the syscall layer under pyvfio's objects.
+
+An object given no ``backend=`` uses :func:`default_backend`: the real
+kernel, unless :func:`override_default_backend` chose something else for
+the running context (the pytest plugin does, to keep tests that use the
+fake machine off the real one).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from typing import Callable, Iterator, Union
+
 from .base import Backend, IoctlArg, MemoryMap
 
-__all__ = ["Backend", "IoctlArg", "MemoryMap", "default_backend", "resolve_backend"]
+__all__ = ["Backend", "IoctlArg", "MemoryMap", "default_backend", "resolve_backend",
+           "override_default_backend"]
 
 _default: Backend | None = None
 
+#: What default_backend() gives in this context instead of the kernel
+#: backend: a function returning the backend (or raising to refuse).
+_override: contextvars.ContextVar[Callable[[], Backend] | None] = contextvars.ContextVar(
+    "pyvfio_default_backend", default=None)
+
 
 def default_backend() -> Backend:
-    """The real kernel backend, created on first use."""
+    """The backend of objects given none: the real kernel backend, created
+    on first use; in a :func:`override_default_backend` block, what that
+    block says (another backend, or an exception)."""
     global _default
+    override = _override.get()
+    if override is not None:
+        return override()
     if _default is None:
         from .kernel import KernelBackend
 
@@ -20,5 +41,36 @@ def default_backend() -> Backend:
 
 
 def resolve_backend(backend: Backend | None) -> Backend:
-    """``backend``, or the default (real kernel) backend when ``None``."""
+    """``backend``, or :func:`default_backend` when ``None``."""
     return backend if backend is not None else default_backend()
+
+
+@contextlib.contextmanager
+def override_default_backend(
+    replacement: Union[Backend, Callable[[], Backend]],
+) -> Iterator[None]:
+    """Within the ``with`` block, :func:`default_backend` returns
+    ``replacement`` (a backend), or calls it (a function, which may raise
+    to refuse the default backend) instead of returning the kernel backend.
+
+    The override is context-local (:mod:`contextvars`): it holds in the
+    thread that entered the block and in the asyncio tasks created there,
+    not in other threads (a thread started inside the block does not
+    inherit it unless it runs in a copy of the context:
+    ``threading.Thread(target=contextvars.copy_context().run, args=(f,))``).
+    Blocks nest; leaving one restores the previous state.  Objects that
+    already hold a backend keep it.
+    """
+    provide = _constant(replacement) if isinstance(replacement, Backend) else replacement
+    token = _override.set(provide)
+    try:
+        yield
+    finally:
+        _override.reset(token)
+
+
+def _constant(backend: Backend) -> Callable[[], Backend]:
+    def provide() -> Backend:
+        return backend
+
+    return provide

@@ -33,18 +33,34 @@ Fixtures:
     whole IOMMU group is bound to vfio-pci (bridges left alone), so that the
     group is viable; when it cannot be, the fixture fails and says why.
 
-Markers: ``vfio_topology(source)``, ``vfio_device(model, bdf=None, **spec)``.
+The real machine is kept out of these tests: from the setup of
+``vfio_system`` to its teardown, a pyvfio object created without
+``backend=`` (and anything else that asks :func:`pyvfio.default_backend`)
+raises :class:`RealBackendRefused`, naming the call, instead of opening
+``/dev/vfio``, ``/dev/iommu`` or reading sysfs on this machine; a refusal
+that the code under test caught fails the test at teardown.  The marker
+``vfio_real_backend`` (or the ini option ``vfio_real_backend = allow``)
+lets the test use the real kernel; the ini option ``vfio_default_backend =
+fake`` makes such objects use ``vfio_backend`` instead.  The rule holds in
+the test's own thread and its asyncio tasks (see
+:func:`pyvfio.backend.override_default_backend`).
+
+Markers: ``vfio_topology(source)``, ``vfio_device(model, bdf=None, **spec)``,
+``vfio_real_backend``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, field
+from types import FrameType
 from typing import TYPE_CHECKING, Any, Iterator
 
 import pytest
 
-from ..backend import Backend
+from ..backend import Backend, override_default_backend
 from ..core import sysfs, viability
 from ..setup import binding
 
@@ -54,6 +70,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FakeVfioDevice",
+    "RealBackendRefused",
     "vfio_system",
     "vfio_backend",
     "vfio_device",
@@ -73,16 +90,105 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                                    "(a shipped name or a JSON file)", default=DEFAULT_TOPOLOGY)
     parser.addini("vfio_leak_check", "fail tests that leave VFIO files of the fake system open",
                   type="bool", default=True)
+    parser.addini("vfio_real_backend", "in tests that use vfio_system: 'refuse' (pyvfio objects "
+                                       "created without backend= raise RealBackendRefused) or "
+                                       "'allow' (they use the real kernel)", default="refuse")
+    parser.addini("vfio_default_backend", "in tests that use vfio_system: 'kernel' (the "
+                                          "default backend is the real one, see "
+                                          "vfio_real_backend) or 'fake' (it is vfio_backend)",
+                  default="kernel")
+
+
+_INI_CHOICES = {"vfio_real_backend": ("refuse", "allow"),
+                "vfio_default_backend": ("kernel", "fake")}
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Register the markers."""
+    """Register the markers; check the ini options."""
+    for name, choices in _INI_CHOICES.items():
+        value = config.getini(name)
+        if value not in choices:
+            raise pytest.UsageError(f"ini option {name} = {value!r}: must be one of "
+                                    f"{', '.join(choices)}")
     config.addinivalue_line(
         "markers", "vfio_topology(source): fake topology for vfio_system (a shipped name, "
                    "a JSON file or a dict)")
     config.addinivalue_line(
         "markers", "vfio_device(model, bdf=None, **spec): device model (and address, extra "
                    "topology keys) for the vfio_device fixture")
+    config.addinivalue_line(
+        "markers", "vfio_real_backend: let a test that uses vfio_system create pyvfio objects "
+                   "on the real kernel (without backend=)")
+
+
+class RealBackendRefused(RuntimeError):
+    """A pyvfio call in a test that uses the fake machine asked for the
+    default (real kernel) backend: the test forgot ``backend=``."""
+
+
+@dataclass
+class _Guard:
+    """Refuses the real backend for one test, and remembers each refusal."""
+
+    refused: list[RealBackendRefused] = field(default_factory=list)
+    reported: set[int] = field(default_factory=set)  #: ids of those the test raised
+
+    def __call__(self) -> Backend:
+        __tracebackhide__ = True
+        call, where = _pyvfio_call(sys._getframe(1))
+        error = RealBackendRefused(
+            f"{call}{where} asked for the real kernel backend (this machine's /dev/vfio, "
+            f"/dev/iommu and sysfs) in a test that uses the fake machine: pass "
+            f"backend=vfio_backend (or vfio_device.backend).  To use the real kernel here, "
+            f"mark the test @pytest.mark.vfio_real_backend or set the ini option "
+            f"vfio_real_backend = allow.")
+        self.refused.append(error)
+        raise error
+
+
+def _pyvfio_call(frame: FrameType | None) -> tuple[str, str]:
+    """The pyvfio function the code outside pyvfio called (the outermost
+    pyvfio frame; the plugin's own frames do not count), and where it was
+    called from."""
+    entry: FrameType | None = None
+    while frame is not None:
+        module = str(frame.f_globals.get("__name__", ""))
+        if module.split(".")[0] == "pyvfio" and not module.startswith("pyvfio.testing"):
+            entry = frame
+        frame = frame.f_back
+    if entry is None:
+        return "pyvfio.default_backend()", ""
+    name = f"{entry.f_globals['__name__']}.{_qualname(entry)}"
+    name = name[:-len(".__init__")] if name.endswith(".__init__") else name
+    caller = entry.f_back
+    where = f" (called at {caller.f_code.co_filename}:{caller.f_lineno})" if caller else ""
+    return f"{name}()", where
+
+
+def _qualname(frame: FrameType) -> str:
+    code = frame.f_code
+    qualname: str | None = getattr(code, "co_qualname", None)  # Python 3.11+
+    if qualname is not None:
+        return qualname
+    owner = frame.f_locals.get("self", frame.f_locals.get("cls"))
+    if owner is None:
+        return code.co_name
+    cls = owner if isinstance(owner, type) else type(owner)
+    return f"{cls.__qualname__}.{code.co_name}"
+
+
+_GUARD_KEY = pytest.StashKey[_Guard]()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> None:
+    """Note the refusals that reached pytest (the others were caught by the
+    code under test: vfio_system reports them at teardown)."""
+    guard = item.stash.get(_GUARD_KEY, None)
+    error: BaseException | None = call.excinfo.value if call.excinfo is not None else None
+    while guard is not None and error is not None and id(error) not in guard.reported:
+        guard.reported.add(id(error))
+        error = error.__cause__ or error.__context__
 
 
 @dataclass
@@ -197,6 +303,20 @@ def _with_device(topo: dict[str, Any], want: dict[str, Any]) -> tuple[dict[str, 
     return topo, str(bdf)
 
 
+def _default_replacement(request: pytest.FixtureRequest,
+                         system: System) -> Backend | _Guard | None:
+    """What pyvfio.default_backend() gives during the test: the real kernel
+    backend (None), the fake one, or a refusal."""
+    if request.node.get_closest_marker("vfio_real_backend") is not None:
+        return None
+    if request.config.getini("vfio_default_backend") == "fake":
+        return system.backend
+    if request.config.getini("vfio_real_backend") == "refuse":
+        guard = request.node.stash[_GUARD_KEY] = _Guard()
+        return guard
+    return None
+
+
 @pytest.fixture
 def vfio_system(request: pytest.FixtureRequest) -> Iterator[System]:
     """A fresh fake machine (see the module documentation for choosing its
@@ -209,7 +329,15 @@ def vfio_system(request: pytest.FixtureRequest) -> Iterator[System]:
         topo, bdf = _with_device(topo, _device_request(request))
         request.node.stash[_DEVICE_KEY] = bdf
     system = System(topo)
-    yield system
+    replacement = _default_replacement(request, system)
+    with (contextlib.nullcontext() if replacement is None
+          else override_default_backend(replacement)):
+        yield system
+    guard = request.node.stash.get(_GUARD_KEY, None)
+    caught = [e for e in guard.refused if id(e) not in guard.reported] if guard else []
+    if caught:
+        pytest.fail("the code under test caught RealBackendRefused:\n"
+                    + "\n".join(f"  {e}" for e in caught), pytrace=False)
     leaked = system.backend.open_files
     if leaked and request.config.getini("vfio_leak_check"):
         pytest.fail(f"the test left VFIO files of the fake system open: {leaked} "
