@@ -117,7 +117,7 @@ class IovaMapping(Resource):
 
     def __init__(self, space: AddressSpace, iova: int, length: int, flags: int,
                  owner: Any) -> None:
-        super().__init__(space.backend)
+        Resource.__init__(self, space.backend)
         self.space = space  #: the address space it is mapped into
         self.iova = iova  #: first IOVA (bytes)
         self.length = length  #: bytes

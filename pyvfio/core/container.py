@@ -21,7 +21,7 @@ from __future__ import annotations
 import enum
 import errno
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from .._uapi import ffi, lib
 from ..backend import Backend, resolve_backend
@@ -129,12 +129,16 @@ class DmaMapping(IovaMapping):
 
     def __init__(self, container: Container, iova: int, size: int, vaddr: int,
                  flags: int, owner: Any) -> None:
-        super().__init__(container, iova, size, flags, owner)
-        self.container = container  #: the container it is mapped into
+        IovaMapping.__init__(self, container, iova, size, flags, owner)
         self.vaddr = vaddr  #: process virtual address backing it
 
+    @property
+    def container(self) -> Container:
+        """The container it is mapped into (its :attr:`space`)."""
+        return cast("Container", self.space)
+
     def describe(self) -> str:
-        return f"DMA mapping [{self.iova:#x}, +{self.length:#x}) of {self.container.describe()}"
+        return f"DMA mapping [{self.iova:#x}, +{self.length:#x}) of {self.space.describe()}"
 
 
 class Container(FdResource):
