@@ -3,23 +3,17 @@
 Layers, bottom up: :mod:`pyvfio._uapi` (the kernel's structs and constants,
 compiled with cffi), :mod:`pyvfio.backend` (the syscalls: the real kernel or
 :mod:`pyvfio.fake`), the objects (:class:`Container`, :class:`Group`,
-:class:`IommuFd`, :class:`IOAS`, :class:`HWPT`, :class:`Device`).
+:class:`IommuFd`, :class:`IOAS`, :class:`HWPT`, :class:`Device`) and the
+driver toolkit on top of them (DMA buffers and pools, :func:`open_attached`).
 """
 
 from __future__ import annotations
 
 from ._uapi import ffi, lib
 from .backend import Backend, MemoryMap, default_backend
+from .core.address_space import AddressSpace, IovaMapping
 from .core.caps import IovaRange
-from .core.container import (
-    Container,
-    DmaMapping,
-    Extension,
-    Group,
-    GroupStatus,
-    IommuInfo,
-    IommuType,
-)
+from .core.container import Container, DmaMapping, Extension, IommuInfo, IommuType
 from .core.device import (
     Device,
     DeviceInfo,
@@ -28,9 +22,17 @@ from .core.device import (
     PciIrq,
     PciRegion,
     RegionInfo,
-    open_attached,
 )
-from .toolkit.dma import DmaBuffer, DmaChunk, DmaPool, IovaAllocator, map_buffer
+from .core.features import DeviceFeatures, MigrationState
+from .core.group import Group, GroupStatus
+from .core.hw_pagetable import HWPT, FaultQueue, HwInfo, HwInfoType, HwptDataType
+from .core.iommufd import IOAS, IoasMapping, IommuFd, RlimitMode
+from .core.iova_allocator import IovaAllocator
+from .core.irq import EventFd, Irq, IrqMap, IrqVector
+from .core.pci_config import PciConfig
+from .core.region import Region, RegionMap, RegionMapping
+from .core.registers import Field, Register, RegisterBlock, RegisterIO
+from .core.viommu import HwQueue, Vdevice, Veventq, Viommu
 from .errors import (
     ClosedError,
     InvalidArgumentError,
@@ -39,31 +41,14 @@ from .errors import (
     UnsupportedError,
     VfioError,
 )
-from .core.features import DeviceFeatures, MigrationState
-from .core.iommufd import (
-    HWPT,
-    IOAS,
-    FaultQueue,
-    HwInfo,
-    HwInfoType,
-    HwptDataType,
-    HwQueue,
-    IoasMapping,
-    IommuFd,
-    RlimitMode,
-    Vdevice,
-    Veventq,
-    Viommu,
-)
-from .core.irq import EventFd, Irq, IrqMap, IrqVector
-from .core.pci_config import PciConfig
-from .core.region import Region, RegionMap, RegionMapping
-from .core.registers import Field, Register, RegisterBlock, RegisterIO
+from .toolkit.attach import open_attached
+from .toolkit.dma import DmaBuffer, DmaChunk, DmaPool, map_buffer
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ffi", "lib", "Backend", "MemoryMap", "default_backend", "IovaRange",
+    "AddressSpace", "IovaMapping",
     "Container", "DmaMapping", "Extension", "Group", "GroupStatus", "IommuInfo", "IommuType",
     "Device", "DeviceInfo", "HotResetDevice", "IrqInfo", "PciIrq", "PciRegion", "RegionInfo",
     "ClosedError", "InvalidArgumentError", "IoctlError", "NotViableError", "UnsupportedError",

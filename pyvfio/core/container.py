@@ -1,5 +1,7 @@
-"""The legacy VFIO interface: a container (``/dev/vfio/vfio``) holding
-IOMMU groups (``/dev/vfio/N``), with the type1 IOMMU's DMA map/unmap.
+"""The legacy VFIO interface's container (``/dev/vfio/vfio``): it holds
+IOMMU groups (``/dev/vfio/N``, :mod:`pyvfio.core.group`) and maps process
+memory for their devices' DMA through the type1 IOMMU.  A container is an
+:class:`~pyvfio.core.address_space.AddressSpace`.
 
 Typical use::
 
@@ -18,15 +20,13 @@ from __future__ import annotations
 
 import enum
 import errno
-import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
-from .._sorted import SortedKeys
 from .._uapi import ffi, lib
 from ..backend import Backend, resolve_backend
 from ..errors import InvalidArgumentError, VfioError
-from . import sysfs, viability
+from .address_space import IovaMapping, MappingTable
 from .caps import (
     Capability,
     DmaAvailCap,
@@ -35,27 +35,26 @@ from .caps import (
     MigrationCap,
     parse_chain,
 )
-from .resource import FdResource, Resource, check_u64, open_node
+from .iova_allocator import IovaAllocator
+from .resource import U64_MAX, FdResource, check_u64, open_node
 from .user_buffer import UserBuffer, user_buffer
 
 if TYPE_CHECKING:
-    from ..toolkit.dma import IovaAllocator
-    from .device import Device
+    from .group import Group
 
 __all__ = [
     "IommuType",
     "Extension",
     "IommuInfo",
-    "GroupStatus",
     "DmaMapping",
     "Container",
-    "Group",
     "iommu_types_supported",
 ]
 
 
 _MAP_SIZE = ffi.sizeof("struct vfio_iommu_type1_dma_map")
 _UNMAP_SIZE = ffi.sizeof("struct vfio_iommu_type1_dma_unmap")
+
 
 class IommuType(enum.IntEnum):
     """IOMMU models for :meth:`Container.set_iommu` (VFIO_SET_IOMMU)."""
@@ -116,69 +115,43 @@ class IommuInfo:
         return cap.avail if cap else None
 
 
-@dataclass(frozen=True)
-class GroupStatus:
-    """VFIO_GROUP_GET_STATUS."""
-
-    flags: int  #: VFIO_GROUP_FLAGS_* bits
-
-    @property
-    def viable(self) -> bool:
-        """Every device in the group is usable by the user (no host driver)."""
-        return bool(self.flags & lib.VFIO_GROUP_FLAGS_VIABLE)
-
-    @property
-    def container_set(self) -> bool:
-        """The group is attached to a container."""
-        return bool(self.flags & lib.VFIO_GROUP_FLAGS_CONTAINER_SET)
-
-
-class DmaMapping(Resource):
+class DmaMapping(IovaMapping):
     """A type1 DMA mapping made by :meth:`Container.map_dma`.
 
     Closing it unmaps exactly this range.  The mapped buffer is kept alive
-    while the mapping exists.
+    while the mapping exists.  :attr:`size` is its :attr:`length`;
+    :attr:`flags` are VFIO_DMA_MAP_FLAG_* bits (READ, WRITE).
     """
 
     kind = "DMA mapping"
+    _READ = lib.VFIO_DMA_MAP_FLAG_READ
+    _WRITE = lib.VFIO_DMA_MAP_FLAG_WRITE
 
     def __init__(self, container: Container, iova: int, size: int, vaddr: int,
                  flags: int, owner: Any) -> None:
-        super().__init__(container.backend)
-        self.container = container
-        self.iova = iova  #: first IOVA (bytes)
-        self.size = size  #: bytes
+        IovaMapping.__init__(self, container, iova, size, flags, owner)
         self.vaddr = vaddr  #: process virtual address backing it
-        self.flags = flags  #: VFIO_DMA_MAP_FLAG_* bits
-        self._owner = owner
 
     @property
-    def readable(self) -> bool:
-        """The device may read the memory (VFIO_DMA_MAP_FLAG_READ)."""
-        return bool(self.flags & lib.VFIO_DMA_MAP_FLAG_READ)
-
-    @property
-    def writeable(self) -> bool:
-        """The device may write the memory (VFIO_DMA_MAP_FLAG_WRITE)."""
-        return bool(self.flags & lib.VFIO_DMA_MAP_FLAG_WRITE)
+    def container(self) -> Container:
+        """The container it is mapped into (its :attr:`space`)."""
+        return cast("Container", self.space)
 
     def describe(self) -> str:
-        return f"DMA mapping [{self.iova:#x}, +{self.size:#x}) of {self.container.describe()}"
-
-    def unmap(self) -> None:
-        """Unmap this range (same as :meth:`close`)."""
-        self.close()
-
-    def _release(self) -> None:
-        if not self.container.closed:
-            self.container._unmap(self.iova, self.size, 0)
-        self._owner = None
+        return f"DMA mapping [{self.iova:#x}, +{self.length:#x}) of {self.space.describe()}"
 
 
 class Container(FdResource):
-    """A VFIO container: ``/dev/vfio/vfio`` (or an iommufd in compat mode)."""
+    """A VFIO container: ``/dev/vfio/vfio`` (or an iommufd in compat mode).
+
+    An :class:`~pyvfio.core.address_space.AddressSpace` once its IOMMU is
+    set (:meth:`set_iommu`)."""
 
     kind = "container"
+    kernel_picks_iova: ClassVar[bool] = False  #: type1 maps at the IOVAs it is given
+    map_ioctl: ClassVar[str] = "VFIO_IOMMU_MAP_DMA"  #: the map ioctl, for messages
+    #: kernel-picked IOVAs are not restricted (type1 picks none)
+    allowed_ranges: tuple[IovaRange, ...] = ()
 
     def __init__(self, path: str = "/dev/vfio/vfio", *, backend: Backend | None = None) -> None:
         b = resolve_backend(backend)
@@ -186,8 +159,10 @@ class Container(FdResource):
         self.path = path
         self._iommu_type: int | None = None
         self._groups: list[Group] = []
-        self._mappings: dict[int, DmaMapping] = {}
-        self._starts = SortedKeys()  # the keys of _mappings
+        # vfio_dma_do_unmap removes every mapping that starts inside the
+        # range, whole: type1v2 refuses (EINVAL) a range that would cut one,
+        # type1 (v1) removes one that runs past the range's end too.
+        self._mappings: MappingTable[DmaMapping] = MappingTable(straddling=True)
         self._min_page: int | None = None
         self._allocator: IovaAllocator | None = None
 
@@ -227,7 +202,7 @@ class Container(FdResource):
     @property
     def mappings(self) -> tuple[DmaMapping, ...]:
         """Live DMA mappings made through this object, by IOVA."""
-        return tuple(self._mappings[k] for k in self._starts)
+        return self._mappings.in_order()
 
     # -- setup ----------------------------------------------------------------
     def set_iommu(self, iommu_type: int = IommuType.TYPE1v2) -> None:
@@ -253,6 +228,17 @@ class Container(FdResource):
         if info.flags & lib.VFIO_IOMMU_INFO_CAPS and info.cap_offset:
             caps = parse_chain("iommu", raw, int(info.cap_offset), int(info.argsz))
         return IommuInfo(int(info.flags), int(info.iova_pgsizes), tuple(caps))
+
+    def iova_ranges(self) -> list[IovaRange]:
+        """The usable IOVA ranges :meth:`info` reports (set the IOMMU
+        first); the whole 64-bit space when it reports none."""
+        return list(self.info().iova_ranges) or [IovaRange(0, U64_MAX)]
+
+    @property
+    def iova_alignment(self) -> int:
+        """The smallest IOMMU page size :meth:`info` reports (the page size
+        when it reports none): IOVAs, sizes and buffers are aligned to it."""
+        return self.info().min_page_size or self._backend.page_size
 
     def _page(self) -> int:
         if self._min_page is None:
@@ -334,9 +320,7 @@ class Container(FdResource):
         arg.size = size
         self._ioctl(name, lib.VFIO_IOMMU_MAP_DMA, arg)
         mapping = self._adopt(DmaMapping(self, iova, size, ub.address, flags, ub.owner))
-        if iova not in self._mappings:
-            self._starts.add(iova)
-        self._mappings[iova] = mapping
+        self._mappings.add(mapping)
         if self._allocator is not None and iova not in self._allocator.allocated:
             self._claim(self._allocator, iova, size)
         return mapping
@@ -355,11 +339,9 @@ class Container(FdResource):
         :meth:`info` (set the IOMMU first), minus the mappings made so far."""
         self._check_open()
         if self._allocator is None:
-            from ..toolkit.dma import IovaAllocator
-
             allocator = IovaAllocator.for_container(self, skip_mapped=False)
-            for m in self._mappings.values():
-                self._claim(allocator, m.iova, m.size)
+            for m in self._mappings:
+                self._claim(allocator, m.iova, m.length)
             self._allocator = allocator
         return self._allocator
 
@@ -382,7 +364,7 @@ class Container(FdResource):
             allocator.free(chosen)
             raise
 
-    def _unmap(self, iova: int, size: int, flags: int, bitmap: Any = None) -> int:
+    def _unmap(self, iova: int, size: int, flags: int = 0, bitmap: Any = None) -> int:
         arg_size = _UNMAP_SIZE
         if bitmap is not None:
             arg_size += ffi.sizeof("struct vfio_bitmap")
@@ -397,33 +379,9 @@ class Container(FdResource):
         self._ioctl("VFIO_IOMMU_UNMAP_DMA", lib.VFIO_IOMMU_UNMAP_DMA, raw)
         unmapped = int(arg.size)
         if not flags & lib.VFIO_DMA_UNMAP_FLAG_VADDR:
-            self._forget_range(iova, size, everything=bool(flags & lib.VFIO_DMA_UNMAP_FLAG_ALL))
+            self._mappings.forget(iova, size, bool(flags & lib.VFIO_DMA_UNMAP_FLAG_ALL),
+                                  self._give_back if self._allocator is not None else None)
         return unmapped
-
-    def _forget_range(self, iova: int, size: int, *, everything: bool = False) -> None:
-        # vfio_dma_do_unmap removes every mapping that starts inside the
-        # range, whole: type1v2 refuses (EINVAL) a range that would cut one,
-        # type1 (v1) removes one that runs past the range's end too.
-        exact = self._mappings.get(iova)
-        if exact is not None and exact.size == size and not everything:
-            # one mapping, exactly (tracked mappings never overlap)
-            del self._mappings[iova]
-            self._starts.remove(iova)
-            self._give_back(iova)
-            exact._mark_closed()
-            return
-        if everything:
-            for start, m in self._mappings.items():
-                self._give_back(start)
-                m._mark_closed()
-            self._mappings.clear()
-            self._starts.clear()
-            return
-        for start in list(self._starts.irange(iova, iova + size - 1)):
-            m = self._mappings.pop(start)
-            self._starts.remove(start)
-            self._give_back(start)
-            m._mark_closed()
 
     def unmap_dma(self, iova: int, size: int) -> int:
         """VFIO_IOMMU_UNMAP_DMA of ``[iova, iova + size)``; returns the number
@@ -433,6 +391,11 @@ class Container(FdResource):
         self._check_open()
         self._check_range(name, iova, size)
         return self._unmap(iova, size, 0)
+
+    def unmap(self, iova: int, length: int) -> int:
+        """Same as :meth:`unmap_dma` (the
+        :class:`~pyvfio.core.address_space.AddressSpace` name)."""
+        return self.unmap_dma(iova, length)
 
     def unmap_all(self) -> int:
         """VFIO_IOMMU_UNMAP_DMA with VFIO_DMA_UNMAP_FLAG_ALL (needs the
@@ -515,10 +478,7 @@ class Container(FdResource):
     def _iommu_released(self) -> None:
         # The last group left: the kernel releases the IOMMU model and with
         # it every DMA mapping (__vfio_group_unset_container).
-        for mapping in list(self._mappings.values()):
-            mapping._mark_closed()
-        self._mappings.clear()
-        self._starts.clear()
+        self._mappings.mark_all_closed()
         self._iommu_type = None
         self._min_page = None
         self._allocator = None
@@ -544,7 +504,6 @@ class Container(FdResource):
         # Mappings were closed first (children); groups keep the kernel's
         # container alive until they are unset or closed.
         self._mappings.clear()
-        self._starts.clear()
         for group in self._groups:
             group._container = None
         self._groups.clear()
@@ -562,135 +521,6 @@ def _bitmap(size: int, page_size: int) -> tuple[Any, Any]:
     bitmap.size = words * 8
     bitmap.data = data
     return data, bitmap
-
-
-class Group(FdResource):
-    """A VFIO group: ``/dev/vfio/N``, the unit of isolation.
-
-    ``group`` is the IOMMU group number or the path of the group's device
-    node.  Opening refuses a non-viable group only when it is used
-    (the kernel checks at :meth:`set_container`); :meth:`viability` explains
-    what blocks it.
-    """
-
-    kind = "group"
-
-    def __init__(self, group: int | str, *, backend: Backend | None = None) -> None:
-        b = resolve_backend(backend)
-        if isinstance(group, int):
-            path = sysfs.group_dev_path(group, b)
-            group_id = group
-        else:
-            path = group
-            tail = os.path.basename(group).rsplit("-", 1)[-1]
-            group_id = int(tail) if tail.isdigit() else -1
-        super().__init__(open_node(b, path), b)
-        self.id = group_id  #: the IOMMU group number
-        self.path = path  #: the group's device node
-        self._container: Container | None = None
-
-    @classmethod
-    def for_device(cls, bdf: str, *, backend: Backend | None = None) -> Group:
-        """Open the group that PCI device ``bdf`` belongs to."""
-        return cls(sysfs.device_group(bdf, backend), backend=backend)
-
-    def describe(self) -> str:
-        return f"group {self.id}"
-
-    @property
-    def noiommu(self) -> bool:
-        """True for an unsafe no-IOMMU group (``/dev/vfio/noiommu-N``)."""
-        return os.path.basename(self.path).startswith("noiommu-")
-
-    # -- state --------------------------------------------------------------------
-    @property
-    def status(self) -> GroupStatus:
-        """VFIO_GROUP_GET_STATUS."""
-        arg = ffi.new("struct vfio_group_status *")
-        arg.argsz = ffi.sizeof(arg[0])
-        self._ioctl("VFIO_GROUP_GET_STATUS", lib.VFIO_GROUP_GET_STATUS, arg)
-        return GroupStatus(int(arg.flags))
-
-    @property
-    def viable(self) -> bool:
-        """Whether the kernel considers the group viable."""
-        return self.status.viable
-
-    @property
-    def devices(self) -> list[str]:
-        """BDFs of the devices in this group (from sysfs)."""
-        return sysfs.group_devices(self.id, self._backend)
-
-    def viability(self) -> list[viability.Blocker]:
-        """Devices that keep the group from being viable (empty when viable)."""
-        return viability.viability_blockers(self.id, self._backend)
-
-    @property
-    def container(self) -> Container | None:
-        """The container this group was attached to through pyvfio."""
-        return self._container
-
-    # -- container ------------------------------------------------------------------
-    def set_container(self, container: Container) -> None:
-        """VFIO_GROUP_SET_CONTAINER.  Fails with :class:`NotViableError`
-        (naming the blocking devices) when the group is not viable."""
-        self._check_open()
-        container._check_open()
-        arg = ffi.new("__s32 *", container.fd)
-        try:
-            self._ioctl("VFIO_GROUP_SET_CONTAINER", lib.VFIO_GROUP_SET_CONTAINER, arg)
-        except OSError as exc:
-            if exc.errno == errno.EPERM and self.id >= 0:  # the DMA ownership claim failed
-                verdict = viability.explain_group(self.id, backend=self._backend)
-                if verdict.blockers:
-                    raise verdict.error(ioctl="VFIO_GROUP_SET_CONTAINER",
-                                          target=self.describe(), cause=exc) from None
-            raise
-        self._container = container
-        container._groups.append(self)
-
-    def unset_container(self) -> None:
-        """VFIO_GROUP_UNSET_CONTAINER (close the group's devices first)."""
-        self._ioctl("VFIO_GROUP_UNSET_CONTAINER", lib.VFIO_GROUP_UNSET_CONTAINER)
-        self._detach_from_container()
-
-    def _detach_from_container(self) -> None:
-        container, self._container = self._container, None
-        if container is not None and self in container._groups:
-            container._groups.remove(self)
-            if not container._groups:
-                container._iommu_released()
-
-    # -- devices --------------------------------------------------------------------
-    def get_device_fd(self, name: str) -> int:
-        """VFIO_GROUP_GET_DEVICE_FD: a raw fd for device ``name`` (a BDF for
-        PCI).  Prefer :meth:`open_device`, which owns the fd."""
-        self._check_open()
-        arg = ffi.new("char[]", name.encode())
-        return self._ioctl("VFIO_GROUP_GET_DEVICE_FD", lib.VFIO_GROUP_GET_DEVICE_FD, arg,
-                           target=f"{self.describe()} (device {name})")
-
-    def open_device(self, name: str) -> Device:
-        """Open device ``name`` of this group; closed before the group is."""
-        from .device import Device
-
-        if _looks_like_bdf(name):
-            name = sysfs.normalize_bdf(name)
-        fd = self.get_device_fd(name)
-        return self._adopt(Device(fd, name, backend=self._backend, group=self))
-
-    def _release(self) -> None:
-        # Closing the group fd detaches it from its container in the kernel.
-        self._detach_from_container()
-        super()._release()
-
-
-def _looks_like_bdf(name: str) -> bool:
-    try:
-        sysfs.normalize_bdf(name)
-        return True
-    except InvalidArgumentError:
-        return False
 
 
 def iommu_types_supported(container: Container) -> list[IommuType]:

@@ -28,11 +28,10 @@ closing the device closes them first.
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import errno
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from .._uapi import ffi, lib
 from ..backend import Backend, resolve_backend
@@ -54,8 +53,9 @@ from .resource import FdResource, check_u32, check_u64, open_node
 if TYPE_CHECKING:
     import uuid  # annotations only: uuid (and platform) cost ~2 ms to import
 
-    from .container import Container, Group
-    from .iommufd import HWPT, IOAS, IommuFd
+    from .group import Group
+    from .hw_pagetable import HWPT
+    from .iommufd import IOAS, IommuFd
 
 __all__ = [
     "Device",
@@ -66,7 +66,6 @@ __all__ = [
     "PciRegion",
     "PciIrq",
     "region_offset",
-    "open_attached",
 ]
 
 
@@ -604,36 +603,3 @@ class Device(FdResource):
         self._iommufd = None
         self._dev_id = None
         super()._release()
-
-
-@contextlib.contextmanager
-def open_attached(bdf: str, *, backend: Backend | None = None, legacy: bool = False,
-                  ) -> Iterator[tuple[Device, IOAS | Container]]:
-    """Open the device at ``bdf`` (bound to vfio-pci) ready for DMA: bound
-    to a new iommufd and attached to a fresh IOAS (the cdev path), or --
-    with ``legacy``, or when the kernel gives the device no cdev -- opened
-    through its group on a new type1 container.  Yields ``(device, space)``
-    and closes everything, in order, at the end of the block."""
-    from .container import Container, Group
-    from .iommufd import IommuFd
-
-    b = resolve_backend(backend)
-    if not legacy:
-        try:
-            sysfs.device_cdev_path(bdf, b)
-        except VfioError:
-            legacy = True
-    with contextlib.ExitStack() as stack:
-        if legacy:
-            container = stack.enter_context(Container(backend=b))
-            group = stack.enter_context(Group.for_device(bdf, backend=b))
-            group.set_container(container)
-            container.set_iommu()
-            yield stack.enter_context(group.open_device(bdf)), container
-        else:
-            iommufd = stack.enter_context(IommuFd(backend=b))
-            device = stack.enter_context(Device.open(bdf, backend=b))
-            device.bind(iommufd)
-            ioas = iommufd.ioas()
-            device.attach(ioas)
-            yield device, ioas

@@ -1,3 +1,4 @@
-"""The driver toolkit on top of the objects: DMA buffers, IOVA allocation,
-descriptor pools, and devices opened ready for DMA.
+"""The driver toolkit on top of the objects: DMA buffers and descriptor
+pools mapped into any address space (:mod:`.dma`), and devices opened
+ready for DMA (:mod:`.attach`).
 """

@@ -9,13 +9,14 @@
   also reachable as a cffi pointer (:meth:`DmaBuffer.pointer`) and, with
   numpy installed, a numpy array without a copy (``numpy.asarray(buf)`` or
   :meth:`DmaBuffer.numpy`).
-* :class:`IovaAllocator` -- for drivers that choose IOVAs themselves:
-  allocates aligned IOVA ranges inside the usable ranges an IOAS or a type1
-  container reports (and below a device's addressing limit).
+* :class:`~pyvfio.core.iova_allocator.IovaAllocator` (in the objects
+  layer, which uses it for ``Container.map``) -- for drivers that choose
+  IOVAs themselves.
 * :class:`DmaPool` -- many small descriptors (queue entries, PRP lists)
   carved out of one mapped buffer: each :class:`DmaChunk` has its ``iova``
   and a memoryview/pointer.
-* :func:`map_buffer` -- map a buffer into an IOAS or a container.
+* :func:`map_buffer` -- map a buffer into an IOAS or a container (any
+  :class:`~pyvfio.core.address_space.AddressSpace`).
 
 Sizes, offsets and IOVAs are in bytes.
 """
@@ -25,24 +26,20 @@ from __future__ import annotations
 import errno
 import mmap
 import os
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable, SupportsIndex, Union
+from typing import Any, SupportsIndex
 
 from .._uapi import ffi, lib
 from ..backend import Backend, resolve_backend
-from ..core.caps import IovaRange
+from ..core._free_list import Block, carve, give_back, is_pow2, round_up
+from ..core.address_space import AddressSpace, IovaMapping
+from ..core.iova_allocator import IovaAllocator
 from ..core.resource import Resource
 from ..errors import InvalidArgumentError, UnsupportedError
-
-if TYPE_CHECKING:
-    from ..core.container import Container, DmaMapping
-    from ..core.iommufd import IOAS, IoasMapping
 
 __all__ = [
     "HUGE_2M",
     "HUGE_1G",
     "DmaBuffer",
-    "IovaAllocator",
     "DmaPool",
     "DmaChunk",
     "map_buffer",
@@ -54,18 +51,6 @@ HUGE_1G = 1 << 30  #: 1 GiB huge pages
 
 MFD_HUGETLB = 0x0004
 MFD_HUGE_SHIFT = 26
-
-#: What a DMA mapping call returns.
-AnyMapping = Union["IoasMapping", "DmaMapping"]
-
-
-def _round_up(value: int, align: int) -> int:
-    return (value + align - 1) // align * align
-
-
-def _is_pow2(value: int) -> bool:
-    return value > 0 and not value & (value - 1)
-
 
 _HUGEPAGES = "/sys/kernel/mm/hugepages"
 
@@ -174,10 +159,10 @@ class DmaBuffer(Resource, mmap.mmap):  # type: ignore[override]  # Resource.clos
         if not isinstance(page_size, int) or isinstance(page_size, bool):
             raise InvalidArgumentError(f"page size must be an int, not {page_size!r}",
                                        target=cls.kind)
-        if not _is_pow2(page_size) or page_size < base_page:
+        if not is_pow2(page_size) or page_size < base_page:
             raise InvalidArgumentError(f"page size {page_size:#x} is not a power of two >= "
                                        f"{base_page:#x}", target=cls.kind)
-        length = _round_up(size, page_size)
+        length = round_up(size, page_size)
         shift = page_size.bit_length() - 1
         fd = -1
         flags = mmap.MAP_POPULATE if populate else 0
@@ -314,191 +299,15 @@ class DmaBuffer(Resource, mmap.mmap):  # type: ignore[override]  # Resource.clos
                 self._backend.close(fd)
 
 
-@dataclass(frozen=True)
-class _Block:
-    start: int
-    size: int
-
-
-def _carve(free: list[_Block], i: int, start: int, size: int) -> None:
-    """Replace the free block ``free[i]`` by what is left of it around
-    ``[start, start + size)`` (which lies inside it)."""
-    block = free[i]
-    end = block.start + block.size
-    pieces = []
-    if start > block.start:
-        pieces.append(_Block(block.start, start - block.start))
-    if start + size < end:
-        pieces.append(_Block(start + size, end - start - size))
-    free[i:i + 1] = pieces
-
-
-class IovaAllocator:
-    """Allocates IOVA ranges for drivers that pick IOVAs themselves.
-
-    :param ranges: usable inclusive ``[start, last]`` IOVA ranges (an
-        IOAS's :meth:`~pyvfio.core.iommufd.IOAS.iova_ranges`, a container's
-        ``info().iova_ranges``).
-    :param alignment: minimum alignment and size granularity (bytes; the
-        IOMMU page size or the IOAS's ``iova_alignment``).
-    :param limit: first IOVA the device cannot address (e.g. ``1 << 28``
-        for a 28-bit DMA engine); ``None`` for no limit.
-    :param skip_zero: keep IOVA 0 (and its first page) unused, so that a
-        zero address in a descriptor never points at a live buffer.
-    """
-
-    def __init__(self, ranges: Iterable[IovaRange | tuple[int, int]], *,
-                 alignment: int = 4096, limit: int | None = None,
-                 skip_zero: bool = True) -> None:
-        if not _is_pow2(alignment):
-            raise InvalidArgumentError(f"alignment {alignment:#x} is not a power of two")
-        self.alignment = alignment  #: minimum alignment/granularity in bytes
-        self.limit = limit  #: first unusable IOVA, or None
-        free: list[_Block] = []
-        for r in ranges:
-            start, last = (r.start, r.last) if isinstance(r, IovaRange) else r
-            if limit is not None:
-                last = min(last, limit - 1)
-            if skip_zero and start < alignment:
-                start = alignment
-            start = _round_up(start, alignment)
-            end = (last + 1) // alignment * alignment
-            if end > start:
-                free.append(_Block(start, end - start))
-        free.sort(key=lambda b: b.start)
-        self._free = free
-        self._used: dict[int, int] = {}
-
-    @classmethod
-    def for_ioas(cls, ioas: IOAS, *, limit: int | None = None,
-                 alignment: int | None = None) -> IovaAllocator:
-        """An allocator over the IOAS's usable ranges (query after the
-        devices are attached: they narrow the ranges), within its
-        :attr:`~pyvfio.core.iommufd.IOAS.allowed_ranges` when it has some."""
-        align = max(ioas.iova_alignment, ioas.backend.page_size, alignment or 1)
-        ranges = ioas.iova_ranges()
-        if ioas.allowed_ranges:
-            ranges = [IovaRange(max(r.start, a.start), min(r.last, a.last))
-                      for r in ranges for a in ioas.allowed_ranges
-                      if max(r.start, a.start) <= min(r.last, a.last)]
-        allocator = cls(ranges, alignment=align, limit=limit)
-        for m in ioas.mappings:  # what is already mapped through pyvfio
-            allocator._exclude(m.iova, m.length)
-        return allocator
-
-    def _exclude(self, iova: int, size: int) -> None:
-        """Remove ``[iova, iova + size)`` from the free ranges, wherever it
-        overlaps them (no record: it is not handed out, nor given back)."""
-        end = iova + size
-        kept: list[_Block] = []
-        for b in self._free:
-            b_end = b.start + b.size
-            if b_end <= iova or b.start >= end:
-                kept.append(b)
-                continue
-            if b.start < iova:
-                kept.append(_Block(b.start, iova - b.start))
-            if end < b_end:
-                start = _round_up(end, self.alignment)
-                if start < b_end:
-                    kept.append(_Block(start, b_end - start))
-        self._free = kept
-
-    @classmethod
-    def for_container(cls, container: Container, *, limit: int | None = None,
-                      alignment: int | None = None, skip_mapped: bool = True) -> IovaAllocator:
-        """An allocator over a type1 container's usable ranges (after
-        ``set_iommu``); the whole 64-bit space when it reports none.  With
-        ``skip_mapped`` the mappings made through pyvfio are left out."""
-        info = container.info()
-        ranges: list[IovaRange] = list(info.iova_ranges) or [IovaRange(0, (1 << 64) - 1)]
-        align = max(info.min_page_size or 4096, alignment or 1)
-        allocator = cls(ranges, alignment=align, limit=limit)
-        if skip_mapped:
-            for m in container.mappings:
-                allocator._exclude(m.iova, m.size)
-        return allocator
-
-    @classmethod
-    def for_space(cls, space: IOAS | Container, *, limit: int | None = None,
-                  alignment: int | None = None) -> IovaAllocator:
-        """:meth:`for_ioas` or :meth:`for_container`, whichever ``space`` is."""
-        from ..core.container import Container
-
-        if isinstance(space, Container):
-            return cls.for_container(space, limit=limit, alignment=alignment)
-        return cls.for_ioas(space, limit=limit, alignment=alignment)
-
-    def free_ranges(self) -> list[IovaRange]:
-        """The IOVA ranges still free (inclusive)."""
-        return [IovaRange(b.start, b.start + b.size - 1) for b in self._free]
-
-    @property
-    def allocated(self) -> dict[int, int]:
-        """``iova -> size`` of the ranges handed out."""
-        return dict(self._used)
-
-    def alloc(self, size: int, *, alignment: int | None = None) -> int:
-        """Allocate ``size`` bytes (rounded up to the granularity) at an
-        IOVA aligned to ``alignment`` (default the allocator's); raises
-        :class:`~pyvfio.errors.UnsupportedError` (ENOSPC) when nothing fits."""
-        align = max(alignment or self.alignment, self.alignment)
-        if not _is_pow2(align):
-            raise InvalidArgumentError(f"alignment {align:#x} is not a power of two")
-        if size <= 0:
-            raise InvalidArgumentError("size must be positive")
-        size = _round_up(size, self.alignment)
-        for i, block in enumerate(self._free):
-            start = _round_up(block.start, align)
-            end = block.start + block.size
-            if start + size <= end:
-                _carve(self._free, i, start, size)
-                self._used[start] = size
-                return start
-        raise UnsupportedError(errno.ENOSPC,
-                               f"no free IOVA range of {size:#x} bytes aligned to {align:#x}"
-                               + (f" below {self.limit:#x}" if self.limit is not None else ""),
-                               target="IOVA allocator")
-
-    def reserve(self, iova: int, size: int) -> None:
-        """Take ``[iova, iova + size)`` out of the free ranges (it must be free)."""
-        if size <= 0:
-            raise InvalidArgumentError("size must be positive", target="IOVA allocator")
-        size = _round_up(size, self.alignment)
-        for i, block in enumerate(self._free):
-            if block.start <= iova and iova + size <= block.start + block.size:
-                _carve(self._free, i, iova, size)
-                self._used[iova] = size
-                return
-        raise InvalidArgumentError(f"[{iova:#x}, +{size:#x}) is not free", target="IOVA allocator")
-
-    def free(self, iova: int) -> None:
-        """Give back the range allocated at ``iova``."""
-        size = self._used.pop(iova, None)
-        if size is None:
-            raise InvalidArgumentError(f"IOVA {iova:#x} was not allocated", target="IOVA allocator")
-        blocks = self._free + [_Block(iova, size)]
-        blocks.sort(key=lambda b: b.start)
-        merged: list[_Block] = []
-        for b in blocks:
-            if merged and merged[-1].start + merged[-1].size == b.start:
-                merged[-1] = _Block(merged[-1].start, merged[-1].size + b.size)
-            else:
-                merged.append(b)
-        self._free = merged
-
-
-def map_buffer(space: IOAS | Container, buffer: Any, iova: int | None = None, *,
+def map_buffer(space: AddressSpace, buffer: Any, iova: int | None = None, *,
                allocator: IovaAllocator | None = None, readable: bool = True,
-               writeable: bool = True) -> AnyMapping:
+               writeable: bool = True) -> IovaMapping:
     """Map ``buffer`` for DMA into an IOAS (``IOMMU_IOAS_MAP``) or a type1
     container (``VFIO_IOMMU_MAP_DMA``) and return the mapping (its ``iova``
     is where the device sees the buffer).
 
     The IOVA is ``iova``, else one from ``allocator`` (freed again when the
     map call fails), else -- for an IOAS only -- chosen by the kernel."""
-    from ..core.container import Container
-
     allocated = False
     if iova is None and allocator is not None:
         length = getattr(buffer, "length", None)
@@ -506,12 +315,12 @@ def map_buffer(space: IOAS | Container, buffer: Any, iova: int | None = None, *,
             length = len(memoryview(buffer).cast("B"))
         iova = allocator.alloc(length)
         allocated = True
+    if iova is None and not space.kernel_picks_iova:
+        raise InvalidArgumentError(
+            "an address space whose kernel picks no IOVA (a type1 container) needs an IOVA "
+            "(or an allocator)",
+            ioctl=space.map_ioctl, target=space.describe())
     try:
-        if isinstance(space, Container):
-            if iova is None:
-                raise InvalidArgumentError("a type1 container needs an IOVA (or an allocator)",
-                                           ioctl="VFIO_IOMMU_MAP_DMA", target=space.describe())
-            return space.map_dma(buffer, iova, readable=readable, writeable=writeable)
         return space.map(buffer, iova, readable=readable, writeable=writeable)
     except BaseException:
         if allocated and allocator is not None and iova is not None:
@@ -617,11 +426,11 @@ class DmaPool(Resource):
         self.mapping = mapping  #: the DMA mapping (owned when made by :meth:`create`)
         self._owns_buffer = owns_buffer
         self._allocator = allocator
-        self._free: list[_Block] = [_Block(0, buffer.length)]
+        self._free: list[Block] = [Block(0, buffer.length)]
         self._used: dict[int, int] = {}
 
     @classmethod
-    def create(cls, space: IOAS | Container, size: int, *, iova: int | None = None,
+    def create(cls, space: AddressSpace, size: int, *, iova: int | None = None,
                allocator: IovaAllocator | None = None, min_align: int = 64,
                page_size: int | None = None) -> DmaPool:
         """Allocate a :class:`DmaBuffer` of ``size`` bytes, map it into
@@ -630,7 +439,7 @@ class DmaPool(Resource):
         _check_min_align(min_align)
         owner = allocator if iova is None else None  # map_buffer allocates only then
         buffer = DmaBuffer(size, backend=space.backend, page_size=page_size)
-        mapping: AnyMapping | None = None
+        mapping: IovaMapping | None = None
         try:
             mapping = map_buffer(space, buffer, iova, allocator=allocator)
             return cls(buffer, mapping.iova, min_align=min_align, mapping=mapping,
@@ -660,18 +469,18 @@ class DmaPool(Resource):
         self._check_open()
         self.buffer._check_open()
         align = max(align or self.min_align, self.min_align)
-        if not _is_pow2(align):
+        if not is_pow2(align):
             raise InvalidArgumentError(f"alignment {align} is not a power of two",
                                        target=self.describe())
         if size <= 0:
             raise InvalidArgumentError("size must be positive", target=self.describe())
-        size = _round_up(size, self.min_align)
+        size = round_up(size, self.min_align)
         for i, block in enumerate(self._free):
-            start_iova = _round_up(self.iova + block.start, align)
+            start_iova = round_up(self.iova + block.start, align)
             start = start_iova - self.iova
             end = block.start + block.size
             if start + size <= end:
-                _carve(self._free, i, start, size)
+                carve(self._free, i, start, size)
                 self._used[start] = size
                 chunk = DmaChunk(self, start, size)
                 if zero:
@@ -684,14 +493,7 @@ class DmaPool(Resource):
     def _give_back(self, offset: int, size: int) -> None:
         if self._used.pop(offset, None) is None:
             return
-        blocks = sorted(self._free + [_Block(offset, size)], key=lambda b: b.start)
-        merged: list[_Block] = []
-        for b in blocks:
-            if merged and merged[-1].start + merged[-1].size == b.start:
-                merged[-1] = _Block(merged[-1].start, merged[-1].size + b.size)
-            else:
-                merged.append(b)
-        self._free = merged
+        self._free = give_back(self._free, offset, size)
 
     def _release(self) -> None:
         try:
@@ -708,12 +510,12 @@ class DmaPool(Resource):
 
 
 def _check_min_align(min_align: int) -> None:
-    if not isinstance(min_align, int) or not _is_pow2(min_align):
+    if not isinstance(min_align, int) or not is_pow2(min_align):
         raise InvalidArgumentError(f"min_align {min_align!r} is not a power of two",
                                    target=DmaPool.kind)
 
 
-def _undo(buffer: DmaBuffer, mapping: AnyMapping | None, allocator: IovaAllocator | None) -> None:
+def _undo(buffer: DmaBuffer, mapping: IovaMapping | None, allocator: IovaAllocator | None) -> None:
     """Best-effort teardown of a half-built pool (the caller re-raises)."""
     try:
         if mapping is not None:

@@ -1,0 +1,254 @@
+"""Address spaces that map process memory for device DMA, and their mappings.
+
+Two kernel objects translate the addresses a device uses (IOVAs) to
+process memory: a type1 container (:class:`~pyvfio.Container`,
+``VFIO_IOMMU_MAP_DMA``) and an iommufd I/O address space
+(:class:`~pyvfio.IOAS`, ``IOMMU_IOAS_MAP``).  Both are an
+:class:`AddressSpace`: code that only maps and unmaps memory (the DMA
+toolkit, drivers) takes either::
+
+    def load(space: pyvfio.AddressSpace, buf: pyvfio.DmaBuffer) -> int:
+        mapping = space.map(buf, 0x100000)
+        ...
+        mapping.unmap()
+
+Each map call returns an :class:`IovaMapping` (:class:`~pyvfio.DmaMapping`
+or :class:`~pyvfio.IoasMapping`); the space keeps its live mappings in a
+:class:`MappingTable`, which also closes the mappings an unmap of a range
+removed.
+"""
+
+from __future__ import annotations
+
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    ClassVar,
+    Generic,
+    Iterator,
+    Protocol,
+    Sequence,
+    TypeVar,
+)
+
+from .._sorted import SortedKeys
+from .resource import Resource
+
+if TYPE_CHECKING:
+    from ..backend import Backend
+    from .caps import IovaRange
+
+__all__ = ["AddressSpace", "IovaMapping", "MappingTable"]
+
+
+class AddressSpace(Protocol):
+    """An IOVA space that maps process memory for DMA: a type1
+    :class:`~pyvfio.Container` or an :class:`~pyvfio.IOAS`.
+
+    Sizes, IOVAs and alignments are in bytes; ranges are inclusive
+    ``[start, last]``.
+    """
+
+    #: ``map(buffer)`` without an IOVA lets the kernel choose it (iommufd);
+    #: when False (type1) pyvfio picks one itself, from the space's own
+    #: allocator.
+    kernel_picks_iova: ClassVar[bool]
+    #: The name of the map ioctl, for messages.
+    map_ioctl: ClassVar[str]
+
+    @property
+    def backend(self) -> Backend:
+        """The backend the space's syscalls go to."""
+
+    @property
+    def closed(self) -> bool:
+        """True once the space has been closed."""
+
+    def describe(self) -> str:
+        """Short description used in error messages."""
+
+    @property
+    def mappings(self) -> Sequence[IovaMapping]:
+        """Live mappings made through this object, by IOVA."""
+
+    @property
+    def allowed_ranges(self) -> tuple[IovaRange, ...]:
+        """The ranges the IOVAs the kernel picks are restricted to (empty:
+        no restriction)."""
+
+    @property
+    def iova_alignment(self) -> int:
+        """The granularity mapped IOVAs and lengths are aligned to."""
+
+    def iova_ranges(self) -> list[IovaRange]:
+        """The IOVA ranges that may be mapped now."""
+
+    def map(self, buffer: Any, iova: int | None = None, *, readable: bool = True,
+            writeable: bool = True) -> IovaMapping:
+        """Map a whole buffer (anything :func:`~pyvfio.core.user_buffer.user_buffer`
+        accepts) at ``iova``, or at an IOVA chosen for it; the returned
+        mapping's ``iova`` is where the device sees the buffer."""
+
+    def unmap(self, iova: int, length: int, /) -> int:
+        """Unmap ``[iova, iova + length)``; mappings made through pyvfio that
+        the kernel removed are closed.  Returns the bytes unmapped."""
+
+    def unmap_all(self) -> int:
+        """Unmap everything; returns the bytes unmapped."""
+
+    def _unmap(self, iova: int, length: int, /) -> int:
+        """The unmap ioctl and the table's bookkeeping, without argument
+        checks (what closing a mapping does)."""
+
+
+class IovaMapping(Resource):
+    """One range of IOVAs mapped to memory in an :class:`AddressSpace`.
+
+    Closing it unmaps exactly this range.  What backs it (the buffer, a
+    file, a source mapping) is kept alive while the mapping exists.
+    """
+
+    kind = "mapping"
+
+    #: The flag bits meaning the device may read (write) the memory.
+    _READ: ClassVar[int] = 0
+    _WRITE: ClassVar[int] = 0
+
+    def __init__(self, space: AddressSpace, iova: int, length: int, flags: int,
+                 owner: Any) -> None:
+        Resource.__init__(self, space.backend)
+        self.space = space  #: the address space it is mapped into
+        self.iova = iova  #: first IOVA (bytes)
+        self.length = length  #: bytes
+        self.flags = flags  #: the map ioctl's flags
+        self._owner = owner
+
+    @property
+    def size(self) -> int:
+        """Same as :attr:`length` (bytes)."""
+        return self.length
+
+    @property
+    def last(self) -> int:
+        """Last IOVA of the mapping (inclusive)."""
+        return self.iova + self.length - 1
+
+    @property
+    def readable(self) -> bool:
+        """The device may read the memory (the map's READ/READABLE flag)."""
+        return bool(self.flags & self._READ)
+
+    @property
+    def writeable(self) -> bool:
+        """The device may write the memory (the map's WRITE/WRITEABLE flag)."""
+        return bool(self.flags & self._WRITE)
+
+    def describe(self) -> str:
+        return f"mapping [{self.iova:#x}, +{self.length:#x}) of {self.space.describe()}"
+
+    def unmap(self) -> None:
+        """Unmap this range (same as :meth:`close`)."""
+        self.close()
+
+    def _release(self) -> None:
+        if not self.space.closed:
+            self.space._unmap(self.iova, self.length)
+        self._owner = None
+
+
+M = TypeVar("M", bound=IovaMapping)
+
+
+class MappingTable(Generic[M]):
+    """The live mappings of one address space, by first IOVA.
+
+    Tracked mappings never overlap (the kernel refuses an overlapping map).
+    :meth:`forget` applies an unmap the kernel did: it takes the mappings
+    the unmap removed out of the table and marks them closed.
+
+    :param straddling: an unmap of a range removes, whole, a mapping that
+        starts inside the range and runs past its end (type1 v1,
+        ``vfio_dma_do_unmap``); without it only mappings lying wholly
+        inside the range are removed (iommufd, type1v2 refuses to cut one).
+    """
+
+    __slots__ = ("_by_iova", "_starts", "straddling")
+
+    def __init__(self, *, straddling: bool = False) -> None:
+        self._by_iova: dict[int, M] = {}
+        self._starts = SortedKeys()  # the keys of _by_iova
+        self.straddling = straddling
+
+    def __len__(self) -> int:
+        return len(self._by_iova)
+
+    def __bool__(self) -> bool:
+        return bool(self._by_iova)
+
+    def __iter__(self) -> Iterator[M]:
+        """The mappings, by IOVA."""
+        by_iova = self._by_iova
+        return (by_iova[k] for k in self._starts)
+
+    def in_order(self) -> tuple[M, ...]:
+        """The mappings, by IOVA."""
+        by_iova = self._by_iova
+        return tuple(by_iova[k] for k in self._starts)
+
+    def get(self, iova: int) -> M | None:
+        """The mapping that starts at ``iova``, if any."""
+        return self._by_iova.get(iova)
+
+    def add(self, mapping: M) -> None:
+        """Record a new mapping."""
+        iova = mapping.iova
+        if iova not in self._by_iova:
+            self._starts.add(iova)
+        self._by_iova[iova] = mapping
+
+    def forget(self, iova: int, length: int, everything: bool = False,
+               on_forget: Callable[[int], None] | None = None) -> None:
+        """The kernel unmapped ``[iova, iova + length)`` (``everything``:
+        the whole space): remove and mark closed the mappings it took,
+        calling ``on_forget`` with the IOVA of each."""
+        by_iova = self._by_iova
+        if everything:
+            for start, m in by_iova.items():
+                if on_forget is not None:
+                    on_forget(start)
+                m._mark_closed()
+            by_iova.clear()
+            self._starts.clear()
+            return
+        exact = by_iova.get(iova)
+        if exact is not None and exact.length == length:
+            # one mapping, exactly (the common case)
+            del by_iova[iova]
+            self._starts.remove(iova)
+            if on_forget is not None:
+                on_forget(iova)
+            exact._mark_closed()
+            return
+        last = iova + length - 1
+        for start in list(self._starts.irange(iova, last)):
+            m = by_iova[start]
+            if self.straddling or start + m.length - 1 <= last:
+                del by_iova[start]
+                self._starts.remove(start)
+                if on_forget is not None:
+                    on_forget(start)
+                m._mark_closed()
+
+    def mark_all_closed(self) -> None:
+        """The kernel dropped every mapping on its own (the container lost
+        its IOMMU): mark them closed and empty the table."""
+        for m in self._by_iova.values():
+            m._mark_closed()
+        self.clear()
+
+    def clear(self) -> None:
+        """Empty the table (the mappings were closed already)."""
+        self._by_iova.clear()
+        self._starts.clear()
+

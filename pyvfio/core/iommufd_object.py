@@ -1,0 +1,108 @@
+"""What every iommufd object shares: an ID in an iommufd's table, closing
+by IOMMU_DESTROY (:class:`IommufdObject`), and for the objects devices
+attach to, the bookkeeping of who is attached (:class:`PageTable`).  Also
+the small helpers the iommufd modules build their commands with.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
+
+from .._uapi import ffi
+from ..errors import InvalidArgumentError, ioctl_error
+from .resource import Resource
+
+if TYPE_CHECKING:
+    from .device import Device
+    from .iommufd import IommuFd
+
+_T = TypeVar("_T")
+
+__all__ = ["IommufdObject", "PageTable"]
+
+
+@functools.lru_cache(maxsize=None)
+def struct_size(ctype: str) -> int:
+    """``sizeof(ctype)``, once per struct type."""
+    return int(ffi.sizeof(ctype))
+
+
+def user_data(data: bytes) -> Any:
+    """A private, writable copy of driver-specific data for the kernel to
+    read (and, for some types, to write back), or NULL when empty."""
+    if not data:
+        return ffi.NULL
+    buf = ffi.new("char[]", len(data))
+    ffi.memmove(buf, data, len(data))
+    return buf
+
+
+def device_id(device: Device | int) -> int:
+    """The iommufd device ID of a bound device (or the ID itself)."""
+    if isinstance(device, int):
+        return device
+    dev_id = device.dev_id
+    if dev_id is None:
+        raise InvalidArgumentError(f"{device.describe()} is not bound to an iommufd")
+    return dev_id
+
+
+class IommufdObject(Resource):
+    """An object in an iommufd's table; closing destroys it (IOMMU_DESTROY)."""
+
+    kind = "object"
+
+    def __init__(self, iommufd: IommuFd, object_id: int) -> None:
+        super().__init__(iommufd.backend)
+        self.iommufd = iommufd
+        self.id = object_id  #: the object ID
+        # Objects allocated on top of this one (HWPTs of an IOAS, nested
+        # HWPTs of a parent): they keep it busy, so they are destroyed first.
+        self._dependents: dict[int, IommufdObject] = {}
+
+    def _queue_io(self, call: str, io: Callable[[], _T]) -> _T:
+        """Run a read/write on the object's fd; OSError becomes IoctlError."""
+        try:
+            return io()
+        except OSError as exc:
+            raise ioctl_error(exc.errno or errno.EIO, call, self.describe(),
+                              "iommufd") from None
+
+    def _destroy_dependents(self) -> None:
+        for obj in reversed(list(self._dependents.values())):
+            obj.close()
+        self._dependents.clear()
+
+    def describe(self) -> str:
+        return f"{self.kind} {self.id}"
+
+    def _release(self) -> None:
+        self._destroy_dependents()
+        self.iommufd._object_destroy(self)
+
+
+class PageTable(IommufdObject):
+    """An object devices attach to (IOAS or HWPT): it tracks who is
+    attached, with or without a PASID, so that closing it detaches them."""
+
+    def __init__(self, iommufd: IommuFd, object_id: int) -> None:
+        super().__init__(iommufd, object_id)
+        # (id(device), pasid) -> device; one device may be attached here
+        # several times, through different PASIDs.
+        self._attached: dict[tuple[int, int | None], Device] = {}
+
+    @property
+    def attached_devices(self) -> tuple[Device, ...]:
+        """Devices attached to this page table through pyvfio (each once,
+        whether through a PASID or not)."""
+        unique = {id(d): d for d in self._attached.values()}
+        return tuple(unique.values())
+
+    def _detach_all(self) -> None:
+        # Attached devices keep the object busy (EBUSY on IOMMU_DESTROY).
+        for (_, pasid), device in list(self._attached.items()):
+            if not device.closed:
+                device.detach(pasid=pasid)
+        self._attached.clear()
