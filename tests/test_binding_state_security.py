@@ -348,6 +348,7 @@ def test_a_damaged_state_file_is_one_error_line(tmp_path: Path, system: System, 
         code = cli.main([*argv, "--json", "--state", str(path)], backend=system.backend)
         out, err = capsys.readouterr()
         assert code == cli.EXIT_FAILED
+        assert len(err.strip().splitlines()) == 1 and str(path) in err, err
         data = json.loads(out)
         assert data["ok"] is False and str(path) in data["error"]["message"]
     assert writes == []

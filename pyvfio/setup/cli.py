@@ -43,8 +43,10 @@ Exit codes (stable, for scripts):
       group that is not viable or no IOMMU groups at all (``groups``), a
       dump that does not replay
 2     bad usage: unknown option, malformed or unknown device or group,
-      unknown fake topology, a PCI bridge given to ``bind``
-3     an operation failed: the kernel refused, permission denied, I/O error
+      unknown, unreadable or malformed fake topology, a PCI bridge given
+      to ``bind``, a ``--driver`` that is no driver name
+3     an operation failed: the kernel refused, permission denied, I/O error,
+      a damaged or unsafe binding state file (one line says what is wrong)
 4     refused because a device is in use by the host (``--force`` overrides)
 ====  ====================================================================
 
@@ -66,7 +68,7 @@ from ..backend import Backend, default_backend
 from ..core import sysfs, viability
 from ..errors import InvalidArgumentError, VfioError
 from . import binding, devices, kernel_support
-from .binding_state import is_driver_name
+from .binding_state import BindingStateError, is_driver_name
 from .environment import FAIL, WARN, check_environment
 
 __all__ = ["main", "build_parser", "EXIT_OK", "EXIT_PROBLEM", "EXIT_USAGE", "EXIT_FAILED",
@@ -511,6 +513,8 @@ def _run_binding(args: argparse.Namespace, backend: Backend | None, action: str)
         code = EXIT_FAILED
     if args.json:
         err: dict[str, Any] | None = None
+        if isinstance(error, BindingStateError):  # the state file needs a look: say so
+            print(f"pyvfio {action}: {error}", file=sys.stderr)
         if error is not None:
             err = {"errno": error.errno, "message": str(error),
                    "usages": [u.as_dict() for u in getattr(error, "usages", [])]}
