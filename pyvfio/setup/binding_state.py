@@ -175,8 +175,10 @@ def _parse(data: object) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _nofollow_open(path: str, flags: int, mode: int = 0o600) -> int:
-    return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+def _nofollow_open(name: str, flags: int, *, dir_fd: int) -> int:
+    """Open ``name`` in the folder ``dir_fd`` without following a symbolic
+    link; a file it creates is 0600 (a umask can only take bits away)."""
+    return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
 
 
 class BindingState:
@@ -223,39 +225,46 @@ class BindingState:
                                     f"{stat.S_IMODE(st.st_mode):04o}); it should be 0700 "
                                     "for the folder, 0600 for the file", errno.EPERM)
 
-    def _folder(self, what: str, create: bool) -> bool:
-        """Check the state file's folder (creating it 0700 if ``create``);
-        False when it does not exist."""
+    def _open_folder(self, what: str, create: bool) -> int | None:
+        """The state file's folder, opened (creating it 0700 if ``create``)
+        and checked; None when it does not exist.  The file, its lock and
+        its temporary copies are then reached through this descriptor, so
+        the folder cannot be swapped after the check."""
         assert self.path is not None
         folder = os.path.dirname(self.path) or "."
-        name = f"its folder {_shown_path(folder)}"
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
             try:
-                st = os.lstat(folder)
+                fd = os.open(folder, flags)
             except FileNotFoundError:
                 if not create:
-                    return False
+                    return None
                 os.makedirs(folder, mode=0o700, exist_ok=True)
-                st = os.lstat(folder)
+                fd = os.open(folder, flags)
         except ValueError as e:
             raise self._error(what, f"bad path: {e}", errno.EINVAL) from None
         except OSError as e:
+            # O_DIRECTORY | O_NOFOLLOW on a symbolic link: ENOTDIR (or ELOOP)
+            if e.errno in (errno.ELOOP, errno.ENOTDIR) and os.path.islink(folder):
+                raise self._error(what, f"its folder {_shown_path(folder)} is a symbolic link",
+                                  errno.ELOOP) from None
             raise BindError(e.errno or errno.EIO,
                             f"cannot {what} the binding state in {_shown_path(folder)}: "
                             f"{e.strerror} (run as root, or set PYVFIO_STATE_DIR)") from None
-        self._check_safe(st, name, what, "folder")
-        return True
-
-    def _read_file(self, what: str) -> dict[str, dict[str, Any]]:
-        assert self.path is not None
-        if not self._folder(what, create=False):
-            return {}
         try:
-            fd = _nofollow_open(self.path, os.O_RDONLY | os.O_NONBLOCK)
+            self._check_safe(os.fstat(fd), f"its folder {_shown_path(folder)}", what, "folder")
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _read_file(self, folder: int, what: str) -> dict[str, dict[str, Any]]:
+        assert self.path is not None
+        name = os.path.basename(self.path)
+        try:
+            fd = _nofollow_open(name, os.O_RDONLY | os.O_NONBLOCK, dir_fd=folder)
         except FileNotFoundError:
             return {}
-        except ValueError as e:
-            raise self._error(what, f"bad path: {e}", errno.EINVAL) from None
         except OSError as e:
             if e.errno == errno.ELOOP:
                 raise self._error(what, "the file is a symbolic link", errno.ELOOP) from None
@@ -291,13 +300,20 @@ class BindingState:
     def _load(self) -> dict[str, dict[str, Any]]:
         if self.path is None:
             return self._memory
-        return self._read_file("read")
-
-    def _write_file(self, data: dict[str, dict[str, Any]]) -> None:
-        assert self.path is not None
-        tmp = f"{self.path}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        folder = self._open_folder("read", create=False)
+        if folder is None:
+            return {}
         try:
-            fd = _nofollow_open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+            return self._read_file(folder, "read")
+        finally:
+            os.close(folder)
+
+    def _write_file(self, folder: int, data: dict[str, dict[str, Any]]) -> None:
+        assert self.path is not None
+        name = os.path.basename(self.path)
+        tmp = f"{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        try:
+            fd = _nofollow_open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, dir_fd=folder)
         except OSError as e:
             raise self._error("write", f"creating {_shown_path(tmp)}: {e.strerror}",
                               e.errno or errno.EIO) from None
@@ -307,10 +323,10 @@ class BindingState:
                 f.write("\n")
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(tmp, self.path)
+            os.replace(tmp, name, src_dir_fd=folder, dst_dir_fd=folder)
         except OSError as e:
             try:
-                os.unlink(tmp)
+                os.unlink(tmp, dir_fd=folder)
             except OSError:
                 pass
             raise self._error("write", e.strerror or str(e), e.errno or errno.EIO) from None
@@ -319,21 +335,26 @@ class BindingState:
         if self.path is None:
             change(self._memory)
             return
-        self._folder("write", create=True)
+        folder = self._open_folder("write", create=True)
+        assert folder is not None
         try:
-            lock = _nofollow_open(self.path + ".lock", os.O_RDWR | os.O_CREAT | os.O_NONBLOCK)
-        except OSError as e:
-            problem = ("the lock file is a symbolic link" if e.errno == errno.ELOOP
-                       else f"the lock file: {e.strerror}")
-            raise self._error("write", problem, e.errno or errno.EIO) from None
-        try:
-            self._check_safe(os.fstat(lock), "the lock file", "write", "regular file")
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            data = self._read_file("write")
-            change(data)
-            self._write_file(data)
+            try:
+                lock = _nofollow_open(os.path.basename(self.path) + ".lock",
+                                      os.O_RDWR | os.O_CREAT | os.O_NONBLOCK, dir_fd=folder)
+            except OSError as e:
+                problem = ("the lock file is a symbolic link" if e.errno == errno.ELOOP
+                           else f"the lock file: {e.strerror}")
+                raise self._error("write", problem, e.errno or errno.EIO) from None
+            try:
+                self._check_safe(os.fstat(lock), "the lock file", "write", "regular file")
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                data = self._read_file(folder, "write")
+                change(data)
+                self._write_file(folder, data)
+            finally:
+                os.close(lock)
         finally:
-            os.close(lock)
+            os.close(folder)
 
     # -- records ---------------------------------------------------------------------------
     def get(self, bdf: str) -> BindingRecord | None:
