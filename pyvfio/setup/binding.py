@@ -49,9 +49,10 @@ from typing import Any, Iterable
 
 from ..backend import Backend, resolve_backend
 from ..core import sysfs, viability
-from ..errors import VfioError
+from ..errors import InvalidArgumentError, VfioError
 from . import devices
-from .binding_state import _NO_DRIVER, STATE_DIR, BindError, BindingRecord, BindingState
+from .binding_state import (_NO_DRIVER, STATE_DIR, BindError, BindingRecord, BindingState,
+                            is_driver_name)
 from .host_use import DeviceInUseError, Usage, UsageScan, device_users
 
 # The binding workflow's API: the operations, their results and errors, and
@@ -230,6 +231,9 @@ def bind(bdf: str, driver: str = "vfio-pci", *, force: bool = False,
     """
     b = resolve_backend(backend)
     st = state if state is not None else BindingState.default(b)
+    if not is_driver_name(driver):
+        # the name becomes a folder of /sys/bus/pci/drivers and the override
+        raise InvalidArgumentError(f"{driver!r} is not a driver name")
     info = _device(b, sysfs.normalize_bdf(bdf))
     bdf = info.bdf
     group = info.iommu_group
@@ -321,6 +325,10 @@ def restore(bdf: str | Binding, *, force: bool = False, backend: Backend | None 
     name = sysfs.normalize_bdf(bdf.bdf if isinstance(bdf, Binding) else bdf)
     if record is None:
         record = st.get(name)
+    elif record.problem() is not None:
+        # its driver names a sysfs path below: only a sound record may
+        raise BindError(errno.EINVAL, f"cannot restore {name}: the record is unusable: "
+                                      f"{record.problem()}", target=f"device {name}")
     info = _device(b, name)
     bdf = info.bdf
     group = info.iommu_group

@@ -43,8 +43,10 @@ Exit codes (stable, for scripts):
       group that is not viable or no IOMMU groups at all (``groups``), a
       dump that does not replay
 2     bad usage: unknown option, malformed or unknown device or group,
-      unknown fake topology, a PCI bridge given to ``bind``
-3     an operation failed: the kernel refused, permission denied, I/O error
+      unknown, unreadable or malformed fake topology, a PCI bridge given
+      to ``bind``, a ``--driver`` that is no driver name
+3     an operation failed: the kernel refused, permission denied, I/O error,
+      a damaged or unsafe binding state file (one line says what is wrong)
 4     refused because a device is in use by the host (``--force`` overrides)
 ====  ====================================================================
 
@@ -66,6 +68,7 @@ from ..backend import Backend, default_backend
 from ..core import sysfs, viability
 from ..errors import InvalidArgumentError, VfioError
 from . import binding, devices, kernel_support
+from .binding_state import BindingStateError, is_driver_name
 from .environment import FAIL, WARN, check_environment
 
 __all__ = ["main", "build_parser", "EXIT_OK", "EXIT_PROBLEM", "EXIT_USAGE", "EXIT_FAILED",
@@ -290,13 +293,27 @@ def cmd_status(args: argparse.Namespace, backend: Backend | None) -> int:
 
 
 # -- groups ---------------------------------------------------------------------------
+#: Group numbers are the kernel's ints (ida ids): at most 10 ASCII digits.
+_MAX_GROUP_DIGITS = 10
+
+
+def _group_number(spec: str) -> int | None:
+    """The group number ``spec`` spells in ASCII digits (str.isdigit and
+    int() also take other scripts' digits), None when it is no number."""
+    if not (spec.isascii() and spec.isdigit()):
+        return None
+    if len(spec) > _MAX_GROUP_DIGITS:
+        raise _UsageError(f"no IOMMU group {spec[:_MAX_GROUP_DIGITS]}... ({len(spec)} digits)")
+    return int(spec)
+
+
 def _group_targets(b: Backend, specs: Sequence[str]) -> list[tuple[int, str | None]]:
     """(group, device or None) for each argument: a group number, or a
     device (BDF, vendor:device) standing for its group."""
     out: list[tuple[int, str | None]] = []
     for spec in specs:
-        if spec.isdigit():
-            gid = int(spec)
+        gid = _group_number(spec)
+        if gid is not None:
             if not b.exists(f"{sysfs.IOMMU_GROUPS}/{gid}/devices"):
                 raise _UsageError(f"no IOMMU group {gid}")
             pairs: list[tuple[int, str | None]] = [(gid, None)]
@@ -388,6 +405,16 @@ def cmd_doctor(args: argparse.Namespace, backend: Backend | None) -> int:
 
 
 # -- bind / unbind / restore ----------------------------------------------------------------
+def _is_hex(text: str) -> bool:
+    return text.isascii() and all(c in "0123456789abcdefABCDEF" for c in text)
+
+
+def _shown(text: str) -> str:
+    """An argument for a one-line message (escaped, cut short)."""
+    shown = repr(text)
+    return shown if len(shown) <= 60 else shown[:57] + "..."
+
+
 def _devices(b: Backend, specs: Sequence[str]) -> list[str]:
     """BDFs for device arguments: a BDF, or vendor:device (every match)."""
     out: list[str] = []
@@ -398,14 +425,15 @@ def _devices(b: Backend, specs: Sequence[str]) -> list[str]:
             if not b.exists(f"{sysfs.PCI_DEVICES}/{bdf}"):
                 raise _UsageError(f"no PCI device {bdf}")
             matches = [bdf]
-        elif len(spec.split(":")) == 2 and all(len(p) == 4 for p in spec.split(":")):
+        elif len(spec.split(":")) == 2 and all(len(p) == 4 and _is_hex(p)
+                                                for p in spec.split(":")):
             if all_devices is None:
                 all_devices = devices.pci_devices(b)
             matches = [d.bdf for d in all_devices if d.id == spec.lower()]
             if not matches:
                 raise _UsageError(f"no PCI device with ID {spec}")
         else:
-            raise _UsageError(f"{spec!r} is neither a PCI address (DDDD:BB:DD.F) nor an ID "
+            raise _UsageError(f"{_shown(spec)} is neither a PCI address (DDDD:BB:DD.F) nor an ID "
                               "(vendor:device)")
         out += [m for m in matches if m not in out]
     return out
@@ -436,6 +464,9 @@ def _refuse_bridges(b: Backend, bdfs: Sequence[str], driver: str) -> None:
 
 
 def _run_binding(args: argparse.Namespace, backend: Backend | None, action: str) -> int:
+    if action == "bind" and not is_driver_name(args.driver):
+        raise _UsageError(f"--driver {_shown(args.driver)}: not a driver name (letters, digits, "
+                          "'_', '.', '-')")
     ctx = _Context(args, backend)
     b = ctx.backend
     st = _state(args, ctx)
@@ -482,6 +513,8 @@ def _run_binding(args: argparse.Namespace, backend: Backend | None, action: str)
         code = EXIT_FAILED
     if args.json:
         err: dict[str, Any] | None = None
+        if isinstance(error, BindingStateError):  # the state file needs a look: say so
+            print(f"pyvfio {action}: {error}", file=sys.stderr)
         if error is not None:
             err = {"errno": error.errno, "message": str(error),
                    "usages": [u.as_dict() for u in getattr(error, "usages", [])]}

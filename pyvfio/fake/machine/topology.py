@@ -110,7 +110,7 @@ from typing import Any
 
 # TopologyError, normalize_bdf and normalize_host are part of this module's API;
 # the field checkers, the groups and the host section are kept in modules of their own.
-from .topology_fields import TopologyError, check_bool, check_int, check_keys, normalize_bdf
+from .topology_fields import TopologyError, _shown, check_bool, check_int, check_keys, normalize_bdf
 from .topology_groups import bridge_parents, iommu_groups
 from .topology_host import normalize_host
 
@@ -232,10 +232,20 @@ def shipped() -> list[str]:
 
 def _read_json(path: str) -> dict[str, Any]:
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        with open(path, "rb") as f:
+            text = f.read().decode("utf-8")
+        data = json.loads(text)
+    except OSError as e:  # a folder, no permission...
+        raise TopologyError(f"{path}: cannot read it: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise TopologyError(f"{path}: not UTF-8 text (byte {e.start}: "
+                            f"{e.object[e.start:e.start + 1]!r})") from None
     except json.JSONDecodeError as e:
         raise TopologyError(f"{path}: invalid JSON: {e}") from None
+    except RecursionError:
+        raise TopologyError(f"{path}: invalid JSON: nested too deeply") from None
+    except ValueError as e:  # an integer longer than sys.get_int_max_str_digits()
+        raise TopologyError(f"{path}: invalid JSON: {str(e).split(';')[0]}") from None
     if not isinstance(data, dict):
         raise TopologyError(f"{path}: a topology is a JSON object, not {type(data).__name__}")
     return data
@@ -244,6 +254,13 @@ def _read_json(path: str) -> dict[str, Any]:
 def load(source: dict[str, Any] | str | os.PathLike[str]) -> dict[str, Any]:
     """Validate ``source`` (dict, JSON path or shipped name) and return a
     normalised deep copy with all defaults filled in."""
+    try:
+        return _load(source)
+    except RecursionError:
+        raise TopologyError("the topology is nested too deeply") from None
+
+
+def _load(source: dict[str, Any] | str | os.PathLike[str]) -> dict[str, Any]:
     if isinstance(source, dict):
         raw = copy.deepcopy(source)
     elif isinstance(source, (str, os.PathLike)):
@@ -283,7 +300,7 @@ def _regions(value: object, where: str) -> list[dict[str, Any]]:
         rtype = r.get("type", "reserved")
         if rtype not in RESERVED_REGION_TYPES:
             raise TopologyError(
-                f"{w}.type: {rtype!r} is not one of {', '.join(RESERVED_REGION_TYPES)}"
+                f"{w}.type: {_shown(rtype)} is not one of {', '.join(RESERVED_REGION_TYPES)}"
             )
         out.append({"start": start, "last": last, "type": rtype})
     return out
@@ -318,11 +335,11 @@ def _iommu(value: object) -> dict[str, Any] | None:
     out["pasid_bits"] = check_int(out["pasid_bits"], "iommu.pasid_bits", 0, 20)
     if out["hw_info_type"] not in _HW_INFO_TYPES:
         raise TopologyError(
-            f"iommu.hw_info_type: {out['hw_info_type']!r} is not one of {', '.join(_HW_INFO_TYPES)}"
+            f"iommu.hw_info_type: {_shown(out['hw_info_type'])} is not one of {', '.join(_HW_INFO_TYPES)}"
         )
     if out["default_domain"] not in _DOMAIN_TYPES:
         raise TopologyError(
-            f"iommu.default_domain: {out['default_domain']!r} is not one of {', '.join(_DOMAIN_TYPES)}"
+            f"iommu.default_domain: {_shown(out['default_domain'])} is not one of {', '.join(_DOMAIN_TYPES)}"
         )
     return out
 
@@ -340,10 +357,10 @@ def _bars(value: object, where: str) -> list[dict[str, Any]]:
         index = check_int(bar.get("index"), f"{w}.index", 0, 5)
         size = check_int(bar.get("size"), f"{w}.size", 1)
         if size & (size - 1):
-            raise TopologyError(f"{w}.size: {size:#x} is not a power of two")
+            raise TopologyError(f"{w}.size: {_shown(size)} is not a power of two")
         btype = bar.get("type", "mem32")
         if btype not in _BAR_TYPES:
-            raise TopologyError(f"{w}.type: {btype!r} is not one of {', '.join(_BAR_TYPES)}")
+            raise TopologyError(f"{w}.type: {_shown(btype)} is not one of {', '.join(_BAR_TYPES)}")
         if btype == "mem64" and index == 5:
             raise TopologyError(f"{w}: a 64-bit BAR cannot start at index 5")
         if btype == "io" and size > 256:
@@ -369,7 +386,7 @@ def _driver_name(value: object, where: str) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", value):
-        raise TopologyError(f"{where}: {value!r} is not a driver name")
+        raise TopologyError(f"{where}: {_shown(value)} is not a driver name")
     return value
 
 
@@ -407,7 +424,7 @@ def _device(raw: object, i: int, numa_nodes: int) -> dict[str, Any]:
             f"{where}.default_driver: {dev['default_driver']!r} binds only through "
             "driver_override or new_id"
         )
-    node = check_int(raw.get("numa_node", -1), f"{where}.numa_node", -1)
+    node = check_int(raw.get("numa_node", -1), f"{where}.numa_node", -1, 1023)
     if node >= numa_nodes:
         raise TopologyError(f"{where}.numa_node: node {node} is not online (numa_nodes={numa_nodes})")
     dev["numa_node"] = node
@@ -421,7 +438,9 @@ def _device(raw: object, i: int, numa_nodes: int) -> dict[str, Any]:
             raise TopologyError(f"{where}.reset_methods: duplicate method")
         dev["reset_methods"] = list(methods)
     bridge = raw.get("bridge")
-    if bridge is not None:
+    if bridge is None:
+        dev.pop("bridge", None)  # null: not a bridge, as when the key is absent
+    else:
         if not isinstance(bridge, dict):
             raise TopologyError(f"{where}.bridge: {{'secondary_bus': N, 'conventional': bool}}")
         check_keys(bridge, {"secondary_bus", "conventional"}, f"{where}.bridge")
@@ -501,7 +520,7 @@ def normalize_kernel(raw: object) -> dict[str, Any]:
     check_keys(raw, {"release", "config", "modules_dir"}, "kernel")
     release = raw.get("release", DEFAULT_KERNEL_RELEASE)
     if not isinstance(release, str) or not re.fullmatch(r"[A-Za-z0-9._+~-]+", release):
-        raise TopologyError(f"kernel.release: {release!r} is not a kernel release (like 7.3.0)")
+        raise TopologyError(f"kernel.release: {_shown(release)} is not a kernel release (like 7.3.0)")
     out: dict[str, Any] = {"release": release,
                            "modules_dir": check_bool(raw.get("modules_dir", True), "kernel.modules_dir")}
     if "config" in raw and raw["config"] is None:
@@ -522,7 +541,7 @@ def normalize_kernel(raw: object) -> dict[str, Any]:
         elif isinstance(value, int):
             value = str(value)
         if not isinstance(value, str) or "\n" in value:
-            raise TopologyError(f"{where}: {value!r} is not y, m, n or a value")
+            raise TopologyError(f"{where}: {_shown(value)} is not y, m, n or a value")
         config[name] = value
     if config.get("CONFIG_VFIO", "n") == "n":
         for name in config:

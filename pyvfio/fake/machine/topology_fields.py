@@ -23,36 +23,55 @@ class TopologyError(ValueError):
 def normalize_bdf(bdf: object, where: str = "bdf") -> str:
     """``"00:02.0"`` -> ``"0000:00:02.0"``; TopologyError when malformed."""
     if not isinstance(bdf, str):
-        raise TopologyError(f"{where}: a PCI address must be a string, not {bdf!r}")
+        raise TopologyError(f"{where}: a PCI address must be a string, not {_shown(bdf)}")
     m = _BDF.match(bdf.strip())
     if not m:
-        raise TopologyError(f"{where}: {bdf!r} is not a PCI address (DDDD:BB:DD.F)")
+        raise TopologyError(f"{where}: {_shown(bdf)} is not a PCI address (DDDD:BB:DD.F)")
     domain, bus, dev, fn = m.groups()
     return f"{(domain or '0000').lower()}:{bus.lower()}:{dev.lower()}.{fn}"
 
 
+def _shown(value: object) -> str:
+    """``value`` for a one-line message: long strings and numbers cut short,
+    containers by their kind (they may be huge or nested deeply)."""
+    if isinstance(value, (list, dict)):
+        return "a list" if isinstance(value, list) else "an object"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:#x}" if value.bit_length() <= 128 else f"a {value.bit_length()}-bit number"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+#: The longest integer string taken (a 64-bit value in binary, with prefix and sign).
+_MAX_INT_TEXT = 80
+
+
 def check_int(value: object, where: str, lo: int | None = None, hi: int | None = None) -> int:
-    """An integer (or a string of one, any base) within ``[lo, hi]``."""
+    """An integer (or a string of one in ASCII digits, any base) within
+    ``[lo, hi]``."""
     if isinstance(value, bool) or not isinstance(value, int):
         if isinstance(value, str):
+            # int() also takes other scripts' digits ("\u0663" is 3): ASCII only
+            if not value.isascii() or len(value) > _MAX_INT_TEXT:
+                raise TopologyError(f"{where}: {_shown(value)} is not an integer")
             try:
                 value = int(value, 0)
             except ValueError:
-                raise TopologyError(f"{where}: {value!r} is not an integer") from None
+                raise TopologyError(f"{where}: {_shown(value)} is not an integer") from None
         else:
-            raise TopologyError(f"{where}: {value!r} is not an integer")
+            raise TopologyError(f"{where}: {_shown(value)} is not an integer")
     assert isinstance(value, int)
     if lo is not None and value < lo:
-        raise TopologyError(f"{where}: {value:#x} is below the minimum {lo:#x}")
+        raise TopologyError(f"{where}: {_shown(value)} is below the minimum {lo:#x}")
     if hi is not None and value > hi:
-        raise TopologyError(f"{where}: {value:#x} is above the maximum {hi:#x}")
+        raise TopologyError(f"{where}: {_shown(value)} is above the maximum {hi:#x}")
     return value
 
 
 def check_bool(value: object, where: str) -> bool:
     """true or false."""
     if not isinstance(value, bool):
-        raise TopologyError(f"{where}: {value!r} is not true or false")
+        raise TopologyError(f"{where}: {_shown(value)} is not true or false")
     return value
 
 
