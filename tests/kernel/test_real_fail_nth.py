@@ -39,12 +39,13 @@ import threading
 import time
 import traceback
 from collections import Counter
-from typing import Callable, Iterator, NoReturn
+from typing import Callable, Iterator, NoReturn, Protocol
 
 import pytest
 
 import pyvfio
 from pyvfio import Container, Device, DmaBuffer, Group, IommuFd, IommuType, VfioError
+from pyvfio.backend import Backend
 from pyvfio.backend.kernel import KernelBackend
 from pyvfio.core import sysfs
 
@@ -166,6 +167,16 @@ def fail_nth() -> Iterator[int]:
     finally:
         if mounted_here:
             _umount_debugfs()
+
+
+class Injection(Protocol):
+    """One run's injection, as the walk uses it."""
+
+    def arm(self) -> None:
+        """Start it: the N-th allocation from now on fails."""
+
+    def finish(self) -> bool | None:
+        """Stop it; whether the failure was injected (None: never armed)."""
 
 
 class Shot:
@@ -368,8 +379,11 @@ def _clean_run(sequence: Sequence) -> None:
     sequence(lambda: None)
 
 
-def walk(name: str, sequence: Sequence, nth_fd: int) -> Walk:
-    """Walk ``sequence`` through N = 1, 2, ... (see the module docstring)."""
+def walk(name: str, sequence: Sequence, shots: Callable[[int], Injection]) -> Walk:
+    """Walk ``sequence`` through N = 1, 2, ... (see the module docstring);
+    ``shots(n)`` gives the injection of run N (:class:`Shot` on the
+    thread's fail-nth file; tests/test_fail_nth_walk.py passes a stand-in
+    that fails the N-th call into the fake kernel)."""
     result = Walk(name)
     log = KernelLog()
     result.kernel_log = log.fd is not None
@@ -386,7 +400,7 @@ def walk(name: str, sequence: Sequence, nth_fd: int) -> Walk:
                         + (f"; the kernel reported: {splats}" if splats else ""))
 
         for n in range(1, CAP + 1):
-            shot = Shot(nth_fd, n)
+            shot = shots(n)
             error: Exception | None = None
             gc.disable()  # no collection (and no finalizer) in the middle of the sequence
             try:
@@ -473,7 +487,7 @@ def _report(result: Walk, bdf: str, capsys: pytest.CaptureFixture[str],
 
 
 # -- the sequences -----------------------------------------------------------------------------
-def cdev_open_to_ready(bdf: str) -> Sequence:
+def cdev_open_to_ready(bdf: str, backend: Backend = KB) -> Sequence:
     """iommufd and the vfio cdev: open, bind, IOAS, attach, map 64 KiB at a
     fixed IOVA, unmap, and every release on the way out."""
 
@@ -481,8 +495,11 @@ def cdev_open_to_ready(bdf: str) -> Sequence:
         arm()
         # The buffer is the outermost: the IOAS is gone (its pages unpinned)
         # before the memory is unmapped from the process.
-        with DmaBuffer(BUFFER_SIZE, backend=KB) as buf, IommuFd(backend=KB) as iommufd, \
-                Device.open(bdf, backend=KB) as dev:
+        with (
+            DmaBuffer(BUFFER_SIZE, backend=backend) as buf,
+            IommuFd(backend=backend) as iommufd,
+            Device.open(bdf, backend=backend) as dev,
+        ):
             dev.bind(iommufd)
             with iommufd.ioas() as ioas:
                 dev.attach(ioas)
@@ -492,14 +509,17 @@ def cdev_open_to_ready(bdf: str) -> Sequence:
     return run
 
 
-def legacy_open_to_ready(bdf: str) -> Sequence:
+def legacy_open_to_ready(bdf: str, backend: Backend = KB) -> Sequence:
     """The group and a type1v2 container: open both, set the container and
     the IOMMU, open the device, map 64 KiB at a fixed IOVA, unmap."""
 
     def run(arm: Arm) -> None:
         arm()
-        with DmaBuffer(BUFFER_SIZE, backend=KB) as buf, Container(backend=KB) as container, \
-                Group.for_device(bdf, backend=KB) as group:
+        with (
+            DmaBuffer(BUFFER_SIZE, backend=backend) as buf,
+            Container(backend=backend) as container,
+            Group.for_device(bdf, backend=backend) as group,
+        ):
             group.set_container(container)
             container.set_iommu(IommuType.TYPE1v2)
             with group.open_device(bdf):
@@ -509,13 +529,13 @@ def legacy_open_to_ready(bdf: str) -> Sequence:
     return run
 
 
-def msi_setup(bdf: str) -> Sequence:
+def msi_setup(bdf: str, backend: Backend = KB) -> Sequence:
     """A device ready on iommufd (not walked: that is the cdev sequence),
     then its interrupts: the IRQ infos, one MSI vector on an eventfd, a
     loopback trigger that must reach it, disable, and the releases."""
 
     def run(arm: Arm) -> None:
-        with IommuFd(backend=KB) as iommufd, Device.open(bdf, backend=KB) as dev:
+        with IommuFd(backend=backend) as iommufd, Device.open(bdf, backend=backend) as dev:
             dev.bind(iommufd)
             with iommufd.ioas() as ioas:
                 dev.attach(ioas)
@@ -535,18 +555,19 @@ def msi_setup(bdf: str) -> Sequence:
 def test_fail_nth_cdev_open_to_ready(edu: str, fail_nth: int,
                                      capsys: pytest.CaptureFixture[str],
                                      record_testsuite_property: Record) -> None:
-    result = walk("cdev-open-to-ready", cdev_open_to_ready(edu), fail_nth)
+    result = walk("cdev-open-to-ready", cdev_open_to_ready(edu), lambda n: Shot(fail_nth, n))
     _report(result, edu, capsys, record_testsuite_property)
 
 
 def test_fail_nth_legacy_open_to_ready(edu: str, fail_nth: int,
                                        capsys: pytest.CaptureFixture[str],
                                        record_testsuite_property: Record) -> None:
-    result = walk("legacy-open-to-ready", legacy_open_to_ready(edu), fail_nth)
+    result = walk("legacy-open-to-ready", legacy_open_to_ready(edu),
+                  lambda n: Shot(fail_nth, n))
     _report(result, edu, capsys, record_testsuite_property)
 
 
 def test_fail_nth_msi_setup(edu: str, fail_nth: int, capsys: pytest.CaptureFixture[str],
                             record_testsuite_property: Record) -> None:
-    result = walk("msi-setup", msi_setup(edu), fail_nth)
+    result = walk("msi-setup", msi_setup(edu), lambda n: Shot(fail_nth, n))
     _report(result, edu, capsys, record_testsuite_property)
