@@ -132,7 +132,9 @@ def _write_knob(name: str, value: str) -> None:
 
 @pytest.fixture(scope="module")
 def fail_nth() -> Iterator[int]:
-    """This thread's fail-nth file, open read-write, with slab and page
+    """This thread's fail-nth file (/proc/thread-self/fail-nth, by the
+    thread's own path, which names what is missing when it is not there),
+    open read-write for the whole module, with slab and page
     allocations of any GFP_KERNEL kind eligible for the injected failure.
     The knobs get their old values back (and debugfs is unmounted if it was
     mounted here) at teardown."""
