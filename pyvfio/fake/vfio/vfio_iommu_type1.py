@@ -296,11 +296,16 @@ class Type1Iommu(IoDomain):
             pages = dma.size // self.system.page_size
             # vfio_pin_pages_remote: ENOMEM past RLIMIT_MEMLOCK
             self.system.user_memory.pin(pages)
+            dma.pinned = pages
+            fi = self.system.fault_inject
+            if fi.armed and self.groups:
+                # vfio_iommu_map: iommu_map into the domains failing
+                fi.maybe_fail("domain_map")
         except OSError:
-            # vfio_pin_map_dma: a failed pin removes the mapping
+            # vfio_pin_map_dma: a failed pin or map unpins what was pinned and
+            # removes the mapping (vfio_remove_dma)
             self.vfio_remove_dma(dma)
             raise
-        dma.pinned = pages
         dma.iommu_mapped = True
 
     # -- ops: groups -----------------------------------------------------------------
