@@ -95,7 +95,17 @@ def map_unmap(dev: Device, space: Any, pages: int = 4) -> None:
         mapping.close()
 
 
-READY = {"cdev": cdev_ready, "legacy": legacy_ready}
+@contextlib.contextmanager
+def compat_ready(system: System, bdf: str) -> Iterator[tuple[Device, Any]]:
+    backend = system.backend
+    with Container.compat(backend=backend) as c, Group.for_device(bdf, backend=backend) as g:
+        g.set_container(c)
+        c.set_iommu()
+        with g.open_device(bdf) as dev:
+            yield dev, c
+
+
+READY = {"cdev": cdev_ready, "legacy": legacy_ready, "compat": compat_ready}
 
 
 def pyvfio_forgets_the_mapping(step: FaultWalkStep) -> bool:
@@ -121,7 +131,7 @@ def kernel_keeps_the_mapping(step: FaultWalkStep) -> bool:
             and all(leak.startswith("pinned pages") for leak in step.leaks))
 
 
-@pytest.mark.parametrize("path", ["cdev", "legacy"])
+@pytest.mark.parametrize("path", ["cdev", "legacy", "compat"])
 @pytest.mark.parametrize("ident", [EDU_ID, NVME_ID], ids=["edu", "nvme"])
 def test_open_to_ready(path: str, ident: tuple[str, str]) -> None:
     """Open, bind/attach (or container and group), map a DMA buffer."""
@@ -136,7 +146,7 @@ def test_open_to_ready(path: str, ident: tuple[str, str]) -> None:
     assert result.walked > 10
 
 
-@pytest.mark.parametrize("path", ["cdev", "legacy"])
+@pytest.mark.parametrize("path", ["cdev", "legacy", "compat"])
 def test_map_unmap(path: str) -> None:
     """Map and unmap on a device opened outside the walk."""
     system = machine()
@@ -267,3 +277,32 @@ def test_iommufd_objects() -> None:
     assert result.walked > 15
     kinds = {s.injected.kind for s in result.steps if s.injected is not None}
     assert {"id_alloc", "fd_install", "pin", "domain_map"} <= kinds
+
+
+@pytest.mark.parametrize("path", ["cdev", "legacy"])
+def test_dma_logging_and_low_power(path: str) -> None:
+    """DMA logging over a mapping (the range list copied in, the report's
+    bitmap copied out), and low power with a wake-up eventfd."""
+    system = machine(migratable=True)
+    bdf = find(system.backend, EDU_ID)
+
+    def sequence() -> None:
+        with READY[path](system, bdf) as (dev, space):
+            f = dev.features
+            with DmaBuffer(4 * PAGE, backend=dev.backend) as buf:
+                mapping = pyvfio.map_buffer(space, buf, allocator=IovaAllocator.for_space(space))
+                try:
+                    f.dma_logging_start([(mapping.iova, 4 * PAGE)], page_size=PAGE)
+                    f.dma_logging_report(mapping.iova, 4 * PAGE)
+                    f.dma_logging_stop()
+                finally:
+                    mapping.close()
+            wake = f.low_power_entry(wakeup=True)
+            try:
+                f.low_power_exit()
+            finally:
+                if wake is not None:
+                    wake.close()
+
+    result = walk(system, sequence)
+    assert result.walked > 15
