@@ -337,6 +337,15 @@ class Type1Iommu(IoDomain):
         if not self.system.type1_params["allow_unsafe_interrupts"] and not iommu.interrupt_remapping:
             # vfio_iommu_type1_attach_group: EPERM without interrupt remapping
             raise errno_error(errno.EPERM, "no interrupt remapping support")
+        fi = self.system.fault_inject
+        if fi.armed:
+            # vfio_iommu_type1_attach_group: the kzalloc of the vfio_domain
+            # and iommu_paging_domain_alloc failing
+            fi.maybe_fail("alloc")
+            if self.dma:
+                # vfio_iommu_replay: mapping the existing DMA into the new
+                # domain failing
+                fi.maybe_fail("domain_map")
         group.attach_domain(vgroup, self)
         self.groups.append(vgroup)
         self.vfio_update_pgsize_bitmap()

@@ -370,6 +370,9 @@ def vfio_msi_set_vector_signal(vdev: VfioPciCore, vector: int, fd: int, msix: bo
         # vfio_msi_alloc_irq: MSI-X vectors are allocated on demand
         _msix_program(vdev, vector)
         vdev.msi_vectors.add(vector)
+    if fault_inject.ARMED:
+        # vfio_irq_ctx_alloc (and the kasprintf of the IRQ's name) failing
+        fault_inject.inject("alloc")
     trigger = Eventfd(fd)
     vdev.msi_triggers[vector] = trigger
     if msix and model.msix is not None:
