@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Tuple, Type
 
 from ..errors import VfioError
 from .fault_inject import InjectedFault
@@ -155,7 +155,7 @@ class FaultWalk:
 
 
 def fault_walk(system: System, fn: Callable[[], object], *, kinds: Iterable[str] | None = None,
-               errno: int | None = None, expect: tuple[type[BaseException], ...] = (VfioError,),
+               errno: int | None = None, expect: Tuple[Type[BaseException], ...] = (VfioError,),
                max_n: int = 10000, stop_on_first_problem: bool = False) -> FaultWalk:
     """Call ``fn()`` once for each N = 1, 2, ... with the N-th kernel
     operation of ``kinds`` (default: all of

@@ -64,7 +64,7 @@ import copy
 import sys
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Tuple, Type
 
 import pytest
 
@@ -400,7 +400,7 @@ class FaultWalker:
 
     def __call__(self, fn: Callable[[], object], *, kinds: Iterable[str] | None = None,
                  errno: int | None = None,
-                 expect: tuple[type[BaseException], ...] | None = None,
+                 expect: Tuple[Type[BaseException], ...] | None = None,
                  check: bool = True) -> FaultWalk:
         """Walk ``fn`` (see :func:`pyvfio.fake.fault_walk` for ``kinds``,
         ``errno`` and ``expect``, default :class:`pyvfio.VfioError`); with
