@@ -111,9 +111,17 @@ class FaultWalkStep:
     wrong_error: bool = False
 
     @property
+    def unprovoked(self) -> bool:
+        """The run failed although no failure was injected: an earlier
+        failure left something behind that :func:`machine_state` does not
+        show (or the function fails on its own)."""
+        return self.injected is None and self.error is not None
+
+    @property
     def ok(self) -> bool:
-        """Nothing was left behind and the error was of the right type."""
-        return not self.leaks and not self.wrong_error
+        """Nothing was left behind, the error was of the right type, and
+        the run did not fail without an injected failure."""
+        return not self.leaks and not self.wrong_error and not self.unprovoked
 
     def __str__(self) -> str:
         what = str(self.injected) if self.injected else "no failure injected"
@@ -121,6 +129,8 @@ class FaultWalkStep:
         lines = [f"N={self.n}: {what}; {err}"]
         if self.wrong_error:
             lines.append("  not the expected error type")
+        if self.unprovoked:
+            lines.append("  failed with no failure injected")
         lines += [f"  left behind: {leak}" for leak in self.leaks]
         return "\n".join(lines)
 
