@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Callable
 from .._uapi import ffi
 from ..backend.base import Backend, IoctlArg, MemoryMap
 from ..backend.kernel import KernelBackend
-from .current import running
+from .current import enter, leave, running
 from .uaccess import check_user_range
 
 if TYPE_CHECKING:
@@ -305,8 +305,12 @@ class FakeBackend(Backend):
             # what fcntl.ioctl says to the real backend for such an argument
             raise TypeError(f"an ioctl argument is an int or a cffi pointer, not {type(arg).__name__}")
         file = self.file(fd)
-        with self.system.lock, running(self.system):
-            return file.ioctl(request, arg)
+        with self.system.lock:
+            token = enter(self.system)
+            try:
+                return file.ioctl(request, arg)
+            finally:
+                leave(token)
 
     def pread(self, fd: int, size: int, offset: int) -> bytes:
         """The fake file's :meth:`~FakeFile.pread`, or the real pread(2) for
@@ -314,8 +318,12 @@ class FakeBackend(Backend):
         file = self.file_or_none(fd)
         if file is None:
             return os.pread(fd, size, offset)
-        with self.system.lock, running(self.system):
-            return file.pread(size, offset)
+        with self.system.lock:
+            token = enter(self.system)
+            try:
+                return file.pread(size, offset)
+            finally:
+                leave(token)
 
     def pwrite(self, fd: int, data: bytes | bytearray | memoryview, offset: int) -> int:
         """The fake file's :meth:`~FakeFile.pwrite`, or the real pwrite(2)
@@ -323,8 +331,12 @@ class FakeBackend(Backend):
         file = self.file_or_none(fd)
         if file is None:
             return os.pwrite(fd, data, offset)
-        with self.system.lock, running(self.system):
-            return file.pwrite(bytes(data), offset)
+        with self.system.lock:
+            token = enter(self.system)
+            try:
+                return file.pwrite(bytes(data), offset)
+            finally:
+                leave(token)
 
     def read(self, fd: int, size: int) -> bytes:
         """The fake file's :meth:`~FakeFile.read`, or the real read(2) for
@@ -332,8 +344,12 @@ class FakeBackend(Backend):
         file = self.file_or_none(fd)
         if file is None:
             return os.read(fd, size)
-        with self.system.lock, running(self.system):
-            return file.read(size)
+        with self.system.lock:
+            token = enter(self.system)
+            try:
+                return file.read(size)
+            finally:
+                leave(token)
 
     def write(self, fd: int, data: bytes | bytearray | memoryview) -> int:
         """The fake file's :meth:`~FakeFile.write`, or the real write(2) for
@@ -341,8 +357,12 @@ class FakeBackend(Backend):
         file = self.file_or_none(fd)
         if file is None:
             return os.write(fd, data)
-        with self.system.lock, running(self.system):
-            return file.write(bytes(data))
+        with self.system.lock:
+            token = enter(self.system)
+            try:
+                return file.write(bytes(data))
+            finally:
+                leave(token)
 
     def exists(self, path: str) -> bool:
         """Whether the simulated machine has ``path`` (a device node or a
@@ -364,8 +384,12 @@ class FakeBackend(Backend):
         if file is None:
             # Anonymous memory, memfds and other real files: real mmap.
             return self._real.mmap(length, prot, flags, fd, offset)
-        with self.system.lock, running(self.system):
-            return file.mmap(length, prot, flags, offset)
+        with self.system.lock:
+            token = enter(self.system)
+            try:
+                return file.mmap(length, prot, flags, offset)
+            finally:
+                leave(token)
 
     def memfd_create(self, name: str, flags: int = 0) -> int:
         """A real memfd (memory the fake's IOMMU can map by address)."""

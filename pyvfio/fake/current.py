@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .machine.system import System
 
-__all__ = ["current", "running"]
+__all__ = ["current", "running", "enter", "leave"]
 
 _current: ContextVar[System | None] = ContextVar("pyvfio_fake_current", default=None)
 
@@ -31,6 +31,13 @@ def current() -> System | None:
     """The machine whose backend call is running in this thread or task,
     or None outside a call."""
     return _current.get()
+
+
+#: ``enter(system) -> token``: make ``system`` current (the fast form of
+#: :class:`running` for the backend's hot paths); undo with :func:`leave`.
+enter = _current.set
+#: ``leave(token)``: the value before the matching :func:`enter` comes back.
+leave = _current.reset
 
 
 class running:
