@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import errno
+import os
+import resource
 import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -25,6 +28,8 @@ import pyvfio
 from pyvfio import Container, Device, DmaBuffer, Group, IommuFd, IovaAllocator, MigrationState
 from pyvfio.fake import System, fault_walk
 from pyvfio.fake.fail_nth import FaultWalk, FaultWalkStep, machine_state
+from pyvfio.fake import fault_inject
+from pyvfio.fake.current import current
 from pyvfio.fake.fault_inject import KINDS
 from pyvfio.fake.machine.topology import load
 
@@ -361,3 +366,87 @@ def test_device_opens_over_mappings(path: str) -> None:
     result = walk(system, sequence)
     assert any(s.injected is not None and s.injected.kind == "fd_install"
                and "GET_DEVICE_FD" in str(s.error) for s in result.steps)
+
+
+# -- the injector itself ---------------------------------------------------------------------------
+def test_fail_nth_fails_the_nth_operation_once() -> None:
+    system = machine()
+    fi = system.fault_inject
+    assert not fi.armed and fault_inject.ARMED == 0
+    fi.fail_nth(2, kinds={"fd_install"})
+    assert fi.armed and fault_inject.ARMED == 1
+    with Container(backend=system.backend):            # fd_install #1
+        with pytest.raises(pyvfio.VfioError) as info:
+            Container(backend=system.backend)          # fd_install #2 fails
+        assert info.value.errno == errno.EMFILE
+        assert fi.fired and fi.seen == 2
+        with Container(backend=system.backend):        # once only
+            pass
+    assert fi.seen == 3 and len(fi.injected) == 1 and fi.injected[0].kind == "fd_install"
+    assert "fd_install #2 -> EMFILE" in str(fi.injected[0])
+    fi.clear()
+    assert not fi.armed and fault_inject.ARMED == 0 and fi.fired  # the record stays
+
+
+def test_fail_every_and_the_errno() -> None:
+    system = machine()
+    fi = system.fault_inject
+    fi.fail_every("copy_from_user", errno.EIO)
+    try:
+        with Container(backend=system.backend) as c:
+            for _ in range(2):
+                with pytest.raises(pyvfio.VfioError) as info:
+                    c.set_iommu()
+                assert info.value.errno in (errno.EIO, errno.EINVAL)
+    finally:
+        fi.clear()
+    with pytest.raises(ValueError, match="unknown fault kinds"):
+        fi.fail_nth(1, kinds={"nonsense"})
+    with pytest.raises(ValueError, match="at least 1"):
+        fi.fail_nth(0)
+    assert not fi.armed
+
+
+def test_current_is_the_machine_of_the_running_call() -> None:
+    system = machine()
+    seen: list[object] = []
+    fi = system.fault_inject
+    assert current() is None
+    with Container(backend=system.backend) as c:
+        real = fault_inject.inject
+
+        def spy(kind: str) -> None:
+            seen.append(current())
+            real(kind)
+
+        fault_inject.inject = spy
+        try:
+            fi.fail_nth(1000)
+            with Group.for_device(find(system.backend, EDU_ID), backend=system.backend) as g:
+                g.set_container(c)    # VFIO_GROUP_GET_STATUS, SET_CONTAINER: user copies
+        finally:
+            fault_inject.inject = real
+            fi.clear()
+    assert seen and all(s is system for s in seen)
+    assert current() is None
+
+
+def test_emfile_under_rlimit_nofile_leaves_the_group_free() -> None:
+    """A real EMFILE (RLIMIT_NOFILE) when /dev/vfio/N is opened: the group
+    is not left open (do_sys_openat2 takes the fd before the file)."""
+    system = machine()
+    bdf = find(system.backend, EDU_ID)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    probe = os.open(os.devnull, os.O_RDONLY)
+    os.close(probe)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (probe, hard))
+    try:
+        with pytest.raises(pyvfio.VfioError) as info:
+            Group.for_device(bdf, backend=system.backend)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert info.value.errno == errno.EMFILE
+    with Group.for_device(bdf, backend=system.backend):   # not EBUSY
+        pass
+    assert clean(system)["vfio groups"] == {g.dev_path: ("", "", "", 0, 0)
+                                            for g in system.vfio_groups()}
