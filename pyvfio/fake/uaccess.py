@@ -19,6 +19,10 @@ What a user pointer may reach, checked before any byte moves:
   ``/proc/self/maps`` shows it: anything else is EFAULT, never a fault of
   the interpreter.
 
+Each copy is an injection point of :mod:`pyvfio.fake.fault_inject`
+(kinds ``copy_from_user`` and ``copy_to_user``, should_fail_usercopy):
+while an injector is armed it may fail with EFAULT before any byte moves.
+
 Arguments that are neither an int nor a cffi pointer are refused with
 :class:`TypeError`, as :class:`~pyvfio.backend.kernel.KernelBackend` does.
 """
