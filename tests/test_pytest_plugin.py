@@ -409,3 +409,45 @@ def test_override_can_refuse() -> None:
         fake = System("minimal").backend
         assert resolve_backend(fake) is fake
     assert default_backend().name == "kernel"
+
+
+def test_vfio_fault_walk_names_the_n_that_leaked(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("""
+        import pyvfio
+
+        def test_clean(vfio_device, vfio_fault_walk):
+            def start():
+                with pyvfio.IommuFd(backend=vfio_device.backend) as iommufd, \\
+                        vfio_device.open() as dev:
+                    dev.bind(iommufd)
+                    dev.attach(iommufd.ioas())
+            walk = vfio_fault_walk(start)
+            assert walk.walked > 5 and not walk.problems
+            assert walk.steps[-1].injected is None
+
+        def test_leaky(vfio_device, vfio_fault_walk):
+            kept = []
+            def start():
+                iommufd = pyvfio.IommuFd(backend=vfio_device.backend)
+                dev = vfio_device.open()
+                kept.extend([dev, iommufd])
+                dev.bind(iommufd)       # a failure here leaves both open
+                dev.close()
+                iommufd.close()
+            try:
+                vfio_fault_walk(start, kinds={"id_alloc"})
+            finally:
+                for obj in kept:
+                    obj.close()
+
+        def test_unchecked(vfio_system, vfio_fault_walk):
+            def nothing():
+                pass
+            walk = vfio_fault_walk(nothing, check=False)
+            assert walk.walked == 0 and len(walk.steps) == 1
+    """)
+    result = run(pytester, "-o", "vfio_leak_check=false")
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines(["*1 of 1 injected failures went wrong*",
+                                 "*N=1: id_alloc #1 -> ENOMEM*VFIO_DEVICE_BIND_IOMMUFD*",
+                                 "*left behind: open files*"])

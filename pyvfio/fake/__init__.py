@@ -24,6 +24,8 @@ from . import models as _models
 from . import vfio as _vfio
 from . import vfio_pci as _vfio_pci
 from .core import FakeBackend, FakeFile, FaultRecord, IoDomain, IommuFault
+from .fail_nth import FaultWalk, fault_walk
+from .fault_inject import FaultInjector
 from .machine.chrdev import register_chrdev
 from .machine.iommu import IommuGroup
 from .machine.pci_device import PciDevice
@@ -38,6 +40,9 @@ __all__ = [
     "FaultRecord",
     "IoDomain",
     "IommuFault",
+    "FaultInjector",
+    "FaultWalk",
+    "fault_walk",
 ]
 
 

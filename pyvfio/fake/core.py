@@ -18,15 +18,18 @@ import abc
 import errno
 import os
 import threading
+import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 from .._uapi import ffi
 from ..backend.base import Backend, IoctlArg, MemoryMap
 from ..backend.kernel import KernelBackend
+from .current import enter, leave, running
 from .uaccess import check_user_range
 
 if TYPE_CHECKING:
+    from .fault_inject import FaultInjector
     from .machine.system import System
 
 __all__ = [
@@ -150,8 +153,9 @@ class UserMemory:
     ``vfio_lock_acct``).  A page pinned twice by the same IOAS counts once.
     """
 
-    def __init__(self, limit: Callable[[], int]) -> None:
+    def __init__(self, limit: Callable[[], int], fault_inject: FaultInjector | None = None) -> None:
         self._limit = limit
+        self._fault_inject = fault_inject
         self.pinned_pages = 0
         self._lock = threading.Lock()
 
@@ -163,6 +167,10 @@ class UserMemory:
 
     def pin(self, pages: int) -> None:
         """Charge ``pages`` pages; ENOMEM past RLIMIT_MEMLOCK."""
+        fi = self._fault_inject
+        if fi is not None and fi.armed:
+            # pin_user_pages / incr_user_locked_vm failing
+            fi.maybe_fail("pin")
         with self._lock:
             limit = self._limit()
             if limit >= 0:
@@ -202,15 +210,39 @@ class FakeBackend(Backend):
     def __init__(self, system: System) -> None:
         self.system = system
         self._files: dict[int, _OpenFile] = {}
+        #: every file given an fd, while it exists (for leak checks)
+        self._installed: weakref.WeakSet[FakeFile] = weakref.WeakSet()
         self._real = KernelBackend()
         self._lock = threading.RLock()
 
     # -- the fd table -------------------------------------------------------
-    def install(self, file: FakeFile) -> int:
-        """Give ``file`` a new fd (used by ioctls that return fds)."""
-        fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    def get_unused_fd(self) -> int:
+        """get_unused_fd_flags: reserve a new fd (EMFILE past RLIMIT_NOFILE,
+        or an injected ``fd_install`` failure); give it a file with
+        :meth:`fd_install` or back with :meth:`put_unused_fd`."""
+        fi = self.system.fault_inject
+        if fi.armed:
+            fi.maybe_fail("fd_install")
+        return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+
+    def put_unused_fd(self, fd: int) -> None:
+        """put_unused_fd: give back an fd reserved by :meth:`get_unused_fd`."""
+        os.close(fd)
+
+    def fd_install(self, fd: int, file: FakeFile) -> None:
+        """fd_install: ``fd`` (from :meth:`get_unused_fd`) now refers to
+        ``file``; cannot fail."""
         with self._lock:
             self._files[fd] = _OpenFile(file)
+            self._installed.add(file)
+
+    def install(self, file: FakeFile) -> int:
+        """Give ``file`` a new fd (used by ioctls that return fds).  When no
+        fd can be had, the error propagates and ``file`` is untouched: the
+        caller unwinds (fput of the new file), as after a failed
+        get_unused_fd_flags."""
+        fd = self.get_unused_fd()
+        self.fd_install(fd, file)
         return fd
 
     def file(self, fd: int) -> FakeFile:
@@ -226,6 +258,13 @@ class FakeBackend(Backend):
         return entry.file if entry else None
 
     @property
+    def installed_files(self) -> list[FakeFile]:
+        """Every file ever given an fd that is still referenced, open or
+        closed (for leak checks: a context kept alive by a lost reference)."""
+        with self._lock:
+            return list(self._installed)
+
+    @property
     def open_files(self) -> list[FakeFile]:
         """Every file currently open (for leak checks in tests)."""
         return [entry.file for entry in self._files.values()]
@@ -235,8 +274,17 @@ class FakeBackend(Backend):
         """Open a device node of the simulated machine (``/dev/vfio/...``,
         ``/dev/iommu``) as a new fake file; ENOENT for a path that is not
         a device node."""
-        file = self.system.open_path(self, path, flags)
-        return self.install(file)
+        with running(self.system):
+            # do_sys_openat2: the fd first, then the file; put_unused_fd
+            # when the open fails
+            fd = self.get_unused_fd()
+            try:
+                file = self.system.open_path(self, path, flags)
+            except BaseException:
+                self.put_unused_fd(fd)
+                raise
+            self.fd_install(fd, file)
+            return fd
 
     def close(self, fd: int) -> None:
         """Drop ``fd``; the file's :meth:`~FakeFile.release` runs when it was
@@ -247,7 +295,8 @@ class FakeBackend(Backend):
             os.close(fd)  # a real fd (eventfd, memfd): the real close
             return
         os.close(fd)
-        entry.file.release()
+        with running(self.system):
+            entry.file.release()
 
     def ioctl(self, fd: int, request: int, arg: IoctlArg = 0) -> int:
         """:meth:`FakeFile.ioctl` of the file behind ``fd``, under the
@@ -257,7 +306,11 @@ class FakeBackend(Backend):
             raise TypeError(f"an ioctl argument is an int or a cffi pointer, not {type(arg).__name__}")
         file = self.file(fd)
         with self.system.lock:
-            return file.ioctl(request, arg)
+            token = enter(self.system)
+            try:
+                return file.ioctl(request, arg)
+            finally:
+                leave(token)
 
     def pread(self, fd: int, size: int, offset: int) -> bytes:
         """The fake file's :meth:`~FakeFile.pread`, or the real pread(2) for
@@ -266,7 +319,11 @@ class FakeBackend(Backend):
         if file is None:
             return os.pread(fd, size, offset)
         with self.system.lock:
-            return file.pread(size, offset)
+            token = enter(self.system)
+            try:
+                return file.pread(size, offset)
+            finally:
+                leave(token)
 
     def pwrite(self, fd: int, data: bytes | bytearray | memoryview, offset: int) -> int:
         """The fake file's :meth:`~FakeFile.pwrite`, or the real pwrite(2)
@@ -275,7 +332,11 @@ class FakeBackend(Backend):
         if file is None:
             return os.pwrite(fd, data, offset)
         with self.system.lock:
-            return file.pwrite(bytes(data), offset)
+            token = enter(self.system)
+            try:
+                return file.pwrite(bytes(data), offset)
+            finally:
+                leave(token)
 
     def read(self, fd: int, size: int) -> bytes:
         """The fake file's :meth:`~FakeFile.read`, or the real read(2) for
@@ -284,7 +345,11 @@ class FakeBackend(Backend):
         if file is None:
             return os.read(fd, size)
         with self.system.lock:
-            return file.read(size)
+            token = enter(self.system)
+            try:
+                return file.read(size)
+            finally:
+                leave(token)
 
     def write(self, fd: int, data: bytes | bytearray | memoryview) -> int:
         """The fake file's :meth:`~FakeFile.write`, or the real write(2) for
@@ -293,7 +358,11 @@ class FakeBackend(Backend):
         if file is None:
             return os.write(fd, data)
         with self.system.lock:
-            return file.write(bytes(data))
+            token = enter(self.system)
+            try:
+                return file.write(bytes(data))
+            finally:
+                leave(token)
 
     def exists(self, path: str) -> bool:
         """Whether the simulated machine has ``path`` (a device node or a
@@ -316,7 +385,11 @@ class FakeBackend(Backend):
             # Anonymous memory, memfds and other real files: real mmap.
             return self._real.mmap(length, prot, flags, fd, offset)
         with self.system.lock:
-            return file.mmap(length, prot, flags, offset)
+            token = enter(self.system)
+            try:
+                return file.mmap(length, prot, flags, offset)
+            finally:
+                leave(token)
 
     def memfd_create(self, name: str, flags: int = 0) -> int:
         """A real memfd (memory the fake's IOMMU can map by address)."""

@@ -19,6 +19,10 @@ What a user pointer may reach, checked before any byte moves:
   ``/proc/self/maps`` shows it: anything else is EFAULT, never a fault of
   the interpreter.
 
+Each copy is an injection point of :mod:`pyvfio.fake.fault_inject`
+(kinds ``copy_from_user`` and ``copy_to_user``, should_fail_usercopy):
+while an injector is armed it may fail with EFAULT before any byte moves.
+
 Arguments that are neither an int nor a cffi pointer are refused with
 :class:`TypeError`, as :class:`~pyvfio.backend.kernel.KernelBackend` does.
 """
@@ -33,6 +37,7 @@ from typing import Any
 
 from .._uapi import ffi
 from ..backend.base import IoctlArg
+from . import fault_inject
 
 __all__ = [
     "TASK_SIZE_MAX",
@@ -98,6 +103,8 @@ def copy_from_user(address: int, length: int) -> bytes:
     """copy_from_user of ``length`` bytes at a raw user ``address``."""
     if length <= 0:
         return b""
+    if fault_inject.ARMED:  # should_fail_usercopy
+        fault_inject.inject("copy_from_user")
     check_user_range(address, length, False)
     return bytes(ffi.buffer(ffi.cast("char *", address), length))
 
@@ -107,6 +114,8 @@ def copy_to_user(address: int, data: bytes | bytearray | memoryview) -> None:
     length = len(data)
     if length <= 0:
         return
+    if fault_inject.ARMED:  # should_fail_usercopy
+        fault_inject.inject("copy_to_user")
     check_user_range(address, length, True)
     ffi.memmove(ffi.cast("char *", address), bytes(data), length)
 
@@ -173,6 +182,8 @@ class UserPtr:
         """copy_from_user of ``length`` bytes at ``offset``."""
         if length <= 0:
             return b""
+        if fault_inject.ARMED:  # should_fail_usercopy
+            fault_inject.inject("copy_from_user")
         self.check(offset, length, False)
         return bytes(ffi.buffer(ffi.cast("char *", self.address + offset), length))
 
@@ -181,6 +192,8 @@ class UserPtr:
         length = len(data)
         if length <= 0:
             return
+        if fault_inject.ARMED:  # should_fail_usercopy
+            fault_inject.inject("copy_to_user")
         self.check(offset, length, True)
         ffi.memmove(ffi.cast("char *", self.address + offset), bytes(data), length)
 

@@ -32,6 +32,14 @@ Fixtures:
     alone in a new IOMMU group, before the system is built.  The device's
     whole IOMMU group is bound to vfio-pci (bridges left alone), so that the
     group is viable; when it cannot be, the fixture fails and says why.
+``vfio_fault_walk``
+    A :class:`FaultWalker` for ``vfio_system``: ``vfio_fault_walk(fn)``
+    calls ``fn()`` once for every N = 1, 2, ... with the N-th operation of
+    the fake kernel failing (an fd, an iommufd object, pinning, an IOMMU
+    mapping, a user copy, an eventfd, an allocation), until ``fn`` has
+    fewer operations than N, and fails the test if a failure left
+    something behind in the fake or did not reach ``fn``'s caller as a
+    :class:`pyvfio.VfioError` (:func:`pyvfio.fake.fault_walk`).
 
 The real machine is kept out of these tests: from the setup of
 ``vfio_system`` to its teardown, a pyvfio object created without
@@ -56,7 +64,7 @@ import copy
 import sys
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Tuple, Type
 
 import pytest
 
@@ -66,7 +74,7 @@ from ..setup import binding
 
 if TYPE_CHECKING:
     from ..core.device import Device
-    from ..fake import PciDevice, System
+    from ..fake import FaultWalk, PciDevice, System
 
 __all__ = [
     "FakeVfioDevice",
@@ -74,6 +82,8 @@ __all__ = [
     "vfio_system",
     "vfio_backend",
     "vfio_device",
+    "vfio_fault_walk",
+    "FaultWalker",
     "DEFAULT_TOPOLOGY",
     "DEFAULT_MODEL",
 ]
@@ -376,3 +386,43 @@ def vfio_device(request: pytest.FixtureRequest, vfio_system: System) -> FakeVfio
         pytest.fail(f"vfio_device {bdf}: its IOMMU group is not usable after binding:\n"
                     f"{verdict.message()}", pytrace=False)
     return FakeVfioDevice(bdf, str(want["model"]), vfio_system, group)
+
+
+class FaultWalker:
+    """What the ``vfio_fault_walk`` fixture gives: the failure walk over
+    one fake machine (:func:`pyvfio.fake.fault_walk`)."""
+
+    def __init__(self, system: System) -> None:
+        #: The machine walked (the test's ``vfio_system``).
+        self.system = system
+        #: The walks run so far, in order.
+        self.walks: list[FaultWalk] = []
+
+    def __call__(self, fn: Callable[[], object], *, kinds: Iterable[str] | None = None,
+                 errno: int | None = None,
+                 expect: Tuple[Type[BaseException], ...] | None = None,
+                 check: bool = True) -> FaultWalk:
+        """Walk ``fn`` (see :func:`pyvfio.fake.fault_walk` for ``kinds``,
+        ``errno`` and ``expect``, default :class:`pyvfio.VfioError`); with
+        ``check`` the test fails, listing every N that left something behind
+        or raised another exception.  Returns the
+        :class:`~pyvfio.fake.FaultWalk` (``walk.steps``, ``walk.walked``,
+        ``walk.problems``)."""
+        from ..errors import VfioError
+        from ..fake import fault_walk
+
+        result = fault_walk(self.system, fn, kinds=kinds, errno=errno,
+                            expect=expect if expect is not None else (VfioError,))
+        self.walks.append(result)
+        if check and result.problems:
+            pytest.fail(f"{len(result.problems)} of {result.walked} injected failures went wrong:\n"
+                        + "\n".join(str(s) for s in result.problems), pytrace=False)
+        return result
+
+
+@pytest.fixture
+def vfio_fault_walk(vfio_system: System) -> FaultWalker:
+    """A :class:`FaultWalker` over ``vfio_system``: ``vfio_fault_walk(fn)``
+    runs ``fn`` with each of its kernel operations failing in turn and
+    fails the test on what a failure left behind."""
+    return FaultWalker(vfio_system)

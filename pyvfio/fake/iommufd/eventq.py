@@ -113,7 +113,16 @@ def iommufd_fault_alloc(ictx: IommufdFile, u: Ucmd) -> int:
     file = FaultFile(ictx.kernel, ictx, fault)
     fault.users += 1
     ictx.ctx_get()
-    fd = ictx.kernel.install(file)
+    try:
+        fd = ictx.kernel.install(file)
+    except BaseException:
+        # iommufd_eventq_init: fput of the new file when no fd can be had
+        # (its release drops the object's and the context's references),
+        # then iommufd_fault_alloc's out_abort:
+        # iommufd_object_abort_and_destroy
+        file.release()
+        ictx.object_abort_and_destroy(fault)
+        raise
     cmd.out_fault_id = fault.id
     cmd.out_fault_fd = fd
     try:

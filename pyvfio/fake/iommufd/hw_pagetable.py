@@ -82,6 +82,10 @@ def iommufd_hwpt_paging_alloc(ictx: IommufdFile, ioas: Ioas, idev: Idev, pasid: 
     ioas.users += 1
     hwpt.nest_parent = bool(flags & lib.IOMMU_HWPT_ALLOC_NEST_PARENT)
     try:
+        fi = system.fault_inject
+        if fi.armed:
+            # iommu_paging_domain_alloc: the domain's allocation failing
+            fi.maybe_fail("alloc")
         domain_alloc_paging_flags(system, idev, flags & ~lib.IOMMU_HWPT_FAULT_ID_VALID,
                                   user_data)
         hwpt.dirty_ops = bool(flags & lib.IOMMU_HWPT_ALLOC_DIRTY_TRACKING)

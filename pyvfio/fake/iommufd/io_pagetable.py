@@ -29,6 +29,7 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
+from .. import fault_inject
 from ..core import errno_error
 from ..intervals import IntervalMap
 from ._spans import ULONG_MAX, lowest_bit, merge_spans, roundup_pow_of_two, span_holes
@@ -509,6 +510,9 @@ class IoPagetable:
             for area in areas:
                 area.pages.fill(area, maps)
                 done.append(area)
+                if fault_inject.ARMED:
+                    # iopt_area_fill_domains: iommu_map of the area failing
+                    fault_inject.inject("domain_map")
         except BaseException:
             for area in done:
                 area.pages.unfill(area)
@@ -644,13 +648,18 @@ class IoPagetable:
             ranges.append((end + 1, ULONG_MAX))
         # iopt_table_add_domain: EADDRINUSE when a mapping is outside the aperture
         self._reserve_many(ranges, domain)
-        if not self.domains:
-            try:
+        try:
+            if not self.domains:
                 maps = MapsSnapshot() if len(self.areas) > 1 else None
                 self._fill_areas((area for _s, _l, area in self.areas), maps)
-            except BaseException:
-                self.remove_reserved_iova(domain)
-                raise
+            elif self.areas and fault_inject.ARMED:
+                # iopt_fill_domain: iommu_map of the pinned areas into the
+                # new domain failing
+                fault_inject.inject("domain_map")
+        except BaseException:
+            # iopt_table_add_domain: out_unreserve
+            self.remove_reserved_iova(domain)
+            raise
         self.iova_alignment = new_alignment
         self.domains.append(domain)
 

@@ -197,6 +197,10 @@ class IommufdFile(FakeFile):
     def object_alloc(self, obj: IommufdObject) -> None:
         """_iommufd_object_alloc: the lowest free ID from 1 (xa_alloc with
         XA_FLAGS_ALLOC1 and xa_limit_31b), reserved until finalized."""
+        fi = self.system.fault_inject
+        if fi.armed:
+            # _iommufd_object_alloc: the kzalloc of the object failing
+            fi.maybe_fail("id_alloc")
         if self._free_ids:
             oid = heapq.heappop(self._free_ids)
         else:

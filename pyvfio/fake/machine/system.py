@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from . import topology as _topology
 from ..core import FakeBackend, FakeFile, FaultRecord, UserMemory, errno_error
+from ..fault_inject import FaultInjector
 from .chrdev import chrdev_open
 from .driver_core import device_driver_attach
 from .iommu import IommuGroup, IommuInfo, ReservedRegion, merge_reserved_regions
@@ -87,7 +88,10 @@ class System:
         self.topology_name: str = topo["name"]
         self._description: str | None = topo.get("description")
         self.memlock_limit: int = topo["memlock_limit"]
-        self.user_memory = UserMemory(lambda: self.memlock_limit)
+        #: Fault injection into the kernel's allocations and copies
+        #: (:mod:`pyvfio.fake.fault_inject`).
+        self.fault_inject = FaultInjector()
+        self.user_memory = UserMemory(lambda: self.memlock_limit, self.fault_inject)
         self.faults: list[FaultRecord] = []
         self.numa_nodes: int = topo["numa_nodes"]
         #: The kernel build the machine runs (the topology's ``kernel``

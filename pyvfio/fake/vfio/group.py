@@ -287,7 +287,16 @@ class GroupFile(FakeFile):
         # strndup_user: EFAULT for a bad pointer, EINVAL past PAGE_SIZE
         buf = _strndup_user(UserPtr(arg), _PAGE_SIZE).decode("latin-1")
         pdev = self.vfio_device_get_from_name(buf)
-        return self.kernel.install(self.vfio_device_open_file(pdev))
+        # vfio_group_ioctl_get_device_fd: the fd is reserved before the file
+        # is opened, and given back (put_unused_fd) when the open fails
+        fd = self.kernel.get_unused_fd()
+        try:
+            file = self.vfio_device_open_file(pdev)
+        except BaseException:
+            self.kernel.put_unused_fd(fd)
+            raise
+        self.kernel.fd_install(fd, file)
+        return fd
 
     def vfio_device_get_from_name(self, buf: str) -> PciDevice:
         """vfio_device_get_from_name: the group's device that matches

@@ -296,11 +296,16 @@ class Type1Iommu(IoDomain):
             pages = dma.size // self.system.page_size
             # vfio_pin_pages_remote: ENOMEM past RLIMIT_MEMLOCK
             self.system.user_memory.pin(pages)
+            dma.pinned = pages
+            fi = self.system.fault_inject
+            if fi.armed and self.groups:
+                # vfio_iommu_map: iommu_map into the domains failing
+                fi.maybe_fail("domain_map")
         except OSError:
-            # vfio_pin_map_dma: a failed pin removes the mapping
+            # vfio_pin_map_dma: a failed pin or map unpins what was pinned and
+            # removes the mapping (vfio_remove_dma)
             self.vfio_remove_dma(dma)
             raise
-        dma.pinned = pages
         dma.iommu_mapped = True
 
     # -- ops: groups -----------------------------------------------------------------
@@ -332,6 +337,15 @@ class Type1Iommu(IoDomain):
         if not self.system.type1_params["allow_unsafe_interrupts"] and not iommu.interrupt_remapping:
             # vfio_iommu_type1_attach_group: EPERM without interrupt remapping
             raise errno_error(errno.EPERM, "no interrupt remapping support")
+        fi = self.system.fault_inject
+        if fi.armed:
+            # vfio_iommu_type1_attach_group: the kzalloc of the vfio_domain
+            # and iommu_paging_domain_alloc failing
+            fi.maybe_fail("alloc")
+            if self.dma:
+                # vfio_iommu_replay: mapping the existing DMA into the new
+                # domain failing
+                fi.maybe_fail("domain_map")
         group.attach_domain(vgroup, self)
         self.groups.append(vgroup)
         self.vfio_update_pgsize_bitmap()

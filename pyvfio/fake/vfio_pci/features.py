@@ -107,7 +107,19 @@ def vfio_ioctl_device_feature_mig_device_state(vdev: VfioPciCore, flags: int, da
     except OSError:
         f.release()
         raise
-    out(device_state, f.install())
+    try:
+        fd = f.install()
+    except BaseException:
+        # vfio_ioct_mig_return_fd: no fd for the file: fput(filp)
+        f.release()
+        raise
+    try:
+        out(device_state, fd)
+    except BaseException:
+        # vfio_ioct_mig_return_fd: the fd could not be copied out: put_unused_fd
+        # and fput(filp)
+        f.kernel.close(fd)
+        raise
     return 0
 
 

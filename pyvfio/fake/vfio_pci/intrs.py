@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Callable
 from ..._uapi import lib
 from ...backend.base import IoctlArg
 from ..core import errno_error
+from .. import fault_inject
 from ..machine.pci import (
     IRQ_ERR,
     IRQ_INTX,
@@ -67,6 +68,10 @@ class Eventfd:
     the fd, so that the user closing theirs does not end it."""
 
     def __init__(self, fd: int) -> None:
+        if fault_inject.ARMED:
+            # the allocation that goes with taking the eventfd (the trigger
+            # name, the virqfd) failing
+            fault_inject.inject("eventfd_get")
         # eventfd_ctx_fdget: EBADF for a closed fd, EINVAL when not an eventfd
         try:
             st = os.fstat(fd)
@@ -365,6 +370,9 @@ def vfio_msi_set_vector_signal(vdev: VfioPciCore, vector: int, fd: int, msix: bo
         # vfio_msi_alloc_irq: MSI-X vectors are allocated on demand
         _msix_program(vdev, vector)
         vdev.msi_vectors.add(vector)
+    if fault_inject.ARMED:
+        # vfio_irq_ctx_alloc (and the kasprintf of the IRQ's name) failing
+        fault_inject.inject("alloc")
     trigger = Eventfd(fd)
     vdev.msi_triggers[vector] = trigger
     if msix and model.msix is not None:

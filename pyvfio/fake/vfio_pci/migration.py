@@ -240,7 +240,11 @@ class MigrationFile(FakeFile):
             view = os.open(f"/proc/self/fd/{self._data}", mode | os.O_CLOEXEC)
         except OSError:  # pragma: no cover - /proc without memfd reopening
             view = os.dup(self._data)
-        fd = self.kernel.install(self)
+        try:
+            fd = self.kernel.install(self)
+        except BaseException:
+            os.close(view)
+            raise
         os.dup2(view, fd, inheritable=False)
         self._view = view
         return fd

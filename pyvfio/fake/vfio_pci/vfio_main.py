@@ -122,10 +122,22 @@ class VfioDeviceFile(FakeFile):
             else:
                 # vfio_df_iommufd_bind + the compat IOAS attach
                 core.iommufd = iommufd
-                core.devid = int(iommufd.bind_device(self.pdev, self))
+                try:
+                    core.devid = int(iommufd.bind_device(self.pdev, self))
+                except BaseException:
+                    core.iommufd = None
+                    raise
                 compat = getattr(iommufd, "compat_attach_device", None)
                 if callable(compat):
-                    compat(core.devid)
+                    try:
+                        compat(core.devid)
+                    except BaseException:
+                        # vfio_df_group_open: a failed
+                        # vfio_iommufd_compat_attach_ioas closes the device
+                        # again (out_close_device: vfio_df_close ->
+                        # vfio_df_iommufd_unbind)
+                        self._iommufd_unbind()
+                        raise
                     core.iommufd_attached = True
         try:
             core.first_open()
