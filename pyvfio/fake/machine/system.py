@@ -154,6 +154,7 @@ class System:
         #: each, in topology order (the hierarchy is fixed: no hotplug).
         self.root_buses: dict[str, list[PciDevice]] = {}
         for d in self.devices.values():
+            d.fix_sysfs_path()
             if d.parent is None:
                 self.root_buses.setdefault(d.sysfs_path.split("/")[3], []).append(d)
         #: The enabled VFs of each PF (by the PF's address), in address
