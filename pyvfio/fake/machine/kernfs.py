@@ -5,6 +5,7 @@ children are generated from the machine's state when they are looked at.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from typing import Callable, Union
@@ -61,6 +62,7 @@ def show_text(s: str) -> Callable[[], bytes]:
     return lambda: s.encode()
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def rel(from_dir: str, target: str) -> str:
     """Relative link from directory ``from_dir`` to ``target`` (both under /sys)."""
     both = from_dir + "\0" + target

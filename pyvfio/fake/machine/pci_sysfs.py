@@ -92,7 +92,7 @@ def device_lookup(fs: Sysfs, pdev: PciDevice, name: str) -> Node | None:
     make = _STATIC_ATTRS.get(name)
     if make is not None:
         return make(fs, pdev)
-    return _state_nodes(fs, pdev).get(name)
+    return _state_node(fs, pdev, name)
 
 
 _SRIOV_NODES = ("physfn", "sriov_totalvfs", "sriov_numvfs")
@@ -146,28 +146,49 @@ def _device_attrs(fs: Sysfs, pdev: PciDevice) -> dict[str, Node]:
 def _state_nodes(fs: Sysfs, pdev: PciDevice) -> dict[str, Node]:
     """The attributes and links that come and go with the device's state
     (reset methods, driver, IOMMU group, vfio cdev)."""
-    base = pdev.sysfs_path
     out: dict[str, Node] = {}
-    if supported_reset_methods(pdev):
-        # pci_dev_reset_attr_is_visible / reset_method: only with a reset method
-        out["reset_method"] = Attr(show=lambda: reset_method_show(pdev),
-                                   store=lambda v: reset_method_store(pdev, v))
-        out["reset"] = Attr(store=lambda v: reset_store(pdev, v))
-    if pdev.driver is not None:
-        out["driver"] = Link(rel(base, f"/sys/bus/pci/drivers/{pdev.driver}"))
-    if pdev.group is not None:
-        out["iommu_group"] = Link(rel(base, f"/sys/kernel/iommu_groups/{pdev.group.id}"))
-        if fs.system.iommu is not None and pdev.group.name != "vfio-noiommu":
-            out["iommu"] = Link(rel(
-                base, f"/sys/devices/virtual/iommu/{fs.system.iommu.name}"))
-    cdev = pdev.vfio_cdev_name
-    if cdev is not None:
+    for name in _STATE_NODES:
+        node = _state_node(fs, pdev, name)
+        if node is not None:
+            out[name] = node
+    return out
+
+
+_STATE_NODES = ("reset_method", "reset", "driver", "iommu_group", "iommu", "vfio-dev")
+
+
+def _state_node(fs: Sysfs, pdev: PciDevice, name: str) -> Node | None:
+    """One of :data:`_STATE_NODES` as the device's state has it (None: absent)."""
+    if name in ("reset_method", "reset"):
+        if not supported_reset_methods(pdev):
+            # pci_dev_reset_attr_is_visible / reset_method: only with a reset method
+            return None
+        if name == "reset":
+            return Attr(store=lambda v: reset_store(pdev, v))
+        return Attr(show=lambda: reset_method_show(pdev),
+                    store=lambda v: reset_method_store(pdev, v))
+    base = pdev.sysfs_path
+    if name == "driver":
+        return None if pdev.driver is None else Link(
+            rel(base, f"/sys/bus/pci/drivers/{pdev.driver}"))
+    if name in ("iommu_group", "iommu"):
+        if pdev.group is None:
+            return None
+        if name == "iommu_group":
+            return Link(rel(base, f"/sys/kernel/iommu_groups/{pdev.group.id}"))
+        if fs.system.iommu is None or pdev.group.name == "vfio-noiommu":
+            return None
+        return Link(rel(base, f"/sys/devices/virtual/iommu/{fs.system.iommu.name}"))
+    if name == "vfio-dev":
+        cdev = pdev.vfio_cdev_name
+        if cdev is None:
+            return None
         index = pdev.vfio_index
-        out["vfio-dev"] = Dir(lambda: {cdev: Dir(lambda: {
+        return Dir(lambda: {cdev: Dir(lambda: {
             "dev": Attr(show=show_text(f"{VFIO_CDEV_MAJOR}:{index}\n")),
             "subsystem": Link(rel(f"{base}/vfio-dev/{cdev}", "/sys/class/vfio-dev")),
         })})
-    return out
+    return None
 
 
 def descendants(pdev: PciDevice) -> list[PciDevice]:
