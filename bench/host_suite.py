@@ -404,6 +404,124 @@ def fake_ready(reps: int, target_s: float) -> Result:
                   interleaved({name: batch}, iters, reps), params={"iters": iters, "reps": reps})
 
 
+# -- fake kernel and setup layer: scaling with their inputs -----------------------------------
+ALLOW_RANGES = 100_000
+STATUS_DEVICES = 10_000
+STRUCT_TAIL = 256 << 20
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter_ns()
+    fn()
+    return float(time.perf_counter_ns() - t0)
+
+
+def fake_allow_iovas(reps: int, counts: tuple[int, ...] = (1_000, ALLOW_RANGES)) -> Result:
+    """IOMMU_IOAS_ALLOW_IOVAS of ``n`` disjoint 4 KiB ranges, given in
+    reverse order in plain user memory (an address, checked against the
+    process's mappings as any user pointer), on the fake kernel."""
+    from pyvfio.fake import System
+
+    system = System("minimal")
+    b = system.backend
+    fd = b.open("/dev/iommu")
+    alloc = ffi.new("struct iommu_ioas_alloc *", {"size": ffi.sizeof("struct iommu_ioas_alloc")})
+    b.ioctl(fd, lib.IOMMU_IOAS_ALLOC, alloc)
+    samples: dict[str, list[float]] = {}
+    try:
+        for n in counts:
+            buf = mmap.mmap(-1, max(n, 1) * 16)
+            arr = ffi.cast("struct iommu_iova_range *", ffi.from_buffer(buf))
+            for i in range(n):
+                arr[i].start = (1 << 30) + 2 * (n - 1 - i) * PAGE
+                arr[i].last = arr[i].start + PAGE - 1
+            cmd = ffi.new("struct iommu_ioas_allow_iovas *", {
+                "size": ffi.sizeof("struct iommu_ioas_allow_iovas"),
+                "ioas_id": alloc.out_ioas_id, "num_iovas": n,
+                "allowed_iovas": int(ffi.cast("uintptr_t", arr))})
+            samples[f"{n // 1000}k ranges"] = [
+                _timed(lambda: b.ioctl(fd, lib.IOMMU_IOAS_ALLOW_IOVAS, cmd)) for _ in range(reps)]
+            del arr
+            buf.close()
+    finally:
+        b.close(fd)
+    top = f"{max(counts) // 1000}k ranges"
+    return Result("fake.allow_iovas", "fake IOMMU_IOAS_ALLOW_IOVAS with many ranges", "ns",
+                  samples, limits=[(top, 2e9)], params={"reps": reps, "counts": list(counts)},
+                  notes="reverse-ordered 4 KiB ranges in mmap'd user memory")
+
+
+def setup_status(reps: int, devices: int = STATUS_DEVICES) -> Result:
+    """``pyvfio --fake FILE status --json`` (``pyvfio.setup.cli.main``, output
+    discarded) on the shipped default machine with ``devices`` more: PCIe
+    root ports, each with a PF and 199 of its VFs (tests/fixtures/big_topology.py)."""
+    import io
+    import json
+    import tempfile
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from fixtures.big_topology import big_topology
+    from pyvfio.setup.cli import main
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "big.json"
+        path.write_text(json.dumps(big_topology(devices)))
+
+        def status() -> None:
+            with contextlib.redirect_stdout(io.StringIO()):
+                main(["--fake", str(path), "status", "--json"])
+
+        name = f"status --json, default + {devices} devices"
+        cpu = f"{name}, CPU time"
+        samples: dict[str, list[float]] = {name: [], cpu: []}
+        for _ in range(reps):
+            c0 = time.process_time_ns()
+            samples[name].append(_timed(status))
+            samples[cpu].append(float(time.process_time_ns() - c0))
+    return Result("setup.status_scale", "pyvfio status on a machine with many devices (fake)",
+                  "ns", samples, limits=[(name, 5e9)], params={"reps": reps, "devices": devices},
+                  notes="includes building the fake system from the topology file; the CPU "
+                        "time is the process's (the wall clock counts a busy host's other jobs)")
+
+
+def fake_struct_tail(reps: int, size: int = STRUCT_TAIL) -> Result:
+    """IOMMU_IOAS_ALLOC with ``size`` (the struct's size field) ``size``
+    bytes: copy_struct_from_user checks the zero tail past the kernel's
+    struct (check_zeroed_user).  The memory is untouched private anonymous
+    memory (reads see the zero page)."""
+    import tracemalloc
+
+    from pyvfio.fake import System
+
+    system = System("minimal")
+    b = system.backend
+    fd = b.open("/dev/iommu")
+    buf = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    where = ffi.from_buffer(buf)
+    head = ffi.cast("struct iommu_ioas_alloc *", where)
+    head.size = size
+    address = int(ffi.cast("uintptr_t", where))
+    times, peaks = [], []
+    try:
+        for _ in range(reps):
+            tracemalloc.start()
+            times.append(_timed(lambda: b.ioctl(fd, lib.IOMMU_IOAS_ALLOC, address)))
+            peaks.append(tracemalloc.get_traced_memory()[1])
+            tracemalloc.stop()
+        untraced = [_timed(lambda: b.ioctl(fd, lib.IOMMU_IOAS_ALLOC, address))
+                    for _ in range(reps)]
+    finally:
+        b.close(fd)
+        del head, where
+        buf.close()
+    name = f"{size >> 20} MiB struct"
+    return Result("fake.struct_tail", "fake copy_struct_from_user of a 256 MiB struct size",
+                  "ns", {name: untraced, f"{name}, under tracemalloc": times},
+                  limits=[(name, 1e9)],
+                  params={"reps": reps, "size": size, "peak_bytes": max(peaks)},
+                  notes=f"peak Python allocation during the ioctl: {max(peaks) / 1024:.0f} KiB")
+
+
 def run(reps: int, quick: bool, log: Callable[[str], None] = print) -> list[Result]:
     target = 0.05 if quick else 0.15
     exe = harness.build_c(log)
@@ -419,5 +537,11 @@ def run(reps: int, quick: bool, log: Callable[[str], None] = print) -> list[Resu
     scales = SCALES[:2] if quick else SCALES
     for kind in ("ioas", "type1"):
         results.append(fake_scaling(kind, reps, target, scales, log))
+    log(f"bench: fake IOMMU_IOAS_ALLOW_IOVAS with {ALLOW_RANGES} ranges")
+    results.append(fake_allow_iovas(reps))
+    log(f"bench: fake copy_struct_from_user, {STRUCT_TAIL >> 20} MiB struct size")
+    results.append(fake_struct_tail(reps))
+    log(f"bench: pyvfio status with {STATUS_DEVICES} more devices")
+    results.append(setup_status(1 if quick else 3))
     return results
 

@@ -11,7 +11,7 @@ mappings.
 
 from __future__ import annotations
 
-from typing import Generic, Iterator, TypeVar
+from typing import Generic, Iterable, Iterator, TypeVar
 
 from .._sorted import SortedKeys
 
@@ -31,6 +31,16 @@ class IntervalMap(Generic[V]):
     def __init__(self) -> None:
         self._starts = SortedKeys()
         self._entries: dict[int, tuple[int, V]] = {}  # start -> (last, value)
+
+    @classmethod
+    def from_sorted(cls, items: Iterable[tuple[int, int, V]]) -> IntervalMap[V]:
+        """A map of ``(start, last, value)`` intervals given sorted by start
+        and disjoint (not checked: the caller has), built in O(n)."""
+        out: IntervalMap[V] = cls()
+        for start, last, value in items:
+            out._entries[start] = (last, value)
+            out._starts.add(start)
+        return out
 
     # -- basic container protocol -------------------------------------------
     def __len__(self) -> int:

@@ -236,9 +236,38 @@ class UserPtr:
         (E2BIG), a smaller one is zero-extended."""
         ksize = int(ffi.sizeof(ctype))
         if usize > ksize:
-            tail = self.read(ksize, usize - ksize)
-            if any(tail):
-                raise OSError(errno.E2BIG, f"{os.strerror(errno.E2BIG)} (unknown trailing bytes are not zero)")
+            # check_zeroed_user: the tail is read in chunks up to its first
+            # nonzero byte (E2BIG), never copied whole.  One access check
+            # covers the whole tail; where it fails, the readable part
+            # before the fault is found (bisecting) and read, so that a
+            # nonzero byte before the fault gives E2BIG and the fault
+            # EFAULT, as the kernel's word-by-word walk does.
+            rest = usize - ksize
+            fault: OSError | None = None
+            readable = rest
+            try:
+                self.check(ksize, rest, False)
+            except OSError as e:
+                if e.errno != errno.EFAULT:
+                    raise
+                fault = e
+                lo, hi = 0, rest  # lo bytes are readable, hi are not
+                while hi - lo > 1:
+                    mid = (lo + hi) // 2
+                    try:
+                        self.check(ksize, mid, False)
+                        lo = mid
+                    except OSError:
+                        hi = mid
+                readable = lo
+            chunk = 64 << 10
+            zeros = bytes(min(chunk, readable))
+            for offset in range(ksize, ksize + readable, chunk):
+                n = min(chunk, ksize + readable - offset)
+                if ffi.buffer(ffi.cast("char *", self.address + offset), n)[:] != zeros[:n]:
+                    raise OSError(errno.E2BIG, f"{os.strerror(errno.E2BIG)} (unknown trailing bytes are not zero)")
+            if fault is not None:
+                raise fault
         return self.read_struct(ctype, 0, usize)
 
     def __add__(self, offset: int) -> UserPtr:

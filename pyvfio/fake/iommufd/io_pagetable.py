@@ -371,15 +371,19 @@ class IoPagetable:
         return span_holes(self._reserved_merged, 0, ULONG_MAX)
 
     # -- allowed ranges ------------------------------------------------------------------
-    def set_allow_iova(self, ranges: list[tuple[int, int]]) -> None:
-        """iopt_set_allow_iova: EADDRINUSE when an allowed range overlaps a
-        reserved one (mappings outside the allowed ranges are fine)."""
-        for start, last in ranges:
-            if self.reserved_overlaps(start, last):
+    def set_allow_iova(self, allowed: IntervalMap[None]) -> None:
+        """iopt_set_allow_iova: make ``allowed`` the allowed ranges, unless
+        one of them overlaps a reserved range (EADDRINUSE).  Mappings
+        outside the allowed ranges are fine (the kernel does not look at
+        the areas here)."""
+        reserved = self._reserved_merged
+        j, n = 0, len(reserved)
+        for start, last, _ in allowed:  # both sorted: one sweep
+            while j < n and reserved[j][1] < start:
+                j += 1
+            if j < n and reserved[j][0] <= last:
+                # iopt_set_allow_iova: EADDRINUSE over a reserved range
                 raise errno_error(errno.EADDRINUSE, f"[{start:#x}, {last:#x}] is reserved")
-        allowed: IntervalMap[None] = IntervalMap()
-        for start, last in ranges:
-            allowed.insert(start, last, None)
         self.allowed = allowed
 
     # -- IOVA allocation -----------------------------------------------------------------

@@ -10,10 +10,12 @@ ioctl table of :mod:`.main`; the page table work is :mod:`.io_pagetable`.
 from __future__ import annotations
 
 import errno
+import struct
 from typing import TYPE_CHECKING, Any
 
 from ..._uapi import ffi, lib
 from ..core import errno_error
+from ..intervals import IntervalMap
 from ..uaccess import UserPtr
 from .io_pagetable import (
     HPAGE_SIZE,
@@ -30,7 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAP_FLAGS", "conv_iommu_prot", "iommufd_ioas_alloc", "iommufd_ioas_alloc_ioctl",
-    "iommufd_ioas_iova_ranges", "iommufd_ioas_allow_iovas", "iommufd_ioas_map",
+    "iommufd_ioas_iova_ranges", "iommufd_ioas_load_iovas", "iommufd_ioas_allow_iovas", "iommufd_ioas_map",
     "iommufd_ioas_map_file", "iommufd_ioas_copy", "iommufd_ioas_unmap",
     "iommufd_ioas_change_process", "iommufd_ioas_noiommu_get_pa", "iommufd_ioas_option",
 ]
@@ -39,6 +41,11 @@ __all__ = [
 MAP_FLAGS = (lib.IOMMU_IOAS_MAP_FIXED_IOVA | lib.IOMMU_IOAS_MAP_WRITEABLE
              | lib.IOMMU_IOAS_MAP_READABLE)
 _RANGE_SIZE = int(ffi.sizeof("struct iommu_iova_range"))
+#: struct iommu_iova_range as bytes: ``start`` and ``last``, two native u64
+_RANGE = struct.Struct("=QQ")
+assert _RANGE.size == _RANGE_SIZE and ffi.offsetof("struct iommu_iova_range", "last") == 8
+#: ranges per copy of IOMMU_IOAS_ALLOW_IOVAS's and _IOVA_RANGES's arrays (64 KiB)
+_LOAD_CHUNK = 4096
 
 
 def conv_iommu_prot(flags: int) -> int:
@@ -90,19 +97,70 @@ def iommufd_ioas_iova_ranges(ictx: IommufdFile, u: Ucmd) -> int:
     ranges = UserPtr.from_value(cmd.allowed_iovas)
     cmd.num_iovas = 0
     cmd.out_iova_alignment = ioas.iopt.iova_alignment
-    count = 0
-    for start, last in ioas.iopt.iova_ranges():
-        if count < max_iovas:
-            elm = ffi.new("struct iommu_iova_range *", {"start": start, "last": last})
-            # copy_to_user: EFAULT for a bad array
-            ranges.write_struct(elm, count * _RANGE_SIZE)
-        count += 1
+    spans = ioas.iopt.iova_ranges()
+    count = len(spans)
+    # copy_to_user of each range that fits: EFAULT for a bad array (written
+    # here in chunks, range by range only where a chunk faults, so that the
+    # ranges before the fault are written as the kernel writes them)
+    for first in range(0, min(count, max_iovas), _LOAD_CHUNK):
+        chunk = spans[first:min(first + _LOAD_CHUNK, max_iovas)]
+        data = b"".join(_RANGE.pack(start, last) for start, last in chunk)
+        try:
+            ranges.write(first * _RANGE_SIZE, data)
+        except OSError as e:
+            if e.errno != errno.EFAULT:
+                raise
+            for i in range(len(chunk)):
+                off = i * _RANGE_SIZE
+                ranges.write((first + i) * _RANGE_SIZE, data[off:off + _RANGE_SIZE])
     cmd.num_iovas = count
     u.respond()
     if count > max_iovas:
         # iommufd_ioas_iova_ranges: EMSGSIZE (after reporting the count)
         raise errno_error(errno.EMSGSIZE, f"{count} ranges, room for {max_iovas}")
     return 0
+
+
+def iommufd_ioas_load_iovas(user: UserPtr, num: int) -> IntervalMap[None]:
+    """iommufd_ioas_load_iovas: the ``num`` ranges of the user array as a
+    new tree of allowed ranges.
+
+    The kernel copies one range at a time and looks each up in the tree
+    built so far; here the array is copied in chunks (one access check per
+    chunk, element by element only where a chunk faults) and checked by
+    sorting, which gives the same verdict: EINVAL when any range read
+    before a fault is inverted or overlaps another, else EFAULT for the
+    fault."""
+    ranges: list[tuple[int, int]] = []
+    fault: OSError | None = None
+    for first in range(0, num, _LOAD_CHUNK):
+        count = min(_LOAD_CHUNK, num - first)
+        try:
+            data = user.read(first * _RANGE_SIZE, count * _RANGE_SIZE)
+        except OSError as e:
+            if e.errno != errno.EFAULT:
+                raise
+            # iommufd_ioas_load_iovas: EFAULT at the first unreadable range
+            for i in range(first, first + count):
+                try:
+                    ranges.extend(_RANGE.iter_unpack(user.read(i * _RANGE_SIZE, _RANGE_SIZE)))
+                except OSError as fe:
+                    fault = fe
+                    break
+            break
+        ranges.extend(_RANGE.iter_unpack(data))
+    for start, last in ranges:
+        if start >= last:
+            # iommufd_ioas_load_iovas: EINVAL for an empty or inverted range
+            raise errno_error(errno.EINVAL, f"range [{start:#x}, {last:#x}] is invalid")
+    ranges.sort()
+    for (_s, prev_last), (start, last) in zip(ranges, ranges[1:]):
+        if start <= prev_last:
+            # iommufd_ioas_load_iovas: EINVAL for overlapping ranges
+            raise errno_error(errno.EINVAL, f"range [{start:#x}, {last:#x}] overlaps another")
+    if fault is not None:
+        raise fault
+    return IntervalMap.from_sorted((start, last, None) for start, last in ranges)
 
 
 def iommufd_ioas_allow_iovas(ictx: IommufdFile, u: Ucmd) -> int:
@@ -112,20 +170,8 @@ def iommufd_ioas_allow_iovas(ictx: IommufdFile, u: Ucmd) -> int:
         # iommufd_ioas_allow_iovas: EOPNOTSUPP for a nonzero __reserved
         raise errno_error(errno.EOPNOTSUPP, "__reserved must be 0")
     ioas: Ioas = ictx.get_object(int(cmd.ioas_id), OBJ_IOAS)
-    ranges: list[tuple[int, int]] = []
-    user = UserPtr.from_value(cmd.allowed_iovas)
-    for i in range(int(cmd.num_iovas)):
-        # iommufd_ioas_load_iovas: EFAULT for a bad array
-        elm = user.read_struct("struct iommu_iova_range", i * _RANGE_SIZE)
-        start, last = int(elm.start), int(elm.last)
-        if start >= last:
-            # iommufd_ioas_load_iovas: EINVAL for an empty or inverted range
-            raise errno_error(errno.EINVAL, f"range [{start:#x}, {last:#x}] is invalid")
-        if any(s <= last and start <= l for s, l in ranges):
-            # iommufd_ioas_load_iovas: EINVAL for overlapping ranges
-            raise errno_error(errno.EINVAL, f"range [{start:#x}, {last:#x}] overlaps another")
-        ranges.append((start, last))
-    ioas.iopt.set_allow_iova(ranges)
+    allowed = iommufd_ioas_load_iovas(UserPtr.from_value(cmd.allowed_iovas), int(cmd.num_iovas))
+    ioas.iopt.set_allow_iova(allowed)
     return 0
 
 

@@ -18,31 +18,51 @@ if TYPE_CHECKING:
     from .pci_device import PciDevice
     from .sysfs import Sysfs
 
-__all__ = ["virtfns", "sriov_nodes"]
+__all__ = ["virtfns", "sriov_nodes", "sriov_lookup"]
 
 
 def virtfns(fs: Sysfs, pf: PciDevice) -> list[PciDevice]:
     """The enabled VFs of ``pf``, in routing-ID order (virtfn0 first)."""
-    return sorted((d for d in fs.system.devices.values() if d.spec.get("physfn") == pf.bdf),
-                  key=lambda d: d.bdf)
+    return list(fs.system.vfs.get(pf.bdf, ()))
 
 
 def sriov_nodes(fs: Sysfs, pdev: PciDevice) -> dict[str, Node]:
     """The SR-IOV nodes of ``pdev``'s folder (none for a function without SR-IOV)."""
+    out = _sriov_attrs(fs, pdev)
+    if "sriov_totalvfs" in out:
+        base = pdev.sysfs_path
+        for i, vf in enumerate(virtfns(fs, pdev)):
+            out[f"virtfn{i}"] = Link(rel(base, vf.sysfs_path))
+    return out
+
+
+def sriov_lookup(fs: Sysfs, pdev: PciDevice, name: str) -> Node | None:
+    """``sriov_nodes(fs, pdev).get(name)`` without building every
+    ``virtfnN`` link."""
+    if name.startswith("virtfn"):
+        index = name[len("virtfn"):]
+        if pdev.spec.get("sriov_totalvfs") is None or not index.isdigit() \
+                or str(int(index)) != index:
+            return None
+        vfs = fs.system.vfs.get(pdev.bdf, ())
+        if int(index) >= len(vfs):
+            return None
+        return Link(rel(pdev.sysfs_path, vfs[int(index)].sysfs_path))
+    return _sriov_attrs(fs, pdev).get(name)
+
+
+def _sriov_attrs(fs: Sysfs, pdev: PciDevice) -> dict[str, Node]:
+    """``physfn``, ``sriov_totalvfs`` and ``sriov_numvfs`` (what applies)."""
     out: dict[str, Node] = {}
-    base = pdev.sysfs_path
     physfn = pdev.spec.get("physfn")
     if physfn is not None and physfn in fs.system.devices:
-        out["physfn"] = Link(rel(base, fs.system.devices[physfn].sysfs_path))
+        out["physfn"] = Link(rel(pdev.sysfs_path, fs.system.devices[physfn].sysfs_path))
     total = pdev.spec.get("sriov_totalvfs")
     if total is None:
         return out
-    vfs = virtfns(fs, pdev)
     out["sriov_totalvfs"] = Attr(show=show_text(f"{total}\n"))
     out["sriov_numvfs"] = Attr(show=lambda: f"{len(virtfns(fs, pdev))}\n".encode(),
                                store=lambda v: sriov_numvfs_store(fs, pdev, v))
-    for i, vf in enumerate(vfs):
-        out[f"virtfn{i}"] = Link(rel(base, vf.sysfs_path))
     return out
 
 

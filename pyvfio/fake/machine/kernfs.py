@@ -5,6 +5,7 @@ children are generated from the machine's state when they are looked at.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from typing import Callable, Union
@@ -61,9 +62,21 @@ def show_text(s: str) -> Callable[[], bytes]:
     return lambda: s.encode()
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def rel(from_dir: str, target: str) -> str:
     """Relative link from directory ``from_dir`` to ``target`` (both under /sys)."""
-    return os.path.relpath(target, from_dir)
+    both = from_dir + "\0" + target
+    if from_dir[:1] != "/" or target[:1] != "/" or "/." in both or "//" in both \
+            or from_dir.endswith("/") or target.endswith("/"):
+        return os.path.relpath(target, from_dir)
+    # both absolute and normal: what os.path.relpath gives, by components
+    a, b = from_dir.split("/"), target.split("/")
+    common = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        common += 1
+    return "/".join([".."] * (len(a) - common) + b[common:]) or "."
 
 
 def attrs(values: dict[str, str]) -> dict[str, Node]:

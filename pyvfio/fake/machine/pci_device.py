@@ -66,6 +66,7 @@ class PciDevice:
                                for r in spec.get("reserved_regions", [])]
         self.group: IommuGroup | None = None
         self.parent: PciDevice | None = None
+        self._sysfs_path: str | None = None  # set by fix_sysfs_path
         self.children: list[PciDevice] = []
         self.driver: str | None = None
         self.driver_override: str | None = None
@@ -139,6 +140,8 @@ class PciDevice:
     @property
     def sysfs_path(self) -> str:
         """Canonical path under /sys/devices."""
+        if self._sysfs_path is not None:
+            return self._sysfs_path
         chain: list[str] = []
         dev: PciDevice | None = self
         while dev is not None:
@@ -146,6 +149,12 @@ class PciDevice:
             dev = dev.parent
         root = f"pci{self.bdf[:4]}:{chain[-1][5:7]}"
         return "/sys/devices/" + "/".join([root] + chain[::-1])
+
+    def fix_sysfs_path(self) -> None:
+        """Remember :attr:`sysfs_path` once the bridge hierarchy is built
+        (it is fixed: no hotplug)."""
+        self._sysfs_path = None
+        self._sysfs_path = self.sysfs_path
 
     def config_bytes(self) -> bytes:
         """The configuration space as sysfs ``config`` shows it."""

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import errno
 import functools
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from ..core import errno_error
 from .chrdev import VFIO_CDEV_MAJOR
 from .host_use import host_device_nodes
-from .iov import sriov_nodes
+from .iov import sriov_lookup, sriov_nodes
 from .kernfs import Attr, Dir, Link, Node, rel, show_text
 from .kstrtox import parse_int, parse_uint
 from .resets import reset_method_show, reset_method_store, reset_store, supported_reset_methods
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from .pci_device import PciDevice
     from .sysfs import Sysfs
 
-__all__ = ["pci_root_dir", "pci_root", "device_dir"]
+__all__ = ["pci_root_dir", "pci_root", "device_node", "device_dir", "device_lookup"]
 
 #: PAGE_SIZE: what a sysfs write can hold.
 PAGE_SIZE = 4096
@@ -46,68 +46,149 @@ def _pci_root_lookup(fs: Sysfs, root: str, name: str) -> Node | None:
     pdev = fs.system.devices.get(name)
     if pdev is None or pdev.parent is not None or pdev.sysfs_path.split("/")[3] != root:
         return None
-    return Dir(lambda: device_dir(fs, pdev))
+    return device_node(fs, pdev)
 
 
 def pci_root(fs: Sysfs, root: str) -> dict[str, Node]:
     """The devices on root bus ``root`` (``pci0000:00``) under /sys/devices."""
     return {
-        pdev.bdf: Dir(lambda p=pdev: device_dir(fs, p))  # type: ignore[misc]
-        for pdev in fs.system.root_buses.get(root, ())
+        pdev.bdf: device_node(fs, pdev) for pdev in fs.system.root_buses.get(root, ())
     }
+
+
+def device_node(fs: Sysfs, pdev: PciDevice) -> Dir:
+    """The folder of ``pdev`` as a node: a listing builds every entry
+    (:func:`device_dir`), a path walk through it only the one it names
+    (:func:`device_lookup`)."""
+    return Dir(functools.partial(device_dir, fs, pdev), functools.partial(device_lookup, fs, pdev))
 
 
 def device_dir(fs: Sysfs, pdev: PciDevice) -> dict[str, Node]:
     """The folder of ``pdev``: its attributes, links and child devices."""
-    base = pdev.sysfs_path
-    out: dict[str, Node] = {
-        "vendor": Attr(show=lambda: f"0x{pdev.vendor:04x}\n".encode()),
-        "device": Attr(show=lambda: f"0x{pdev.device:04x}\n".encode()),
-        "subsystem_vendor": Attr(show=lambda: f"0x{pdev.subsystem_vendor:04x}\n".encode()),
-        "subsystem_device": Attr(show=lambda: f"0x{pdev.subsystem_device:04x}\n".encode()),
-        "revision": Attr(show=lambda: f"0x{pdev.revision:02x}\n".encode()),
-        "class": Attr(show=lambda: f"0x{pdev.class_code:06x}\n".encode()),
-        "config": Attr(show=pdev.config_bytes),
-        "resource": Attr(show=lambda: resource_show(pdev)),
-        "modalias": Attr(show=lambda: modalias_show(pdev)),
-        "enable": Attr(show=lambda: f"{pdev.enable_cnt}\n".encode(),
-                       store=lambda v: enable_store(pdev, v)),
-        "numa_node": Attr(show=lambda: f"{pdev.numa_node}\n".encode(),
-                          store=lambda v: numa_node_store(fs, pdev, v)),
-        "driver_override": Attr(
-            show=lambda: f"{pdev.driver_override if pdev.driver_override is not None else '(null)'}\n".encode(),
-            store=lambda v: driver_override_store(pdev, v)),
-        "subsystem": Link(rel(base, "/sys/bus/pci")),
+    out = _device_attrs(fs, pdev)
+    out.update(sriov_nodes(fs, pdev))
+    out.update(_bridge_nodes(pdev))
+    for child in pdev.children:
+        out[child.bdf] = device_node(fs, child)
+    out.update(host_device_nodes(fs, pdev))
+    return out
+
+
+def device_lookup(fs: Sysfs, pdev: PciDevice, name: str) -> Node | None:
+    """``device_dir(fs, pdev).get(name)`` without building the folder's
+    other entries (the VF links of a PF, the folders of a bridge's
+    children)."""
+    child = fs.system.devices.get(name)
+    if child is not None:
+        return device_node(fs, child) if child.parent is pdev else None
+    if name in ("block", "net") or name.startswith("virtio"):
+        host = host_device_nodes(fs, pdev)
+        if name in host:
+            return host[name]
+    if name in _BRIDGE_NODES:
+        return _bridge_nodes(pdev).get(name)
+    if name in _SRIOV_NODES or name.startswith("virtfn"):
+        return sriov_lookup(fs, pdev, name)
+    make = _STATIC_ATTRS.get(name)
+    if make is not None:
+        return make(fs, pdev)
+    return _state_node(fs, pdev, name)
+
+
+_SRIOV_NODES = ("physfn", "sriov_totalvfs", "sriov_numvfs")
+_BRIDGE_NODES = ("secondary_bus_number", "subordinate_bus_number")
+
+
+def _bridge_nodes(pdev: PciDevice) -> dict[str, Node]:
+    """A bridge's bus numbers (none for an endpoint)."""
+    if pdev.bridge is None:
+        return {}
+    sec = pdev.bridge["secondary_bus"]
+    return {
+        "secondary_bus_number": Attr(show=show_text(f"{sec}\n")),
+        "subordinate_bus_number": Attr(
+            show=lambda: f"{max([sec] + [c.bus for c in descendants(pdev)])}\n".encode()),
     }
-    if supported_reset_methods(pdev):
-        # pci_dev_reset_attr_is_visible / reset_method: only with a reset method
-        out["reset_method"] = Attr(show=lambda: reset_method_show(pdev),
-                                   store=lambda v: reset_method_store(pdev, v))
-        out["reset"] = Attr(store=lambda v: reset_store(pdev, v))
-    if pdev.driver is not None:
-        out["driver"] = Link(rel(base, f"/sys/bus/pci/drivers/{pdev.driver}"))
-    if pdev.group is not None:
-        out["iommu_group"] = Link(rel(base, f"/sys/kernel/iommu_groups/{pdev.group.id}"))
-        if fs.system.iommu is not None and pdev.group.name != "vfio-noiommu":
-            out["iommu"] = Link(rel(
-                base, f"/sys/devices/virtual/iommu/{fs.system.iommu.name}"))
-    cdev = pdev.vfio_cdev_name
-    if cdev is not None:
+
+
+#: The attributes every device folder has: name -> its node.
+_STATIC_ATTRS: dict[str, Callable[[Sysfs, PciDevice], Node]] = {
+    "vendor": lambda fs, pdev: Attr(show=lambda: f"0x{pdev.vendor:04x}\n".encode()),
+    "device": lambda fs, pdev: Attr(show=lambda: f"0x{pdev.device:04x}\n".encode()),
+    "subsystem_vendor": lambda fs, pdev: Attr(
+        show=lambda: f"0x{pdev.subsystem_vendor:04x}\n".encode()),
+    "subsystem_device": lambda fs, pdev: Attr(
+        show=lambda: f"0x{pdev.subsystem_device:04x}\n".encode()),
+    "revision": lambda fs, pdev: Attr(show=lambda: f"0x{pdev.revision:02x}\n".encode()),
+    "class": lambda fs, pdev: Attr(show=lambda: f"0x{pdev.class_code:06x}\n".encode()),
+    "config": lambda fs, pdev: Attr(show=pdev.config_bytes),
+    "resource": lambda fs, pdev: Attr(show=lambda: resource_show(pdev)),
+    "modalias": lambda fs, pdev: Attr(show=lambda: modalias_show(pdev)),
+    "enable": lambda fs, pdev: Attr(show=lambda: f"{pdev.enable_cnt}\n".encode(),
+                                    store=lambda v: enable_store(pdev, v)),
+    "numa_node": lambda fs, pdev: Attr(show=lambda: f"{pdev.numa_node}\n".encode(),
+                                       store=lambda v: numa_node_store(fs, pdev, v)),
+    "driver_override": lambda fs, pdev: Attr(
+        show=lambda: f"{pdev.driver_override if pdev.driver_override is not None else '(null)'}\n".encode(),
+        store=lambda v: driver_override_store(pdev, v)),
+    "subsystem": lambda fs, pdev: Link(rel(pdev.sysfs_path, "/sys/bus/pci")),
+}
+
+
+def _device_attrs(fs: Sysfs, pdev: PciDevice) -> dict[str, Node]:
+    """The folder's own attributes and links (no SR-IOV, bridge, child or
+    host-use entries)."""
+    out = {name: make(fs, pdev) for name, make in _STATIC_ATTRS.items()}
+    out.update(_state_nodes(fs, pdev))
+    return out
+
+
+def _state_nodes(fs: Sysfs, pdev: PciDevice) -> dict[str, Node]:
+    """The attributes and links that come and go with the device's state
+    (reset methods, driver, IOMMU group, vfio cdev)."""
+    out: dict[str, Node] = {}
+    for name in _STATE_NODES:
+        node = _state_node(fs, pdev, name)
+        if node is not None:
+            out[name] = node
+    return out
+
+
+_STATE_NODES = ("reset_method", "reset", "driver", "iommu_group", "iommu", "vfio-dev")
+
+
+def _state_node(fs: Sysfs, pdev: PciDevice, name: str) -> Node | None:
+    """One of :data:`_STATE_NODES` as the device's state has it (None: absent)."""
+    if name in ("reset_method", "reset"):
+        if not supported_reset_methods(pdev):
+            # pci_dev_reset_attr_is_visible / reset_method: only with a reset method
+            return None
+        if name == "reset":
+            return Attr(store=lambda v: reset_store(pdev, v))
+        return Attr(show=lambda: reset_method_show(pdev),
+                    store=lambda v: reset_method_store(pdev, v))
+    base = pdev.sysfs_path
+    if name == "driver":
+        return None if pdev.driver is None else Link(
+            rel(base, f"/sys/bus/pci/drivers/{pdev.driver}"))
+    if name in ("iommu_group", "iommu"):
+        if pdev.group is None:
+            return None
+        if name == "iommu_group":
+            return Link(rel(base, f"/sys/kernel/iommu_groups/{pdev.group.id}"))
+        if fs.system.iommu is None or pdev.group.name == "vfio-noiommu":
+            return None
+        return Link(rel(base, f"/sys/devices/virtual/iommu/{fs.system.iommu.name}"))
+    if name == "vfio-dev":
+        cdev = pdev.vfio_cdev_name
+        if cdev is None:
+            return None
         index = pdev.vfio_index
-        out["vfio-dev"] = Dir(lambda: {cdev: Dir(lambda: {
+        return Dir(lambda: {cdev: Dir(lambda: {
             "dev": Attr(show=show_text(f"{VFIO_CDEV_MAJOR}:{index}\n")),
             "subsystem": Link(rel(f"{base}/vfio-dev/{cdev}", "/sys/class/vfio-dev")),
         })})
-    out.update(sriov_nodes(fs, pdev))
-    if pdev.bridge is not None:
-        sec = pdev.bridge["secondary_bus"]
-        sub = max([sec] + [c.bus for c in descendants(pdev)])
-        out["secondary_bus_number"] = Attr(show=show_text(f"{sec}\n"))
-        out["subordinate_bus_number"] = Attr(show=show_text(f"{sub}\n"))
-    for child in pdev.children:
-        out[child.bdf] = Dir(lambda c=child: device_dir(fs, c))  # type: ignore[misc]
-    out.update(host_device_nodes(fs, pdev))
-    return out
+    return None
 
 
 def descendants(pdev: PciDevice) -> list[PciDevice]:

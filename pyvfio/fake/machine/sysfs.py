@@ -57,7 +57,7 @@ from .host_use import holder_dir, host_entries, live_holders, sys_block
 from .iommu_sysfs import class_iommu, iommu_device_dir, iommu_groups_dir
 from .kernfs import Attr, Dir, Link, Node, rel, show_text
 from .module_sysfs import module_root
-from .pci_sysfs import pci_root_dir
+from .pci_sysfs import device_node, pci_root_dir
 from .procfs import host_path
 from .resets import enabled_reset_methods
 
@@ -175,12 +175,26 @@ class Sysfs:
             raise errno_error(errno.ENOENT, f"{path}: sysfs paths are absolute")
         parts = [p for p in path.split("/") if p and p != "."]
         hops = 0
+        devices = self.system.devices
         while True:
             node: Node = Dir(self._root)
             if not parts or parts[0] != "sys":
                 raise errno_error(errno.ENOENT, path)
+            if len(parts) > 4 and parts[1] == "bus" and parts[2] == "pci" \
+                    and parts[3] == "devices" and (len(parts) > 5 or follow) \
+                    and parts[4] in devices:
+                # the link /sys/bus/pci/devices/<bdf>, followed as the walk
+                # below follows it (the hierarchy is fixed: no hotplug)
+                hops += 1
+                parts = devices[parts[4]].sysfs_path.split("/")[1:] + parts[5:]
             done: list[str] = ["sys"]
             rest = parts[1:]
+            found = self._device_prefix(parts)
+            if found is not None:
+                # a device's folder by its canonical path: the walk from the
+                # root would find it, one folder at a time
+                depth, node = found
+                done, rest = parts[:depth], parts[depth:]
             restart = False
             while rest:
                 name = rest.pop(0)
@@ -209,6 +223,27 @@ class Sysfs:
                 done.append(name)
             if not restart:
                 return node
+
+    def _device_prefix(self, parts: list[str]) -> tuple[int, Node] | None:
+        """The longest prefix of ``parts`` that is the canonical path of a
+        PCI device's folder (``sys/devices/pci0000:00/<bdf>/<bdf>...``):
+        its length and the folder, or None."""
+        if len(parts) < 4 or parts[1] != "devices":
+            return None
+        devices = self.system.devices
+        parent: PciDevice | None = None
+        depth = 3
+        while depth < len(parts):
+            pdev = devices.get(parts[depth])
+            if pdev is None or pdev.parent is not parent:
+                break
+            if parent is None and pdev.sysfs_path.split("/")[3] != parts[2]:
+                break
+            parent = pdev
+            depth += 1
+        if parent is None:
+            return None
+        return depth, device_node(self, parent)
 
     # -- the tree ------------------------------------------------------------------------
     def _root(self) -> dict[str, Node]:

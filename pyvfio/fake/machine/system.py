@@ -158,8 +158,16 @@ class System:
         #: each, in topology order (the hierarchy is fixed: no hotplug).
         self.root_buses: dict[str, list[PciDevice]] = {}
         for d in self.devices.values():
+            d.fix_sysfs_path()
             if d.parent is None:
                 self.root_buses.setdefault(d.sysfs_path.split("/")[3], []).append(d)
+        #: The enabled VFs of each PF (by the PF's address), in address
+        #: order: the devices whose topology entry names it as ``physfn``.
+        self.vfs: dict[str, list[PciDevice]] = {}
+        for d in sorted(self.devices.values(), key=lambda d: d.bdf):
+            physfn = d.spec.get("physfn")
+            if physfn is not None:
+                self.vfs.setdefault(physfn, []).append(d)
         self._assign_bars()
         for g in topo["groups"]:
             group = IommuGroup(self, g["id"])

@@ -102,13 +102,14 @@ def iommu_groups(raw: object, devices: list[dict[str, Any]],
         return next_id
 
     pending: list[tuple[int | None, list[str]]] = list(explicit)
-    derived_groups = sorted(derived.values(), key=lambda m: min(bdfs.index(x) for x in m))
+    position = {b: i for i, b in enumerate(bdfs)}
+    derived_groups = sorted(derived.values(), key=lambda m: min(position[x] for x in m))
     pending += [(None, members) for members in derived_groups]
     # Plain lists and derived groups are numbered in order of their first
     # device in the device list, after the explicitly numbered ones.
     for gid, members in pending:
         if gid is None:
             gid = fresh()
-        members = sorted(members, key=bdfs.index)
+        members = sorted(members, key=position.__getitem__)
         out.append({"id": gid, "devices": members})
     return sorted(out, key=lambda g: int(g["id"]))
