@@ -34,6 +34,9 @@ class VfioError(OSError):
     :ivar errno: the errno (from the kernel, or the one it would give).
     :ivar ioctl: name of the ioctl that failed, or ``None``.
     :ivar target: description of the object, e.g. ``"IOAS 2"``.
+
+    Thread safety: an exception value, made and raised by one thread;
+    nothing shared.
     """
 
     ioctl: str | None
@@ -67,11 +70,19 @@ def _rebuild(cls: type[VfioError], err: int, message: str, state: dict[str, obje
 
 
 class IoctlError(VfioError):
-    """An ioctl (or another syscall on a VFIO/iommufd file) failed."""
+    """An ioctl (or another syscall on a VFIO/iommufd file) failed.
+
+    Thread safety: an exception value, made and raised by one thread;
+    nothing shared.
+    """
 
 
 class ClosedError(VfioError, ValueError):
-    """The object was closed; nothing can be done with it any more."""
+    """The object was closed; nothing can be done with it any more.
+
+    Thread safety: an exception value, made and raised by one thread;
+    nothing shared.
+    """
 
     def __init__(self, target: str) -> None:
         super().__init__(_errno.EBADF, f"{target} is closed", target=target)
@@ -82,6 +93,9 @@ class InvalidArgumentError(VfioError, ValueError):
 
     ``errno`` is the one the kernel would give: EINVAL, or EOVERFLOW for a
     range that wraps past the end of the address space.
+
+    Thread safety: an exception value, made and raised by one thread;
+    nothing shared.
     """
 
     def __init__(
@@ -97,6 +111,9 @@ class NotViableError(VfioError):
 
     :ivar blockers: ``(device, reason)`` pairs that keep the group from
         being viable.
+
+    Thread safety: an exception value, made and raised by one thread;
+    nothing shared.
     """
 
     blockers: list[tuple[str, str]]
@@ -110,7 +127,11 @@ class NotViableError(VfioError):
 
 
 class UnsupportedError(VfioError):
-    """The kernel, IOMMU or device does not offer the requested feature."""
+    """The kernel, IOMMU or device does not offer the requested feature.
+
+    Thread safety: an exception value, made and raised by one thread;
+    nothing shared.
+    """
 
 
 def _prefix(ioctl: str | None, target: str | None) -> str:

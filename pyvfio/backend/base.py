@@ -64,6 +64,10 @@ class MemoryMap(abc.ABC):
     Offsets are in bytes from the start of the mapping.  ``read``/``write``
     perform exactly one access of exactly ``width`` bytes (1, 2, 4 or 8):
     on device memory that is what the device sees.
+
+    Thread safety: its accessors are plain loads and stores, safe from any
+    thread (ordering is the caller's business); close it after the threads
+    using it are done.
     """
 
     #: Virtual address of the first byte in this process.
@@ -116,7 +120,13 @@ class MemoryMap(abc.ABC):
 
 
 class Backend(abc.ABC):
-    """Everything pyvfio needs from an operating system."""
+    """Everything pyvfio needs from an operating system.
+
+    Thread safety: the kernel backend's calls are plain syscalls, safe from
+    any thread (the kernel serialises what must be); the fake's serialise on
+    the fake kernel's lock, as the kernel's own locks would. The fd a call
+    names must stay open until it returns.
+    """
 
     #: Short name used in messages ("kernel", "fake").
     name: str = "backend"

@@ -20,6 +20,7 @@ removed.
 
 from __future__ import annotations
 
+import threading
 from typing import (
     TYPE_CHECKING,
     Any,
@@ -48,6 +49,10 @@ class AddressSpace(Protocol):
 
     Sizes, IOVAs and alignments are in bytes; ranges are inclusive
     ``[start, last]``.
+
+    Thread safety: both implementations may be shared between threads:
+    map, unmap and close hold the space's lock across the ioctl and the
+    bookkeeping of :attr:`mappings`.
     """
 
     #: ``map(buffer)`` without an IOVA lets the kernel choose it (iommufd);
@@ -56,6 +61,8 @@ class AddressSpace(Protocol):
     kernel_picks_iova: ClassVar[bool]
     #: The name of the map ioctl, for messages.
     map_ioctl: ClassVar[str]
+    #: Held across each map/unmap ioctl and the update of the mappings.
+    _lock: threading.RLock
 
     @property
     def backend(self) -> Backend:
@@ -97,9 +104,11 @@ class AddressSpace(Protocol):
     def unmap_all(self) -> int:
         """Unmap everything; returns the bytes unmapped."""
 
-    def _unmap(self, iova: int, length: int, /) -> int:
+    def _unmap(self, iova: int, length: int, /, *, only: IovaMapping | None = None) -> int:
         """The unmap ioctl and the table's bookkeeping, without argument
-        checks (what closing a mapping does)."""
+        checks (what closing a mapping does).  With ``only``, nothing
+        happens (0) unless that mapping is still in the table: checked
+        under the space's lock, with the unmap."""
 
 
 class IovaMapping(Resource):
@@ -107,6 +116,11 @@ class IovaMapping(Resource):
 
     Closing it unmaps exactly this range.  What backs it (the buffer, a
     file, a source mapping) is kept alive while the mapping exists.
+
+    Thread safety: closing takes the address space's lock; a mapping that
+    an unmap of a range (or the space's close) in another thread removed
+    first is not unmapped again -- its IOVA may already hold a newer
+    mapping.  Its attributes do not change after creation.
     """
 
     kind = "mapping"
@@ -152,8 +166,11 @@ class IovaMapping(Resource):
         self.close()
 
     def _release(self) -> None:
-        if not self.space.closed:
-            self.space._unmap(self.iova, self.length)
+        space = self.space
+        if not space.closed:
+            # only while still in the table: no unmap (of another thread)
+            # took it out and gave its IOVA to a newer mapping
+            space._unmap(self.iova, self.length, only=self)
         self._owner = None
 
 
@@ -171,6 +188,10 @@ class MappingTable(Generic[M]):
         starts inside the range and runs past its end (type1 v1,
         ``vfio_dma_do_unmap``); without it only mappings lying wholly
         inside the range are removed (iommufd, type1v2 refuses to cut one).
+
+    Thread safety: none of its own; its address space changes it only
+    while holding the space's lock (readers get a snapshot with
+    :meth:`in_order`).
     """
 
     __slots__ = ("_by_iova", "_starts", "straddling")

@@ -36,7 +36,10 @@ __all__ = [
 
 @dataclass(frozen=True)
 class IovaRange:
-    """An inclusive IOVA range ``[start, last]`` (bytes)."""
+    """An inclusive IOVA range ``[start, last]`` (bytes).
+
+    Thread safety: immutable; safe to share between threads.
+    """
 
     start: int  #: first IOVA of the range
     last: int  #: last IOVA of the range (inclusive)
@@ -52,14 +55,20 @@ class IovaRange:
 
 @dataclass(frozen=True)
 class IovaRangeCap:
-    """VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE: usable IOVA ranges."""
+    """VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE: usable IOVA ranges.
+
+    Thread safety: immutable; safe to share between threads.
+    """
 
     ranges: tuple[IovaRange, ...]  #: the usable IOVA ranges
 
 
 @dataclass(frozen=True)
 class MigrationCap:
-    """VFIO_IOMMU_TYPE1_INFO_CAP_MIGRATION: dirty page logging support."""
+    """VFIO_IOMMU_TYPE1_INFO_CAP_MIGRATION: dirty page logging support.
+
+    Thread safety: immutable; safe to share between threads.
+    """
 
     flags: int  #: VFIO_IOMMU_TYPE1_INFO_CAP_MIGRATION flags (reserved, 0)
     pgsize_bitmap: int  #: page sizes dirty bitmaps can be reported in (bit n: 2**n bytes)
@@ -68,14 +77,20 @@ class MigrationCap:
 
 @dataclass(frozen=True)
 class DmaAvailCap:
-    """VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL: DMA mappings still allowed."""
+    """VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL: DMA mappings still allowed.
+
+    Thread safety: immutable; safe to share between threads.
+    """
 
     avail: int  #: how many more DMA mappings the container accepts (dma_entry_limit left)
 
 
 @dataclass(frozen=True)
 class SparseMmapArea:
-    """An mmap-able part of a region: ``offset`` and ``size`` in bytes."""
+    """An mmap-able part of a region: ``offset`` and ``size`` in bytes.
+
+    Thread safety: immutable; safe to share between threads.
+    """
 
     offset: int  #: bytes from the start of the region
     size: int  #: bytes
@@ -83,14 +98,20 @@ class SparseMmapArea:
 
 @dataclass(frozen=True)
 class SparseMmapCap:
-    """VFIO_REGION_INFO_CAP_SPARSE_MMAP: only these areas may be mmapped."""
+    """VFIO_REGION_INFO_CAP_SPARSE_MMAP: only these areas may be mmapped.
+
+    Thread safety: immutable; safe to share between threads.
+    """
 
     areas: tuple[SparseMmapArea, ...]  #: the parts of the region that may be mmapped
 
 
 @dataclass(frozen=True)
 class RegionTypeCap:
-    """VFIO_REGION_INFO_CAP_TYPE: a device-specific region's type/subtype."""
+    """VFIO_REGION_INFO_CAP_TYPE: a device-specific region's type/subtype.
+
+    Thread safety: immutable; safe to share between threads.
+    """
 
     type: int  #: VFIO_REGION_TYPE_* (vendor ID for vendor types)
     subtype: int  #: VFIO_REGION_SUBTYPE_* within the type
@@ -98,33 +119,48 @@ class RegionTypeCap:
 
 @dataclass(frozen=True)
 class MsixMappableCap:
-    """VFIO_REGION_INFO_CAP_MSIX_MAPPABLE: the MSI-X table may be mmapped."""
+    """VFIO_REGION_INFO_CAP_MSIX_MAPPABLE: the MSI-X table may be mmapped.
+
+    Thread safety: immutable; safe to share between threads.
+    """
 
 
 @dataclass(frozen=True)
 class Nvlink2SsatgtCap:
-    """VFIO_REGION_INFO_CAP_NVLINK2_SSATGT."""
+    """VFIO_REGION_INFO_CAP_NVLINK2_SSATGT.
+
+    Thread safety: immutable; safe to share between threads.
+    """
 
     tgt: int  #: the NVLink2 system-side address target
 
 
 @dataclass(frozen=True)
 class Nvlink2LnkspdCap:
-    """VFIO_REGION_INFO_CAP_NVLINK2_LNKSPD."""
+    """VFIO_REGION_INFO_CAP_NVLINK2_LNKSPD.
+
+    Thread safety: immutable; safe to share between threads.
+    """
 
     link_speed: int  #: the NVLink2 link speed code
 
 
 @dataclass(frozen=True)
 class PciAtomicCompCap:
-    """VFIO_DEVICE_INFO_CAP_PCI_ATOMIC_COMP: supported atomic completer sizes."""
+    """VFIO_DEVICE_INFO_CAP_PCI_ATOMIC_COMP: supported atomic completer sizes.
+
+    Thread safety: immutable; safe to share between threads.
+    """
 
     flags: int  #: VFIO_PCI_ATOMIC_COMP32/64/128: completer sizes the root port supports
 
 
 @dataclass(frozen=True)
 class UnknownCap:
-    """A capability pyvfio does not decode; ``data`` excludes the header."""
+    """A capability pyvfio does not decode; ``data`` excludes the header.
+
+    Thread safety: immutable; safe to share between threads.
+    """
 
     id: int  #: the capability ID
     version: int  #: its version

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import enum
 import errno
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
@@ -57,7 +58,10 @@ _UNMAP_SIZE = ffi.sizeof("struct vfio_iommu_type1_dma_unmap")
 
 
 class IommuType(enum.IntEnum):
-    """IOMMU models for :meth:`Container.set_iommu` (VFIO_SET_IOMMU)."""
+    """IOMMU models for :meth:`Container.set_iommu` (VFIO_SET_IOMMU).
+
+    Thread safety: a constant; safe to share.
+    """
 
     TYPE1 = lib.VFIO_TYPE1_IOMMU
     SPAPR_TCE = lib.VFIO_SPAPR_TCE_IOMMU
@@ -67,7 +71,10 @@ class IommuType(enum.IntEnum):
 
 
 class Extension(enum.IntEnum):
-    """Everything VFIO_CHECK_EXTENSION can be asked about."""
+    """Everything VFIO_CHECK_EXTENSION can be asked about.
+
+    Thread safety: a constant; safe to share.
+    """
 
     TYPE1 = lib.VFIO_TYPE1_IOMMU
     SPAPR_TCE = lib.VFIO_SPAPR_TCE_IOMMU
@@ -82,7 +89,10 @@ class Extension(enum.IntEnum):
 
 @dataclass(frozen=True)
 class IommuInfo:
-    """VFIO_IOMMU_GET_INFO for the type1 IOMMU."""
+    """VFIO_IOMMU_GET_INFO for the type1 IOMMU.
+
+    Thread safety: immutable; safe to share between threads.
+    """
 
     flags: int  #: VFIO_IOMMU_INFO_* bits
     #: Bitmap of supported IOMMU page sizes (bytes); the lowest set bit is
@@ -121,6 +131,11 @@ class DmaMapping(IovaMapping):
     Closing it unmaps exactly this range.  The mapped buffer is kept alive
     while the mapping exists.  :attr:`size` is its :attr:`length`;
     :attr:`flags` are VFIO_DMA_MAP_FLAG_* bits (READ, WRITE).
+
+    Thread safety: as :class:`~pyvfio.core.address_space.IovaMapping`:
+    closing takes the container's lock and does not unmap a range another
+    thread's unmap already took; :meth:`Container.update_vaddr` changes
+    :attr:`vaddr` under that lock.
     """
 
     kind = "DMA mapping"
@@ -145,7 +160,18 @@ class Container(FdResource):
     """A VFIO container: ``/dev/vfio/vfio`` (or an iommufd in compat mode).
 
     An :class:`~pyvfio.core.address_space.AddressSpace` once its IOMMU is
-    set (:meth:`set_iommu`)."""
+    set (:meth:`set_iommu`).
+
+    Thread safety: safe to use from several threads.  Map and unmap calls
+    (:meth:`map`, :meth:`map_dma`, :meth:`unmap_dma`, closing a mapping),
+    :meth:`set_iommu` and :meth:`close` take the container's lock, held
+    across the ioctl so that the kernel's mappings, :attr:`mappings` and
+    :attr:`iova_allocator` always agree (allocate IOVA + map + record;
+    unmap + forget + free the IOVA).  A map racing with :meth:`close`
+    either completes before it (and is unmapped by it) or raises
+    :class:`~pyvfio.errors.ClosedError`.  Queries (:meth:`info`,
+    :meth:`check_extension`) take no lock: the kernel serialises them.
+    """
 
     kind = "container"
     kernel_picks_iova: ClassVar[bool] = False  #: type1 maps at the IOVAs it is given
@@ -165,6 +191,9 @@ class Container(FdResource):
         self._mappings: MappingTable[DmaMapping] = MappingTable(straddling=True)
         self._min_page: int | None = None
         self._allocator: IovaAllocator | None = None
+        # Guards _mappings, _allocator and _iommu_type together with the
+        # kernel state they mirror (re-entered: closing a mapping unmaps).
+        self._lock = threading.RLock()
 
     def describe(self) -> str:
         return f"container {self.path}" + (f" (fd {self._fd})" if self._fd >= 0 else "")
@@ -202,7 +231,8 @@ class Container(FdResource):
     @property
     def mappings(self) -> tuple[DmaMapping, ...]:
         """Live DMA mappings made through this object, by IOVA."""
-        return self._mappings.in_order()
+        with self._lock:  # a consistent snapshot while others map
+            return self._mappings.in_order()
 
     # -- setup ----------------------------------------------------------------
     def set_iommu(self, iommu_type: int = IommuType.TYPE1v2) -> None:
@@ -215,9 +245,10 @@ class Container(FdResource):
                 "attach a group (Group.set_container) before choosing the IOMMU",
                 ioctl="VFIO_SET_IOMMU", target=self.describe(),
             )
-        self._ioctl("VFIO_SET_IOMMU", lib.VFIO_SET_IOMMU, int(iommu_type))
-        self._iommu_type = int(iommu_type)
-        self._min_page = None
+        with self._lock:
+            self._ioctl("VFIO_SET_IOMMU", lib.VFIO_SET_IOMMU, int(iommu_type))
+            self._iommu_type = int(iommu_type)
+            self._min_page = None
 
     def info(self) -> IommuInfo:
         """VFIO_IOMMU_GET_INFO with its capability chain."""
@@ -318,11 +349,13 @@ class Container(FdResource):
         arg.vaddr = ub.address
         arg.iova = iova
         arg.size = size
-        self._ioctl(name, lib.VFIO_IOMMU_MAP_DMA, arg)
-        mapping = self._adopt(DmaMapping(self, iova, size, ub.address, flags, ub.owner))
-        self._mappings.add(mapping)
-        if self._allocator is not None and iova not in self._allocator.allocated:
-            self._claim(self._allocator, iova, size)
+        with self._lock:  # the kernel's mapping and the table's agree
+            self._ioctl(name, lib.VFIO_IOMMU_MAP_DMA, arg)
+            mapping = self._adopt(DmaMapping(self, iova, size, ub.address, flags, ub.owner))
+            self._mappings.add(mapping)
+            allocator = self._allocator
+            if allocator is not None and not allocator._is_allocated(iova):
+                self._claim(allocator, iova, size)
         return mapping
 
     @staticmethod
@@ -337,13 +370,14 @@ class Container(FdResource):
     def iova_allocator(self) -> IovaAllocator:
         """The allocator :meth:`map` picks IOVAs from: the usable ranges of
         :meth:`info` (set the IOMMU first), minus the mappings made so far."""
-        self._check_open()
-        if self._allocator is None:
-            allocator = IovaAllocator.for_container(self, skip_mapped=False)
-            for m in self._mappings:
-                self._claim(allocator, m.iova, m.length)
-            self._allocator = allocator
-        return self._allocator
+        with self._lock:
+            self._check_open()
+            if self._allocator is None:
+                allocator = IovaAllocator.for_container(self, skip_mapped=False)
+                for m in self._mappings:
+                    self._claim(allocator, m.iova, m.length)
+                self._allocator = allocator
+            return self._allocator
 
     def map(self, buffer: Any, iova: int | None = None, *, readable: bool = True,
             writeable: bool = True) -> DmaMapping:
@@ -356,15 +390,17 @@ class Container(FdResource):
             return self.map_dma(buffer, iova, readable=readable, writeable=writeable)
         self._check_open()
         ub = user_buffer(buffer, ioctl="VFIO_IOMMU_MAP_DMA", target=self.describe())
-        allocator = self.iova_allocator
-        chosen = allocator.alloc(ub.length, alignment=self._page())
-        try:
-            return self._map(ub, chosen, ub.length, readable, writeable)
-        except BaseException:
-            allocator.free(chosen)
-            raise
+        with self._lock:  # allocate, map and record as one step
+            allocator = self.iova_allocator
+            chosen = allocator.alloc(ub.length, alignment=self._page())
+            try:
+                return self._map(ub, chosen, ub.length, readable, writeable)
+            except BaseException:
+                allocator.free(chosen)
+                raise
 
-    def _unmap(self, iova: int, size: int, flags: int = 0, bitmap: Any = None) -> int:
+    def _unmap(self, iova: int, size: int, flags: int = 0, bitmap: Any = None, *,
+               only: IovaMapping | None = None) -> int:
         arg_size = _UNMAP_SIZE
         if bitmap is not None:
             arg_size += ffi.sizeof("struct vfio_bitmap")
@@ -376,12 +412,14 @@ class Container(FdResource):
         arg.size = size
         if bitmap is not None:
             ffi.memmove(arg.data, bitmap, ffi.sizeof("struct vfio_bitmap"))
-        self._ioctl("VFIO_IOMMU_UNMAP_DMA", lib.VFIO_IOMMU_UNMAP_DMA, raw)
-        unmapped = int(arg.size)
-        if not flags & lib.VFIO_DMA_UNMAP_FLAG_VADDR:
-            self._mappings.forget(iova, size, bool(flags & lib.VFIO_DMA_UNMAP_FLAG_ALL),
-                                  self._give_back if self._allocator is not None else None)
-        return unmapped
+        with self._lock:  # unmap, forget and free the IOVAs as one step
+            if only is not None and self._mappings.get(iova) is not only:
+                return 0  # another thread's unmap took it
+            self._ioctl("VFIO_IOMMU_UNMAP_DMA", lib.VFIO_IOMMU_UNMAP_DMA, raw)
+            if not flags & lib.VFIO_DMA_UNMAP_FLAG_VADDR:
+                self._mappings.forget(iova, size, bool(flags & lib.VFIO_DMA_UNMAP_FLAG_ALL),
+                                      self._give_back if self._allocator is not None else None)
+        return int(arg.size)
 
     def unmap_dma(self, iova: int, size: int) -> int:
         """VFIO_IOMMU_UNMAP_DMA of ``[iova, iova + size)``; returns the number
@@ -438,9 +476,10 @@ class Container(FdResource):
         arg.vaddr = ub.address
         arg.iova = mapping.iova
         arg.size = mapping.size
-        self._ioctl(name, lib.VFIO_IOMMU_MAP_DMA, arg)
-        mapping.vaddr = ub.address
-        mapping._owner = ub.owner
+        with self._lock:
+            self._ioctl(name, lib.VFIO_IOMMU_MAP_DMA, arg)
+            mapping.vaddr = ub.address
+            mapping._owner = ub.owner
 
     # -- dirty page tracking ----------------------------------------------------
     def _dirty(self, flags: int, extra: bytes = b"") -> None:
@@ -478,27 +517,31 @@ class Container(FdResource):
     def _iommu_released(self) -> None:
         # The last group left: the kernel releases the IOMMU model and with
         # it every DMA mapping (__vfio_group_unset_container).
-        self._mappings.mark_all_closed()
-        self._iommu_type = None
-        self._min_page = None
-        self._allocator = None
+        with self._lock:
+            self._mappings.mark_all_closed()
+            self._iommu_type = None
+            self._min_page = None
+            self._allocator = None
 
     def _give_back(self, iova: int) -> None:
-        if self._allocator is not None and iova in self._allocator.allocated:
-            self._allocator.free(iova)
+        # called by MappingTable.forget, under the lock
+        if self._allocator is not None:
+            self._allocator._free_if_allocated(iova)
 
     # -- lifetime -----------------------------------------------------------------
     def close(self) -> None:
         """Close the container: every mapping is removed first -- in one
         VFIO_IOMMU_UNMAP_DMA with UNMAP_ALL where the IOMMU has it -- then
-        the fd.  Idempotent."""
-        if not self._closed and self._mappings:
-            try:
-                if self.check_extension(lib.VFIO_UNMAP_ALL):
-                    self._unmap(0, 0, lib.VFIO_DMA_UNMAP_FLAG_ALL)  # marks them closed
-            except VfioError:
-                pass  # closing the mappings one by one below reports it
-        super().close()
+        the fd.  Idempotent.  Waits for map and unmap calls of other
+        threads in progress; later ones raise :class:`~pyvfio.errors.ClosedError`."""
+        with self._lock:
+            if not self._closed and self._mappings:
+                try:
+                    if self.check_extension(lib.VFIO_UNMAP_ALL):
+                        self._unmap(0, 0, lib.VFIO_DMA_UNMAP_FLAG_ALL)  # marks them closed
+                except VfioError:
+                    pass  # closing the mappings one by one below reports it
+            super().close()
 
     def _release(self) -> None:
         # Mappings were closed first (children); groups keep the kernel's

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import enum
 import errno
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -70,7 +71,10 @@ __all__ = [
 
 
 class PciRegion(enum.IntEnum):
-    """vfio-pci's fixed region indices."""
+    """vfio-pci's fixed region indices.
+
+    Thread safety: a constant; safe to share.
+    """
 
     BAR0 = lib.VFIO_PCI_BAR0_REGION_INDEX
     BAR1 = lib.VFIO_PCI_BAR1_REGION_INDEX
@@ -84,7 +88,10 @@ class PciRegion(enum.IntEnum):
 
 
 class PciIrq(enum.IntEnum):
-    """vfio-pci's IRQ indices."""
+    """vfio-pci's IRQ indices.
+
+    Thread safety: a constant; safe to share.
+    """
 
     INTX = lib.VFIO_PCI_INTX_IRQ_INDEX
     MSI = lib.VFIO_PCI_MSI_IRQ_INDEX
@@ -100,7 +107,10 @@ def region_offset(index: int) -> int:
 
 @dataclass(frozen=True)
 class DeviceInfo:
-    """VFIO_DEVICE_GET_INFO."""
+    """VFIO_DEVICE_GET_INFO.
+
+    Thread safety: immutable; safe to share between threads.
+    """
 
     flags: int  #: VFIO_DEVICE_FLAGS_* bits
     num_regions: int  #: how many region indexes exist
@@ -121,7 +131,10 @@ class DeviceInfo:
 
 @dataclass(frozen=True)
 class RegionInfo:
-    """VFIO_DEVICE_GET_REGION_INFO: a region of the device file."""
+    """VFIO_DEVICE_GET_REGION_INFO: a region of the device file.
+
+    Thread safety: immutable; safe to share between threads.
+    """
 
     index: int  #: the region index (see PciRegion)
     flags: int  #: VFIO_REGION_INFO_FLAG_* bits
@@ -172,7 +185,10 @@ class RegionInfo:
 
 @dataclass(frozen=True)
 class IrqInfo:
-    """VFIO_DEVICE_GET_IRQ_INFO: an interrupt index and its vector count."""
+    """VFIO_DEVICE_GET_IRQ_INFO: an interrupt index and its vector count.
+
+    Thread safety: immutable; safe to share between threads.
+    """
 
     index: int  #: the interrupt index (see PciIrq)
     flags: int  #: VFIO_IRQ_INFO_* bits
@@ -211,7 +227,10 @@ class IrqInfo:
 
 @dataclass(frozen=True)
 class HotResetDevice:
-    """A device affected by a PCI hot reset (VFIO_DEVICE_GET_PCI_HOT_RESET_INFO)."""
+    """A device affected by a PCI hot reset (VFIO_DEVICE_GET_PCI_HOT_RESET_INFO).
+
+    Thread safety: immutable; safe to share between threads.
+    """
 
     segment: int  #: PCI segment (domain)
     bus: int  #: PCI bus number
@@ -231,6 +250,15 @@ class Device(FdResource):
 
     Obtain one with :meth:`pyvfio.Group.open_device` (legacy) or
     :meth:`Device.open` (cdev; then :meth:`bind` to an iommufd).
+
+    Thread safety: safe to use from several threads for I/O and queries:
+    :attr:`info`, :attr:`regions`, :attr:`irqs` and :attr:`config` are
+    built once under the device's lock (every thread sees the same
+    :class:`~pyvfio.core.region.Region` and :class:`~pyvfio.core.irq.Irq`
+    objects), ``pread``/``pwrite``, resets and interrupt set-up are ioctls
+    or syscalls the kernel serialises.  Set it up (:meth:`bind`,
+    :meth:`attach`, :meth:`detach`) from one thread, and close it after
+    the others are done.
     """
 
     kind = "device"
@@ -248,6 +276,8 @@ class Device(FdResource):
         self._regions: RegionMap | None = None
         self._irqs: IrqMap | None = None
         self._config: PciConfig | None = None
+        # Builds the cached tables above once (re-entered: regions needs info).
+        self._lock = threading.RLock()
 
     @classmethod
     def open(cls, device: str, *, backend: Backend | None = None) -> Device:
@@ -367,14 +397,19 @@ class Device(FdResource):
         """VFIO_DEVICE_GET_INFO (cached after the first call)."""
         self._check_open()
         if self._info is None:
-            info, raw = self._ioctl_argsz("VFIO_DEVICE_GET_INFO", lib.VFIO_DEVICE_GET_INFO,
-                                          "struct vfio_device_info")
-            caps: list[Capability] = []
-            if info.flags & lib.VFIO_DEVICE_FLAGS_CAPS and info.cap_offset:
-                caps = parse_chain("device", raw, int(info.cap_offset), int(info.argsz))
-            self._info = DeviceInfo(int(info.flags), int(info.num_regions), int(info.num_irqs),
-                                    tuple(caps))
+            with self._lock:
+                if self._info is None:
+                    self._info = self._query_info()
         return self._info
+
+    def _query_info(self) -> DeviceInfo:
+        info, raw = self._ioctl_argsz("VFIO_DEVICE_GET_INFO", lib.VFIO_DEVICE_GET_INFO,
+                                      "struct vfio_device_info")
+        caps: list[Capability] = []
+        if info.flags & lib.VFIO_DEVICE_FLAGS_CAPS and info.cap_offset:
+            caps = parse_chain("device", raw, int(info.cap_offset), int(info.argsz))
+        return DeviceInfo(int(info.flags), int(info.num_regions), int(info.num_irqs),
+                          tuple(caps))
 
     def region_info(self, index: int) -> RegionInfo:
         """VFIO_DEVICE_GET_REGION_INFO of region ``index``, capabilities parsed."""
@@ -400,14 +435,16 @@ class Device(FdResource):
         EINVAL) are left out.  Queried once, then cached."""
         self._check_open()
         if self._regions is None:
-            regions: list[Region] = []
-            for i in range(self.info.num_regions):
-                try:
-                    regions.append(Region(self, self.region_info(i)))
-                except IoctlError as exc:
-                    if exc.errno != errno.EINVAL:
-                        raise
-            self._regions = RegionMap(regions)
+            with self._lock:  # one table for every thread
+                if self._regions is None:
+                    regions: list[Region] = []
+                    for i in range(self.info.num_regions):
+                        try:
+                            regions.append(Region(self, self.region_info(i)))
+                        except IoctlError as exc:
+                            if exc.errno != errno.EINVAL:
+                                raise
+                    self._regions = RegionMap(regions)
         return self._regions
 
     @property
@@ -416,12 +453,15 @@ class Device(FdResource):
         through the ``CONFIG`` region."""
         self._check_open()
         if self._config is None:
-            try:
-                region = self.regions[PciRegion.CONFIG]
-            except KeyError:
-                raise UnsupportedError(errno.EINVAL, f"{self.describe()} has no PCI config region",
-                                       target=self.describe()) from None
-            self._config = PciConfig(region)
+            with self._lock:
+                if self._config is None:
+                    try:
+                        region = self.regions[PciRegion.CONFIG]
+                    except KeyError:
+                        raise UnsupportedError(
+                            errno.EINVAL, f"{self.describe()} has no PCI config region",
+                            target=self.describe()) from None
+                    self._config = PciConfig(region)
         return self._config
 
     @property
@@ -450,14 +490,16 @@ class Device(FdResource):
         Queried once, then cached."""
         self._check_open()
         if self._irqs is None:
-            irqs: list[Irq] = []
-            for i in range(self.info.num_irqs):
-                try:
-                    irqs.append(Irq(self, self.irq_info(i)))
-                except IoctlError as exc:
-                    if exc.errno != errno.EINVAL:
-                        raise
-            self._irqs = IrqMap(irqs)
+            with self._lock:  # one Irq per index for every thread
+                if self._irqs is None:
+                    irqs: list[Irq] = []
+                    for i in range(self.info.num_irqs):
+                        try:
+                            irqs.append(Irq(self, self.irq_info(i)))
+                        except IoctlError as exc:
+                            if exc.errno != errno.EINVAL:
+                                raise
+                    self._irqs = IrqMap(irqs)
         return self._irqs
 
     # -- region access ----------------------------------------------------------------------

@@ -54,7 +54,10 @@ _IOCTL = "VFIO_DEVICE_FEATURE"
 
 
 class Feature(enum.IntEnum):
-    """``VFIO_DEVICE_FEATURE_*`` numbers."""
+    """``VFIO_DEVICE_FEATURE_*`` numbers.
+
+    Thread safety: a constant; safe to share.
+    """
 
     PCI_VF_TOKEN = lib.VFIO_DEVICE_FEATURE_PCI_VF_TOKEN
     MIGRATION = lib.VFIO_DEVICE_FEATURE_MIGRATION
@@ -73,7 +76,10 @@ class Feature(enum.IntEnum):
 
 
 class MigrationState(enum.IntEnum):
-    """``enum vfio_device_mig_state``."""
+    """``enum vfio_device_mig_state``.
+
+    Thread safety: a constant; safe to share.
+    """
 
     ERROR = lib.VFIO_DEVICE_STATE_ERROR
     STOP = lib.VFIO_DEVICE_STATE_STOP
@@ -92,7 +98,10 @@ class MigrationState(enum.IntEnum):
 
 
 class MigrationFlags(enum.IntFlag):
-    """``VFIO_MIGRATION_*``: the optional parts of the state machine."""
+    """``VFIO_MIGRATION_*``: the optional parts of the state machine.
+
+    Thread safety: a constant; safe to share.
+    """
 
     STOP_COPY = lib.VFIO_MIGRATION_STOP_COPY
     P2P = lib.VFIO_MIGRATION_P2P
@@ -101,7 +110,10 @@ class MigrationFlags(enum.IntFlag):
 
 @dataclass(frozen=True)
 class PrecopyInfo:
-    """``VFIO_MIG_GET_PRECOPY_INFO``: bytes still to read in pre-copy."""
+    """``VFIO_MIG_GET_PRECOPY_INFO``: bytes still to read in pre-copy.
+
+    Thread safety: immutable; safe to share between threads.
+    """
 
     initial_bytes: int  #: bytes of the initial state still to read
     dirty_bytes: int  #: bytes of state changed since, still to read (an estimate)
@@ -115,7 +127,11 @@ class PrecopyInfo:
 
 class MigrationDataFile(FdResource):
     """The data fd of a migration state with a data transfer: ``read`` the
-    device state out (STOP_COPY, PRE_COPY), ``write`` it in (RESUMING)."""
+    device state out (STOP_COPY, PRE_COPY), ``write`` it in (RESUMING).
+
+    Thread safety: reads and writes are syscalls on its fd; the migration
+    data is a stream, so use it from one thread at a time.
+    """
 
     kind = "migration data fd"
 
@@ -160,7 +176,12 @@ class MigrationDataFile(FdResource):
 
 
 class DeviceFeatures:
-    """``VFIO_DEVICE_FEATURE`` on one device."""
+    """``VFIO_DEVICE_FEATURE`` on one device.
+
+    Thread safety: keeps no state: each call is one VFIO_DEVICE_FEATURE
+    ioctl the kernel serialises. Migration state changes are a sequence the
+    driver must not interleave from several threads.
+    """
 
     def __init__(self, device: Device) -> None:
         self.device = device  #: the device

@@ -33,7 +33,10 @@ __all__ = ["GroupStatus", "Group"]
 
 @dataclass(frozen=True)
 class GroupStatus:
-    """VFIO_GROUP_GET_STATUS."""
+    """VFIO_GROUP_GET_STATUS.
+
+    Thread safety: immutable; safe to share between threads.
+    """
 
     flags: int  #: VFIO_GROUP_FLAGS_* bits
 
@@ -55,6 +58,11 @@ class Group(FdResource):
     node.  Opening refuses a non-viable group only when it is used
     (the kernel checks at :meth:`set_container`); :meth:`viability` explains
     what blocks it.
+
+    Thread safety: set it up (:meth:`set_container`,
+    :meth:`unset_container`, opening devices) from one thread: its link to
+    the container is plain Python state without a lock. Status queries are
+    single ioctls, safe from any thread.
     """
 
     kind = "group"

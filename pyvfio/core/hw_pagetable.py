@@ -24,7 +24,10 @@ __all__ = ["HWPT", "FaultQueue", "HwInfo", "HwInfoType", "HwptDataType"]
 
 
 class HwInfoType(enum.IntEnum):
-    """``out_data_type`` of IOMMU_GET_HW_INFO."""
+    """``out_data_type`` of IOMMU_GET_HW_INFO.
+
+    Thread safety: a constant; safe to share.
+    """
 
     NONE = lib.IOMMU_HW_INFO_TYPE_NONE
     INTEL_VTD = lib.IOMMU_HW_INFO_TYPE_INTEL_VTD
@@ -34,7 +37,10 @@ class HwInfoType(enum.IntEnum):
 
 
 class HwptDataType(enum.IntEnum):
-    """``data_type`` of IOMMU_HWPT_ALLOC / IOMMU_HWPT_INVALIDATE."""
+    """``data_type`` of IOMMU_HWPT_ALLOC / IOMMU_HWPT_INVALIDATE.
+
+    Thread safety: a constant; safe to share.
+    """
 
     NONE = lib.IOMMU_HWPT_DATA_NONE
     VTD_S1 = lib.IOMMU_HWPT_DATA_VTD_S1
@@ -44,7 +50,10 @@ class HwptDataType(enum.IntEnum):
 
 @dataclass(frozen=True)
 class HwInfo:
-    """IOMMU_GET_HW_INFO: what the IOMMU behind a device can do."""
+    """IOMMU_GET_HW_INFO: what the IOMMU behind a device can do.
+
+    Thread safety: immutable; safe to share between threads.
+    """
 
     type: int  #: an :class:`HwInfoType` value
     data: bytes  #: the type-specific structure, as the kernel filled it
@@ -81,7 +90,14 @@ class HwInfo:
 
 
 class HWPT(PageTable):
-    """A hardware page table (IOMMU_HWPT_ALLOC)."""
+    """A hardware page table (IOMMU_HWPT_ALLOC).
+
+    Thread safety: safe to use from several threads: invalidation, dirty
+    tracking and the other operations are single ioctls the kernel
+    serialises; the list of objects built on it changes by single dictionary
+    operations (atomic under the GIL). Close it after the threads using it
+    are done.
+    """
 
     kind = "HWPT"
 
@@ -150,7 +166,12 @@ class HWPT(PageTable):
 
 
 class FaultQueue(IommufdObject):
-    """An I/O page fault queue (IOMMU_FAULT_QUEUE_ALLOC) and its fd."""
+    """An I/O page fault queue (IOMMU_FAULT_QUEUE_ALLOC) and its fd.
+
+    Thread safety: reads and responses are syscalls on its fd the kernel
+    serialises: several threads may read, each fault record goes to one of
+    them. Close it after the readers are done.
+    """
 
     kind = "fault queue"
 

@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import enum
 import errno
+import threading
 from typing import TYPE_CHECKING, Any, ClassVar, Iterable, cast
 
 from .._uapi import ffi, lib
 from ..backend import Backend, resolve_backend
-from ..errors import InvalidArgumentError, IoctlError, VfioError
+from ..errors import ClosedError, InvalidArgumentError, IoctlError, VfioError
 from .address_space import IovaMapping, MappingTable
 from .caps import IovaRange
 from .hw_pagetable import HWPT, FaultQueue, HwInfo, HwptDataType
@@ -53,14 +54,25 @@ __all__ = [
 
 
 class RlimitMode(enum.IntEnum):
-    """How pinned pages are charged (IOMMU_OPTION_RLIMIT_MODE)."""
+    """How pinned pages are charged (IOMMU_OPTION_RLIMIT_MODE).
+
+    Thread safety: a constant; safe to share.
+    """
 
     USER = 0  #: per user, against RLIMIT_MEMLOCK (the default)
     MM = 1  #: per process (mm), like vfio type1
 
 
 class IommuFd(FdResource):
-    """An open ``/dev/iommu``."""
+    """An open ``/dev/iommu``.
+
+    Thread safety: safe to use from several threads: allocating and
+    destroying objects are single ioctls the kernel serialises, and the
+    registry of the objects made through it (closed with it) is changed
+    by single dictionary operations, atomic under the GIL.  Do not close
+    it while other threads still allocate from it (a new object may miss
+    the close; close it after joining them).
+    """
 
     kind = "iommufd"
     family = "iommufd"
@@ -235,7 +247,12 @@ class IommuFd(FdResource):
 
 class IoasMapping(IovaMapping):
     """One area mapped into an IOAS (by map, map_file or copy); its
-    :attr:`flags` are IOMMU_IOAS_MAP_* bits."""
+    :attr:`flags` are IOMMU_IOAS_MAP_* bits.
+
+    Thread safety: as :class:`~pyvfio.core.address_space.IovaMapping`:
+    closing takes the IOAS's lock and does not unmap a range another
+    thread's unmap already took.
+    """
 
     kind = "IOAS mapping"
     _READ = lib.IOMMU_IOAS_MAP_READABLE
@@ -249,7 +266,18 @@ class IoasMapping(IovaMapping):
 
 class IOAS(PageTable):
     """An I/O address space: IOVA -> process memory mappings.  An
-    :class:`~pyvfio.core.address_space.AddressSpace`."""
+    :class:`~pyvfio.core.address_space.AddressSpace`.
+
+    Thread safety: safe to use from several threads.  The map calls
+    (:meth:`map`, :meth:`map_va`, :meth:`map_file`, :meth:`copy`), the
+    unmaps (closing a mapping too) and :meth:`close` take the IOAS's lock
+    across the ioctl and the update of :attr:`mappings`, so that a mapping
+    whose IOVA the kernel picked is recorded before another thread's unmap
+    can see the table.  For IOVAs the driver picks, share one
+    :class:`~pyvfio.IovaAllocator` (itself thread safe).  A map racing
+    with :meth:`close` completes before it or raises
+    :class:`~pyvfio.errors.ClosedError`.
+    """
 
     kind = "IOAS"
     kernel_picks_iova: ClassVar[bool] = True  #: ``map(buffer)`` lets the kernel choose the IOVA
@@ -259,6 +287,9 @@ class IOAS(PageTable):
         super().__init__(iommufd, ioas_id)
         # iopt_unmap_iova_range removes only areas wholly inside the range
         self._mappings: MappingTable[IoasMapping] = MappingTable()
+        # Guards _mappings with the kernel's mappings it mirrors
+        # (re-entered: closing a mapping unmaps).
+        self._lock = threading.RLock()
         #: the ranges of the last :meth:`allow_iovas` through this object
         #: (empty: every IOVA is allowed)
         self.allowed_ranges: tuple[IovaRange, ...] = ()
@@ -266,7 +297,8 @@ class IOAS(PageTable):
     @property
     def mappings(self) -> tuple[IoasMapping, ...]:
         """Live mappings made through this object, by IOVA."""
-        return self._mappings.in_order()
+        with self._lock:  # a consistent snapshot while others map
+            return self._mappings.in_order()
 
     # -- mapping -----------------------------------------------------------------------
     def _flags(self, iova: int | None, readable: bool, writeable: bool) -> int:
@@ -325,8 +357,11 @@ class IOAS(PageTable):
         cmd.user_va = ub.address
         cmd.length = length
         cmd.iova = iova or 0
-        self.iommufd._ioctl(name, lib.IOMMU_IOAS_MAP, cmd, target=self)
-        return self._track(int(cmd.iova), length, flags, ub.owner)
+        with self._lock:  # map and record as one step
+            if self._closed:
+                raise ClosedError(self.describe())
+            self.iommufd._ioctl(name, lib.IOMMU_IOAS_MAP, cmd, target=self)
+            return self._track(int(cmd.iova), length, flags, ub.owner)
 
     def map_file(self, fd: int, length: int, start: int = 0, iova: int | None = None, *,
                  readable: bool = True, writeable: bool = True) -> IoasMapping:
@@ -337,10 +372,12 @@ class IOAS(PageTable):
         self._check_area(name, iova, length)
         check_u64("start", start, ioctl=name, target=self.describe())
         flags = self._flags(iova, readable, writeable)
-        cmd = self.iommufd._cmd(name, lib.IOMMU_IOAS_MAP_FILE, "struct iommu_ioas_map_file",
-                                target=self.describe(), flags=flags, ioas_id=self.id, fd=fd,
-                                start=start, length=length, iova=iova or 0)
-        return self._track(int(cmd.iova), length, flags, fd)
+        with self._lock:
+            self._check_open()
+            cmd = self.iommufd._cmd(name, lib.IOMMU_IOAS_MAP_FILE, "struct iommu_ioas_map_file",
+                                    target=self.describe(), flags=flags, ioas_id=self.id, fd=fd,
+                                    start=start, length=length, iova=iova or 0)
+            return self._track(int(cmd.iova), length, flags, fd)
 
     def copy(self, source: IoasMapping | tuple[IOAS, int, int], iova: int | None = None, *,
              readable: bool = True, writeable: bool = True) -> IoasMapping:
@@ -358,33 +395,44 @@ class IOAS(PageTable):
         self._check_area(name, iova, length)
         check_u64("src_iova", src_iova, ioctl=name, target=self.describe())
         flags = self._flags(iova, readable, writeable)
-        cmd = self.iommufd._cmd(name, lib.IOMMU_IOAS_COPY, "struct iommu_ioas_copy",
-                                target=self.describe(), flags=flags, dst_ioas_id=self.id,
-                                src_ioas_id=src_ioas.id, length=length, dst_iova=iova or 0,
-                                src_iova=src_iova)
-        return self._track(int(cmd.dst_iova), length, flags, source)
+        with self._lock:
+            self._check_open()
+            cmd = self.iommufd._cmd(name, lib.IOMMU_IOAS_COPY, "struct iommu_ioas_copy",
+                                    target=self.describe(), flags=flags, dst_ioas_id=self.id,
+                                    src_ioas_id=src_ioas.id, length=length, dst_iova=iova or 0,
+                                    src_iova=src_iova)
+            return self._track(int(cmd.dst_iova), length, flags, source)
 
     def _track(self, iova: int, length: int, flags: int, owner: Any) -> IoasMapping:
         mapping = self._adopt(IoasMapping(self, iova, length, flags, owner))
         self._mappings.add(mapping)
         return mapping
 
-    def _unmap(self, iova: int, length: int) -> int:
+    def _unmap(self, iova: int, length: int, *, only: IovaMapping | None = None) -> int:
         cmd = ffi.new("struct iommu_ioas_unmap *")
         cmd.size = struct_size("struct iommu_ioas_unmap")
         cmd.ioas_id = self.id
         cmd.iova = iova
         cmd.length = length
-        self.iommufd._ioctl("IOMMU_IOAS_UNMAP", lib.IOMMU_IOAS_UNMAP, cmd, target=self)
-        # iova 0 with length U64_MAX means "everything" (iopt_unmap_all),
-        # including an area that ends at the last IOVA.
-        self._mappings.forget(iova, length, iova == 0 and length == U64_MAX)
+        with self._lock:  # unmap and forget as one step
+            if only is not None and self._mappings.get(iova) is not only:
+                return 0  # another thread's unmap took it
+            self.iommufd._ioctl("IOMMU_IOAS_UNMAP", lib.IOMMU_IOAS_UNMAP, cmd, target=self)
+            # iova 0 with length U64_MAX means "everything" (iopt_unmap_all),
+            # including an area that ends at the last IOVA.
+            self._mappings.forget(iova, length, iova == 0 and length == U64_MAX)
         return int(cmd.length)
 
     def close(self) -> None:
         """Destroy the IOAS: devices are detached, HWPTs built on it
         destroyed and every mapping removed in one IOMMU_IOAS_UNMAP, then
-        the object itself (IOMMU_DESTROY).  Idempotent."""
+        the object itself (IOMMU_DESTROY).  Idempotent.  Waits for map
+        and unmap calls of other threads in progress; later ones raise
+        :class:`~pyvfio.errors.ClosedError`."""
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
         if not self._closed and not self.iommufd.closed:
             try:
                 self._detach_all()

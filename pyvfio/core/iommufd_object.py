@@ -50,7 +50,12 @@ def device_id(device: Device | int) -> int:
 
 
 class IommufdObject(Resource):
-    """An object in an iommufd's table; closing destroys it (IOMMU_DESTROY)."""
+    """An object in an iommufd's table; closing destroys it (IOMMU_DESTROY).
+
+    Thread safety: its operations are ioctls the kernel serialises; the list
+    of objects built on it changes by single dictionary operations (atomic
+    under the GIL). Close it after the threads using it are done.
+    """
 
     kind = "object"
 
@@ -85,7 +90,11 @@ class IommufdObject(Resource):
 
 class PageTable(IommufdObject):
     """An object devices attach to (IOAS or HWPT): it tracks who is
-    attached, with or without a PASID, so that closing it detaches them."""
+    attached, with or without a PASID, so that closing it detaches them.
+
+    Thread safety: the record of attached devices changes with attach and
+    detach: do those from one thread (or under the driver's lock).
+    """
 
     def __init__(self, iommufd: IommuFd, object_id: int) -> None:
         super().__init__(iommufd, object_id)

@@ -10,6 +10,7 @@ has no kernel-chosen IOVAs.  Sizes, alignments and IOVAs are in bytes.
 from __future__ import annotations
 
 import errno
+import threading
 from typing import TYPE_CHECKING, Iterable
 
 from ..errors import InvalidArgumentError, UnsupportedError
@@ -36,6 +37,11 @@ class IovaAllocator:
         for a 28-bit DMA engine); ``None`` for no limit.
     :param skip_zero: keep IOVA 0 (and its first page) unused, so that a
         zero address in a descriptor never points at a live buffer.
+
+    Thread safety: safe to share between threads. :meth:`alloc`,
+    :meth:`reserve`, :meth:`free` and the queries take the allocator's lock,
+    so two threads never get the same range and a freed range goes back into
+    the free list exactly once.
     """
 
     def __init__(self, ranges: Iterable[IovaRange | tuple[int, int]], *,
@@ -59,6 +65,7 @@ class IovaAllocator:
         free.sort(key=lambda b: b.start)
         self._free = free
         self._used: dict[int, int] = {}
+        self._lock = threading.Lock()  # guards _free and _used
 
     @classmethod
     def for_space(cls, space: AddressSpace, *, limit: int | None = None,
@@ -104,6 +111,10 @@ class IovaAllocator:
     def _exclude(self, iova: int, size: int) -> None:
         """Remove ``[iova, iova + size)`` from the free ranges, wherever it
         overlaps them (no record: it is not handed out, nor given back)."""
+        with self._lock:
+            self._free = self._without(iova, size)
+
+    def _without(self, iova: int, size: int) -> list[Block]:
         end = iova + size
         kept: list[Block] = []
         for b in self._free:
@@ -117,16 +128,18 @@ class IovaAllocator:
                 start = round_up(end, self.alignment)
                 if start < b_end:
                     kept.append(Block(start, b_end - start))
-        self._free = kept
+        return kept
 
     def free_ranges(self) -> list[IovaRange]:
         """The IOVA ranges still free (inclusive)."""
-        return [IovaRange(b.start, b.start + b.size - 1) for b in self._free]
+        with self._lock:
+            return [IovaRange(b.start, b.start + b.size - 1) for b in self._free]
 
     @property
     def allocated(self) -> dict[int, int]:
         """``iova -> size`` of the ranges handed out."""
-        return dict(self._used)
+        with self._lock:
+            return dict(self._used)
 
     def alloc(self, size: int, *, alignment: int | None = None) -> int:
         """Allocate ``size`` bytes (rounded up to the granularity) at an
@@ -138,13 +151,14 @@ class IovaAllocator:
         if size <= 0:
             raise InvalidArgumentError("size must be positive")
         size = round_up(size, self.alignment)
-        for i, block in enumerate(self._free):
-            start = round_up(block.start, align)
-            end = block.start + block.size
-            if start + size <= end:
-                carve(self._free, i, start, size)
-                self._used[start] = size
-                return start
+        with self._lock:
+            for i, block in enumerate(self._free):
+                start = round_up(block.start, align)
+                end = block.start + block.size
+                if start + size <= end:
+                    carve(self._free, i, start, size)
+                    self._used[start] = size
+                    return start
         raise UnsupportedError(errno.ENOSPC,
                                f"no free IOVA range of {size:#x} bytes aligned to {align:#x}"
                                + (f" below {self.limit:#x}" if self.limit is not None else ""),
@@ -155,16 +169,30 @@ class IovaAllocator:
         if size <= 0:
             raise InvalidArgumentError("size must be positive", target="IOVA allocator")
         size = round_up(size, self.alignment)
-        for i, block in enumerate(self._free):
-            if block.start <= iova and iova + size <= block.start + block.size:
-                carve(self._free, i, iova, size)
-                self._used[iova] = size
-                return
+        with self._lock:
+            for i, block in enumerate(self._free):
+                if block.start <= iova and iova + size <= block.start + block.size:
+                    carve(self._free, i, iova, size)
+                    self._used[iova] = size
+                    return
         raise InvalidArgumentError(f"[{iova:#x}, +{size:#x}) is not free", target="IOVA allocator")
 
     def free(self, iova: int) -> None:
         """Give back the range allocated at ``iova``."""
-        size = self._used.pop(iova, None)
-        if size is None:
-            raise InvalidArgumentError(f"IOVA {iova:#x} was not allocated", target="IOVA allocator")
-        self._free = give_back(self._free, iova, size)
+        with self._lock:
+            size = self._used.pop(iova, None)
+            if size is not None:
+                self._free = give_back(self._free, iova, size)
+                return
+        raise InvalidArgumentError(f"IOVA {iova:#x} was not allocated", target="IOVA allocator")
+
+    def _free_if_allocated(self, iova: int) -> None:
+        """Give back the range at ``iova`` when it was allocated (checked
+        and freed under one hold of the lock)."""
+        with self._lock:
+            size = self._used.pop(iova, None)
+            if size is not None:
+                self._free = give_back(self._free, iova, size)
+
+    def _is_allocated(self, iova: int) -> bool:
+        return iova in self._used  # one dict lookup: atomic

@@ -35,6 +35,7 @@ import errno
 import math
 import os
 import select
+import threading
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, AsyncIterator, Iterable, Iterator, Sequence
@@ -74,6 +75,14 @@ class EventFd(FdResource):
     other threads or loops, and :meth:`poll`/:meth:`wait`, take the count
     for themselves.  Closing the eventfd wakes waiting tasks with
     :class:`~pyvfio.errors.ClosedError` (an ``async for`` just ends).
+
+    Thread safety: safe to wait on and signal from several threads.  The
+    counter lives in the kernel: each read takes and resets it atomically,
+    so every event is counted by exactly one :meth:`poll`/:meth:`wait`
+    (the waits block in ``poll(2)`` without holding any lock).  The
+    per-loop waiter lists are kept per event loop, each changed from its
+    loop's thread.  Close it after the waiting threads are done (a
+    :meth:`wait` without timeout does not wake on close).
     """
 
     kind = "eventfd"
@@ -237,7 +246,11 @@ def _fail(futures: list[asyncio.Future[int]], target: str) -> None:
 
 
 class IrqVector(EventFd):
-    """The eventfd of one interrupt vector of an :class:`Irq`."""
+    """The eventfd of one interrupt vector of an :class:`Irq`.
+
+    Thread safety: as :class:`EventFd`; :meth:`trigger`, :meth:`mask` and
+    :meth:`unmask` are single ioctls the kernel serialises.
+    """
 
     kind = "interrupt vector"
 
@@ -301,12 +314,21 @@ class _IrqState(Resource):
 
 class Irq:
     """One interrupt index of a device (INTx, MSI, MSI-X, ERR, REQ or a
-    device-specific one)."""
+    device-specific one).
+
+    Thread safety: safe to use from several threads.  :meth:`enable` and
+    :meth:`disable` take the index's lock around the vector table and the
+    SET_IRQS ioctl that must agree with it; :meth:`mask`, :meth:`unmask`
+    and :meth:`trigger` are single ioctls the kernel serialises.  Waiting
+    on the vectors takes no lock (see :class:`EventFd`).
+    """
 
     def __init__(self, device: Device, info: IrqInfo) -> None:
         self.device = device  #: the device
         self.info = info  #: VFIO_DEVICE_GET_IRQ_INFO (see :meth:`refresh`)
         self._state: _IrqState | None = None
+        # Guards _state and its vector table with the kernel's eventfds.
+        self._lock = threading.RLock()
 
     # -- what the kernel says -----------------------------------------------------------------
     @property
@@ -367,14 +389,17 @@ class Irq:
     @property
     def enabled(self) -> bool:
         """Eventfds are set up for this index (through this object)."""
-        return self._state is not None and not self._state.closed
+        state = self._state  # read once: another thread may disable
+        return state is not None and not state.closed
 
     @property
     def vectors(self) -> tuple[IrqVector, ...]:
         """The vectors set up by :meth:`enable`, by number."""
-        if not self.enabled or self._state is None:
+        state = self._state
+        if state is None or state.closed:
             return ()
-        return tuple(self._state.vectors[k] for k in sorted(self._state.vectors))
+        table = dict(state.vectors)  # a snapshot: enable() may add to it
+        return tuple(table[k] for k in sorted(table))
 
     def vector(self, number: int) -> IrqVector:
         """The enabled vector ``number``."""
@@ -414,6 +439,10 @@ class Irq:
         other: disable one before enabling another.  On an enabled index
         whose count may change (MSI-X with ``noresize`` False) this adds
         vectors; otherwise disable first."""
+        with self._lock:
+            return self._enable(count, start)
+
+    def _enable(self, count: int | None, start: int) -> list[IrqVector]:
         device = self.device
         device._check_open()
         if self.count == 0:
@@ -477,9 +506,10 @@ class Irq:
     def disable(self) -> None:
         """Disable the index (``DATA_NONE | ACTION_TRIGGER``, count 0) and
         close its eventfds; does nothing when not enabled."""
-        state = self._state
-        if state is not None:
-            state.close()
+        with self._lock:
+            state = self._state
+            if state is not None:
+                state.close()
 
     def mask(self, vector: int = 0, count: int = 1) -> None:
         """``ACTION_MASK`` of vectors ``[vector, vector + count)``.
@@ -527,7 +557,10 @@ class Irq:
 
 class IrqMap(Mapping[int, Irq]):
     """A device's interrupt indexes by number, or by name (``"MSI"``,
-    ``"msix"``, ``"MSI-X"``: case-insensitive)."""
+    ``"msix"``, ``"MSI-X"``: case-insensitive).
+
+    Thread safety: immutable after it is built (the device builds one, once).
+    """
 
     def __init__(self, irqs: Iterable[Irq]) -> None:
         self._by_index = {i.index: i for i in irqs}

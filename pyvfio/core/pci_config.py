@@ -71,7 +71,10 @@ PCI_CFG_SPACE_SIZE = 256
 
 
 class PciCap(enum.IntEnum):
-    """Standard capability IDs (``PCI_CAP_ID_*``)."""
+    """Standard capability IDs (``PCI_CAP_ID_*``).
+
+    Thread safety: a constant; safe to share.
+    """
 
     PM = 0x01
     AGP = 0x02
@@ -96,7 +99,10 @@ class PciCap(enum.IntEnum):
 
 
 class PciExtCap(enum.IntEnum):
-    """Extended capability IDs (``PCI_EXT_CAP_ID_*``)."""
+    """Extended capability IDs (``PCI_EXT_CAP_ID_*``).
+
+    Thread safety: a constant; safe to share.
+    """
 
     ERR = 0x01
     VC = 0x02
@@ -177,7 +183,10 @@ PCI_HEADER = RegisterBlock("PCI header", [
 @dataclass(frozen=True)
 class PciCapability:
     """A capability found in the list: its ID and byte offset in config
-    space (``version`` for extended capabilities, 0 otherwise)."""
+    space (``version`` for extended capabilities, 0 otherwise).
+
+    Thread safety: immutable; safe to share between threads.
+    """
 
     id: int  #: the capability ID (PCI_CAP_ID_* or PCI_EXT_CAP_ID_*)
     offset: int  #: bytes from the start of config space
@@ -201,7 +210,13 @@ class PciConfig(RegisterIO):
     """A device's configuration space (the vfio ``CONFIG`` region).
 
     Offsets are bytes from the start of config space; :attr:`size` is 256
-    (conventional PCI) or 4096 (PCI Express)."""
+    (conventional PCI) or 4096 (PCI Express).
+
+    Thread safety: keeps no state of its own besides the region: every
+    access is a ``pread``/``pwrite`` the kernel serialises. A
+    read-modify-write of a register is not atomic: serialise those in the
+    driver.
+    """
 
     def __init__(self, region: Region) -> None:
         self.region = region  #: the CONFIG region
@@ -425,7 +440,11 @@ class PciConfig(RegisterIO):
 
 class CapabilityView:
     """Registers of one capability at :attr:`offset`; offsets of the
-    accessors are relative to it."""
+    accessors are relative to it.
+
+    Thread safety: keeps no state of its own: accesses go to the config
+    space (see :class:`PciConfig`).
+    """
 
     #: Capability name for messages.
     name = "capability"
@@ -459,7 +478,11 @@ class CapabilityView:
 
 
 class MsiCapability(CapabilityView):
-    """MSI (vfio virtualises its control: read it, do not program it)."""
+    """MSI (vfio virtualises its control: read it, do not program it).
+
+    Thread safety: keeps no state of its own: accesses go to the config
+    space (see :class:`PciConfig`).
+    """
 
     name = "MSI"
 
@@ -495,7 +518,11 @@ class MsiCapability(CapabilityView):
 
 
 class MsixCapability(CapabilityView):
-    """MSI-X: where the table and the Pending Bit Array are."""
+    """MSI-X: where the table and the Pending Bit Array are.
+
+    Thread safety: keeps no state of its own: accesses go to the config
+    space (see :class:`PciConfig`).
+    """
 
     name = "MSI-X"
 
@@ -541,7 +568,11 @@ class MsixCapability(CapabilityView):
 
 
 class PcieCapability(CapabilityView):
-    """PCI Express capability."""
+    """PCI Express capability.
+
+    Thread safety: keeps no state of its own: accesses go to the config
+    space (see :class:`PciConfig`).
+    """
 
     name = "PCI Express"
 
@@ -612,7 +643,11 @@ class PcieCapability(CapabilityView):
 
 
 class PmCapability(CapabilityView):
-    """Power Management capability."""
+    """Power Management capability.
+
+    Thread safety: keeps no state of its own: accesses go to the config
+    space (see :class:`PciConfig`).
+    """
 
     name = "PM"
 
@@ -638,7 +673,11 @@ class PmCapability(CapabilityView):
 
 
 class AerCapability(CapabilityView):
-    """Advanced Error Reporting (extended capability)."""
+    """Advanced Error Reporting (extended capability).
+
+    Thread safety: keeps no state of its own: accesses go to the config
+    space (see :class:`PciConfig`).
+    """
 
     name = "AER"
 
@@ -674,7 +713,11 @@ class AerCapability(CapabilityView):
 
 
 class SriovCapability(CapabilityView):
-    """Single Root I/O Virtualization (extended capability)."""
+    """Single Root I/O Virtualization (extended capability).
+
+    Thread safety: keeps no state of its own: accesses go to the config
+    space (see :class:`PciConfig`).
+    """
 
     name = "SR-IOV"
 

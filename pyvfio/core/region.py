@@ -47,7 +47,13 @@ __all__ = ["Region", "RegionMap", "RegionMapping"]
 class Region(RegisterIO):
     """One region of a device (``VFIO_DEVICE_GET_REGION_INFO``), accessed
     through ``pread``/``pwrite`` on the device file or mapped with
-    :meth:`mmap`.  Offsets and sizes are in bytes from the region's start."""
+    :meth:`mmap`.  Offsets and sizes are in bytes from the region's start.
+
+    Thread safety: safe to use from several threads: its accessors are
+    ``pread``/``pwrite`` syscalls; :meth:`io` maps the region at most once
+    (under the device's lock), so threads share one :class:`RegionMapping`.
+    Each :meth:`mmap` call makes a new mapping.
+    """
 
     def __init__(self, device: Device, info: RegionInfo) -> None:
         self.device = device  #: the device the region belongs to
@@ -220,13 +226,21 @@ class Region(RegisterIO):
         if mapping is not None:
             return mapping
         if self.mmap_areas:
-            return self.mmap()
+            with self.device._lock:  # one mapping for the threads that race here
+                mapping = self.mapping
+                return mapping if mapping is not None else self.mmap()
         return self
 
 
 class RegionMapping(Resource, RegisterIO):
     """The mmapped areas of a region.  Offsets are from the start of the
-    region; an access must lie wholly inside one mapped area."""
+    region; an access must lie wholly inside one mapped area.
+
+    Thread safety: its accessors are plain loads and stores on the mapped
+    memory, safe from any thread (ordering and read-modify-write races
+    between threads are the driver's business, as in C); close it after the
+    threads using it are done.
+    """
 
     kind = "region mapping"
 
@@ -424,7 +438,11 @@ class RegionMapping(Resource, RegisterIO):
 
 class RegionMap(Mapping[int, Region]):
     """A device's regions by index; also by name (``"BAR0"``, ``"config"``,
-    ``"region9"``: case-insensitive) and by device-specific type."""
+    ``"region9"``: case-insensitive) and by device-specific type.
+
+    Thread safety: immutable after it is built (the device builds one, once,
+    under its lock).
+    """
 
     def __init__(self, regions: Iterable[Region]) -> None:
         self._by_index = {r.index: r for r in regions}

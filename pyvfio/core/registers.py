@@ -61,6 +61,12 @@ class RegisterIO(abc.ABC):
     (``offset % width == 0``) and the bounds (``[0, size)``) first and
     raise :class:`~pyvfio.errors.InvalidArgumentError` (a ``ValueError``)
     naming the window when one is violated.
+
+    Thread safety: the accessors keep no state of their own: as safe as the
+    memory or syscalls under them (see
+    :class:`~pyvfio.core.region.RegionMapping` and
+    :class:`~pyvfio.core.region.Region`). A read-modify-write is not atomic:
+    serialise those in the driver.
     """
 
     #: Size of the window in bytes.
@@ -146,7 +152,10 @@ class RegisterIO(abc.ABC):
 
 @dataclass(frozen=True)
 class Field:
-    """A bit field of a register: ``width`` bits starting at bit ``lsb``."""
+    """A bit field of a register: ``width`` bits starting at bit ``lsb``.
+
+    Thread safety: immutable; safe to share between threads.
+    """
 
     name: str  #: the field's name (attribute and keyword of the register)
     lsb: int  #: least significant bit (0 = bit 0)
@@ -184,7 +193,10 @@ class Field:
 
 @dataclass(frozen=True)
 class Register:
-    """A register: ``width`` bytes at byte ``offset`` of its block."""
+    """A register: ``width`` bytes at byte ``offset`` of its block.
+
+    Thread safety: immutable; safe to share between threads.
+    """
 
     name: str  #: the register's name (attribute of the bound block)
     offset: int  #: bytes from the start of the block
@@ -240,7 +252,10 @@ class Register:
 
 class RegisterBlock:
     """A named set of registers, bound to a :class:`RegisterIO` with
-    :meth:`bind`."""
+    :meth:`bind`.
+
+    Thread safety: immutable after construction; safe to share.
+    """
 
     def __init__(self, name: str, registers: Iterable[Register], *, size: int | None = None,
                  doc: str = "") -> None:
@@ -287,7 +302,11 @@ class RegisterBlock:
 class BoundRegister:
     """One register of a bound block: every method is one access (reads)
     or one access (writes), or exactly one read then one write
-    (:meth:`modify`, :meth:`set`)."""
+    (:meth:`modify`, :meth:`set`).
+
+    Thread safety: keeps no state of its own; a read-modify-write (setting a
+    field) is not atomic: serialise those in the driver.
+    """
 
     def __init__(self, register: Register, io: RegisterIO, base: int) -> None:
         self.register = register  #: the description
@@ -340,7 +359,11 @@ class BoundRegister:
 
 class BoundRegisters:
     """A register block bound to a window: registers by attribute
-    (``regs.STATUS``) or by name (``regs["STATUS"]``)."""
+    (``regs.STATUS``) or by name (``regs["STATUS"]``).
+
+    Thread safety: immutable after construction; a read-modify-write
+    (setting a field) is not atomic: serialise those in the driver.
+    """
 
     def __init__(self, block: RegisterBlock, io: RegisterIO, base: int) -> None:
         self.block = block  #: the description

@@ -30,6 +30,12 @@ class Resource:
     * A resource garbage-collected while open emits :class:`ResourceWarning`
       and is then released.
     * Resources are context managers.
+
+    Thread safety: ``close()`` is idempotent but is not serialised against
+    the object's other calls, except where a subclass says so (the address
+    spaces); the registry of children changes by single dictionary
+    operations, atomic under the GIL. Close an object after the threads
+    using it are done.
     """
 
     #: What this is called in messages ("IOAS", "container", ...).
@@ -152,7 +158,11 @@ def open_node(backend: Backend, path: str) -> int:
 
 
 class FdResource(Resource):
-    """A resource that owns a file descriptor."""
+    """A resource that owns a file descriptor.
+
+    Thread safety: as :class:`Resource`; ioctls on the fd are serialised by
+    the kernel.
+    """
 
     #: Error-message vocabulary for this fd's ioctls ("vfio" or "iommufd").
     family = "vfio"

@@ -14,7 +14,10 @@ __all__ = ["UserBuffer", "user_buffer"]
 
 class UserBuffer(NamedTuple):
     """A range of this process's memory and the object that keeps it alive
-    (a tuple: built on every map call, it must be cheap)."""
+    (a tuple: built on every map call, it must be cheap).
+
+    Thread safety: an immutable value; safe to share.
+    """
 
     address: int  #: virtual address of the first byte
     length: int  #: bytes

@@ -64,7 +64,10 @@ def driver_keeps_group_viable(driver: str | None) -> bool:
 # -- viability ---------------------------------------------------------------------
 @dataclass(frozen=True)
 class Blocker:
-    """A device that keeps its IOMMU group from being viable."""
+    """A device that keeps its IOMMU group from being viable.
+
+    Thread safety: immutable; safe to share between threads.
+    """
 
     bdf: str  #: the device that blocks the group
     driver: str  #: the host driver it is bound to
@@ -106,7 +109,10 @@ def _describe(b: Backend, bdf: str) -> str:
 
 @dataclass(frozen=True)
 class GroupMember:
-    """One device of an IOMMU group, as :func:`explain_group` sees it."""
+    """One device of an IOMMU group, as :func:`explain_group` sees it.
+
+    Thread safety: immutable; safe to share between threads.
+    """
 
     bdf: str  #: the member's address
     driver: str | None  #: its driver, or None
@@ -144,6 +150,8 @@ class GroupViability:
     space: whoever owns it programs DMA for all of them, so the other
     members (:attr:`at_risk`) are reachable by the user's DMA and must be
     trusted with it, or left without a driver.
+
+    Thread safety: immutable; safe to share between threads.
     """
 
     group: int  #: the group number

@@ -23,7 +23,12 @@ __all__ = ["Viommu", "Vdevice", "Veventq", "HwQueue"]
 
 
 class Viommu(IommufdObject):
-    """A virtual IOMMU instance (IOMMU_VIOMMU_ALLOC)."""
+    """A virtual IOMMU instance (IOMMU_VIOMMU_ALLOC).
+
+    Thread safety: its operations are single ioctls the kernel serialises;
+    objects built on it are recorded by single dictionary operations (atomic
+    under the GIL). Close it after the threads using it are done.
+    """
 
     kind = "vIOMMU"
 
@@ -62,7 +67,11 @@ class Viommu(IommufdObject):
 
 
 class Vdevice(IommufdObject):
-    """A device as seen by a vIOMMU (IOMMU_VDEVICE_ALLOC)."""
+    """A device as seen by a vIOMMU (IOMMU_VDEVICE_ALLOC).
+
+    Thread safety: immutable after allocation apart from closing; close it
+    after the threads using it are done.
+    """
 
     kind = "vdevice"
 
@@ -81,7 +90,12 @@ class Vdevice(IommufdObject):
 
 
 class Veventq(IommufdObject):
-    """A vIOMMU event queue (IOMMU_VEVENTQ_ALLOC) and its fd."""
+    """A vIOMMU event queue (IOMMU_VEVENTQ_ALLOC) and its fd.
+
+    Thread safety: reads are syscalls on its fd the kernel serialises:
+    several threads may read, each event record goes to one of them. Close
+    it after the readers are done.
+    """
 
     kind = "vEVENTQ"
 
@@ -109,6 +123,10 @@ class Veventq(IommufdObject):
 
 
 class HwQueue(IommufdObject):
-    """A vIOMMU hardware queue (IOMMU_HW_QUEUE_ALLOC)."""
+    """A vIOMMU hardware queue (IOMMU_HW_QUEUE_ALLOC).
+
+    Thread safety: immutable after allocation apart from closing; close it
+    after the threads using it are done.
+    """
 
     kind = "HW queue"

@@ -26,6 +26,7 @@ from __future__ import annotations
 import errno
 import mmap
 import os
+import threading
 from typing import Any, SupportsIndex
 
 from .._uapi import ffi, lib
@@ -134,6 +135,10 @@ class DmaBuffer(Resource, mmap.mmap):  # type: ignore[override]  # Resource.clos
     ``close()``.  After ``close()`` the methods here raise
     :class:`~pyvfio.errors.ClosedError`; mmap's own methods and
     ``memoryview(buf)`` raise :class:`ValueError` (its base class).
+
+    Thread safety: the memory may be read and written from any thread
+    (ordering between threads and the device is the driver's business).
+    Do not close it while another thread uses it or maps it.
     """
 
     kind = "DMA buffer"
@@ -329,7 +334,12 @@ def map_buffer(space: AddressSpace, buffer: Any, iova: int | None = None, *,
 
 
 class DmaChunk:
-    """A piece of a :class:`DmaPool`: ``length`` bytes at :attr:`iova`."""
+    """A piece of a :class:`DmaPool`: ``length`` bytes at :attr:`iova`.
+
+    Thread safety: its memory may be used from any thread; :meth:`free`
+    gives it back once even when called from several threads (the pool's
+    lock decides).
+    """
 
     def __init__(self, pool: DmaPool, offset: int, length: int) -> None:
         self.pool = pool  #: the pool it came from
@@ -381,10 +391,13 @@ class DmaChunk:
 
     def free(self) -> None:
         """Give the chunk back to the pool; idempotent."""
-        if not self._freed:
+        pool = self.pool
+        with pool._lock:  # one thread frees it; its offset may be reused after
+            if self._freed:
+                return
             self._freed = True
-            if not self.pool.closed:
-                self.pool._give_back(self.offset, self.length)
+        if not pool.closed:
+            pool._give_back(self.offset, self.length)
 
     def __enter__(self) -> DmaChunk:
         return self
@@ -409,6 +422,11 @@ class DmaPool(Resource):
     its chunks are alive (the pool is closed, :attr:`buffer` stays open).
     A pool over a caller's buffer raises :class:`~pyvfio.errors.ClosedError`
     once that buffer is closed.
+
+    Thread safety: safe to share between threads: :meth:`alloc` and
+    freeing a chunk take the pool's lock around its free list (the chunk
+    is zeroed after the lock is released).  Close it after the threads
+    using it are done.
     """
 
     kind = "DMA pool"
@@ -428,6 +446,7 @@ class DmaPool(Resource):
         self._allocator = allocator
         self._free: list[Block] = [Block(0, buffer.length)]
         self._used: dict[int, int] = {}
+        self._lock = threading.Lock()  # guards _free and _used
 
     @classmethod
     def create(cls, space: AddressSpace, size: int, *, iova: int | None = None,
@@ -455,12 +474,14 @@ class DmaPool(Resource):
     @property
     def used(self) -> int:
         """Bytes handed out."""
-        return sum(self._used.values())
+        with self._lock:
+            return sum(self._used.values())
 
     @property
     def available(self) -> int:
         """Bytes free (possibly fragmented)."""
-        return sum(b.size for b in self._free)
+        with self._lock:
+            return sum(b.size for b in self._free)
 
     def alloc(self, size: int, *, align: int | None = None, zero: bool = True) -> DmaChunk:
         """A chunk of ``size`` bytes whose IOVA is aligned to ``align``
@@ -475,25 +496,30 @@ class DmaPool(Resource):
         if size <= 0:
             raise InvalidArgumentError("size must be positive", target=self.describe())
         size = round_up(size, self.min_align)
-        for i, block in enumerate(self._free):
-            start_iova = round_up(self.iova + block.start, align)
-            start = start_iova - self.iova
-            end = block.start + block.size
-            if start + size <= end:
-                carve(self._free, i, start, size)
-                self._used[start] = size
-                chunk = DmaChunk(self, start, size)
-                if zero:
-                    chunk.zero()
-                return chunk
+        chunk: DmaChunk | None = None
+        with self._lock:
+            for i, block in enumerate(self._free):
+                start_iova = round_up(self.iova + block.start, align)
+                start = start_iova - self.iova
+                end = block.start + block.size
+                if start + size <= end:
+                    carve(self._free, i, start, size)
+                    self._used[start] = size
+                    chunk = DmaChunk(self, start, size)
+                    break
+        if chunk is not None:
+            if zero:
+                chunk.zero()
+            return chunk
         raise UnsupportedError(errno.ENOMEM,
                                f"no free chunk of {size:#x} bytes aligned to {align:#x} "
                                f"({self.available:#x} bytes free)", target=self.describe())
 
     def _give_back(self, offset: int, size: int) -> None:
-        if self._used.pop(offset, None) is None:
-            return
-        self._free = give_back(self._free, offset, size)
+        with self._lock:
+            if self._used.pop(offset, None) is None:
+                return
+            self._free = give_back(self._free, offset, size)
 
     def _release(self) -> None:
         try:
