@@ -72,6 +72,17 @@ def walk(system: System, fn: Callable[[], object]) -> FaultWalk:
     return result
 
 
+@contextlib.contextmanager
+def dma_buffer(size: int, backend: Any) -> Iterator[DmaBuffer]:
+    """A DMA buffer for a walked sequence: closed with ``unmap=True``, which
+    retries an unmap that failed (a buffer does not close while mapped)."""
+    buf = DmaBuffer(size, backend=backend)
+    try:
+        yield buf
+    finally:
+        buf.close(unmap=True)
+
+
 # -- the sequences ------------------------------------------------------------------------------
 @contextlib.contextmanager
 def cdev_ready(system: System, bdf: str) -> Iterator[tuple[Device, Any]]:
@@ -301,13 +312,13 @@ def test_iommufd_objects() -> None:
         with IommuFd(backend=backend) as iommufd, Device.open(bdf, backend=backend) as dev:
             dev.bind(iommufd)
             ioas = iommufd.ioas()
-            with DmaBuffer(2 * PAGE, backend=backend) as buf:
+            with dma_buffer(2 * PAGE, backend) as buf:
                 ioas.map(buf)
                 queue = iommufd.fault_queue()
                 hwpt = iommufd.hwpt_alloc(dev, ioas)
                 dev.attach(hwpt)
                 dev.attach(ioas)
-                with DmaBuffer(PAGE, backend=backend) as more:
+                with dma_buffer(PAGE, backend) as more:
                     ioas.map(more)
                     ioas.unmap_all()
                 queue.close()
@@ -328,7 +339,7 @@ def test_dma_logging_and_low_power(path: str) -> None:
     def sequence() -> None:
         with READY[path](system, bdf) as (dev, space):
             f = dev.features
-            with DmaBuffer(4 * PAGE, backend=dev.backend) as buf:
+            with dma_buffer(4 * PAGE, dev.backend) as buf:
                 mapping = pyvfio.map_buffer(space, buf, allocator=IovaAllocator.for_space(space))
                 try:
                     f.dma_logging_start([(mapping.iova, 4 * PAGE)], page_size=PAGE)
@@ -359,7 +370,7 @@ def test_second_group_joins_a_container_with_mappings() -> None:
                 Group.for_device(nvme, backend=backend) as g2:
             g1.set_container(c)
             c.set_iommu()
-            with DmaBuffer(2 * PAGE, backend=backend) as buf:
+            with dma_buffer(2 * PAGE, backend) as buf:
                 mapping = pyvfio.map_buffer(c, buf, allocator=IovaAllocator.for_space(c))
                 try:
                     g2.set_container(c)
@@ -388,7 +399,7 @@ def test_device_opens_over_mappings(path: str) -> None:
                 Group.for_device(bdf, backend=backend) as g:
             g.set_container(c)
             c.set_iommu()
-            with DmaBuffer(32 * PAGE, backend=backend) as buf:
+            with dma_buffer(32 * PAGE, backend) as buf:
                 mapping = pyvfio.map_buffer(c, buf, allocator=IovaAllocator.for_space(c))
                 try:
                     with g.open_device(bdf):
