@@ -128,30 +128,32 @@ class IovaMapping(Resource):
         self.length = length  #: bytes
         self.flags = flags  #: the map ioctl's flags
         self._owner: Any = None
+        self._buffer: Any = None
         self._set_owner(owner)
 
     def _set_owner(self, owner: Any) -> None:
-        """Keep ``owner`` alive while mapped and, if it tracks its
-        mappings, tell it (and the previous owner that it is free)."""
-        old = self._owner
-        if old is not None and type(old) is not tuple:
-            tracked = getattr(old, "_dma_mappings", None)
-            if tracked is not None:
-                tracked.discard(self)
+        """Keep ``owner`` alive while mapped and, if it is (or, for a copy,
+        its source mapping maps) a buffer tracking its mappings, tell that
+        buffer -- and the previous one that it is free."""
+        old = self._buffer
+        if old is not None:
+            old._dma_mappings.discard(self)
         self._owner = owner
-        if owner is not None and type(owner) is not tuple:  # a tuple: a plain buffer
-            tracked = getattr(owner, "_dma_mappings", None)
-            if tracked is not None:
-                tracked.add(self)
+        buffer = owner
+        while isinstance(buffer, IovaMapping):  # IOMMU_IOAS_COPY of a mapping
+            buffer = buffer._buffer
+        if buffer is None or type(buffer) is tuple or not hasattr(buffer, "_dma_mappings"):
+            buffer = None  # a tuple: a plain buffer (bytearray, mmap, ...)
+        self._buffer = buffer
+        if buffer is not None:
+            buffer._dma_mappings.add(self)
 
     @property
     def buffer(self) -> Any:
         """The buffer mapped here when it tracks its mappings (a
-        :class:`~pyvfio.DmaBuffer`), else ``None``."""
-        owner = self._owner
-        if owner is not None and type(owner) is not tuple and hasattr(owner, "_dma_mappings"):
-            return owner
-        return None
+        :class:`~pyvfio.DmaBuffer`, also for a copy of its mapping), else
+        ``None``."""
+        return self._buffer
 
     @property
     def size(self) -> int:

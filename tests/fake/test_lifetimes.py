@@ -278,3 +278,17 @@ def test_failed_destroy_of_a_hwpt_keeps_it_a_dependent(system: System) -> None:
         assert not hwpt.closed and id(hwpt) in ioas._dependents
         ioas.close()  # destroys the HWPT first
         assert hwpt.closed and ioas.closed
+
+
+def test_a_copy_of_a_mapping_keeps_the_buffer_mapped(system: System) -> None:
+    with DmaBuffer(PAGE, backend=system.backend) as buf, \
+            IommuFd(backend=system.backend) as iommufd:
+        src, dst = iommufd.ioas(), iommufd.ioas()
+        original = src.map(buf, IOVA)
+        copied = dst.copy(original, IOVA)
+        assert copied.buffer is buf and set(buf.mappings) == {original, copied}
+        original.close()
+        with pytest.raises(InvalidArgumentError, match="still mapped"):
+            buf.close()  # the copy still maps its pages
+        copied.close()
+        assert buf.mappings == ()
