@@ -193,6 +193,9 @@ def test_map_buffer_on_both_paths(machine: FakeMachine) -> None:
             assert m2.length == 0x1000 and ioas.mappings == (m2,)
             fixed = map_buffer(ioas, buf, 0x300000, writeable=False)
             assert fixed.iova == 0x300000 and not fixed.writeable
+            assert buf.mappings == (m2, fixed) and fixed.buffer is buf
+            buf.close(unmap=True)  # a buffer still mapped does not close without it
+            assert m2.closed and fixed.closed and not ioas.mappings
 
 
 def test_dma_pool(machine: FakeMachine) -> None:

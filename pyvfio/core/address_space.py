@@ -115,7 +115,11 @@ class IovaMapping(Resource):
     """One range of IOVAs mapped to memory in an :class:`AddressSpace`.
 
     Closing it unmaps exactly this range.  What backs it (the buffer, a
-    file, a source mapping) is kept alive while the mapping exists.
+    file, a source mapping) is kept alive while the mapping exists; a
+    buffer that tracks its mappings (a :class:`~pyvfio.DmaBuffer`, through
+    a ``_dma_mappings`` weak set) knows it is mapped here until the
+    mapping is closed.  When the unmap fails (the kernel unmapped
+    nothing), the mapping stays open and ``close()`` may be retried.
 
     Thread safety: closing takes the address space's lock; a mapping that
     an unmap of a range (or the space's close) in another thread removed
@@ -124,6 +128,7 @@ class IovaMapping(Resource):
     """
 
     kind = "mapping"
+    _open_after_failed_release = True
 
     #: The flag bits meaning the device may read (write) the memory.
     _READ: ClassVar[int] = 0
@@ -136,7 +141,33 @@ class IovaMapping(Resource):
         self.iova = iova  #: first IOVA (bytes)
         self.length = length  #: bytes
         self.flags = flags  #: the map ioctl's flags
+        self._owner: Any = None
+        self._buffer: Any = None
+        self._set_owner(owner)
+
+    def _set_owner(self, owner: Any) -> None:
+        """Keep ``owner`` alive while mapped and, if it is (or, for a copy,
+        its source mapping maps) a buffer tracking its mappings, tell that
+        buffer -- and the previous one that it is free."""
+        old = self._buffer
+        if old is not None:
+            old._dma_mappings.discard(self)
         self._owner = owner
+        buffer = owner
+        while isinstance(buffer, IovaMapping):  # IOMMU_IOAS_COPY of a mapping
+            buffer = buffer._buffer
+        if buffer is None or type(buffer) is tuple or not hasattr(buffer, "_dma_mappings"):
+            buffer = None  # a tuple: a plain buffer (bytearray, mmap, ...)
+        self._buffer = buffer
+        if buffer is not None:
+            buffer._dma_mappings.add(self)
+
+    @property
+    def buffer(self) -> Any:
+        """The buffer mapped here when it tracks its mappings (a
+        :class:`~pyvfio.DmaBuffer`, also for a copy of its mapping), else
+        ``None``."""
+        return self._buffer
 
     @property
     def size(self) -> int:
@@ -169,9 +200,19 @@ class IovaMapping(Resource):
         space = self.space
         if not space.closed:
             # only while still in the table: no unmap (of another thread)
-            # took it out and gave its IOVA to a newer mapping
+            # took it out and gave its IOVA to a newer mapping; marks it closed
             space._unmap(self.iova, self.length, only=self)
-        self._owner = None
+        self._set_owner(None)
+
+    def _mark_closed(self) -> None:
+        """The kernel unmapped the range (an unmap of a wider range, the
+        space closed or destroyed): the buffer is free again."""
+        self._set_owner(None)
+        super()._mark_closed()
+
+    def overlaps(self, iova: int, length: int) -> bool:
+        """Whether ``[iova, iova + length)`` shares an IOVA with this mapping."""
+        return iova <= self.last and self.iova <= iova + length - 1
 
 
 M = TypeVar("M", bound=IovaMapping)
@@ -222,11 +263,24 @@ class MappingTable(Generic[M]):
         return self._by_iova.get(iova)
 
     def add(self, mapping: M) -> None:
-        """Record a new mapping."""
+        """Record a new mapping.  One still recorded at its IOVA is gone
+        from the kernel (which just mapped the range again): it is marked
+        closed."""
         iova = mapping.iova
-        if iova not in self._by_iova:
+        stale = self._by_iova.get(iova)
+        if stale is None:
             self._starts.add(iova)
+        elif stale is not mapping:
+            stale._mark_closed()
         self._by_iova[iova] = mapping
+
+    def discard(self, mapping: M) -> None:
+        """Take ``mapping`` out of the table (if it is there) and mark it
+        closed: the kernel has nothing mapped in its range any more."""
+        if self._by_iova.get(mapping.iova) is mapping:
+            del self._by_iova[mapping.iova]
+            self._starts.remove(mapping.iova)
+        mapping._mark_closed()
 
     def forget(self, iova: int, length: int, everything: bool = False,
                on_forget: Callable[[int], None] | None = None) -> None:

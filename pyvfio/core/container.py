@@ -479,7 +479,7 @@ class Container(FdResource):
         with self._lock:
             self._ioctl(name, lib.VFIO_IOMMU_MAP_DMA, arg)
             mapping.vaddr = ub.address
-            mapping._owner = ub.owner
+            mapping._set_owner(ub.owner)
 
     # -- dirty page tracking ----------------------------------------------------
     def _dirty(self, flags: int, extra: bytes = b"") -> None:

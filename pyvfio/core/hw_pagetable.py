@@ -158,11 +158,20 @@ class HWPT(PageTable):
     def _release(self) -> None:
         self._detach_all()
         self._destroy_dependents()
+        super()._release()
+        self._drop_references()
+
+    def _mark_closed(self) -> None:
+        self._drop_references()
+        super()._mark_closed()
+
+    def _drop_references(self) -> None:
+        # Destroyed: it no longer keeps its parent and fault queue busy
+        # (while IOMMU_DESTROY fails, it still does).
         if isinstance(self.parent, IommufdObject):
             self.parent._dependents.pop(id(self), None)
         if self.fault is not None:
             self.fault._dependents.pop(id(self), None)
-        super()._release()
 
 
 class FaultQueue(IommufdObject):

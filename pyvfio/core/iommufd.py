@@ -81,6 +81,9 @@ class IommuFd(FdResource):
         b = resolve_backend(backend)
         super().__init__(open_node(b, path), b)
         self.path = path
+        # The live objects by ID: the kernel reuses a destroyed object's ID
+        # (an xarray), so an ID names at most one live object.
+        self._objects: dict[int, IommufdObject] = {}
 
     def describe(self) -> str:
         return "iommufd" + (f" (fd {self._fd})" if self._fd >= 0 else "")
@@ -104,10 +107,41 @@ class IommuFd(FdResource):
         return cmd
 
     def destroy(self, object_id: int) -> None:
-        """IOMMU_DESTROY of a raw object ID (prefer closing the object)."""
+        """IOMMU_DESTROY of a raw object ID (prefer closing the object).
+
+        The ioctl is issued as asked (an object still in use gives EBUSY,
+        as from the kernel).  When it succeeds and a pyvfio object owns the
+        ID (an :class:`IOAS`, :class:`~pyvfio.core.hw_pagetable.HWPT`,
+        :class:`~pyvfio.core.viommu.Viommu`, ...), that object is marked
+        closed, its mappings with it, without a second IOMMU_DESTROY: its
+        later ``close()`` does nothing, so it cannot destroy another object
+        the kernel gives the same ID."""
         check_u32("id", object_id, ioctl="IOMMU_DESTROY", target=self.describe())
         self._cmd("IOMMU_DESTROY", lib.IOMMU_DESTROY, "struct iommu_destroy",
                   target=f"object {object_id} of {self.describe()}", id=object_id)
+        owner = self._objects.get(object_id)
+        if owner is not None:
+            owner._mark_closed()
+
+    def _register(self, obj: IommufdObject) -> None:
+        # A live object already holding this ID was destroyed by the kernel
+        # without pyvfio knowing (the kernel hands out only free IDs).
+        stale = self._objects.get(obj.id)
+        if stale is not None and stale is not obj:
+            stale._mark_closed()
+        self._objects[obj.id] = obj
+
+    def _unregister(self, obj: IommufdObject) -> None:
+        if self._objects.get(obj.id) is obj:
+            del self._objects[obj.id]
+
+    def _mark_closed(self) -> None:
+        super()._mark_closed()
+        self._objects.clear()
+
+    def _release(self) -> None:
+        super()._release()  # closing the fd destroys every object
+        self._objects.clear()
 
     # -- IOAS ------------------------------------------------------------------------
     def ioas(self) -> IOAS:
@@ -243,6 +277,7 @@ class IommuFd(FdResource):
             return  # closing the iommufd destroyed everything
         self._cmd("IOMMU_DESTROY", lib.IOMMU_DESTROY, "struct iommu_destroy",
                   target=obj.describe(), id=obj.id)
+        self._unregister(obj)
 
 
 class IoasMapping(IovaMapping):
@@ -262,6 +297,17 @@ class IoasMapping(IovaMapping):
     def ioas(self) -> IOAS:
         """The IOAS it is mapped into (its :attr:`space`)."""
         return cast("IOAS", self.space)
+
+    def _release(self) -> None:
+        try:
+            super()._release()
+        except IoctlError as exc:
+            # ENOENT: nothing is mapped in exactly this range any more (an
+            # earlier unmap did it but its answer could not be copied out,
+            # or another handle on the IOAS unmapped it): it is closed.
+            if exc.errno != errno.ENOENT:
+                raise
+            self.ioas._mappings.discard(self)
 
 
 class IOAS(PageTable):
@@ -324,7 +370,12 @@ class IOAS(PageTable):
     def map(self, buffer: Any, iova: int | None = None, *, readable: bool = True,
             writeable: bool = True) -> IoasMapping:
         """IOMMU_IOAS_MAP of a whole buffer.  With ``iova=None`` the kernel
-        chooses the IOVA (see the returned mapping's ``iova``)."""
+        chooses the IOVA (see the returned mapping's ``iova``).
+
+        When the kernel mapped the buffer but could not copy the result
+        out (EFAULT), the mapping stays in the kernel: at a given IOVA
+        pyvfio unmaps that range again before raising, and if that fails
+        too the error has ``iova_still_mapped = True``."""
         self._check_open()
         ub = user_buffer(buffer, ioctl="IOMMU_IOAS_MAP", target=self)
         return self._map(ub, ub.length, iova, readable, writeable)
@@ -360,8 +411,36 @@ class IOAS(PageTable):
         with self._lock:  # map and record as one step
             if self._closed:
                 raise ClosedError(self.describe())
-            self.iommufd._ioctl(name, lib.IOMMU_IOAS_MAP, cmd, target=self)
+            try:
+                self.iommufd._ioctl(name, lib.IOMMU_IOAS_MAP, cmd, target=self)
+            except VfioError as exc:
+                self._undo_failed_map(exc, iova, length)
+                raise
             return self._track(int(cmd.iova), length, flags, ub.owner)
+
+    def _undo_failed_map(self, exc: VfioError, iova: int | None, length: int) -> None:
+        """A map, map_file or copy failed with EFAULT: the kernel may have
+        mapped the range and then failed to copy the result out
+        (iommufd_ucmd_respond), keeping the mapping.  At a known IOVA,
+        unmap the range best-effort (unless a mapping pyvfio tracks
+        overlaps it: then the kernel mapped nothing); when that fails, the
+        error is marked ``iova_still_mapped`` so that no allocator hands
+        the IOVA out again.  A kernel-chosen IOVA is unknown: the mapping
+        stays until the IOAS is destroyed."""
+        if exc.errno != errno.EFAULT or iova is None or self.iommufd.closed:
+            return
+        if any(m.overlaps(iova, length) for m in self._mappings):
+            return
+        cmd = ffi.new("struct iommu_ioas_unmap *")
+        cmd.size = struct_size("struct iommu_ioas_unmap")
+        cmd.ioas_id = self.id
+        cmd.iova = iova
+        cmd.length = length
+        try:
+            self.iommufd._ioctl("IOMMU_IOAS_UNMAP", lib.IOMMU_IOAS_UNMAP, cmd, target=self)
+        except VfioError as undo:
+            if undo.errno != errno.ENOENT:  # ENOENT: nothing was mapped there
+                setattr(exc, "iova_still_mapped", True)
 
     def map_file(self, fd: int, length: int, start: int = 0, iova: int | None = None, *,
                  readable: bool = True, writeable: bool = True) -> IoasMapping:
@@ -374,9 +453,13 @@ class IOAS(PageTable):
         flags = self._flags(iova, readable, writeable)
         with self._lock:
             self._check_open()
-            cmd = self.iommufd._cmd(name, lib.IOMMU_IOAS_MAP_FILE, "struct iommu_ioas_map_file",
-                                    target=self.describe(), flags=flags, ioas_id=self.id, fd=fd,
-                                    start=start, length=length, iova=iova or 0)
+            try:
+                cmd = self.iommufd._cmd(name, lib.IOMMU_IOAS_MAP_FILE, "struct iommu_ioas_map_file",
+                                        target=self.describe(), flags=flags, ioas_id=self.id,
+                                        fd=fd, start=start, length=length, iova=iova or 0)
+            except VfioError as exc:
+                self._undo_failed_map(exc, iova, length)
+                raise
             return self._track(int(cmd.iova), length, flags, fd)
 
     def copy(self, source: IoasMapping | tuple[IOAS, int, int], iova: int | None = None, *,
@@ -397,10 +480,14 @@ class IOAS(PageTable):
         flags = self._flags(iova, readable, writeable)
         with self._lock:
             self._check_open()
-            cmd = self.iommufd._cmd(name, lib.IOMMU_IOAS_COPY, "struct iommu_ioas_copy",
-                                    target=self.describe(), flags=flags, dst_ioas_id=self.id,
-                                    src_ioas_id=src_ioas.id, length=length, dst_iova=iova or 0,
-                                    src_iova=src_iova)
+            try:
+                cmd = self.iommufd._cmd(name, lib.IOMMU_IOAS_COPY, "struct iommu_ioas_copy",
+                                        target=self.describe(), flags=flags, dst_ioas_id=self.id,
+                                        src_ioas_id=src_ioas.id, length=length,
+                                        dst_iova=iova or 0, src_iova=src_iova)
+            except VfioError as exc:
+                self._undo_failed_map(exc, iova, length)
+                raise
             return self._track(int(cmd.dst_iova), length, flags, source)
 
     def _track(self, iova: int, length: int, flags: int, owner: Any) -> IoasMapping:
@@ -549,3 +636,8 @@ class IOAS(PageTable):
             if self._mappings:
                 self._unmap(0, U64_MAX)
             super()._release()
+
+    def _mark_closed(self) -> None:
+        # Destroyed by the kernel: its mappings went with it.
+        self._mappings.mark_all_closed()
+        super()._mark_closed()

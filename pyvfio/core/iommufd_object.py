@@ -52,12 +52,21 @@ def device_id(device: Device | int) -> int:
 class IommufdObject(Resource):
     """An object in an iommufd's table; closing destroys it (IOMMU_DESTROY).
 
+    The iommufd keeps its live objects by ID (the kernel reuses the ID of
+    a destroyed object for the next one): a raw
+    :meth:`IommuFd.destroy <pyvfio.IommuFd.destroy>` of the ID marks the
+    object closed, and so does a new object given the same ID (the kernel
+    destroyed this one behind pyvfio's back), so that closing it later
+    never destroys the object that took its ID.  A failed IOMMU_DESTROY
+    leaves the object open (``close()`` may be retried).
+
     Thread safety: its operations are ioctls the kernel serialises; the list
     of objects built on it changes by single dictionary operations (atomic
     under the GIL). Close it after the threads using it are done.
     """
 
     kind = "object"
+    _open_after_failed_release = True
 
     def __init__(self, iommufd: IommuFd, object_id: int) -> None:
         super().__init__(iommufd.backend)
@@ -66,6 +75,7 @@ class IommufdObject(Resource):
         # Objects allocated on top of this one (HWPTs of an IOAS, nested
         # HWPTs of a parent): they keep it busy, so they are destroyed first.
         self._dependents: dict[int, IommufdObject] = {}
+        iommufd._register(self)
 
     def _queue_io(self, call: str, io: Callable[[], _T]) -> _T:
         """Run a read/write on the object's fd; OSError becomes IoctlError."""
@@ -86,6 +96,12 @@ class IommufdObject(Resource):
     def _release(self) -> None:
         self._destroy_dependents()
         self.iommufd._object_destroy(self)
+
+    def _mark_closed(self) -> None:
+        """The kernel destroyed the object (a raw IOMMU_DESTROY of its ID,
+        the iommufd closed, the ID reused): forget it without a syscall."""
+        self.iommufd._unregister(self)
+        super()._mark_closed()
 
 
 class PageTable(IommufdObject):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import errno as _errno
 import warnings
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, ClassVar, Iterator, TypeVar
 
 from .._uapi import ffi
 from ..backend import Backend, resolve_backend
@@ -26,6 +26,12 @@ class Resource:
 
     * ``close()`` is idempotent and releases children first, newest first
       (mappings before the IOAS, the IOAS before the iommufd).
+    * An object is closed exactly when the kernel object behind it is
+      gone: a kernel object whose release fails (an unmap or
+      IOMMU_DESTROY the kernel refused) stays open, the error is raised
+      and ``close()`` may be retried; a parent whose child failed still
+      releases itself, marks that child closed (the kernel dropped it with
+      the parent) and raises the child's error.
     * After ``close()`` every operation raises :class:`ClosedError`.
     * A resource garbage-collected while open emits :class:`ResourceWarning`
       and is then released.
@@ -86,7 +92,17 @@ class Resource:
         return (c for c in list(self._children.values()) if not c._closed)
 
     def close(self) -> None:
-        """Release the object (children first); does nothing if closed."""
+        """Release the object (children first); does nothing if closed.
+
+        When a child fails to close, the others are still closed and this
+        object is still released; the first error is raised at the end.
+        A child whose release failed stays open only while this object
+        does: once this object is released the kernel has dropped the
+        child with it, and the child is marked closed.  When this object's
+        own release fails and the class keeps such objects open
+        (:attr:`_open_after_failed_release`), the object, and the children
+        that failed, stay open and the error is raised: ``close()`` may be
+        called again."""
         if self._closed:
             return
         errors: list[BaseException] = []
@@ -95,16 +111,34 @@ class Resource:
                 child.close()
             except Exception as exc:  # keep releasing the rest
                 errors.append(exc)
-        self._children.clear()
-        self._closed = True
+        self._closed = True  # also keeps _release from closing this object again
         try:
             self._release()
-        finally:
-            if self._parent is not None:
-                self._parent._forget(self)
-                self._parent = None
+        except BaseException:
+            if self._open_after_failed_release:
+                self._closed = False
+                raise
+            self._finish_close()
+            raise
+        self._finish_close()
         if errors:
             raise errors[0]
+
+    #: A failed :meth:`_release` left the kernel resource as it was (a
+    #: failed IOMMU_DESTROY or unmap), so the object stays open and
+    #: ``close()`` may be retried; when False a failed release (such as
+    #: close(2), which frees the fd whatever it returns) still closes it.
+    _open_after_failed_release: ClassVar[bool] = False
+
+    def _finish_close(self) -> None:
+        # The children the kernel dropped with this object (those whose
+        # own close failed) are closed now too.
+        for child in list(self._children.values()):
+            child._mark_closed()
+        self._children.clear()
+        if self._parent is not None:
+            self._parent._forget(self)
+            self._parent = None
 
     def _release(self) -> None:
         """Free the underlying kernel resource (subclasses)."""

@@ -52,7 +52,9 @@ from __future__ import annotations
 
 import errno as _errno
 import os
+import threading
 import traceback
+import weakref
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -82,6 +84,14 @@ NATURAL_ERRNO: dict[str, int] = {
 #: Number of injectors armed in this process: the guard of :func:`inject`
 #: for code that has no System in hand (read it as ``fault_inject.ARMED``).
 ARMED = 0
+_ARMED_LOCK = threading.Lock()
+
+
+def _disarm_one() -> None:
+    """One injector is disarmed (or gone while armed)."""
+    global ARMED
+    with _ARMED_LOCK:
+        ARMED -= 1
 
 _MACHINERY = ("fault_inject", "uaccess", "current")
 
@@ -121,7 +131,8 @@ class FaultInjector:
     :ivar injected: the failures made to happen since the last arming.
     """
 
-    __slots__ = ("armed", "seen", "injected", "_kinds", "_errno", "_nth", "_every")
+    __slots__ = ("armed", "seen", "injected", "_kinds", "_errno", "_nth", "_every",
+                 "_unarm", "__weakref__")
 
     def __init__(self) -> None:
         self.armed = False
@@ -131,6 +142,8 @@ class FaultInjector:
         self._errno: int | None = None
         self._nth = 0
         self._every = False
+        # gives the module flag back if the machine goes away still armed
+        self._unarm: weakref.finalize | None = None
 
     # -- arming -----------------------------------------------------------------------
     def fail_nth(self, n: int, errno: int | None = None, *,
@@ -158,10 +171,11 @@ class FaultInjector:
     def clear(self) -> None:
         """Disarm; :attr:`seen` and :attr:`injected` keep their values
         until the next arming."""
-        global ARMED
         if self.armed:
             self.armed = False
-            ARMED -= 1
+            if self._unarm is not None:
+                self._unarm()
+                self._unarm = None
         self._nth = 0
         self._every = False
 
@@ -177,7 +191,9 @@ class FaultInjector:
         self.injected = []
         if not self.armed:
             self.armed = True
-            ARMED += 1
+            with _ARMED_LOCK:
+                ARMED += 1
+            self._unarm = weakref.finalize(self, _disarm_one)
 
     # -- state ------------------------------------------------------------------------
     @property

@@ -27,6 +27,7 @@ import errno
 import mmap
 import os
 import threading
+import weakref
 from typing import Any, SupportsIndex
 
 from .._uapi import ffi, lib
@@ -125,8 +126,13 @@ class DmaBuffer(Resource, mmap.mmap):  # type: ignore[override]  # Resource.clos
     methods (``read``, ``write``, ``seek``, ``find``, ``madvise``) work
     too; ``resize()`` is refused (the IOMMU maps the buffer by address).
 
-    ``close()`` unmaps the memory (and closes the memfd): unmap it from
-    the IOMMU first.  While memoryviews or arrays over the buffer exist
+    ``close()`` unmaps the memory (and closes the memfd).  While the
+    buffer is mapped for DMA (:attr:`mappings`, in an IOAS or a type1
+    container) ``close()`` refuses, with an
+    :class:`~pyvfio.errors.InvalidArgumentError` (EBUSY) naming the
+    mappings, and the buffer stays open: the device could still write to
+    the memory, and the next buffer the process gets at that address would
+    receive it.  Unmap first, or call ``close(unmap=True)``.  While memoryviews or arrays over the buffer exist
     (:attr:`view`, slices, ``memoryview(buf)``, :meth:`numpy`,
     ``numpy.asarray(buf)``), ``close()`` raises :class:`BufferError` and
     the buffer stays open: release them first (``del``,
@@ -147,6 +153,7 @@ class DmaBuffer(Resource, mmap.mmap):  # type: ignore[override]  # Resource.clos
     length: int  #: bytes (a multiple of :attr:`page_size`)
     page_size: int  #: bytes per page backing the buffer
     hugetlb: bool  #: backed by hugetlb pages
+    _dma_mappings: weakref.WeakSet[IovaMapping]  # IovaMapping adds and removes itself
     _fd = -1
 
     # The memory is mapped in __new__: an mmap.mmap is created there.
@@ -195,6 +202,7 @@ class DmaBuffer(Resource, mmap.mmap):  # type: ignore[override]  # Resource.clos
         self.length = length
         self.page_size = page_size
         self.hugetlb = huge
+        self._dma_mappings = weakref.WeakSet()
         Resource.__init__(self, b)
         return self
 
@@ -221,6 +229,12 @@ class DmaBuffer(Resource, mmap.mmap):  # type: ignore[override]  # Resource.clos
 
     def __len__(self) -> int:
         return self.length
+
+    @property
+    def mappings(self) -> tuple[IovaMapping, ...]:
+        """The open DMA mappings of this buffer (in any IOAS or container)."""
+        return tuple(sorted((m for m in self._dma_mappings if not m.closed),
+                            key=lambda m: (m.space.describe(), m.iova)))
 
     # -- access ------------------------------------------------------------------------------
     @property
@@ -282,11 +296,24 @@ class DmaBuffer(Resource, mmap.mmap):  # type: ignore[override]  # Resource.clos
                                target=self.describe())
 
     # -- lifetime -----------------------------------------------------------------------------
-    def close(self) -> None:
+    def close(self, *, unmap: bool = False) -> None:
         """Unmap the memory and close the memfd; does nothing if closed.
         Raises :class:`BufferError`, and stays open, while memoryviews or
-        arrays over the buffer exist."""
+        arrays over the buffer exist.
+
+        While the buffer is mapped for DMA it stays open and
+        :class:`~pyvfio.errors.InvalidArgumentError` (EBUSY) names the
+        mappings; with ``unmap=True`` they are closed (unmapped) first."""
         if not self._closed:
+            mapped = self.mappings
+            if mapped and unmap:
+                for m in mapped:
+                    m.close()  # a failed unmap raises: the buffer stays open
+            elif mapped:
+                where = ", ".join(f"IOVA {m.iova:#x} in {m.space.describe()}" for m in mapped)
+                raise InvalidArgumentError(
+                    f"still mapped at {where}: unmap first "
+                    "(or close(unmap=True))", target=self.describe(), err=errno.EBUSY)
             try:
                 mmap.mmap.close(self)
             except BufferError:
@@ -312,7 +339,9 @@ def map_buffer(space: AddressSpace, buffer: Any, iova: int | None = None, *,
     is where the device sees the buffer).
 
     The IOVA is ``iova``, else one from ``allocator`` (freed again when the
-    map call fails), else -- for an IOAS only -- chosen by the kernel."""
+    map call fails, unless the kernel may still hold a mapping there: see
+    :meth:`IOAS.map <pyvfio.IOAS.map>`), else -- for an IOAS only --
+    chosen by the kernel."""
     allocated = False
     if iova is None and allocator is not None:
         length = getattr(buffer, "length", None)
@@ -327,8 +356,11 @@ def map_buffer(space: AddressSpace, buffer: Any, iova: int | None = None, *,
             ioctl=space.map_ioctl, target=space.describe())
     try:
         return space.map(buffer, iova, readable=readable, writeable=writeable)
-    except BaseException:
-        if allocated and allocator is not None and iova is not None:
+    except BaseException as exc:
+        # An IOVA the kernel may still have mapped (a map whose result
+        # could not be copied out, and whose clean-up failed) stays taken.
+        if (allocated and allocator is not None and iova is not None
+                and not getattr(exc, "iova_still_mapped", False)):
             allocator.free(iova)
         raise
 
@@ -522,17 +554,18 @@ class DmaPool(Resource):
             self._free = give_back(self._free, offset, size)
 
     def _release(self) -> None:
-        try:
-            if self.mapping is not None and self._owns_buffer:
-                self.mapping.close()
-                if self._allocator is not None:
-                    try:
-                        self._allocator.free(self.iova)
-                    except InvalidArgumentError:
-                        pass
-        finally:
-            if self._owns_buffer:
-                self.buffer.close()  # BufferError while chunk views are alive
+        if not self._owns_buffer:
+            return
+        if self.mapping is not None:
+            # A failed unmap raises here: the mapping and the buffer stay
+            # open (the buffer would refuse to close while mapped).
+            self.mapping.close()
+            if self._allocator is not None:
+                try:
+                    self._allocator.free(self.iova)
+                except InvalidArgumentError:
+                    pass
+        self.buffer.close()  # BufferError while chunk views are alive
 
 
 def _check_min_align(min_align: int) -> None:

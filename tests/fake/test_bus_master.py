@@ -87,8 +87,9 @@ def test_edu_factorial_msi_only_with_bus_master(machine: FakeMachine) -> None:
 
 
 def test_edu_dma_completion_msi(machine: FakeMachine) -> None:
-    with open_cdev(machine.backend, machine.edu) as (dev, ioas), \
-            DmaBuffer(0x2000, backend=machine.backend) as buf:
+    # the buffer outlives the IOAS it is mapped into
+    with DmaBuffer(0x2000, backend=machine.backend) as buf, \
+            open_cdev(machine.backend, machine.edu) as (dev, ioas):
         map_buffer(ioas, buf, IOVA)
         dev.config.enable(memory=True, bus_master=True)
         bar0 = dev.regions["BAR0"].mmap()
@@ -117,8 +118,9 @@ def test_edu_dma_completion_msi(machine: FakeMachine) -> None:
 
 
 def test_nvme_completion_msix(machine: FakeMachine) -> None:
-    with open_cdev(machine.backend, machine.nvme) as (dev, ioas), \
-            DmaBuffer(0x4000, backend=machine.backend) as buf:
+    # the buffer outlives the IOAS it is mapped into
+    with DmaBuffer(0x4000, backend=machine.backend) as buf, \
+            open_cdev(machine.backend, machine.nvme) as (dev, ioas):
         map_buffer(ioas, buf, IOVA)
         dev.config.enable(memory=True, bus_master=True)
         bar0 = dev.regions["BAR0"].mmap()
