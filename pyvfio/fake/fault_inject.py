@@ -143,7 +143,7 @@ class FaultInjector:
         self._nth = 0
         self._every = False
         # gives the module flag back if the machine goes away still armed
-        self._unarm: weakref.finalize | None = None
+        self._unarm: weakref.finalize[[], FaultInjector] | None = None
 
     # -- arming -----------------------------------------------------------------------
     def fail_nth(self, n: int, errno: int | None = None, *,
