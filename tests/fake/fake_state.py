@@ -26,10 +26,11 @@ from typing import Any
 #: attribute names not compared (one line each: why)
 IGNORED = frozenset({
     "_lock", "lock",  # locks
-    # iommufd's free-id list: xa_alloc gives the lowest free id, so an id
-    # taken and given back by a failed allocation changes the list's order,
-    # not the next id handed out (compared through "next_id" below)
-    "_free_ids",
+    # iommufd's id allocator (a heap of freed ids below a counter): an id
+    # taken and given back by a failed allocation changes its form, not
+    # the free ids (compared through "free_ids" below; xa_alloc hands out
+    # the lowest free one)
+    "_free_ids", "_next_id",
 })
 
 _ATOMS = (int, float, str, bytes, bool, type(None), complex, range)
@@ -45,6 +46,16 @@ def _opaque(obj: Any) -> bool:
         return True
     mod = type(obj).__module__ or ""
     return mod.startswith(("_cffi_backend", "ctypes", "_ctypes", "_io", "io", "socket", "select"))
+
+
+def _free_ids(freed: list[int], next_id: int) -> tuple[tuple[int, ...], int]:
+    """The free ids of an iommufd: those below the first id of the free
+    tail, and that first id."""
+    free = set(freed)
+    while next_id - 1 in free:
+        next_id -= 1
+        free.discard(next_id)
+    return tuple(sorted(free)), next_id
 
 
 def digest(root: Any) -> list[tuple[str, Any]]:
@@ -91,7 +102,7 @@ def digest(root: Any) -> list[tuple[str, Any]]:
                     if hasattr(obj, slot) and slot not in ("__dict__", "__weakref__"):
                         attrs[slot] = getattr(obj, slot)
             if type(obj).__name__ == "IommufdFile":
-                attrs["next_id"] = min(attrs.get("_free_ids") or [attrs.get("_next_id")])
+                attrs["free_ids"] = _free_ids(attrs["_free_ids"], attrs["_next_id"])
             children = [(f"{path}.{k}", v) for k, v in sorted(attrs.items()) if k not in IGNORED]
         stack.extend(reversed(children))
     return out
