@@ -307,7 +307,14 @@ def _struct(draw: Any, ctype: str, outer: bool = True) -> tuple[Any, ...]:
     elif ctype in FD_ARRAYS and draw(st.integers(0, 3)):
         fd = st.one_of(st.just(EVENTFD), st.just(_env("gfd")), st.tuples(st.just("fd"), st.integers(0, 20)),
                        st.sampled_from([-1, 0, 1, 2]))
-        tail = ("fds", draw(st.lists(fd, max_size=4)))
+        count = fields.get("count")
+        if isinstance(count, int) and count <= 8 and draw(st.integers(0, 3)):  # as many as the count says
+            if ctype == "vfio_irq_set" and isinstance(fields.get("flags"), int) and fields["flags"] & 2:
+                tail = ("bytes", draw(st.binary(min_size=count, max_size=count)))  # DATA_BOOL
+            else:
+                tail = ("fds", draw(st.lists(fd, min_size=count, max_size=count)))
+        else:
+            tail = ("fds", draw(st.lists(fd, max_size=4)))
     elif draw(st.integers(0, 5)) == 0:
         tail = ("bytes", draw(st.binary(max_size=48)))
     exact = st.just("exact")
