@@ -67,7 +67,7 @@ TIMEOUT = 30.0
 
 settings.register_profile("ci", max_examples=40, deadline=None, derandomize=True, print_blob=True,
                           suppress_health_check=list(HealthCheck))
-settings.register_profile("dev", max_examples=60, deadline=None, print_blob=True,
+settings.register_profile("dev", max_examples=40, deadline=None, print_blob=True,
                           suppress_health_check=list(HealthCheck))
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
 LOG = os.environ.get("PYVFIO_FUZZ_LOG")  # a file each call's outcome is appended to
