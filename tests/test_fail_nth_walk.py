@@ -11,6 +11,7 @@ other exception types and at its cap.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import sys
@@ -54,8 +55,9 @@ class CountdownShot:
     def __init__(self, countdown: Countdown, n: int) -> None:
         self.countdown, self.n, self.armed = countdown, n, False
 
-    def arm(self) -> None:
+    def arm(self) -> contextlib.AbstractContextManager[None]:
         self.countdown.nth, self.countdown.hit, self.armed = self.n, False, True
+        return contextlib.nullcontext()  # the window runs to finish()
 
     def finish(self) -> bool | None:
         if not self.armed:
@@ -93,7 +95,8 @@ def test_the_sequences_walked_on_the_fake(injected_fake: tuple[System, Countdown
     system, countdown = injected_fake
     run = getattr(fail_nth, sequence)(find(system.backend, EDU_ID), backend=system.backend)
     result = fail_nth.walk(sequence, run, _shots(countdown))
-    assert result.walked >= 8 and result.clean_at == result.walked + 1
+    # the windows leave out opening and closing the device (see Sequence)
+    assert result.walked >= 5 and result.clean_at == result.walked + 1
     assert result.unexpected == [] and result.splats == []
     assert sum(result.vfio_errors.values()) > sum(result.os_errors.values())
     assert result.as_dict()["walked"] == result.walked
