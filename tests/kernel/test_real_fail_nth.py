@@ -91,13 +91,15 @@ PYVFIO_DIR = os.path.dirname(os.path.abspath(pyvfio.__file__))
 Arm = Callable[[], ContextManager[None]]
 #: A sequence under test: calls ``arm()`` once, where injection starts, as
 #: ``with arm():`` around the steps walked; the window closes at the end of
-#: that block.  Opening and closing the PCI device stay outside the window:
-#: an allocation failed in pci_enable_device/pci_disable_device is a fault
-#: in the ACPI interrupt routing code, not in VFIO or iommufd (seen on Linux
-#: 7.3: an oops in acpi_ut_update_object_reference under
-#: acpi_pci_irq_disable when a slab allocation failed during the device's
-#: close), and the kernel's own iommufd fail-nth test keeps to the same
-#: paths (it walks the self-test mock device).
+#: that block.  Enabling and disabling the PCI device (opening it on the
+#: group path, binding it on the cdev path, closing it) stay outside the
+#: window: an allocation failed in pci_enable_device or pci_disable_device
+#: reaches the ACPI interrupt routing code, not VFIO or iommufd.  Seen on
+#: Linux 7.3: an allocation failed while binding left ACPI's routing table
+#: broken (AE_NO_MEMORY), and the device's close then oopsed in
+#: acpi_ut_update_object_reference under acpi_pci_irq_disable.  The
+#: kernel's own iommufd fail-nth test keeps to the same paths (it walks the
+#: self-test mock device).
 Sequence = Callable[[Arm], None]
 
 
@@ -533,8 +535,8 @@ def cdev_open_to_ready(bdf: str, backend: Backend = KB) -> Sequence:
             IommuFd(backend=backend) as iommufd,
             Device.open(bdf, backend=backend) as dev,
         ):
+            dev.bind(iommufd)  # enables the PCI device (see Sequence)
             with arm():
-                dev.bind(iommufd)
                 with iommufd.ioas() as ioas:
                     dev.attach(ioas)
                     mapping = ioas.map(buf, IOVA)
