@@ -16,6 +16,7 @@ from typing import Iterator
 import pytest
 from toolkit_env import FakeMachine, open_cdev, open_group
 
+import pyvfio
 from pyvfio import EventFd, PciIrq
 from pyvfio.errors import ClosedError, InvalidArgumentError, UnsupportedError
 from pyvfio.fake import vfio_pci
@@ -414,3 +415,16 @@ def test_msix_vectors_can_be_added_while_enabled(machine: FakeMachine) -> None:
             msix.enable(2, start=0)
         msix.disable()
         assert msix.vectors == () and late.closed
+
+
+def test_eventfd_failure_is_a_vfio_error(machine: FakeMachine,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failed eventfd(2) (EMFILE, ENOMEM) reaches the user as a VfioError
+    naming it, like every other failure of pyvfio's calls."""
+    def no_eventfd(initval: int = 0, flags: int = 0) -> int:
+        raise OSError(errno.ENOMEM, os.strerror(errno.ENOMEM))
+
+    monkeypatch.setattr(machine.backend, "eventfd", no_eventfd)
+    with pytest.raises(pyvfio.VfioError) as info:
+        EventFd(backend=machine.backend)
+    assert info.value.errno == errno.ENOMEM and "eventfd" in str(info.value)

@@ -93,7 +93,11 @@ class EventFd(FdResource):
         from ..backend import resolve_backend
 
         b = resolve_backend(backend)
-        fd = b.eventfd(initval, os.EFD_NONBLOCK)
+        try:
+            fd = b.eventfd(initval, os.EFD_NONBLOCK)
+        except OSError as exc:  # e.g. EMFILE, or ENOMEM from the kernel
+            raise VfioError(exc.errno, f"eventfd: {os.strerror(exc.errno)}",
+                            target="a new eventfd") from exc
         super().__init__(fd, b)
         self._number = fd
         # the tasks waiting in each loop (the loop has a reader while any wait)
