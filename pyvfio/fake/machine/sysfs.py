@@ -190,6 +190,19 @@ class Sysfs:
                     raise errno_error(errno.ENOENT, path)
                 if not (follow and isinstance(entry, Link)):
                     return entry
+        elif len(parts) == 6 and parts[1] == "sys" and parts[2] == "kernel" \
+                and parts[3] == "iommu_groups" and parts[4] not in _NOT_NAMES \
+                and parts[5] not in _NOT_NAMES:
+            # /sys/kernel/iommu_groups/<N>/<name>: the same for a group's entry
+            group = iommu_groups_dir(self).lookup(parts[4])
+            if group is None:
+                raise errno_error(errno.ENOENT, path)
+            if isinstance(group, Dir):
+                entry = group.lookup(parts[5])
+                if entry is None:
+                    raise errno_error(errno.ENOENT, path)
+                if not (follow and isinstance(entry, Link)):
+                    return entry
         parts = [p for p in parts if p and p != "."]
         hops = 0
         devices = self.system.devices

@@ -411,7 +411,7 @@ def _device(raw: object, i: int, numa_nodes: int) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise TopologyError(f"{where}: a device is an object")
     check_keys(raw, _DEVICE_KEYS, where)
-    dev = _copy(raw)
+    dev: dict[str, Any] = _copy(raw)
     bdf = normalize_bdf(raw.get("bdf"), f"{where}.bdf")
     where = f"device {bdf}"
     dev["bdf"] = bdf
