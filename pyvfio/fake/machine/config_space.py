@@ -248,12 +248,12 @@ class ConfigSpace:
     # -- config space construction (the power-on image) ----------------------
     def init_config(self, offset: int, value: int, width: int, *, wmask: int = 0, w1c: int = 0) -> None:
         """Set a power-on register value and its writable / write-1-to-clear bits."""
-        if offset < 0 or offset + width > self.config_size:
+        end = offset + width
+        if offset < 0 or end > len(self.config):  # self.config_size
             raise ValueError(f"config offset {offset:#x} width {width} outside the config space")
         if width <= 0:
             return
         # little-endian, each value cut to ``width`` bytes
-        end = offset + width
         mask = (1 << (8 * width)) - 1
         data = (value & mask).to_bytes(width, "little")
         self.config[offset:end] = data
