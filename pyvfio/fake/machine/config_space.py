@@ -248,14 +248,18 @@ class ConfigSpace:
     # -- config space construction (the power-on image) ----------------------
     def init_config(self, offset: int, value: int, width: int, *, wmask: int = 0, w1c: int = 0) -> None:
         """Set a power-on register value and its writable / write-1-to-clear bits."""
-        if offset < 0 or offset + width > self.config_size:
+        end = offset + width
+        if offset < 0 or end > len(self.config):  # self.config_size
             raise ValueError(f"config offset {offset:#x} width {width} outside the config space")
-        for i in range(width):
-            shift = 8 * i
-            self.config[offset + i] = (value >> shift) & 0xFF
-            self._power_on[offset + i] = (value >> shift) & 0xFF
-            self.wmask[offset + i] = (wmask >> shift) & 0xFF
-            self.w1cmask[offset + i] = (w1c >> shift) & 0xFF
+        if width <= 0:
+            return
+        # little-endian, each value cut to ``width`` bytes
+        mask = (1 << (8 * width)) - 1
+        data = (value & mask).to_bytes(width, "little")
+        self.config[offset:end] = data
+        self._power_on[offset:end] = data
+        self.wmask[offset:end] = (wmask & mask).to_bytes(width, "little")
+        self.w1cmask[offset:end] = (w1c & mask).to_bytes(width, "little")
 
     def _build_header(self) -> None:
         self.init_config(PCI_VENDOR_ID, self.vendor_id, 2)

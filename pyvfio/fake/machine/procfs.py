@@ -47,7 +47,7 @@ def host_path(fs: Sysfs, path: str) -> bytes | dict[str, object] | None:
     """The contents of a host file (bytes) or folder (a dict of its
     names) outside /sys; None for paths under /sys.  ENOENT for other
     paths outside /sys."""
-    if not path.startswith("/") or path.split("/")[1:2] == ["sys"]:
+    if not path.startswith("/") or path == "/sys" or path.startswith("/sys/"):
         return None
     parts = [p for p in path.split("/") if p and p != "."]
     node: bytes | dict[str, object] = host_tree(fs)

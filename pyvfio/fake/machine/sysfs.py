@@ -57,7 +57,7 @@ from .host_use import holder_dir, host_entries, live_holders, sys_block
 from .iommu_sysfs import class_iommu, iommu_device_dir, iommu_groups_dir
 from .kernfs import Attr, Dir, Link, Node, rel, show_text
 from .module_sysfs import module_root
-from .pci_sysfs import device_node, pci_root_dir
+from .pci_sysfs import device_lookup, device_node, pci_root_dir
 from .procfs import host_path
 from .resets import enabled_reset_methods
 
@@ -66,6 +66,9 @@ if TYPE_CHECKING:
     from .system import System
 
 __all__ = ["Sysfs"]
+
+#: Path components that are not an entry's name ("", ".", "..").
+_NOT_NAMES = frozenset(("", ".", ".."))
 
 
 class Sysfs:
@@ -78,6 +81,7 @@ class Sysfs:
         self.vfio_pci_params = {"nointxmask": False, "disable_idle_d3": False,
                                 "enable_sriov": False, "disable_denylist": False}
         self.iommufd_params = {"allow_unsafe_interrupts": False}
+        self._root_cache: dict[str, Node] | None = None
         if not isinstance(getattr(system, "kernel", None), dict):
             system.kernel = _topology.normalize_kernel(None)
 
@@ -173,11 +177,37 @@ class Sysfs:
     def _resolve(self, path: str, follow: bool) -> Node:
         if not path.startswith("/"):
             raise errno_error(errno.ENOENT, f"{path}: sysfs paths are absolute")
-        parts = [p for p in path.split("/") if p and p != "."]
+        parts = path.split("/")
+        if len(parts) == 7 and parts[1] == "sys" and parts[2] == "bus" and parts[3] == "pci" \
+                and parts[4] == "devices" and parts[6] not in _NOT_NAMES:
+            # /sys/bus/pci/devices/<bdf>/<name>, the most looked-at kind of
+            # path: the entry of the device's folder, as the walk below finds
+            # it (a link it ends on, when followed, takes the walk)
+            pdev = self.system.devices.get(parts[5])
+            if pdev is not None:
+                entry = device_lookup(self, pdev, parts[6])
+                if entry is None:
+                    raise errno_error(errno.ENOENT, path)
+                if not (follow and isinstance(entry, Link)):
+                    return entry
+        elif len(parts) == 6 and parts[1] == "sys" and parts[2] == "kernel" \
+                and parts[3] == "iommu_groups" and parts[4] not in _NOT_NAMES \
+                and parts[5] not in _NOT_NAMES:
+            # /sys/kernel/iommu_groups/<N>/<name>: the same for a group's entry
+            group = iommu_groups_dir(self).lookup(parts[4])
+            if group is None:
+                raise errno_error(errno.ENOENT, path)
+            if isinstance(group, Dir):
+                entry = group.lookup(parts[5])
+                if entry is None:
+                    raise errno_error(errno.ENOENT, path)
+                if not (follow and isinstance(entry, Link)):
+                    return entry
+        parts = [p for p in parts if p and p != "."]
         hops = 0
         devices = self.system.devices
         while True:
-            node: Node = Dir(self._root)
+            node: Node = Dir(self._root_nodes)
             if not parts or parts[0] != "sys":
                 raise errno_error(errno.ENOENT, path)
             if len(parts) > 4 and parts[1] == "bus" and parts[2] == "pci" \
@@ -246,6 +276,14 @@ class Sysfs:
         return depth, device_node(self, parent)
 
     # -- the tree ------------------------------------------------------------------------
+    def _root_nodes(self) -> dict[str, Node]:
+        """The entries of /sys, made once: each is a folder whose own
+        entries come from the machine's state when looked at."""
+        root = self._root_cache
+        if root is None:
+            root = self._root_cache = self._root()
+        return dict(root)
+
     def _root(self) -> dict[str, Node]:
         return {
             "bus": Dir(lambda: {"pci": Dir(functools.partial(bus_pci, self))}),

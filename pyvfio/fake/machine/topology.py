@@ -225,6 +225,22 @@ _DOMAIN_TYPES = ("DMA", "DMA-FQ", "identity", "blocked", "unmanaged")
 _HW_INFO_TYPES = ("none", "intel_vtd", "arm_smmuv3", "amd")
 
 
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _copy(value: Any) -> Any:
+    """``copy.deepcopy(value)`` for JSON data (plain dicts, lists and
+    scalars) without deepcopy's bookkeeping; anything else is deep-copied."""
+    kind = type(value)
+    if kind is dict:
+        return {k: v if type(v) in _SCALARS else _copy(v) for k, v in value.items()}
+    if kind is list:
+        return [v if type(v) in _SCALARS else _copy(v) for v in value]
+    if kind in _SCALARS:
+        return value
+    return copy.deepcopy(value)
+
+
 def shipped() -> list[str]:
     """Names of the topologies shipped with pyvfio."""
     return sorted(n[:-5] for n in os.listdir(TOPOLOGY_DIR) if n.endswith(".json"))
@@ -262,7 +278,7 @@ def load(source: dict[str, Any] | str | os.PathLike[str]) -> dict[str, Any]:
 
 def _load(source: dict[str, Any] | str | os.PathLike[str]) -> dict[str, Any]:
     if isinstance(source, dict):
-        raw = copy.deepcopy(source)
+        raw = _copy(source)
     elif isinstance(source, (str, os.PathLike)):
         text = os.fspath(source)
         if os.sep not in text and not text.endswith(".json"):
@@ -395,7 +411,7 @@ def _device(raw: object, i: int, numa_nodes: int) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise TopologyError(f"{where}: a device is an object")
     check_keys(raw, _DEVICE_KEYS, where)
-    dev = copy.deepcopy(raw)
+    dev: dict[str, Any] = _copy(raw)
     bdf = normalize_bdf(raw.get("bdf"), f"{where}.bdf")
     where = f"device {bdf}"
     dev["bdf"] = bdf
