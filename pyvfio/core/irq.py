@@ -96,8 +96,8 @@ class EventFd(FdResource):
         try:
             fd = b.eventfd(initval, os.EFD_NONBLOCK)
         except OSError as exc:  # e.g. EMFILE, or ENOMEM from the kernel
-            raise VfioError(exc.errno, f"eventfd: {os.strerror(exc.errno)}",
-                            target="a new eventfd") from exc
+            err = exc.errno or errno.EIO
+            raise VfioError(err, f"eventfd: {os.strerror(err)}", target="a new eventfd") from exc
         super().__init__(fd, b)
         self._number = fd
         # the tasks waiting in each loop (the loop has a reader while any wait)
