@@ -61,3 +61,19 @@ def test_an_owned_group_is_not_reported_as_blocked(system: System) -> None:
                 dev.bind(iommufd)
             assert not isinstance(exc.value, NotViableError)
             assert exc.value.errno in (errno.EPERM, errno.EBUSY)
+
+
+def test_a_group_lookup_the_kernel_cannot_answer_is_a_vfio_error(
+        system: System, monkeypatch: pytest.MonkeyPatch) -> None:
+    """sysfs answering ENOMEM (seen under the real-kernel failure walk)
+    reaches the user as a VfioError naming the device, not a bare OSError."""
+    import pyvfio
+    from pyvfio.core import sysfs
+
+    def no_memory(path: str) -> str:
+        raise OSError(errno.ENOMEM, "Cannot allocate memory")
+
+    monkeypatch.setattr(system.backend, "sysfs_readlink", no_memory)
+    with pytest.raises(pyvfio.VfioError) as info:
+        sysfs.device_group("0000:00:02.0", system.backend)
+    assert info.value.errno == errno.ENOMEM and "0000:00:02.0" in str(info.value)

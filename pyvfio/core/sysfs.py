@@ -9,6 +9,7 @@ through a :class:`~pyvfio.backend.base.Backend`, so it works on the real
 
 from __future__ import annotations
 
+import errno as _errno
 import os
 import re
 
@@ -92,6 +93,10 @@ def device_group(bdf: str, backend: Backend | None = None) -> int:
             2, f"device {bdf} is in no IOMMU group (is the IOMMU enabled?)",
             target=f"device {bdf}",
         ) from None
+    except OSError as exc:  # e.g. ENOMEM: the kernel could not answer
+        err = exc.errno or _errno.EIO
+        raise VfioError(err, f"cannot read the IOMMU group of device {bdf}: "
+                        f"{os.strerror(err)}", target=f"device {bdf}") from exc
     return int(os.path.basename(link))
 
 
