@@ -727,10 +727,10 @@ def _child(case: Case) -> tuple[Any, ...]:
         return ("exception", type(e).__name__, str(e))
 
 
-def run_forked(case: Case) -> tuple[Any, ...]:
-    """The case's result from a forked child: ``("ok", ret)``,
-    ``("oserror", errno, text)``, ``("exception", type, text)``,
-    ``("setup", type, text)``, ``("signal", name)`` or ``("hang",)``."""
+def in_child(work: Callable[[], tuple[Any, ...]], timeout: float) -> tuple[Any, ...]:
+    """``work()``'s result, computed in a forked child and sent back through
+    a pipe: a crash of the child is ``("signal", name)``, no answer within
+    ``timeout`` seconds ``("hang",)``."""
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
@@ -738,12 +738,12 @@ def run_forked(case: Case) -> tuple[Any, ...]:
             os.close(r)
             faulthandler.disable()  # a crash is the parent's finding, without a core file
             resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-            os.write(w, pickle.dumps(_child(case)))
+            os.write(w, pickle.dumps(work()))
         finally:
             os._exit(0)
     os.close(w)
     data = b""
-    deadline = time.monotonic() + TIMEOUT
+    deadline = time.monotonic() + timeout
     try:
         while True:
             left = deadline - time.monotonic()
@@ -761,6 +761,13 @@ def run_forked(case: Case) -> tuple[Any, ...]:
     if os.WIFSIGNALED(status):
         return ("signal", signal.Signals(os.WTERMSIG(status)).name)
     return pickle.loads(data) if data else ("signal", f"exit status {status} without a result")
+
+
+def run_forked(case: Case) -> tuple[Any, ...]:
+    """The case's result from a forked child: ``("ok", ret)``,
+    ``("oserror", errno, text)``, ``("exception", type, text)``,
+    ``("setup", type, text)``, ``("signal", name)`` or ``("hang",)``."""
+    return in_child(lambda: _child(case), TIMEOUT)
 
 
 def _name(outcome: int) -> str:

@@ -29,13 +29,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import faulthandler
 import os
-import pickle
-import resource
-import select
-import signal
-import time
 import traceback
 from typing import Any
 
@@ -46,7 +40,7 @@ from hypothesis import strategies as st
 from fake_state import diff, digest
 from pyvfio._uapi import ffi, lib
 from test_bad_pointers import (EDU, E1000, E1000_PEER, FD_CONTEXT, IOVA, KERNEL_ADDR, NPAGES, PAGE, Env,
-                               _libc, guard_page)
+                               _libc, guard_page, in_child)
 
 #: errnos the kernel returns from these ioctls (a call failing with another one is a finding)
 ERRNOS = frozenset({
@@ -529,48 +523,21 @@ class Runner:
         return findings
 
 
-def run_batch(fd: str, calls: list[tuple[int, Any]]) -> tuple[str, Any]:
+def run_batch(fd: str, calls: list[tuple[int, Any]]) -> tuple[Any, ...]:
     """The batch's result from a forked child: ("ok", findings),
-    ("setup", text), ("signal", name) or ("hang", "")."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
+    ("setup", text), ("signal", name) or ("hang",)."""
+
+    def work() -> tuple[str, Any]:
         try:
-            os.close(r)
-            faulthandler.disable()
-            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-            try:
-                runner = Runner(fd)
-            except BaseException as e:
-                result: tuple[str, Any] = ("setup", f"{type(e).__name__}: {e}")
-            else:
-                try:
-                    result = ("ok", runner.run(calls))
-                except BaseException:
-                    result = ("setup", traceback.format_exc())
-            os.write(w, pickle.dumps(result))
-        finally:
-            os._exit(0)
-    os.close(w)
-    data = b""
-    deadline = time.monotonic() + TIMEOUT
-    try:
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([r], [], [], left)[0]:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-                return ("hang", "")
-            chunk = os.read(r, 65536)
-            if not chunk:
-                break
-            data += chunk
-    finally:
-        os.close(r)
-    _, status = os.waitpid(pid, 0)
-    if os.WIFSIGNALED(status):
-        return ("signal", signal.Signals(os.WTERMSIG(status)).name)
-    return pickle.loads(data) if data else ("signal", f"exit status {status} without a result")
+            runner = Runner(fd)
+        except BaseException as e:
+            return ("setup", f"{type(e).__name__}: {e}")
+        try:
+            return ("ok", runner.run(calls))
+        except BaseException:
+            return ("setup", traceback.format_exc())
+
+    return in_child(work, TIMEOUT)
 
 
 FD_KINDS = ["iommufd", "container", "group", "dev/group", "dev/cdev", "dev/cdev-unbound", "fault",
@@ -589,7 +556,8 @@ def test_fuzz_ioctls(fd: str, warm: None) -> None:
     @settings(max_examples=EXAMPLES)
     @given(st.lists(_call(fd), min_size=1, max_size=BATCH))
     def batch(calls: list[tuple[int, Any]]) -> None:
-        kind, result = run_batch(fd, calls)
+        kind, *rest = run_batch(fd, calls)
+        result = rest[0] if rest else None
         assert kind != "setup", f"setting up {fd} failed: {result}"
         assert kind != "hang", f"{fd}: no answer within {TIMEOUT:.0f} s for {calls!r}"
         assert kind != "signal", f"{fd}: the child died of {result} running {calls!r}"
