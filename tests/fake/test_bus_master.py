@@ -15,6 +15,7 @@ import time
 from typing import Any, Iterator
 
 import pytest
+from test_models import Sink
 from toolkit_env import FakeMachine, open_cdev
 
 import pyvfio
@@ -170,18 +171,6 @@ def test_intx_needs_no_bus_master_but_intx_disable_holds_it(machine: FakeMachine
 
 
 # -- every model, driven directly -----------------------------------------------------------------
-class Sink:
-    """Records what reaches the interrupt controller."""
-
-    def __init__(self) -> None:
-        self.messages: list[tuple[int, int]] = []
-        self.levels: list[bool] = []
-
-    def deliver(self, index: int, vector: int) -> None:
-        self.messages.append((index, vector))
-
-    def intx(self, level: bool) -> None:
-        self.levels.append(level)
 
 
 def _model(name: str, **spec: Any) -> tuple[DeviceModel, Sink]:
