@@ -25,19 +25,44 @@ _override: contextvars.ContextVar[Callable[[], Backend] | None] = contextvars.Co
     "pyvfio_default_backend", default=None)
 
 
+#: Wraps the backend default_backend() gives while tracing is on
+#: (pyvfio.backend.trace.enable); None: not tracing.
+_tracer: Callable[[Backend], Backend] | None = None
+_env_read = False
+
+
+def _set_tracer(tracer: Callable[[Backend], Backend] | None) -> None:
+    global _tracer, _env_read
+    _tracer = tracer
+    _env_read = True  # an explicit choice outranks the environment
+
+
+def _get_tracer() -> Callable[[Backend], Backend] | None:
+    return _tracer
+
+
 def default_backend() -> Backend:
     """The backend of objects given none: the real kernel backend, created
     on first use; in a :func:`override_default_backend` block, what that
-    block says (another backend, or an exception)."""
-    global _default
+    block says (another backend, or an exception).  Traced (see
+    :mod:`pyvfio.backend.trace`) while ``PYVFIO_TRACE`` or
+    :func:`~pyvfio.backend.trace.enable` says so."""
+    global _default, _env_read
+    if not _env_read:
+        _env_read = True
+        from .trace import enable_from_env
+
+        enable_from_env()
     override = _override.get()
     if override is not None:
-        return override()
-    if _default is None:
-        from .kernel import KernelBackend
+        backend = override()
+    else:
+        if _default is None:
+            from .kernel import KernelBackend
 
-        _default = KernelBackend()
-    return _default
+            _default = KernelBackend()
+        backend = _default
+    return backend if _tracer is None else _tracer(backend)
 
 
 def resolve_backend(backend: Backend | None) -> Backend:
