@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import logging
 from typing import Callable, Iterator, Union
 
 from .base import Backend, IoctlArg, MemoryMap
 
 __all__ = ["Backend", "IoctlArg", "MemoryMap", "default_backend", "resolve_backend",
-           "override_default_backend"]
+           "override_default_backend", "traced_if_enabled"]
+
+# pyvfio logs under the "pyvfio" logger (pyvfio.setup.binding, pyvfio.fake, ...);
+# silent unless the application configures logging.
+logging.getLogger("pyvfio").addHandler(logging.NullHandler())
 
 _default: Backend | None = None
 
@@ -47,12 +52,7 @@ def default_backend() -> Backend:
     block says (another backend, or an exception).  Traced (see
     :mod:`pyvfio.backend.trace`) while ``PYVFIO_TRACE`` or
     :func:`~pyvfio.backend.trace.enable` says so."""
-    global _default, _env_read
-    if not _env_read:
-        _env_read = True
-        from .trace import enable_from_env
-
-        enable_from_env()
+    global _default
     override = _override.get()
     if override is not None:
         backend = override()
@@ -62,6 +62,20 @@ def default_backend() -> Backend:
 
             _default = KernelBackend()
         backend = _default
+    return traced_if_enabled(backend)
+
+
+def traced_if_enabled(backend: Backend) -> Backend:
+    """``backend``, wrapped in a :class:`~pyvfio.backend.trace.TraceBackend`
+    while tracing is on (``PYVFIO_TRACE``, read on the first call, or
+    :func:`pyvfio.backend.trace.enable`); for backends made explicitly,
+    such as a fake system's."""
+    global _env_read
+    if not _env_read:
+        _env_read = True
+        from .trace import enable_from_env
+
+        enable_from_env()
     return backend if _tracer is None else _tracer(backend)
 
 
