@@ -316,7 +316,7 @@ def capture(backend: Backend | None = None, *, name: str | None = None,
     for dev in pci:
         by_bus.setdefault(int(dev.bdf[5:7], 16), []).append(dev)
     state = BindingState.default(b)
-    specs = []
+    specs: list[dict[str, Any]] = []
     common = {(r["start"], r["last"], r["type"]) for r in (iommu or {}).get("reserved_regions", [])}
     first_of_group = {g.id: next((d for d in g.devices if d in {x.bdf for x in pci}), None)
                       for g in groups}
