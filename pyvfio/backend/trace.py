@@ -47,7 +47,8 @@ from typing import IO, Any, Callable
 
 from .base import Backend, DirectAccess, IoctlArg, MemoryMap
 
-__all__ = ["TraceBackend", "trace", "enable", "disable", "enabled"]
+__all__ = ["TraceBackend", "TraceMemoryMap", "trace", "enable", "disable", "enabled",
+           "enable_from_env", "ioctl_name", "ENV"]
 
 _LOG = logging.getLogger("pyvfio.trace")
 
@@ -440,7 +441,8 @@ class TraceBackend(Backend):
     # -- files -----------------------------------------------------------------------------------
     def open(self, path: str, flags: int = os.O_RDWR | os.O_CLOEXEC) -> int:
         """Traced open(2); remembers what kind of file the fd is."""
-        fd: int = self._call(f"open({path!r}, {flags:#o})", lambda: self.inner.open(path, flags))
+        fd: int = self._call(f"open({path!r}, {_open_flags(flags)})",
+                             lambda: self.inner.open(path, flags))
         self._kinds[fd] = _kind_of_path(path)
         return fd
 
@@ -564,6 +566,17 @@ class TraceBackend(Backend):
     def sysfs_readlink(self, path: str) -> str:
         """The wrapped backend's ``sysfs_readlink`` (not traced)."""
         return self.inner.sysfs_readlink(path)
+
+
+def _open_flags(flags: int) -> str:
+    names = [("O_RDONLY", "O_WRONLY", "O_RDWR", "O_ACCMODE")[flags & os.O_ACCMODE]]
+    rest = flags & ~os.O_ACCMODE
+    for name in ("O_CLOEXEC", "O_NONBLOCK", "O_CREAT", "O_EXCL", "O_TRUNC", "O_APPEND"):
+        bit = getattr(os, name, 0)
+        if bit and rest & bit:
+            names.append(name)
+            rest &= ~bit
+    return "|".join(names + ([f"{rest:#o}"] if rest else []))
 
 
 def _nbytes(data: Any) -> str:

@@ -494,7 +494,7 @@ def _run_binding(args: argparse.Namespace, backend: Backend | None, action: str)
     error: VfioError | None = None
     try:
         for step, (kind, target) in enumerate(ops):
-            _progress.report(step, len(ops), f"pyvfio {action}", target)
+            _progress.report(step, len(ops), f"pyvfio {action}", f"done, next {target}")
             if kind == "group":
                 gid = int(target)
                 if action == "bind":
@@ -511,7 +511,7 @@ def _run_binding(args: argparse.Namespace, backend: Backend | None, action: str)
                 results.append(binding.unbind(target, force=args.force, backend=b, state=st))
             else:
                 results.append(binding.restore(target, force=args.force, backend=b, state=st))
-        _progress.report(len(ops), len(ops), f"pyvfio {action}")
+        _progress.report(len(ops), len(ops), f"pyvfio {action}", "done")
     except VfioError as e:
         error = e
     code = EXIT_OK
