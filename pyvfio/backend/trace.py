@@ -48,7 +48,7 @@ from typing import IO, Any, Callable
 from .base import Backend, DirectAccess, IoctlArg, MemoryMap
 
 __all__ = ["TraceBackend", "TraceMemoryMap", "trace", "enable", "disable", "enabled",
-           "enable_from_env", "ioctl_name", "ENV"]
+           "enable_from_env", "ioctl_name", "path_kind", "ENV"]
 
 _LOG = logging.getLogger("pyvfio.trace")
 
@@ -327,7 +327,9 @@ class _Decoded:
 
 
 # -- the wrapper -------------------------------------------------------------------------------------
-def _kind_of_path(path: str) -> str:
+def path_kind(path: str) -> str:
+    """The kind of file a trace line names for a file opened at ``path``:
+    ``iommufd``, ``container``, ``group``, ``device``, else the base name."""
     if path == "/dev/iommu":
         return "iommufd"
     if path == "/dev/vfio/vfio":
@@ -443,7 +445,7 @@ class TraceBackend(Backend):
         """Traced open(2); remembers what kind of file the fd is."""
         fd: int = self._call(f"open({path!r}, {_open_flags(flags)})",
                              lambda: self.inner.open(path, flags))
-        self._kinds[fd] = _kind_of_path(path)
+        self._kinds[fd] = path_kind(path)
         return fd
 
     def close(self, fd: int) -> None:

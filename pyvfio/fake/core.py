@@ -209,14 +209,16 @@ class _OpenFile:
 def _log_refusal(file: FakeFile, request: int, exc: OSError) -> None:
     """Log (DEBUG) which function of the fake refused an ioctl: the frame
     that raised, named after the kernel function enforcing the rule."""
-    from ..backend.trace import ioctl_name
+    from ..backend.trace import ioctl_name, path_kind
 
     tb = exc.__traceback__
     while tb is not None and tb.tb_next is not None:
         tb = tb.tb_next
     where = (f"{tb.tb_frame.f_code.co_name} ({os.path.basename(tb.tb_frame.f_code.co_filename)}"
              f":{tb.tb_lineno})") if tb is not None else "?"
-    _LOG.debug("%s on %s refused by %s: %s %s", ioctl_name(request), file.path, where,
+    # a device file from VFIO_GROUP_GET_DEVICE_FD is named "/dev/vfio/N:<bdf>"
+    kind = "device" if getattr(file, "core", None) is not None else path_kind(file.path)
+    _LOG.debug("%s on %s refused by %s: %s %s", ioctl_name(request, kind), file.path, where,
                errno.errorcode.get(exc.errno or 0, exc.errno), exc.strerror)
 
 
