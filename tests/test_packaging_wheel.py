@@ -7,8 +7,9 @@ cached under ``$PYVFIO_CACHE_DIR`` or ``~/.cache/pyvfio/wheels/<digest>``.
 A missing build tool fails the tests with the tool's name: it comes with
 ``pip install -e '.[test]'``.  The x86_64 wheel is installed into a fresh
 venv of each Python that runs here, with ``PATH`` holding only that venv
-(no ``cc``, ``gcc``, ``clang``) and ``CC`` unset; the aarch64 wheel cannot run
-here and is checked as an ELF file (machine, libraries, glibc versions).
+(no ``cc``, ``gcc``, ``clang``) and ``CC`` unset; the aarch64 wheel is checked
+as an ELF file (machine, libraries, glibc versions) and run under QEMU's
+user-mode emulation (tools/aarch64_python.py).
 """
 
 from __future__ import annotations

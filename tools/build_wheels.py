@@ -103,7 +103,7 @@ def zig_cc(arch: str) -> list[str]:
     """The compiler command for ``arch``: Zig's clang with glibc 2.17's symbols
     (the ``zig`` executable itself: ``python -m ziglang`` would not be found
     from pip's isolated build environment)."""
-    import ziglang
+    import ziglang  # type: ignore[import-untyped]
     zig = Path(ziglang.__file__).parent / "zig"
     return [str(zig), "cc", "-target", f"{arch}-linux-gnu.{GLIBC[0]}.{GLIBC[1]}"]
 
@@ -245,13 +245,17 @@ def check_wheel(wheel: Path, arch: str) -> str:
 
 def elf_facts(so: Path) -> tuple[str, list[str], list[tuple[int, ...]]]:
     """(e_machine, DT_NEEDED libraries, GLIBC_x.y versions needed) of an ELF file."""
+    from elftools.elf.dynamic import DynamicSection
     from elftools.elf.elffile import ELFFile  # auditwheel's dependency
     from elftools.elf.gnuversions import GNUVerNeedSection
     with open(so, "rb") as f:
         elf = ELFFile(f)
         machine = elf.header["e_machine"]
         dynamic = elf.get_section_by_name(".dynamic")
-        needed = [t.needed for t in dynamic.iter_tags() if t.entry.d_tag == "DT_NEEDED"]
+        if not isinstance(dynamic, DynamicSection):
+            raise BuildError(f"{so}: no dynamic section (not a shared object)")
+        needed = [str(t.needed) for t in dynamic.iter_tags()  # type: ignore[attr-defined]
+                  if t.entry.d_tag == "DT_NEEDED"]
         versions = []
         for section in elf.iter_sections():
             if isinstance(section, GNUVerNeedSection):
