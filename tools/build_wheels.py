@@ -19,10 +19,11 @@ and does not link libpython), so one wheel per architecture, tagged
    ``linux_<arch>``.  The Python headers are the running interpreter's
    (they are the same for every architecture except ``pyconfig.h``, whose
    type sizes are first checked against the target compiler).
-3. ``auditwheel repair --plat manylinux_2_17_<arch>``, which tags the wheel
-   ``manylinux_2_17_<arch>.manylinux2014_<arch>`` only if the extension
-   needs nothing newer, then ``auditwheel show`` to prove it, and an ELF
-   check of the extension: machine, no libpython, glibc symbol versions.
+3. ``auditwheel repair --plat manylinux_2_17_<arch>``, which refuses unless
+   the extension needs nothing newer and tags the wheel with it and every
+   older tag it qualifies for (x86_64's: down to ``manylinux1``), then
+   ``auditwheel show`` to prove it, and an ELF check of the extension:
+   machine, no libpython, glibc symbol versions.
 
 Each wheel's path is printed on the last lines of the output.
 """
