@@ -585,6 +585,15 @@ def cmd_topology_dump(args: argparse.Namespace, backend: Backend | None) -> int:
 
 
 # -- parser ---------------------------------------------------------------------------------
+def _version() -> str:
+    """The installed distribution's version (pyvfio.__version__ at build time)."""
+    from importlib import metadata
+    try:
+        return metadata.version("pyvfio")
+    except metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``pyvfio`` command."""
     doc = __doc__ or ""
@@ -603,6 +612,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="log each step to stderr (-vv: the details too)")
 
     common_options(parser, None)
+    parser.add_argument("--version", action="version", version=f"pyvfio {_version()}",
+                        help="print the installed version and exit")
     common = _Parser(add_help=False)
     common_options(common, argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
