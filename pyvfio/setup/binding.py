@@ -50,7 +50,8 @@ from typing import Any, Iterable
 from ..backend import Backend, resolve_backend
 from ..core import sysfs, viability
 from ..errors import InvalidArgumentError, VfioError
-from . import devices
+from . import devices, kernel_support
+from .environment import module_fix
 from .binding_state import (_NO_DRIVER, STATE_DIR, BindError, BindingRecord, BindingState,
                             is_driver_name)
 from .host_use import DeviceInUseError, Usage, UsageScan, device_users
@@ -71,6 +72,7 @@ __all__ = [
     "unbind",
     "restore",
     "restore_all",
+    "bind_many",
     "bind_group",
     "unbind_group",
     "restore_group",
@@ -217,6 +219,33 @@ def _device(b: Backend, bdf: str) -> devices.PciDeviceInfo:
         raise BindError(errno.ENODEV, str(e), target=f"device {bdf}") from None
 
 
+def _driver_missing(b: Backend, driver: str) -> str:
+    """Why ``driver`` is not there and what to do, as ``pyvfio doctor``
+    says it: modprobe only a module the kernel has."""
+    module = driver.replace("-", "_")
+    if module in kernel_support.MODULE_OPTIONS:
+        build = kernel_support.kernel_build(b)
+        return f"the {driver} driver is not loaded: {module_fix(build, module)}"
+    return f"the {driver} driver is not loaded (modprobe {module})"
+
+
+def _check_bindable(b: Backend, info: devices.PciDeviceInfo, driver: str) -> None:
+    """BindError unless ``driver`` can take device ``info``: it is no
+    bridge (for vfio-pci), the driver is there, the device has the IOMMU
+    group vfio-pci needs."""
+    bdf = info.bdf
+    if driver == "vfio-pci" and info.is_bridge:
+        raise BindError(errno.EINVAL, f"{bdf} is a PCI bridge ({info.description}): vfio-pci "
+                                      "does not drive bridges, and a bridge on pcieport or "
+                                      "without a driver keeps its group viable",
+                        target=f"device {bdf}")
+    if not b.exists(f"/sys/bus/pci/drivers/{driver}"):
+        raise BindError(errno.ENODEV, _driver_missing(b, driver), target=f"device {bdf}")
+    if driver == "vfio-pci" and info.iommu_group is None and not _noiommu(b):
+        raise BindError(errno.EINVAL, f"{bdf} is in no IOMMU group: vfio-pci needs an active "
+                                      "IOMMU (see `pyvfio doctor`)", target=f"device {bdf}")
+
+
 # -- operations -------------------------------------------------------------------------
 def bind(bdf: str, driver: str = "vfio-pci", *, force: bool = False,
          backend: Backend | None = None, state: BindingState | None = None,
@@ -240,22 +269,12 @@ def bind(bdf: str, driver: str = "vfio-pci", *, force: bool = False,
     if info.driver == driver:
         nodes = _vfio_nodes(b, bdf, group, 0) if driver == "vfio-pci" else []
         return Binding(bdf, driver, driver, False, group, st.get(bdf), nodes)
-    if driver == "vfio-pci" and info.is_bridge:
-        raise BindError(errno.EINVAL, f"{bdf} is a PCI bridge ({info.description}): vfio-pci "
-                                      "does not drive bridges, and a bridge on pcieport or "
-                                      "without a driver keeps its group viable",
-                        target=f"device {bdf}")
-    if not b.exists(f"/sys/bus/pci/drivers/{driver}"):
-        module = driver.replace("-", "_")
-        raise BindError(errno.ENODEV, f"the {driver} driver is not loaded (modprobe {module})",
-                        target=f"device {bdf}")
-    if driver == "vfio-pci" and group is None and not _noiommu(b):
-        raise BindError(errno.EINVAL, f"{bdf} is in no IOMMU group: vfio-pci needs an active "
-                                      "IOMMU (see `pyvfio doctor`)", target=f"device {bdf}")
     host_driver = not viability.driver_keeps_group_viable(driver)
+    # the host's use of the device first: it is what a user must act on
     if (info.driver is not None or host_driver) and not force:
         _in_use(b, [bdf], f"unbind {bdf} from {info.driver}" if info.driver is not None
                 else f"bind {bdf} to {driver}", host_driver)
+    _check_bindable(b, info, driver)
     st.remember(bdf, info.driver, info.driver_override)
     _set_override(b, bdf, driver)
     if info.driver is not None:
@@ -393,33 +412,91 @@ def _group_targets(b: Backend, group: int) -> list[str]:
             if not m.is_bridge and sysfs._BDF_COMPONENT.match(m.bdf)]
 
 
+def _return_to(b: Backend, bdf: str, driver: str | None, override: str | None) -> None:
+    """Put ``bdf`` back on ``driver`` with ``override`` (a rollback)."""
+    if _override(b, bdf) != override:
+        _set_override(b, bdf, override)
+    now = sysfs.device_driver(bdf, b)
+    if now is not None and now != driver:
+        _unbind_driver(b, bdf, now)
+    if driver is not None and sysfs.device_driver(bdf, b) is None:
+        _probe(b, bdf)
+        if sysfs.device_driver(bdf, b) is None and b.exists(f"/sys/bus/pci/drivers/{driver}"):
+            _write(b, f"/sys/bus/pci/drivers/{driver}/bind", bdf, f"binding {bdf} to {driver}")
+    now = sysfs.device_driver(bdf, b)
+    if now != driver:
+        raise BindError(errno.EIO, f"{bdf} is on {now or 'no driver'}, not {driver or 'no driver'}",
+                        target=f"device {bdf}")
+
+
+def bind_many(bdfs: Iterable[str], driver: str = "vfio-pci", *, force: bool = False,
+              backend: Backend | None = None, state: BindingState | None = None,
+              timeout: float = 5.0, what: str | None = None) -> list[Binding]:
+    """Bind every device of ``bdfs`` to ``driver``, all or nothing.
+
+    Every device is checked before any moves: first whether the host uses
+    it (:class:`DeviceInUseError`, unless ``force``), then whether
+    ``driver`` can take it (a bridge, a driver that is not there -- the
+    hint is ``pyvfio doctor``'s --, no IOMMU group: :class:`BindError`).
+    If a move fails midway, the devices this call moved go back to the
+    driver and driver_override they had, and the error says so.
+    ``what`` names the operation in messages.
+    """
+    b = resolve_backend(backend)
+    st = state if state is not None else BindingState.default(b)
+    if not is_driver_name(driver):
+        raise InvalidArgumentError(f"{driver!r} is not a driver name")
+    infos: list[devices.PciDeviceInfo] = []
+    for name in bdfs:
+        info = _device(b, sysfs.normalize_bdf(name))
+        if all(i.bdf != info.bdf for i in infos):
+            infos.append(info)
+    moving = [i for i in infos if i.driver != driver]
+    host_driver = not viability.driver_keeps_group_viable(driver)
+    if not force:
+        _in_use(b, [i.bdf for i in moving if i.driver is not None or host_driver],
+                what or f"bind {', '.join(i.bdf for i in moving)} to {driver}", host_driver)
+    for info in moving:
+        _check_bindable(b, info, driver)
+    results: list[Binding] = []
+    moved: list[tuple[devices.PciDeviceInfo, bool]] = []
+    try:
+        for info in infos:
+            if info.driver != driver:
+                moved.append((info, st.get(info.bdf) is not None))
+            results.append(bind(info.bdf, driver, force=True, backend=b, state=st,
+                                timeout=timeout))
+    except VfioError as e:
+        back, stuck = [], []
+        for info, had_record in reversed(moved):
+            try:
+                _return_to(b, info.bdf, info.driver, info.driver_override)
+            except VfioError as undo:
+                stuck.append(f"{info.bdf} ({undo})")
+                continue
+            if not had_record:
+                st.forget(info.bdf)
+            back.append(f"{info.bdf} on {info.driver or 'no driver'}")
+        cause = str(e).split("; ")[0]
+        summary = (f"rolled back: {', '.join(reversed(back))} again" if back else "")
+        if stuck:
+            summary += ("; " if summary else "") + "could not put back " + ", ".join(stuck) \
+                + " (`pyvfio restore` retries)"
+        raise BindError(e.errno or errno.EIO, f"{cause}; {summary or 'nothing had moved'}",
+                        target=e.target) from e
+    return results
+
+
 def bind_group(group: int, driver: str = "vfio-pci", *, force: bool = False,
                backend: Backend | None = None, state: BindingState | None = None,
                timeout: float = 5.0) -> list[Binding]:
     """Bind every device of IOMMU group ``group`` except bridges to
-    ``driver``.  Checks all devices for host use first (nothing changes if
-    one is in use); if one bind fails, the devices this call moved are
-    restored and the error is raised."""
+    ``driver``, all or nothing (:func:`bind_many`): every device is checked
+    for host use, then for the driver, before any moves; if one bind
+    fails, the devices this call moved go back and the error is raised."""
     b = resolve_backend(backend)
-    st = state if state is not None else BindingState.default(b)
-    targets = _group_targets(b, group)
-    if not force:
-        host_driver = not viability.driver_keeps_group_viable(driver)
-        busy = [t for t in targets if sysfs.device_driver(t, b) not in (None, driver)
-                or host_driver]
-        _in_use(b, busy, f"bind IOMMU group {group} to {driver}", host_driver)
-    done: list[Binding] = []
-    try:
-        for bdf in targets:
-            done.append(bind(bdf, driver, force=True, backend=b, state=st, timeout=timeout))
-    except VfioError:
-        for res in reversed(done):
-            if res.changed:
-                try:
-                    restore(res.bdf, force=True, backend=b, state=st)
-                except VfioError:
-                    pass
-        raise
+    done = bind_many(_group_targets(b, group), driver, force=force, backend=b, state=state,
+                     timeout=timeout, what=f"bind IOMMU group {group} to {driver}")
     for res in done:
         res.notes = [n for n in res.notes if not n.startswith(f"group {group} ")]
     return done

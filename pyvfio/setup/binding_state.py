@@ -32,7 +32,8 @@ from ..backend import Backend, resolve_backend
 from ..errors import VfioError
 
 __all__ = ["BindError", "BindingStateError", "BindingRecord", "BindingState", "STATE_DIR",
-           "is_driver_name", "is_bdf", "unsafe", "open_folder_nofollow"]
+           "is_driver_name", "is_bdf", "unsafe", "open_folder_nofollow", "host_root",
+           "set_host_root"]
 
 #: Default folder of the state file (``$PYVFIO_STATE_DIR`` overrides it).
 STATE_DIR = "/run/pyvfio"
@@ -124,6 +125,25 @@ def open_folder_nofollow(folder: str, create: bool, mode: int = 0o700) -> int | 
             return None
         os.makedirs(folder, mode=mode, exist_ok=True)
         return os.open(folder, flags)
+
+
+_host_roots: weakref.WeakKeyDictionary[Backend, str] = weakref.WeakKeyDictionary()
+
+
+def set_host_root(backend: Backend, root: str | None) -> None:
+    """Keep the files pyvfio writes for a fake system's machine (the
+    binding state, the persistent bindings' udev rules) below the real
+    folder ``root`` (as ``root/run/pyvfio/...``, ``root/etc/udev/...``)
+    instead of in memory; None: in memory again."""
+    if root is None:
+        _host_roots.pop(backend, None)
+    else:
+        _host_roots[backend] = root
+
+
+def host_root(backend: Backend) -> str | None:
+    """The folder set by :func:`set_host_root` for ``backend``, or None."""
+    return _host_roots.get(backend)
 
 
 _memory_states: weakref.WeakKeyDictionary[Backend, BindingState] = weakref.WeakKeyDictionary()
@@ -224,12 +244,16 @@ class BindingState:
 
     @classmethod
     def default(cls, backend: Backend | None = None) -> BindingState:
-        """The state for ``backend``: the state file for the real kernel,
-        memory kept for the backend's lifetime otherwise."""
+        """The state for ``backend``: the state file for the real kernel
+        (or below a fake system's :func:`host_root`), memory kept for the
+        backend's lifetime otherwise."""
         b = resolve_backend(backend)
         if b.name == "kernel":
             folder = os.environ.get("PYVFIO_STATE_DIR") or STATE_DIR
             return cls(os.path.join(folder, _STATE_FILE))
+        root = host_root(b)
+        if root is not None:
+            return cls(os.path.join(root, STATE_DIR.lstrip("/"), _STATE_FILE))
         state = _memory_states.get(b)
         if state is None:
             state = cls(None)
