@@ -53,7 +53,7 @@ from ..errors import InvalidArgumentError, VfioError
 from . import devices, kernel_support
 from .environment import module_fix
 from .binding_state import (_NO_DRIVER, STATE_DIR, BindError, BindingRecord, BindingState,
-                            is_driver_name)
+                            BindingStateError, is_driver_name)
 from .host_use import DeviceInUseError, Usage, UsageScan, device_users
 
 # The binding workflow's API: the operations, their results and errors, and
@@ -74,6 +74,7 @@ __all__ = [
     "restore_all",
     "bind_many",
     "bind_group",
+    "group_devices",
     "unbind_group",
     "restore_group",
 ]
@@ -292,16 +293,23 @@ def bind(bdf: str, driver: str = "vfio-pci", *, force: bool = False,
     result = Binding(bdf, info.driver, now, True, group, st.get(bdf))
     if driver == "vfio-pci":
         result.nodes = _vfio_nodes(b, bdf, group, timeout)
-    if group is not None:
-        verdict = viability.explain_group(group, bdf, b)
-        if not verdict.viable:
-            result.notes.append(verdict.summary())
-        elif verdict.at_risk and driver == "vfio-pci":
-            result.notes.append(
-                f"group {group} has {len(verdict.at_risk)} other device(s) that share its I/O "
-                "address space: " + ", ".join(f"{m.bdf} ({m.driver or 'no driver'})"
-                                              for m in verdict.at_risk))
+    result.notes += _group_notes(b, bdf, group, driver)
     return result
+
+
+def _group_notes(b: Backend, bdf: str, group: int | None, driver: str) -> list[str]:
+    """What a user of ``bdf`` should know about its group once it is on
+    ``driver``: not viable yet, or shared with other devices."""
+    if group is None:
+        return []
+    verdict = viability.explain_group(group, bdf, b)
+    if not verdict.viable:
+        return [verdict.summary()]
+    if verdict.at_risk and driver == "vfio-pci":
+        return [f"group {group} has {len(verdict.at_risk)} other device(s) that share its I/O "
+                "address space: " + ", ".join(f"{m.bdf} ({m.driver or 'no driver'})"
+                                              for m in verdict.at_risk)]
+    return []
 
 
 def _noiommu(b: Backend) -> bool:
@@ -454,16 +462,21 @@ def bind_many(bdfs: Iterable[str], driver: str = "vfio-pci", *, force: bool = Fa
     moving = [i for i in infos if i.driver != driver]
     host_driver = not viability.driver_keeps_group_viable(driver)
     if not force:
+        if what is None and len(moving) == 1:
+            one = moving[0]
+            what = (f"unbind {one.bdf} from {one.driver}" if one.driver is not None
+                    else f"bind {one.bdf} to {driver}")
         _in_use(b, [i.bdf for i in moving if i.driver is not None or host_driver],
                 what or f"bind {', '.join(i.bdf for i in moving)} to {driver}", host_driver)
     for info in moving:
         _check_bindable(b, info, driver)
+    had_record = {i.bdf: st.get(i.bdf) is not None for i in moving}
     results: list[Binding] = []
     moved: list[tuple[devices.PciDeviceInfo, bool]] = []
     try:
         for info in infos:
             if info.driver != driver:
-                moved.append((info, st.get(info.bdf) is not None))
+                moved.append((info, had_record[info.bdf]))
             results.append(bind(info.bdf, driver, force=True, backend=b, state=st,
                                 timeout=timeout))
     except VfioError as e:
@@ -482,8 +495,15 @@ def bind_many(bdfs: Iterable[str], driver: str = "vfio-pci", *, force: bool = Fa
         if stuck:
             summary += ("; " if summary else "") + "could not put back " + ", ".join(stuck) \
                 + " (`pyvfio restore` retries)"
-        raise BindError(e.errno or errno.EIO, f"{cause}; {summary or 'nothing had moved'}",
-                        target=e.target) from e
+        kind = type(e) if type(e) in (BindError, BindingStateError) else BindError
+        raise kind(e.errno or errno.EIO, f"{cause}; {summary or 'nothing had moved'}",
+                   target=e.target) from e
+    if len(moving) > 1:
+        # the notes each bind made saw its group half moved: say it once more, at the end
+        for res in results:
+            if res.changed and res.group is not None:
+                res.notes = [n for n in res.notes if not n.startswith(f"group {res.group} ")]
+                res.notes += _group_notes(b, res.bdf, res.group, driver)
     return results
 
 
@@ -500,6 +520,12 @@ def bind_group(group: int, driver: str = "vfio-pci", *, force: bool = False,
     for res in done:
         res.notes = [n for n in res.notes if not n.startswith(f"group {group} ")]
     return done
+
+
+def group_devices(group: int, backend: Backend | None = None) -> list[str]:
+    """The devices :func:`bind_group` binds: every device of IOMMU group
+    ``group`` but bridges."""
+    return _group_targets(resolve_backend(backend), group)
 
 
 def unbind_group(group: int, *, force: bool = False, backend: Backend | None = None,

@@ -68,6 +68,7 @@ from ..backend import Backend, default_backend
 from ..core import sysfs, viability
 from ..errors import InvalidArgumentError, VfioError
 from . import binding, devices, kernel_support
+from ._cli_help import help_options
 from .binding_state import BindingStateError, is_driver_name
 from .environment import FAIL, WARN, check_environment
 
@@ -102,33 +103,73 @@ class _Parser(argparse.ArgumentParser):
 
 
 class _Context:
-    """The system a command runs against."""
+    """The system a command runs against: the real kernel, a given
+    backend, or a fake system whose state is kept between commands
+    (:mod:`pyvfio.setup.fake_session`)."""
 
-    def __init__(self, args: argparse.Namespace, backend: Backend | None) -> None:
+    def __init__(self, args: argparse.Namespace, backend: Backend | None,
+                 fallback: bool = False) -> None:
+        from .fake_session import FakeSession
+
         self.fake_name: str | None = None
         self.description: str | None = None
+        self.session: FakeSession | None = None
         if backend is not None:
             self.backend = backend
         elif args.fake:
-            from ..fake import System
-            from ..fake.machine.topology import TopologyError, load
-
-            try:
-                topology = load(args.fake)
-                system = System(topology)
-            except TopologyError as e:
-                raise _UsageError(f"--fake {args.fake}: {e}") from None
-            self.backend = system.backend
-            self.description = topology.get("description")
+            self.session = _open_fake(args, fallback)
+            self.backend = self.session.system.backend
+            self.description = getattr(self.session.system, "_description", None)
         else:
             self.backend = default_backend()
         self.kind = self.backend.name
         owner = getattr(self.backend, "system", None)
         if self.kind == "fake" and owner is not None:
             self.fake_name = str(getattr(owner, "topology_name", "fake"))
+        self.fallback = fallback
+        args._contexts = [*getattr(args, "_contexts", []), self]
 
     def as_dict(self, fallback: bool = False) -> dict[str, Any]:
-        return {"kind": self.kind, "fake_topology": self.fake_name, "fallback": fallback}
+        return {"kind": self.kind, "fake_topology": self.fake_name,
+                "fallback": fallback or self.fallback}
+
+    def fake_dict(self) -> dict[str, Any] | None:
+        """The JSON ``"fake"`` field: which fake machine, where its state
+        is kept; None on the real kernel."""
+        if self.session is not None:
+            return self.session.as_dict()
+        if self.kind != "fake":
+            return None
+        return {"machine": self.fake_name, "state": None, "root": None,
+                "fallback": self.fallback, "resumed": False}
+
+    def banner(self) -> str:
+        """The line that says a fake system is shown, and where its state is."""
+        state = f"; state: {self.session.path} (--fake-reset starts over)" \
+            if self.session is not None and self.session.path is not None else ""
+        return f"(FAKE system {self.fake_name!r}: nothing on this machine changes{state})"
+
+
+def _open_fake(args: argparse.Namespace, fallback: bool) -> Any:
+    """The fake session of ``--fake`` (TopologyError: bad usage)."""
+    from ..fake.machine.topology import TopologyError
+    from .fake_session import open_session
+
+    try:
+        session = open_session(args.fake, getattr(args, "fake_state", None), fallback=fallback,
+                               reset=bool(getattr(args, "fake_reset", False)))
+    except TopologyError as e:
+        raise _UsageError(f"--fake {args.fake}: {e}") from None
+    for note in session.notes:
+        print(f"pyvfio: {note}", file=sys.stderr)
+    return session
+
+
+def _save_sessions(args: argparse.Namespace) -> None:
+    """Keep the fake systems' state for the next command."""
+    for ctx in getattr(args, "_contexts", []):
+        if ctx.session is not None:
+            ctx.session.save()
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
@@ -148,7 +189,7 @@ def _print_json(data: Any) -> None:
 
 # -- status ---------------------------------------------------------------------------
 def _fallback_needed(args: argparse.Namespace, backend: Backend | None) -> bool:
-    if args.fake or backend is not None or args.json or args.real:
+    if args.fake or backend is not None or args.real:
         return False
     support = kernel_support.vfio_support(default_backend())
     return support.group_count == 0 and not support.noiommu_mode
@@ -187,6 +228,9 @@ def _print_status(ctx: _Context, data: dict[str, Any]) -> None:
         if ctx.description:
             print(textwrap.fill(ctx.description, width=78, initial_indent="  ",
                                 subsequent_indent="  "))
+        if ctx.session is not None and ctx.session.path is not None:
+            print(f"State: {ctx.session.path} (kept between commands; --fake-reset "
+                  "starts over)")
     else:
         print(f"System: this machine ({ctx.kind} backend)")
     if s["iommu_enabled"]:
@@ -265,23 +309,34 @@ _BANNER = """\
  VFIO cannot assign devices here; `pyvfio doctor` says what is missing.
  Shown instead: the built-in FAKE system {name!r}, pyvfio's
  simulated QEMU test machine.  None of the devices below is real.
- `pyvfio status --real` shows this machine; `--fake NAME|FILE`
+ `pyvfio {command} --real` shows this machine; `--fake NAME|FILE`
  picks another fake system.
 ====================================================================="""
 
 
-def cmd_status(args: argparse.Namespace, backend: Backend | None) -> int:
-    """``pyvfio status``."""
+def _context_or_fallback(args: argparse.Namespace, backend: Backend | None,
+                         command: str) -> _Context:
+    """The system ``status`` and ``groups`` show: on a machine without
+    IOMMU groups, the fake system :data:`FALLBACK_TOPOLOGY` (its state kept
+    like ``--fake``'s), announced by a banner (human output) and by
+    ``"fake": {"fallback": true}`` (JSON)."""
     fallback = _fallback_needed(args, backend)
     if fallback:
         real = devices.pci_devices(default_backend())
         args.fake = FALLBACK_TOPOLOGY
-        print(_BANNER.format(why=f"{len(real)} PCI devices, no IOMMU groups",
-                             name=FALLBACK_TOPOLOGY))
-        print()
-    ctx = _Context(args, backend)
+        if not args.json:
+            print(_BANNER.format(why=f"{len(real)} PCI devices, no IOMMU groups",
+                                 name=FALLBACK_TOPOLOGY, command=command))
+            print()
+    return _Context(args, backend, fallback)
+
+
+def cmd_status(args: argparse.Namespace, backend: Backend | None) -> int:
+    """``pyvfio status``."""
+    ctx = _context_or_fallback(args, backend, "status")
+    fallback = ctx.fallback
     data = _status_data(ctx)
-    data["system"]["fallback"] = fallback
+    data["fake"] = ctx.fake_dict()
     if args.json:
         _print_json(data)
         return EXIT_OK
@@ -338,7 +393,7 @@ def _group_ids(b: Backend, specs: Sequence[str]) -> list[int]:
 
 def cmd_groups(args: argparse.Namespace, backend: Backend | None) -> int:
     """``pyvfio groups [GROUP|BDF ...]``."""
-    ctx = _Context(args, backend)
+    ctx = _context_or_fallback(args, backend, "groups")
     b = ctx.backend
     if args.targets:
         results = [viability.explain_group(gid, device, b)
@@ -352,13 +407,15 @@ def cmd_groups(args: argparse.Namespace, backend: Backend | None) -> int:
                 if not support.iommus else
                 "no IOMMU groups although an IOMMU is active (see `pyvfio doctor`)")
     if args.json:
-        _print_json({"system": ctx.as_dict(), "groups": [r.as_dict() for r in results],
-                     "ok": bool(results) and all(r.viable for r in results), "hint": hint})
+        _print_json({"system": ctx.as_dict(), "fake": ctx.fake_dict(),
+                     "groups": [r.as_dict() for r in results],
+                     "ok": all(r.viable for r in results) if args.targets else True,
+                     "hint": hint})
     elif args.targets:
         print("\n\n".join(r.message() for r in results))
     else:
         if ctx.kind == "fake":
-            print(f"(FAKE system {ctx.fake_name!r})")
+            print(ctx.banner())
         if hint is not None:
             print(hint)
         for r in results:
@@ -369,9 +426,14 @@ def cmd_groups(args: argparse.Namespace, backend: Backend | None) -> int:
                   f"{'viable' if r.viable else 'NOT viable'}: {members}")
             for x in r.blockers:
                 print(f"    blocked by {x.reason}")
-    if not results:
+    if ctx.fallback and not args.json:
+        print(f"\n(the groups above are the FAKE system {FALLBACK_TOPOLOGY!r}; "
+              "`pyvfio groups --real` shows this machine)")
+    # a listing succeeds whatever the groups' viability; a group asked
+    # about by name answers whether it is viable
+    if args.targets and not all(r.viable for r in results):
         return EXIT_PROBLEM
-    return EXIT_OK if all(r.viable for r in results) else EXIT_PROBLEM
+    return EXIT_OK
 
 
 # -- doctor ---------------------------------------------------------------------------
@@ -380,11 +442,12 @@ def cmd_doctor(args: argparse.Namespace, backend: Backend | None) -> int:
     ctx = _Context(args, backend)
     checks = check_environment(ctx.backend)
     if args.json:
-        _print_json({"system": ctx.as_dict(), "checks": [c.as_dict() for c in checks],
+        _print_json({"system": ctx.as_dict(), "fake": ctx.fake_dict(),
+                     "checks": [c.as_dict() for c in checks],
                      "ok": not any(c.status == FAIL for c in checks)})
     else:
         if ctx.kind == "fake":
-            print(f"(FAKE system {ctx.fake_name!r})")
+            print(ctx.banner())
         rows: list[list[str]] = []
         for c in checks:
             lines = textwrap.wrap(c.detail, 72) or [""]
@@ -464,18 +527,26 @@ def _refuse_bridges(b: Backend, bdfs: Sequence[str], driver: str) -> None:
 
 
 def _run_binding(args: argparse.Namespace, backend: Backend | None, action: str) -> int:
+    from . import persist
+
+    if action == "bind" and args.list_persistent:
+        return _list_persistent(args, backend)
     if action == "bind" and not is_driver_name(args.driver):
         raise _UsageError(f"--driver {_shown(args.driver)}: not a driver name (letters, digits, "
                           "'_', '.', '-')")
     ctx = _Context(args, backend)
     b = ctx.backend
     st = _state(args, ctx)
+    rules = None if args.nosave else persist.PersistentRules.default(b)
     results: list[binding.Binding] = []
     nothing = False
     if action == "restore" and not args.targets:
         if args.group:
             raise _UsageError("restore --group needs a group number")
         ops = [("device", rec.bdf) for rec in st.records()]
+        for kept in rules.list() if rules is not None else []:
+            if ("device", kept.bdf) not in ops and b.exists(f"{sysfs.PCI_DEVICES}/{kept.bdf}"):
+                ops.append(("device", kept.bdf))
         nothing = not ops
     elif args.group:
         ops = [("group", str(g)) for g in _group_ids(b, args.targets)]
@@ -485,27 +556,51 @@ def _run_binding(args: argparse.Namespace, backend: Backend | None, action: str)
         ops = [("device", d) for d in _devices(b, args.targets)]
         if action == "bind":
             _refuse_bridges(b, [d for _kind, d in ops], args.driver)
+    # before anything moves: the persistent bindings can be written (bind)
+    # or read back (unbind, restore: a damaged rule file stops here)
+    if rules is not None:
+        if action == "bind":
+            rules.check_writable()
+        else:
+            rules.list()
     error: VfioError | None = None
     try:
-        for kind, target in ops:
+        if action == "bind":
+            # every device of every argument, all or nothing
+            bdfs: list[str] = []
+            for kind, target in ops:
+                bdfs += binding.group_devices(int(target), b) if kind == "group" else [target]
+            groups = [int(t) for k, t in ops if k == "group"]
+            what = (f"bind IOMMU group {groups[0]} to {args.driver}"
+                    if len(ops) == 1 and groups else None)
+            results = binding.bind_many(bdfs, args.driver, force=args.force, backend=b,
+                                        state=st, what=what)
+            for r in results:
+                if r.group in groups:
+                    r.notes = [n for n in r.notes if not n.startswith(f"group {r.group} ")]
+        for kind, target in ops if action != "bind" else []:
             if kind == "group":
                 gid = int(target)
-                if action == "bind":
-                    results += binding.bind_group(gid, args.driver, force=args.force, backend=b,
-                                                  state=st)
-                elif action == "unbind":
+                if action == "unbind":
                     results += binding.unbind_group(gid, force=args.force, backend=b, state=st)
                 else:
                     results += binding.restore_group(gid, force=args.force, backend=b, state=st)
-            elif action == "bind":
-                results.append(binding.bind(target, args.driver, force=args.force, backend=b,
-                                            state=st))
             elif action == "unbind":
                 results.append(binding.unbind(target, force=args.force, backend=b, state=st))
             else:
                 results.append(binding.restore(target, force=args.force, backend=b, state=st))
     except VfioError as e:
         error = e
+    saved: list[persist.PersistentBinding] = []
+    removed: list[persist.PersistentBinding] = []
+    if rules is not None:
+        try:
+            if action == "bind" and error is None:
+                saved = [rules.save(r.bdf, args.driver) for r in results]
+            elif action != "bind":
+                removed = [x for x in (rules.remove(r.bdf) for r in results) if x is not None]
+        except VfioError as e:
+            error = error or e
     code = EXIT_OK
     if isinstance(error, binding.DeviceInUseError):
         code = EXIT_IN_USE
@@ -518,18 +613,56 @@ def _run_binding(args: argparse.Namespace, backend: Backend | None, action: str)
         if error is not None:
             err = {"errno": error.errno, "message": str(error),
                    "usages": [u.as_dict() for u in getattr(error, "usages", [])]}
-        _print_json({"system": ctx.as_dict(), "ok": error is None,
-                     "results": [r.as_dict() for r in results], "error": err})
+        _print_json({"system": ctx.as_dict(), "fake": ctx.fake_dict(), "ok": error is None,
+                     "results": [r.as_dict() for r in results],
+                     "persistent": {"saved": [x.as_dict() for x in saved],
+                                    "removed": [x.as_dict() for x in removed]},
+                     "error": err})
         return code
     if ctx.kind == "fake":
-        print(f"(FAKE system {ctx.fake_name!r}: nothing on this machine changes)")
+        print(ctx.banner())
     if nothing:
         print("nothing to restore: pyvfio has changed no device's driver")
     for r in results:
         print(r)
+    for x in saved:
+        print(f"{x.bdf} stays on {x.driver} after a reboot: "
+              + (x.path or "rule kept in memory") + " (--nosave does not)")
+    for x in removed:
+        print(f"{x.bdf} no longer goes to {x.driver} at boot: deleted "
+              + (x.path or "its rule"))
     if error is not None:
         print(f"pyvfio {action}: {error}", file=sys.stderr)
     return code
+
+
+def _list_persistent(args: argparse.Namespace, backend: Backend | None) -> int:
+    """``pyvfio bind --list-persistent``: the devices kept on a driver."""
+    from . import persist
+
+    ctx = _Context(args, backend)
+    b = ctx.backend
+    rules = persist.PersistentRules.default(b)
+    rows = []
+    for x in rules.list():
+        present = b.exists(f"{sysfs.PCI_DEVICES}/{x.bdf}")
+        rows.append({**x.as_dict(), "present": present,
+                     "current_driver": sysfs.device_driver(x.bdf, b) if present else None})
+    if args.json:
+        _print_json({"system": ctx.as_dict(), "fake": ctx.fake_dict(), "folder": rules.folder,
+                     "persistent": rows})
+        return EXIT_OK
+    if ctx.kind == "fake":
+        print(ctx.banner())
+    where = rules.folder or "memory"
+    if not rows:
+        print(f"no persistent bindings (udev rules 70-pyvfio-*.rules in {where})")
+        return EXIT_OK
+    print(_table([[r["bdf"], r["driver"],
+                   (r["current_driver"] or "no driver") if r["present"] else "(absent)",
+                   r["path"] or "memory"] for r in rows],
+                 ["BDF", "AT BOOT", "NOW", "RULE"]))
+    return EXIT_OK
 
 
 def cmd_bind(args: argparse.Namespace, backend: Backend | None) -> int:
@@ -591,6 +724,16 @@ def build_parser() -> argparse.ArgumentParser:
                             "(default, minimal, multi-group) or a JSON topology file")
         p.add_argument("--json", action="store_true", default=default,
                        help="machine-readable output")
+        p.add_argument("--fake-state", metavar="FILE", default=default,
+                       help="with --fake: where the fake system's state is kept between "
+                            "commands (default: $XDG_STATE_HOME/pyvfio/fake-NAME.json; "
+                            "'-': keep none)")
+        p.add_argument("--fake-reset", action="store_true", default=default,
+                       help="with --fake: forget the fake system's saved state first")
+        p.add_argument("--state", metavar="FILE", default=default,
+                       help="where bind/unbind/restore remember original drivers (default: "
+                            f"{binding.STATE_DIR}/bindings.json, $PYVFIO_STATE_DIR; below "
+                            "the fake state's folder for --fake)")
 
     common_options(parser, None)
     common = _Parser(add_help=False)
@@ -598,25 +741,29 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("status", parents=[common], help="PCI devices by driver, with IOMMU "
-                                                          "groups, viability and host use")
+                                                          "groups, viability and host use",
+                       **help_options("status"))
     p.add_argument("--real", action="store_true",
                    help="show this machine even when it has no IOMMU")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("groups", parents=[common],
-                       help="IOMMU groups and viability; explain given groups or devices")
+                       help="IOMMU groups and viability; explain given groups or devices",
+                       **help_options("groups"))
     p.add_argument("targets", nargs="*", metavar="GROUP|BDF")
+    p.add_argument("--real", action="store_true",
+                   help="show this machine even when it has no IOMMU groups")
     p.set_defaults(func=cmd_groups)
 
     sub.add_parser("doctor", parents=[common], help="check IOMMU, modules, device nodes, "
-                                                    "permissions and limits").set_defaults(
-        func=cmd_doctor)
+                                                    "permissions and limits",
+                   **help_options("doctor")).set_defaults(func=cmd_doctor)
 
     for name, func, help_ in (
             ("bind", cmd_bind, "bind devices to vfio-pci (remembering their driver)"),
             ("unbind", cmd_unbind, "detach devices from their driver, keep them driver-less"),
             ("restore", cmd_restore, "give devices their original driver back")):
-        p = sub.add_parser(name, parents=[common], help=help_)
+        p = sub.add_parser(name, parents=[common], help=help_, **help_options(name))
         p.add_argument("targets", nargs="*", metavar="DEVICE",
                        help="a PCI address (0000:03:00.0 or 03:00.0) or an ID (8086:10d3); "
                             "with --group, IOMMU group numbers")
@@ -625,18 +772,21 @@ def build_parser() -> argparse.ArgumentParser:
                             "is meant); bridges are left alone")
         p.add_argument("--force", action="store_true",
                        help="do it even if the host uses the device")
-        p.add_argument("--state", metavar="FILE",
-                       help="where original drivers are remembered (default: "
-                            f"{binding.STATE_DIR}/bindings.json, $PYVFIO_STATE_DIR; "
-                            "memory for --fake)")
+        p.add_argument("--nosave", action="store_true",
+                       help="bind: do not keep the devices on the driver after a reboot; "
+                            "unbind, restore: keep their persistent binding")
         if name == "bind":
             p.add_argument("--driver", default="vfio-pci", help="driver to bind (default vfio-pci)")
+            p.add_argument("--list-persistent", action="store_true",
+                           help="list the devices kept on a driver across reboots (the udev "
+                                "rules pyvfio wrote) and bind nothing")
         p.set_defaults(func=func)
 
     p = sub.add_parser("topology", parents=[common], help="capture this machine's topology")
     tsub = p.add_subparsers(dest="topology_command", required=True, metavar="ACTION")
     d = tsub.add_parser("dump", parents=[common],
-                        help="write the PCI/IOMMU topology in the fake's JSON format")
+                        help="write the PCI/IOMMU topology in the fake's JSON format",
+                        **help_options("topology dump"))
     d.add_argument("--output", "-o", metavar="FILE", help="write to FILE (default: stdout)")
     d.add_argument("--name", help="topology name (default: the host name)")
     d.set_defaults(func=cmd_topology_dump)
@@ -662,7 +812,11 @@ def main(argv: Sequence[str] | None = None, *, backend: Backend | None = None) -
         args.real = False
     want_json = bool(args.json)
     try:
-        return int(args.func(args, backend))
+        if (args.fake_state or args.fake_reset) and not args.fake:
+            raise _UsageError("--fake-state and --fake-reset go with --fake NAME|FILE")
+        code = int(args.func(args, backend))
+        _save_sessions(args)
+        return code
     except (_UsageError, InvalidArgumentError) as exc:
         print(f"pyvfio: {exc}", file=sys.stderr)
         return _fail(want_json, EXIT_USAGE, "usage", str(exc))
