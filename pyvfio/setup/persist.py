@@ -170,7 +170,11 @@ class PersistentRules:
         return rules
 
     # -- the folder ----------------------------------------------------------------------
-    def _error(self, what: str, problem: str, err: int = errno.EIO) -> PersistError:
+    def _error(self, what: str, problem: str, err: int = errno.EIO,
+               name: str | None = None) -> PersistError:
+        if name is not None:  # about one file: name it whole
+            path = _shown_path(os.path.join(str(self.folder), name))
+            return PersistError(err, f"cannot {what} the persistent binding {path}: {problem}")
         return PersistError(err, f"cannot {what} the persistent bindings in "
                                  f"{_shown_path(str(self.folder))}: {problem}")
 
@@ -216,28 +220,28 @@ class PersistentRules:
         except FileNotFoundError:
             return None
         except OSError as e:
-            problem = (f"{name} is a symbolic link" if e.errno == errno.ELOOP
-                       else f"{name}: {e.strerror}")
-            raise self._error("read", problem, e.errno or errno.EIO) from None
+            problem = "it is a symbolic link" if e.errno == errno.ELOOP else str(e.strerror)
+            raise self._error("read", problem, e.errno or errno.EIO, name) from None
         try:
-            problem2 = unsafe(os.fstat(fd), name, "regular file")
+            problem2 = unsafe(os.fstat(fd), "the file", "regular file")
             if problem2 is not None:
-                raise self._error("read", *problem2)
+                raise self._error("read", *problem2, name)
             data = os.read(fd, _MAX_BYTES + 1)
         finally:
             os.close(fd)
         if len(data) > _MAX_BYTES:
-            raise self._error("read", f"{name} is larger than {_MAX_BYTES} bytes")
+            raise self._error("read", f"larger than {_MAX_BYTES} bytes", errno.EIO, name)
         try:
             return data.decode("utf-8")
         except UnicodeDecodeError as e:
-            raise self._error("read", f"{name} is not UTF-8 text (byte {e.start})") from None
+            raise self._error("read", f"not UTF-8 text (byte {e.start})", errno.EIO,
+                              name) from None
 
     def _binding(self, name: str, text: str) -> PersistentBinding:
         try:
             bdf, driver = parse_rule(name, text)
         except ValueError as e:
-            raise self._error("read", f"{name}: {e}", errno.EINVAL) from None
+            raise self._error("read", str(e), errno.EINVAL, name) from None
         return PersistentBinding(bdf, driver, os.path.join(str(self.folder), name))
 
     # -- the rules -----------------------------------------------------------------------
@@ -311,7 +315,7 @@ class PersistentRules:
                     os.unlink(tmp, dir_fd=folder)
                 except OSError:
                     pass
-                raise self._error("write", f"{name}: {e.strerror}", e.errno or errno.EIO) from None
+                raise self._error("write", str(e.strerror), e.errno or errno.EIO, name) from None
         finally:
             os.close(folder)
         return PersistentBinding(bdf, driver, os.path.join(self.folder, name))
@@ -334,8 +338,8 @@ class PersistentRules:
         except FileNotFoundError:
             return None
         except OSError as e:
-            raise self._error("remove", f"{_PREFIX}{bdf}{_SUFFIX}: {e.strerror}",
-                              e.errno or errno.EIO) from None
+            raise self._error("remove", str(e.strerror), e.errno or errno.EIO,
+                              f"{_PREFIX}{bdf}{_SUFFIX}") from None
         finally:
             os.close(folder)
         return old
