@@ -481,13 +481,13 @@ def bind_many(bdfs: Iterable[str], driver: str = "vfio-pci", *, force: bool = Fa
                                 timeout=timeout))
     except VfioError as e:
         back, stuck = [], []
-        for info, had_record in reversed(moved):
+        for info, recorded in reversed(moved):
             try:
                 _return_to(b, info.bdf, info.driver, info.driver_override)
             except VfioError as undo:
                 stuck.append(f"{info.bdf} ({undo})")
                 continue
-            if not had_record:
+            if not recorded:
                 st.forget(info.bdf)
             back.append(f"{info.bdf} on {info.driver or 'no driver'}")
         cause = str(e).split("; ")[0]

@@ -1,52 +1,39 @@
 """The ``pyvfio`` command: device discovery, binding and environment checks.
 
 Usage: ``pyvfio [--fake NAME|FILE] [--json] COMMAND [ARGS]`` (also
-``python -m pyvfio``).  ``--fake`` and ``--json`` are accepted before or
-after the command.
+``python -m pyvfio``).  The common options (``--fake``, ``--json``,
+``--fake-state``, ``--fake-reset``, ``--state``) go before or after the
+command.
 
-Commands:
+Commands (``pyvfio COMMAND --help`` gives each one's description, options,
+examples and exit codes): ``status`` (devices by driver, with IOMMU group,
+viability and host use), ``groups [GROUP|BDF ...]`` (groups and viability,
+explained), ``doctor`` (what VFIO needs, with fixes), ``bind`` (to
+vfio-pci, all or nothing, kept after a reboot by a udev rule per device
+unless ``--nosave``; ``--list-persistent``), ``unbind`` and ``restore``
+(driver-less, or back to the original driver; both delete the persistent
+bindings), ``topology dump`` (this machine as a fake topology file).
 
-``status``
-    PCI devices grouped by driver (like ``dpdk-devbind --status``) with their
-    IOMMU group, whether the group is viable, and what the host uses them
-    for.  On a machine without an IOMMU, the human-readable form shows the
-    built-in fake system "default" instead and says so (``--real`` shows
-    this machine anyway); ``--json`` always reports the real state.
-``groups [GROUP|BDF ...]``
-    IOMMU groups with their members and viability; with arguments, a full
-    explanation of each group: what blocks it, what the user's DMA reaches.
-``doctor``
-    IOMMU in firmware and on the kernel command line, modules, device nodes,
-    cdev support, permissions, RLIMIT_MEMLOCK, hugepages; a fix for each
-    problem.
-``bind DEVICE...`` / ``bind --group GROUP...``
-    Bind devices (a BDF, or ``vendor:device`` for every match) to vfio-pci
-    (``--driver`` for another), remembering their driver.  Refuses devices
-    the host uses (mounted file systems and swap on their disks, 9p and
-    virtiofs file systems they serve, network interfaces that are up, open
-    VFIO files) unless ``--force``.
-``unbind DEVICE...`` / ``unbind --group GROUP...``
-    Detach devices from their driver and keep them driver-less.
-``restore [DEVICE...]`` / ``restore --group GROUP...``
-    Give devices their original driver back (every remembered device when
-    none is named).
-``topology dump [--output FILE]``
-    Capture this machine's PCI/IOMMU topology as a fake topology file:
-    ``pyvfio --fake FILE status`` or ``pyvfio.fake.System.from_file(FILE)``
-    replays it.
+``status`` and ``groups`` on a machine without IOMMU groups show the
+built-in fake system "default" instead and say so (a banner; in JSON
+``"fake": {"fallback": true, ...}``); ``--real`` shows this machine.
+``--fake`` keeps the fake system's state between commands (the banner
+names the file; ``--fake-reset`` starts over), so ``bind``, ``status``,
+``groups`` and ``restore`` rehearse a workflow.
 
 Exit codes (stable, for scripts):
 
 ====  ====================================================================
 0     success
 1     the command ran and found a problem: a failed ``doctor`` check, a
-      group that is not viable or no IOMMU groups at all (``groups``), a
+      group named to ``groups`` that is not viable (a listing is 0), a
       dump that does not replay
 2     bad usage: unknown option, malformed or unknown device or group,
       unknown, unreadable or malformed fake topology, a PCI bridge given
       to ``bind``, a ``--driver`` that is no driver name
 3     an operation failed: the kernel refused, permission denied, I/O error,
-      a damaged or unsafe binding state file (one line says what is wrong)
+      a damaged or unsafe binding state, rule or fake state file (one line
+      says what is wrong)
 4     refused because a device is in use by the host (``--force`` overrides)
 ====  ====================================================================
 
@@ -134,20 +121,16 @@ class _Context:
                 "fallback": fallback or self.fallback}
 
     def fake_dict(self) -> dict[str, Any] | None:
-        """The JSON ``"fake"`` field: which fake machine, where its state
-        is kept; None on the real kernel."""
-        if self.session is not None:
-            return self.session.as_dict()
-        if self.kind != "fake":
-            return None
-        return {"machine": self.fake_name, "state": None, "root": None,
-                "fallback": self.fallback, "resumed": False}
+        """The JSON ``"fake"`` field (None on the real kernel)."""
+        from .fake_session import fake_field
+
+        return fake_field(self.fake_name, self.session, self.fallback)
 
     def banner(self) -> str:
         """The line that says a fake system is shown, and where its state is."""
-        state = f"; state: {self.session.path} (--fake-reset starts over)" \
-            if self.session is not None and self.session.path is not None else ""
-        return f"(FAKE system {self.fake_name!r}: nothing on this machine changes{state})"
+        from .fake_session import banner
+
+        return banner(self.fake_name, self.session)
 
 
 def _open_fake(args: argparse.Namespace, fallback: bool) -> Any:
@@ -163,13 +146,6 @@ def _open_fake(args: argparse.Namespace, fallback: bool) -> Any:
     for note in session.notes:
         print(f"pyvfio: {note}", file=sys.stderr)
     return session
-
-
-def _save_sessions(args: argparse.Namespace) -> None:
-    """Keep the fake systems' state for the next command."""
-    for ctx in getattr(args, "_contexts", []):
-        if ctx.session is not None:
-            ctx.session.save()
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
@@ -591,14 +567,11 @@ def _run_binding(args: argparse.Namespace, backend: Backend | None, action: str)
                 results.append(binding.restore(target, force=args.force, backend=b, state=st))
     except VfioError as e:
         error = e
-    saved: list[persist.PersistentBinding] = []
-    removed: list[persist.PersistentBinding] = []
-    if rules is not None:
-        try:
-            if action == "bind" and error is None:
-                saved = [rules.save(r.bdf, args.driver) for r in results]
-            elif action != "bind":
-                removed = [x for x in (rules.remove(r.bdf) for r in results) if x is not None]
+    changes = persist.Changes()
+    if rules is not None and (action != "bind" or error is None):
+        try:  # keep what bind did (remove what unbind and restore undid)
+            changes.follow(rules, [r.bdf for r in results], args.driver if action == "bind"
+                           else None)
         except VfioError as e:
             error = error or e
     code = EXIT_OK
@@ -615,8 +588,7 @@ def _run_binding(args: argparse.Namespace, backend: Backend | None, action: str)
                    "usages": [u.as_dict() for u in getattr(error, "usages", [])]}
         _print_json({"system": ctx.as_dict(), "fake": ctx.fake_dict(), "ok": error is None,
                      "results": [r.as_dict() for r in results],
-                     "persistent": {"saved": [x.as_dict() for x in saved],
-                                    "removed": [x.as_dict() for x in removed]},
+                     "persistent": changes.as_dict(),
                      "error": err})
         return code
     if ctx.kind == "fake":
@@ -625,12 +597,8 @@ def _run_binding(args: argparse.Namespace, backend: Backend | None, action: str)
         print("nothing to restore: pyvfio has changed no device's driver")
     for r in results:
         print(r)
-    for x in saved:
-        print(f"{x.bdf} stays on {x.driver} after a reboot: "
-              + (x.path or "rule kept in memory") + " (--nosave does not)")
-    for x in removed:
-        print(f"{x.bdf} no longer goes to {x.driver} at boot: deleted "
-              + (x.path or "its rule"))
+    for line in changes.lines():
+        print(line)
     if error is not None:
         print(f"pyvfio {action}: {error}", file=sys.stderr)
     return code
@@ -641,27 +609,14 @@ def _list_persistent(args: argparse.Namespace, backend: Backend | None) -> int:
     from . import persist
 
     ctx = _Context(args, backend)
-    b = ctx.backend
-    rules = persist.PersistentRules.default(b)
-    rows = []
-    for x in rules.list():
-        present = b.exists(f"{sysfs.PCI_DEVICES}/{x.bdf}")
-        rows.append({**x.as_dict(), "present": present,
-                     "current_driver": sysfs.device_driver(x.bdf, b) if present else None})
+    folder, rows = persist.report(ctx.backend)
     if args.json:
-        _print_json({"system": ctx.as_dict(), "fake": ctx.fake_dict(), "folder": rules.folder,
+        _print_json({"system": ctx.as_dict(), "fake": ctx.fake_dict(), "folder": folder,
                      "persistent": rows})
         return EXIT_OK
     if ctx.kind == "fake":
         print(ctx.banner())
-    where = rules.folder or "memory"
-    if not rows:
-        print(f"no persistent bindings (udev rules 70-pyvfio-*.rules in {where})")
-        return EXIT_OK
-    print(_table([[r["bdf"], r["driver"],
-                   (r["current_driver"] or "no driver") if r["present"] else "(absent)",
-                   r["path"] or "memory"] for r in rows],
-                 ["BDF", "AT BOOT", "NOW", "RULE"]))
+    print(persist.format_report(folder, rows))
     return EXIT_OK
 
 
@@ -815,7 +770,9 @@ def main(argv: Sequence[str] | None = None, *, backend: Backend | None = None) -
         if (args.fake_state or args.fake_reset) and not args.fake:
             raise _UsageError("--fake-state and --fake-reset go with --fake NAME|FILE")
         code = int(args.func(args, backend))
-        _save_sessions(args)
+        for ctx in getattr(args, "_contexts", []):  # the fake's state, for the next command
+            if ctx.session is not None:
+                ctx.session.save()
         return code
     except (_UsageError, InvalidArgumentError) as exc:
         print(f"pyvfio: {exc}", file=sys.stderr)

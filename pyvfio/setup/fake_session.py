@@ -37,7 +37,8 @@ from ..core import sysfs
 from .binding_state import (BindError, _nofollow_open, _show, _shown_path, is_bdf, is_driver_name,
                             open_folder_nofollow, set_host_root, unsafe)
 
-__all__ = ["FakeSession", "FakeStateError", "default_state_path", "open_session"]
+__all__ = ["FakeSession", "FakeStateError", "default_state_path", "open_session", "fake_field",
+           "banner"]
 
 _VERSION = 1
 _MAX_BYTES = 4 << 20
@@ -301,3 +302,23 @@ def open_session(spec: str, state: str | None = None, *, fallback: bool = False,
         session.notes += [f"deleted {p}" for p in session.reset()]
     session.load()
     return session
+
+
+def fake_field(machine: str | None, session: FakeSession | None,
+               fallback: bool) -> dict[str, Any] | None:
+    """The ``"fake"`` field of the command's JSON: which fake machine and
+    where its state is kept (``state`` None: nowhere); None for the real
+    kernel (``machine`` None)."""
+    if session is not None:
+        return session.as_dict()
+    if machine is None:
+        return None
+    return {"machine": machine, "state": None, "root": None, "fallback": fallback,
+            "resumed": False}
+
+
+def banner(machine: str | None, session: FakeSession | None) -> str:
+    """The line a command on a fake machine prints first."""
+    state = f"; state: {session.path} (--fake-reset starts over)" \
+        if session is not None and session.path is not None else ""
+    return f"(FAKE system {machine!r}: nothing on this machine changes{state})"

@@ -42,7 +42,7 @@ import os
 import re
 import secrets
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..backend import Backend, resolve_backend
@@ -51,7 +51,7 @@ from .binding_state import (BindError, _nofollow_open, _show, _shown_path, host_
                             is_bdf, is_driver_name, open_folder_nofollow, unsafe)
 
 __all__ = ["RULES_DIR", "PersistError", "PersistentBinding", "PersistentRules", "rule_text",
-           "parse_rule", "apply_rules"]
+           "parse_rule", "apply_rules", "report", "format_report", "Changes"]
 
 #: The folder of the rules (``$PYVFIO_RULES_DIR`` overrides it): the
 #: administrator's udev rules, which udev reads after /usr/lib's.
@@ -75,7 +75,10 @@ class PersistError(BindError):
 
 @dataclass(frozen=True)
 class PersistentBinding:
-    """A device that udev binds to ``driver`` whenever it appears."""
+    """A device that udev binds to ``driver`` whenever it appears.
+
+    Thread safety: immutable.
+    """
 
     bdf: str  #: the device's PCI address
     driver: str  #: the driver its rule sets as driver_override
@@ -345,6 +348,40 @@ class PersistentRules:
         return old
 
 
+@dataclass
+class Changes:
+    """The persistent bindings one command saved and removed.
+
+    Thread safety: one per command; not shared between threads.
+    """
+
+    saved: list[PersistentBinding] = field(default_factory=list)  #: rules written
+    removed: list[PersistentBinding] = field(default_factory=list)  #: rules deleted
+
+    def follow(self, rules: PersistentRules, bdfs: list[str], driver: str | None) -> None:
+        """Keep ``bdfs`` on ``driver`` from boot on, or (``driver`` None)
+        stop keeping them on any; records each change as it is made."""
+        for bdf in bdfs:
+            if driver is not None:
+                self.saved.append(rules.save(bdf, driver))
+            else:
+                gone = rules.remove(bdf)
+                if gone is not None:
+                    self.removed.append(gone)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-friendly form: ``{"saved": [...], "removed": [...]}``."""
+        return {"saved": [x.as_dict() for x in self.saved],
+                "removed": [x.as_dict() for x in self.removed]}
+
+    def lines(self) -> list[str]:
+        """One line for people per change."""
+        return ([f"{x.bdf} stays on {x.driver} after a reboot: "
+                 f"{x.path or 'rule kept in memory'} (--nosave does not)" for x in self.saved]
+                + [f"{x.bdf} no longer goes to {x.driver} at boot: deleted "
+                   f"{x.path or 'its rule'}" for x in self.removed])
+
+
 def apply_rules(rules: list[PersistentBinding], backend: Backend | None = None) -> list[str]:
     """Do to the machine what udevd does with the rules when the devices
     appear (at boot, or ``udevadm trigger --action=add``): set each
@@ -375,3 +412,28 @@ def apply_rules(rules: list[PersistentBinding], backend: Backend | None = None) 
         if sysfs.device_driver(bdf, b) != current:
             changed.append(bdf)
     return changed
+
+
+def report(backend: Backend | None = None) -> tuple[str | None, list[dict[str, Any]]]:
+    """The rules folder (None: memory) and every persistent binding with
+    whether its device is ``present`` and its ``current_driver``."""
+    b = resolve_backend(backend)
+    rules = PersistentRules.default(b)
+    rows = []
+    for x in rules.list():
+        present = b.exists(f"{sysfs.PCI_DEVICES}/{x.bdf}")
+        rows.append({**x.as_dict(), "present": present,
+                     "current_driver": sysfs.device_driver(x.bdf, b) if present else None})
+    return rules.folder, rows
+
+
+def format_report(folder: str | None, rows: list[dict[str, Any]]) -> str:
+    """:func:`report` as a table for people."""
+    if not rows:
+        return f"no persistent bindings (udev rules {_PREFIX}*{_SUFFIX} in {folder or 'memory'})"
+    table = [["BDF", "AT BOOT", "NOW", "RULE"]]
+    table += [[r["bdf"], r["driver"],
+               (r["current_driver"] or "no driver") if r["present"] else "(absent)",
+               r["path"] or "memory"] for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(4)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table)
