@@ -298,3 +298,20 @@ def test_bind_many_results_and_a_group(system: System) -> None:
     assert binding.group_devices(3, b) == [E1000A, E1000B]
     again = binding.bind_many([E1000A], backend=b)
     assert again[0].changed is False
+
+
+def test_check_writable_tries_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "rules"
+    PersistentRules(str(folder)).check_writable()  # creates the folder, leaves nothing
+    assert folder.is_dir() and list(folder.iterdir()) == []
+    real = persist._nofollow_open
+
+    def read_only(name: str, flags: int, *, dir_fd: int) -> int:
+        if flags & os.O_CREAT:
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real(name, flags, dir_fd=dir_fd)
+    monkeypatch.setattr(persist, "_nofollow_open", read_only)
+    with pytest.raises(PersistError) as exc:
+        PersistentRules(str(folder)).check_writable()
+    assert "Read-only file system (run as root, or set PYVFIO_RULES_DIR)" in str(exc.value)
+    assert exc.value.errno == errno.EROFS

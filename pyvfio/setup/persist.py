@@ -204,16 +204,21 @@ class PersistentRules:
 
     def check_writable(self) -> None:
         """PersistError unless rules can be written (the folder is safe and
-        this process may create files in it): checked before any device
-        moves, so that a bind does not half succeed."""
+        a file can be created in it: permissions, a read-only file system),
+        checked before any device moves, so that a bind does not half
+        succeed."""
         if self.folder is None:
             return
         fd = self._open("write", create=True)
         assert fd is not None
+        probe = f".{_PREFIX}probe.{os.getpid()}.{secrets.token_hex(4)}.tmp"
         try:
-            if not os.access(f"/proc/self/fd/{fd}", os.W_OK) and os.geteuid() != 0:
-                raise self._error("write", "permission denied (run as root, or set "
-                                           "PYVFIO_RULES_DIR)", errno.EACCES)
+            os.close(_nofollow_open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, dir_fd=fd))
+            os.unlink(probe, dir_fd=fd)
+        except OSError as e:
+            hint = " (run as root, or set PYVFIO_RULES_DIR)" \
+                if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS) else ""
+            raise self._error("write", f"{e.strerror}{hint}", e.errno or errno.EIO) from None
         finally:
             os.close(fd)
 
