@@ -87,7 +87,7 @@ def test_fake_reset_and_fake_state(capsys: pytest.CaptureFixture[str], tmp_path:
     # '-': no state at all
     assert status_drivers(capsys, "--fake", "default", "--fake-state", "-")[EDU] is None
     # --fake-reset starts over
-    code, out, err = run(capsys, "--fake", "default", "--fake-reset", "status")
+    code, _, err = run(capsys, "--fake", "default", "--fake-reset", "status")
     assert code == cli.EXIT_OK and f"deleted {default_state_path('default')}" in err
     assert status_drivers(capsys, "--fake", "default")[EDU] is None
     assert not os.path.exists(default_state_path("default"))

@@ -51,9 +51,9 @@ from ..backend import Backend, resolve_backend
 from ..core import sysfs, viability
 from ..errors import InvalidArgumentError, VfioError
 from . import devices, kernel_support
-from .environment import module_fix
 from .binding_state import (_NO_DRIVER, STATE_DIR, BindError, BindingRecord, BindingState,
                             BindingStateError, is_driver_name)
+from .environment import module_fix
 from .host_use import DeviceInUseError, Usage, UsageScan, device_users
 
 # The binding workflow's API: the operations, their results and errors, and
