@@ -241,3 +241,30 @@ def test_state_is_accepted_before_or_after_the_command(capsys: pytest.CaptureFix
     assert run(capsys, "bind", "--nosave", "00:03.0", "--state", str(after),
                backend=system.backend)[0] == cli.EXIT_OK
     assert json.loads(after.read_text())["devices"][NVME]["driver"] == "nvme"
+
+
+def test_host_use_is_reported_before_the_rules_folder(capsys: pytest.CaptureFixture[str],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A device in use is exit 4 even where no rule could be written (the
+    guest's read-only /etc): the rules folder is tried once every device
+    passed bind's checks, before the first move."""
+    from fixtures.sysfs_overlay import Overlay
+
+    tried: list[str] = []
+
+    def read_only(self: persist.PersistentRules) -> None:
+        tried.append("check")
+        raise persist.PersistError(30, "cannot write the persistent bindings: Read-only")
+    monkeypatch.setattr(persist.PersistentRules, "check_writable", read_only)
+    system = System("default")
+    b = Overlay(system.backend, files={
+        "/proc/self/mountinfo": "22 1 259:1 / / rw - ext4 /dev/nvme0n1p1 rw\n",
+        "/sys/block/nvme0n1/nvme0n1p1/partition": "1",
+        "/sys/block/nvme0n1/nvme0n1p1/dev": "259:1"},
+        links={"/sys/block/nvme0n1": "../devices/pci0000:00/0000:00:03.0/nvme/nvme0/nvme0n1"})
+    code, _, err = run(capsys, "bind", NVME, backend=b)
+    assert code == cli.EXIT_IN_USE and "is mounted on /" in err and tried == []
+    code, _, err = run(capsys, "bind", EDU, NVME, "--force", backend=b)
+    assert code == cli.EXIT_FAILED and "Read-only" in err and tried == ["check"]
+    assert [system.device(x).driver for x in (EDU, NVME)] == [None, "nvme"]
+    assert run(capsys, "bind", "--nosave", EDU, backend=b)[0] == cli.EXIT_OK

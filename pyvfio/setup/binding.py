@@ -45,7 +45,7 @@ import errno
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from ..backend import Backend, resolve_backend
 from ..core import sysfs, viability
@@ -439,7 +439,8 @@ def _return_to(b: Backend, bdf: str, driver: str | None, override: str | None) -
 
 def bind_many(bdfs: Iterable[str], driver: str = "vfio-pci", *, force: bool = False,
               backend: Backend | None = None, state: BindingState | None = None,
-              timeout: float = 5.0, what: str | None = None) -> list[Binding]:
+              timeout: float = 5.0, what: str | None = None,
+              prepare: Callable[[], None] | None = None) -> list[Binding]:
     """Bind every device of ``bdfs`` to ``driver``, all or nothing.
 
     Every device is checked before any moves: first whether the host uses
@@ -448,7 +449,9 @@ def bind_many(bdfs: Iterable[str], driver: str = "vfio-pci", *, force: bool = Fa
     hint is ``pyvfio doctor``'s --, no IOMMU group: :class:`BindError`).
     If a move fails midway, the devices this call moved go back to the
     driver and driver_override they had, and the error says so.
-    ``what`` names the operation in messages.
+    ``what`` names the operation in messages; ``prepare`` is called once
+    every device passed the checks, before the first move (its exception
+    stops the bind: e.g. the persistent bindings cannot be written).
     """
     b = resolve_backend(backend)
     st = state if state is not None else BindingState.default(b)
@@ -470,6 +473,8 @@ def bind_many(bdfs: Iterable[str], driver: str = "vfio-pci", *, force: bool = Fa
                 what or f"bind {', '.join(i.bdf for i in moving)} to {driver}", host_driver)
     for info in moving:
         _check_bindable(b, info, driver)
+    if prepare is not None:
+        prepare()
     had_record = {i.bdf: st.get(i.bdf) is not None for i in moving}
     results: list[Binding] = []
     moved: list[tuple[devices.PciDeviceInfo, bool]] = []

@@ -532,13 +532,11 @@ def _run_binding(args: argparse.Namespace, backend: Backend | None, action: str)
         ops = [("device", d) for d in _devices(b, args.targets)]
         if action == "bind":
             _refuse_bridges(b, [d for _kind, d in ops], args.driver)
-    # before anything moves: the persistent bindings can be written (bind)
-    # or read back (unbind, restore: a damaged rule file stops here)
-    if rules is not None:
-        if action == "bind":
-            rules.check_writable()
-        else:
-            rules.list()
+    # before anything moves, the persistent bindings can be read back
+    # (unbind, restore: a damaged rule file stops here) or, once the
+    # devices passed bind's checks, written
+    if rules is not None and action != "bind":
+        rules.list()
     error: VfioError | None = None
     try:
         if action == "bind":
@@ -550,7 +548,8 @@ def _run_binding(args: argparse.Namespace, backend: Backend | None, action: str)
             what = (f"bind IOMMU group {groups[0]} to {args.driver}"
                     if len(ops) == 1 and groups else None)
             results = binding.bind_many(bdfs, args.driver, force=args.force, backend=b,
-                                        state=st, what=what)
+                                        state=st, what=what, prepare=None if rules is None
+                                        else rules.check_writable)
             for r in results:
                 if r.group in groups:
                     r.notes = [n for n in r.notes if not n.startswith(f"group {r.group} ")]
