@@ -127,6 +127,11 @@ class IovaMapping(Resource):
     an unmap of a range (or the space's close) in another thread removed
     first is not unmapped again -- its IOVA may already hold a newer
     mapping.  Its attributes do not change after creation.
+
+    :ivar space: the address space it is mapped into
+    :ivar iova: first IOVA (bytes)
+    :ivar length: length in bytes
+    :ivar flags: the map ioctl's flags
     """
 
     kind = "mapping"

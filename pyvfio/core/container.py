@@ -142,6 +142,8 @@ class DmaMapping(IovaMapping):
     closing takes the container's lock and does not unmap a range another
     thread's unmap already took; :meth:`Container.update_vaddr` changes
     :attr:`vaddr` under that lock.
+
+    :ivar vaddr: process virtual address backing it
     """
 
     kind = "DMA mapping"
