@@ -185,7 +185,7 @@ def test_ioas_map_unmap_same_through_direct_calls(env: tuple[Any, list[str]]) ->
     got = ioas_scenario(backend)
     assert got == reference(ioas_scenario, backend, calls)
     if calls:
-        assert calls.count("ioas_map") >= 8 and calls.count("ioas_unmap") >= 2
+        assert calls.count("ioas_map") >= 8 and calls.count("ioas_unmap") >= 1
 
 
 def type1_scenario(backend: Any) -> list[Any]:

@@ -454,7 +454,7 @@ class IOAS(PageTable):
             # through backend.ioctl, or an argument _map rejects with its message
             return self._map((address, length, owner, writable), length, iova, readable,
                              writeable)
-        # _map_direct, inlined (the hot path of a driver mapping per I/O);
+        # _map's ioctl and record, inlined (the hot path of a driver mapping per I/O);
         # the compiled call checks what _map checks (see DirectIoctls)
         if readable and writeable:
             flags = _FIXED_RW if iova is not None else _RW
@@ -537,9 +537,6 @@ class IOAS(PageTable):
                                        ioctl=name, target=self.describe())
         flags = ((_FIXED if iova is not None else 0) | (_READABLE if readable else 0)
                  | (_WRITEABLE if writeable else 0))
-        call = self._map_call
-        if call is not None:
-            return self._map_direct(call, address, length, iova, flags, owner)
         cmd = ffi.new("struct iommu_ioas_map *")
         cmd.size = struct_size("struct iommu_ioas_map")
         cmd.flags = flags
@@ -556,33 +553,6 @@ class IOAS(PageTable):
                 self._undo_failed_map(exc, iova, length)
                 raise
             return self._track(int(cmd.iova), length, flags, owner)
-
-    def _map_direct(self, call: Any, address: int, length: int, iova: int | None, flags: int,
-                    owner: Any) -> IoasMapping:
-        """:meth:`_map`'s ioctl and record through the backend's compiled
-        IOMMU_IOAS_MAP (the same syscall, the same errors)."""
-        with self._lock:  # map and record as one step
-            if self._closed:
-                raise ClosedError(self.describe())
-            iommufd = self.iommufd
-            if iommufd._closed:
-                raise ClosedError(iommufd.describe())
-            out = _NULL if iova is not None else ffi.new("uint64_t *")
-            err = call(iommufd._fd, self.id, flags, address, length, iova or 0, out)
-            if err:
-                exc = iommufd._ioctl_failed(err, "IOMMU_IOAS_MAP", self)
-                try:
-                    self._undo_failed_map(exc, iova, length)
-                    raise exc
-                finally:
-                    del exc  # no frame <-> traceback cycle keeping the buffer
-            mapping = IoasMapping(self, iova if iova is not None else int(out[0]), length, flags,
-                                  owner)
-            # Resource._adopt and MappingTable.add, inlined
-            mapping._parent = self
-            self._children[id(mapping)] = mapping
-            self._mappings.add(mapping)
-            return mapping
 
     def _undo_failed_map(self, exc: VfioError, iova: int | None, length: int) -> None:
         """A map, map_file or copy failed with EFAULT: the kernel may have
@@ -662,26 +632,6 @@ class IOAS(PageTable):
         return mapping
 
     def _unmap(self, iova: int, length: int, *, only: IovaMapping | None = None) -> int:
-        call = self._unmap_call
-        if call is not None:
-            with self._lock:  # unmap and forget as one step
-                table = self._mappings
-                if only is not None and table._by_iova.get(iova) is not only:
-                    return 0  # another thread's unmap took it
-                iommufd = self.iommufd
-                if iommufd._closed:
-                    raise ClosedError(iommufd.describe())
-                if only is not None:  # the mapping's length: nothing to read back
-                    err = call(iommufd._fd, self.id, iova, length, _NULL)
-                    unmapped = length
-                else:
-                    out = ffi.new("uint64_t *")
-                    err = call(iommufd._fd, self.id, iova, length, out)
-                    unmapped = int(out[0])
-                if err:
-                    raise iommufd._ioctl_failed(err, "IOMMU_IOAS_UNMAP", self)
-                table.forget(iova, length, iova == 0 and length == U64_MAX)
-            return unmapped
         cmd = ffi.new("struct iommu_ioas_unmap *")
         cmd.size = struct_size("struct iommu_ioas_unmap")
         cmd.ioas_id = self.id
