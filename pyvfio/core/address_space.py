@@ -217,12 +217,9 @@ class IovaMapping(Resource):
         """Unmap exactly this range; does nothing once closed.  When the
         unmap fails (the kernel unmapped nothing) the mapping stays open,
         the error is raised and ``close()`` may be retried."""
-        # Resource.close for an object without children (mappings have
+        # Resource.close for an object without children (a mapping has
         # none), inlined: this runs on every unmap.
         if self._closed:
-            return
-        if self._children:  # pragma: no cover - nothing adopts into a mapping
-            Resource.close(self)
             return
         self._closed = True  # also keeps _release from closing it again
         try:
@@ -253,9 +250,6 @@ class IovaMapping(Resource):
         if self._buffer is not None:
             self._set_owner(None)
         self._owner = None
-        if self._children:  # pragma: no cover - nothing adopts into a mapping
-            Resource._mark_closed(self)
-            return
         self._closed = True
         parent = self._parent
         if parent is not None:
