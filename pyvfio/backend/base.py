@@ -30,8 +30,8 @@ from typing import Any, Callable, Mapping, NamedTuple, Union
 #: A cffi pointer or array.
 CData = Any
 
-__all__ = ["Backend", "MemoryMap", "DirectAccess", "DirectIoctls", "direct_ioctls", "IoctlArg", "PROT_READ", "PROT_WRITE",
-           "MAP_SHARED", "MAP_PRIVATE", "MAP_ANONYMOUS", "MAP_HUGETLB", "MAP_POPULATE",
+__all__ = ["Backend", "MemoryMap", "DirectAccess", "DirectIoctls", "direct_ioctls", "IoctlArg",
+           "PROT_READ", "PROT_WRITE", "MAP_SHARED", "MAP_PRIVATE", "MAP_ANONYMOUS", "MAP_HUGETLB", "MAP_POPULATE",
            "MAP_HUGE_SHIFT"]
 
 #: The argument of an ioctl: a cffi pointer or a plain integer.
