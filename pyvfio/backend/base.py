@@ -31,8 +31,8 @@ from typing import Any, Callable, Mapping, NamedTuple, Union
 CData = Any
 
 __all__ = ["Backend", "MemoryMap", "DirectAccess", "DirectIoctls", "direct_ioctls", "IoctlArg",
-           "PROT_READ", "PROT_WRITE", "MAP_SHARED", "MAP_PRIVATE", "MAP_ANONYMOUS", "MAP_HUGETLB", "MAP_POPULATE",
-           "MAP_HUGE_SHIFT"]
+           "PROT_READ", "PROT_WRITE", "MAP_SHARED", "MAP_PRIVATE", "MAP_ANONYMOUS", "MAP_HUGETLB",
+           "MAP_POPULATE", "MAP_HUGE_SHIFT"]
 
 #: The argument of an ioctl: a cffi pointer or a plain integer.
 IoctlArg = Union[CData, int]
