@@ -223,34 +223,31 @@ static void pyvfio_write64_block(uintptr_t addr, size_t stride, const uint64_t *
         *(volatile uint64_t *)(addr + i * stride) = values[i];
 }
 
-/* A window of mapped registers for the checked accessors below: ``size``
- * bytes from ``base``; size 0 refuses every access (an unmapped window,
- * or one whose accesses must go elsewhere). */
-struct pyvfio_window {
-    uintptr_t base;
-    uint64_t size;
-};
-
-/* One access of exactly the named width at byte ``offset`` of the window,
+/* The checked accessors below work on a window of mapped registers given
+ * as two numbers, ``w[0]`` the address of its first byte and ``w[1]`` its
+ * size in bytes; size 0 refuses every access (an unmapped window, or one
+ * whose accesses must go elsewhere).
+ *
+ * One access of exactly the named width at byte ``offset`` of the window,
  * after the checks pyvfio's register accessors make (inside the window,
  * naturally aligned).  A read returns the value, or -1 when the access is
  * refused; a write returns 0, or -1 when refused.  The caller's own
  * checks then say why. */
 #define PYVFIO_WINDOW_ACCESS(bits)                                                         \
-    static int64_t pyvfio_window_read##bits(const struct pyvfio_window *w, int64_t offset) \
+    static int64_t pyvfio_window_read##bits(const uint64_t *w, int64_t offset)             \
     {                                                                                      \
-        if (offset < 0 || (uint64_t)offset + (bits / 8) > w->size                          \
+        if (offset < 0 || (uint64_t)offset + (bits / 8) > w[1]                             \
             || (offset & (bits / 8 - 1)))                                                  \
             return -1;                                                                     \
-        return *(volatile uint##bits##_t *)(w->base + (uint64_t)offset);                   \
+        return *(volatile uint##bits##_t *)((uintptr_t)(w[0] + (uint64_t)offset));         \
     }                                                                                      \
-    static int pyvfio_window_write##bits(const struct pyvfio_window *w, int64_t offset,    \
+    static int pyvfio_window_write##bits(const uint64_t *w, int64_t offset,                \
                                          uint##bits##_t value)                             \
     {                                                                                      \
-        if (offset < 0 || (uint64_t)offset + (bits / 8) > w->size                          \
+        if (offset < 0 || (uint64_t)offset + (bits / 8) > w[1]                             \
             || (offset & (bits / 8 - 1)))                                                  \
             return -1;                                                                     \
-        *(volatile uint##bits##_t *)(w->base + (uint64_t)offset) = value;                  \
+        *(volatile uint##bits##_t *)((uintptr_t)(w[0] + (uint64_t)offset)) = value;        \
         return 0;                                                                          \
     }
 

@@ -296,14 +296,13 @@ class RegionMapping(Resource, RegisterIO):
         # loads and stores are the compiled plain ones, else empty (every
         # access refused there, so it goes through read()/write()).
         # Emptied on close, before the unmap.
-        self._win: Any = ffi.new("struct pyvfio_window *")
-        self._wwin: Any = ffi.new("struct pyvfio_window *")  # for stores
+        # (address, size in bytes); size 0 refuses every access
+        self._win: Any = ffi.new("uint64_t[2]")
+        self._wwin: Any = ffi.new("uint64_t[2]")  # for stores
         if d is not None and d.readers.get(4) is lib.pyvfio_read32:
-            self._win.base = self._base
-            self._win.size = self.size
+            self._win[0:2] = [self._base, self.size]
             if writable and d.writers.get(4) is lib.pyvfio_write32:
-                self._wwin.base = self._base
-                self._wwin.size = self.size
+                self._wwin[0:2] = [self._base, self.size]
 
     def describe(self) -> str:
         """``"mapping of device 0000:00:02.0 BAR0"``."""
@@ -429,18 +428,18 @@ class RegionMapping(Resource, RegisterIO):
     def _read_block(self, offset: int, count: int, stride: int, width: int) -> array[int]:
         self._check_block(offset, count, stride, width)
         win = self._win
-        if not win.size:
+        if not win[1]:
             return super()._read_block(offset, count, stride, width)
         out = array(_TYPECODE[width], bytes(count * width))
         if count:
-            _BLOCK_READ[width](win.base + offset, stride, _from_buffer(_BLOCK_CTYPE[width], out),
+            _BLOCK_READ[width](win[0] + offset, stride, _from_buffer(_BLOCK_CTYPE[width], out),
                                count)
         return out
 
     def _write_block(self, offset: int, values: Sequence[int], stride: int,
                      width: int) -> None:
         win = self._wwin
-        if not win.size:
+        if not win[1]:
             super()._write_block(offset, values, stride, width)
             return
         self._check_block(offset, len(values), stride, width)
@@ -450,7 +449,7 @@ class RegionMapping(Resource, RegisterIO):
             super()._write_block(offset, values, stride, width)
             return
         if len(values):
-            _BLOCK_WRITE[width](win.base + offset, stride, data, len(values))
+            _BLOCK_WRITE[width](win[0] + offset, stride, data, len(values))
 
     def _write(self, offset: int, width: int, value: int) -> None:
         mm, rel = self._find(offset, width)
@@ -490,12 +489,12 @@ class RegionMapping(Resource, RegisterIO):
 
     def _mark_closed(self) -> None:
         # the compiled accessors refuse every access from now on
-        self._win.size = self._wwin.size = 0
+        self._win[1] = self._wwin[1] = 0
         super()._mark_closed()
 
     def _release(self) -> None:
         # the compiled accessors refuse every access from now on
-        self._win.size = self._wwin.size = 0
+        self._win[1] = self._wwin[1] = 0
         errors: list[BaseException] = []
         for _o, _s, mm in self._maps:
             try:
