@@ -10,7 +10,7 @@ from typing import Any, Callable, ClassVar, Iterator, TypeVar
 from .._uapi import ffi
 from ..backend import Backend, resolve_backend
 from ..backend.base import IoctlArg
-from ..errors import ClosedError, InvalidArgumentError, ioctl_error
+from ..errors import ClosedError, InvalidArgumentError, IoctlError, ioctl_error
 
 #: A cffi pointer or array (untyped: the layouts are checked by tests).
 CData = Any
@@ -239,8 +239,15 @@ class FdResource(Resource):
         except OSError as exc:
             if exc.errno is None:  # pragma: no cover - backends always set errno
                 raise
-            raise ioctl_error(exc.errno, name, describe(target) if target is not None
-                              else self.describe(), self.family) from None
+            raise self._ioctl_failed(exc.errno, name, target) from None
+
+    def _ioctl_failed(self, err: int, name: str,
+                      target: str | Resource | None = None) -> IoctlError:
+        """The error of ioctl ``name`` on this fd failing with ``err``, the
+        same whether it went through the backend's ``ioctl`` (:meth:`_ioctl`)
+        or a compiled helper (:class:`~pyvfio.backend.base.DirectIoctls`)."""
+        return ioctl_error(err, name, describe(target) if target is not None
+                           else self.describe(), self.family)
 
     def _ioctl_argsz(
         self,
