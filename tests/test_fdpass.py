@@ -85,8 +85,12 @@ def test_a_dup_of_a_fake_fd_names_the_same_file(system: System) -> None:
     with IommuFd(backend=b) as iommufd:
         copy = os.dup(iommufd.fd)
         twin = IommuFd.from_fd(copy, backend=b)
-        ioas = twin.ioas()                 # an object of the same context
-        assert ioas.id in {i for i in iommufd._objects} or ioas.id > 0
+        ioas = twin.ioas()
+        iommufd.destroy(ioas.id)           # the same context has the ID
+        ioas._mark_closed()
+        with pytest.raises(pyvfio.IoctlError) as e:
+            iommufd.destroy(ioas.id)       # gone from both
+        assert e.value.errno == errno.ENOENT
         twin.close()
         assert len(b.open_files) == 1      # the original fd still holds it
 
@@ -150,6 +154,8 @@ def test_from_fd_adopts_each_kind_and_checks_what_it_is(system: System) -> None:
             Group.from_fd(c.fd, backend=b)
         with pytest.raises(pyvfio.InvalidArgumentError, match=r"not /dev/iommu"):
             IommuFd.from_fd(c.fd, backend=b)
+        with pytest.raises(pyvfio.InvalidArgumentError, match="not an IOMMU model"):
+            Container.from_fd(c.fd, iommu_type=99, backend=b)
         g2.close()                                       # closes d2 first
         assert d2.closed
         c2.close()

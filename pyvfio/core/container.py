@@ -220,7 +220,11 @@ class Container(FdResource):
         is closed and the fd is still the caller's."""
         b = resolve_backend(backend)
         check_fd(fd, "Container.from_fd")
-        kind = None if iommu_type is None else IommuType(iommu_type)
+        try:
+            kind = None if iommu_type is None else IommuType(iommu_type)
+        except ValueError:
+            raise InvalidArgumentError(f"{iommu_type!r} is not an IOMMU model (IommuType)",
+                                       target=f"fd {fd}") from None
         st = fd_stat(b, fd, "Container.from_fd")
         what = "/dev/vfio/vfio (or /dev/iommu)"
         require_chrdev(st, fd, what)

@@ -11,8 +11,9 @@ Passing fds.  The placeholder pipe is the fake's ``struct file``: an fd
 that reaches this process another way -- ``os.dup``, or ``SCM_RIGHTS``
 from a thread of this process or from a process forked after the file was
 opened -- names the same pipe, and the fake recognises it by the pipe's
-inode (fstat) the first time the fd is used, as the kernel's fd tables
-share one ``struct file``.  A file is released when the last reference to
+inode the first time the fd is given to ``fstat``, ``ioctl``, ``mmap``
+or ``close`` (not to ``read``/``write``, the interrupt path), as the
+kernel's fd tables share one ``struct file``.  A file is released when the last reference to
 its pipe is gone anywhere (the kept write end then sees no reader), not
 merely when the fd it was opened as is closed.
 
@@ -70,10 +71,10 @@ class FakeFile:
 
     #: Path the file was opened at (or a description for anonymous files).
     path: str = "anon"
-    #: ``(st_mode, st_rdev)`` of the device node the file was opened
-    #: through (the inode's i_mode and i_rdev); None for an anonymous inode
+    #: The device node the file was opened through (its inode gives fstat
+    #: the node's mode and device number); None for an anonymous inode
     #: (anon_inode_getfile: a device fd from a group, a fault queue, ...).
-    inode: tuple[int, int] | None = None
+    node: str | None = None
 
     def __init__(self, kernel: FakeBackend) -> None:
         self.kernel = kernel
@@ -391,7 +392,7 @@ class FakeBackend(Backend):
             except BaseException:
                 self.put_unused_fd(fd)
                 raise
-            file.inode = self._node_inode(path)
+            file.node = path
             self.fd_install(fd, file)
             return fd
 
@@ -443,7 +444,8 @@ class FakeBackend(Backend):
         st = os.fstat(fd)
         if entry is None:
             return st
-        mode, rdev = entry.file.inode if entry.file.inode is not None else (0o600, 0)
+        node = entry.file.node
+        mode, rdev = self._node_inode(node) if node is not None else (0o600, 0)
         fields = (mode, st.st_ino, st.st_dev, 1, 0, 0, 0,
                   int(st.st_atime), int(st.st_mtime), int(st.st_ctime))
         return os.stat_result(fields, {"st_rdev": rdev, "st_blksize": st.st_blksize,
@@ -466,7 +468,8 @@ class FakeBackend(Backend):
     def pread(self, fd: int, size: int, offset: int) -> bytes:
         """The fake file's :meth:`~FakeFile.pread`, or the real pread(2) for
         a real fd."""
-        file = self.file_or_none(fd)
+        entry = self._files.get(fd)  # the hot path: no lookup of passed fds
+        file = entry.file if entry is not None else None
         if file is None:
             return os.pread(fd, size, offset)
         with self.system.lock:
@@ -479,7 +482,8 @@ class FakeBackend(Backend):
     def pwrite(self, fd: int, data: bytes | bytearray | memoryview, offset: int) -> int:
         """The fake file's :meth:`~FakeFile.pwrite`, or the real pwrite(2)
         for a real fd."""
-        file = self.file_or_none(fd)
+        entry = self._files.get(fd)
+        file = entry.file if entry is not None else None
         if file is None:
             return os.pwrite(fd, data, offset)
         with self.system.lock:
@@ -492,7 +496,8 @@ class FakeBackend(Backend):
     def read(self, fd: int, size: int) -> bytes:
         """The fake file's :meth:`~FakeFile.read`, or the real read(2) for
         a real fd (eventfds)."""
-        file = self.file_or_none(fd)
+        entry = self._files.get(fd)  # eventfds: the interrupt path
+        file = entry.file if entry is not None else None
         if file is None:
             return os.read(fd, size)
         with self.system.lock:
@@ -505,7 +510,8 @@ class FakeBackend(Backend):
     def write(self, fd: int, data: bytes | bytearray | memoryview) -> int:
         """The fake file's :meth:`~FakeFile.write`, or the real write(2) for
         a real fd (eventfds)."""
-        file = self.file_or_none(fd)
+        entry = self._files.get(fd)
+        file = entry.file if entry is not None else None
         if file is None:
             return os.write(fd, data)
         with self.system.lock:
