@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Callable
 
 from toolkit_env import load_example
 
@@ -60,5 +59,3 @@ def policy_file(folder: str, text: str) -> str:
         f.write(text)
     return path
 
-
-Runner = Callable[[], dict[str, object]]

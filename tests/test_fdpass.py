@@ -333,6 +333,9 @@ def test_a_closed_peer_and_bad_arguments(pair: tuple[socket.socket, socket.socke
         send_fds(pair[1], [PassedFd(FdKind.DEVICE, 0, cdev=True)])
     with pytest.raises(FdPassError, match="send 1 to 253"):
         send_fds(pair[1], [])
+    assert PassedFd("group", 3).kind is FdKind.GROUP    # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        PassedFd("disk", 3)                               # type: ignore[arg-type]
 
 
 def test_open_received_without_a_device_closes_what_it_received(

@@ -118,6 +118,10 @@ class PassedFd:
     group: int | None = None  #: GROUP: its IOMMU group number, when known
     iommu_type: int | None = None  #: CONTAINER: the IOMMU model set on it (None: not set)
 
+    def __post_init__(self) -> None:
+        # FdKind("device") as well as FdKind.DEVICE (ValueError for others)
+        object.__setattr__(self, "kind", FdKind(self.kind))
+
     def as_dict(self) -> dict[str, Any]:
         """The body's entry for this fd (everything but the fd)."""
         out: dict[str, Any] = {"kind": self.kind.value}
@@ -291,6 +295,12 @@ def _recv(sock: socket.socket, size: int, space: int, fds: list[int]) -> tuple[b
     return data, flags
 
 
+def _check_ctrunc(flags: int, max_fds: int) -> None:
+    if flags & socket.MSG_CTRUNC:
+        raise _error(f"more fds than the {max_fds} accepted were sent (the kernel "
+                     "dropped the rest)", errno.EMSGSIZE)
+
+
 def recv_fds(sock: socket.socket, *, max_fds: int = MAX_FDS) -> ReceivedFds:
     """Receive one message: its fds (at most ``max_fds``), each typed by
     the message.  Raises :class:`RemoteError` for an error the sender sent,
@@ -309,15 +319,14 @@ def recv_fds(sock: socket.socket, *, max_fds: int = MAX_FDS) -> ReceivedFds:
         stream = sock.type == socket.SOCK_STREAM
         first = _HEADER.size if stream else _HEADER.size + MAX_BODY
         data, flags = _recv(sock, first, space, fds)
-        if flags & socket.MSG_CTRUNC:
-            raise _error(f"more fds than the {max_fds} accepted were sent (the kernel "
-                         "dropped the rest)", errno.EMSGSIZE)
+        _check_ctrunc(flags, max_fds)
         if flags & socket.MSG_TRUNC:
             raise _error(f"the message is longer than {first} bytes", errno.EMSGSIZE)
         if not data:
             raise _error("the peer closed the socket before sending", errno.ECONNRESET)
         while stream and len(data) < _HEADER.size:
             more, flags = _recv(sock, _HEADER.size - len(data), space, fds)
+            _check_ctrunc(flags, max_fds)
             if not more:
                 raise _error("the message ends inside its header", errno.ECONNRESET)
             data += more
@@ -331,6 +340,7 @@ def recv_fds(sock: socket.socket, *, max_fds: int = MAX_FDS) -> ReceivedFds:
         body = data[_HEADER.size:]
         while stream and len(body) < length:
             more, flags = _recv(sock, length - len(body), space, fds)
+            _check_ctrunc(flags, max_fds)
             if not more:
                 raise _error(f"the message ends after {len(body)} of {length} body bytes",
                              errno.ECONNRESET)

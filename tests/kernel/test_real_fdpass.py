@@ -7,6 +7,7 @@ one tests/test_fdpass.py runs on the fake kernel."""
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
 import select
@@ -39,9 +40,12 @@ def _read_all(fd: int, timeout: float) -> bytes:
 @pytest.mark.parametrize("legacy", [False, True], ids=["cdev", "group"])
 def test_nobody_drives_edu_with_granted_fds(edu: str, tmp_path: Path, legacy: bool) -> None:
     policy = policy_file(str(tmp_path / "etc"), f"{NOBODY} {edu}\n")
-    # the child cannot import after dropping root (the interpreter's files
-    # may be root's): everything it runs is loaded now
+    # the child cannot import after dropping root (the test VM's interpreter
+    # lives under /root, 0700): everything it runs is loaded now, the ascii
+    # codec of the sysfs reads included
     backend = KernelBackend()
+    codecs.lookup("ascii")
+    backend.sysfs_read(f"/sys/bus/pci/devices/{edu}/vendor")
     run = tempfile.mkdtemp(prefix="pyvfio-grant-")
     os.chown(run, NOBODY, NOBODY)
     path = os.path.join(run, "edu.sock")
