@@ -118,7 +118,7 @@ class _Counting(Backend):
         return getattr(object.__getattribute__(self, "inner"), attr)
 
     open = close = pread = pwrite = read = write = exists = access = None  # type: ignore
-    mmap = memfd_create = ftruncate = eventfd = memlock_limit = None  # type: ignore
+    mmap = memfd_create = ftruncate = eventfd = memlock_limit = fstat = None  # type: ignore
     sysfs_read = sysfs_write = sysfs_listdir = sysfs_readlink = page_size = None  # type: ignore
 
 

@@ -205,6 +205,12 @@ class Backend(abc.ABC):
         """write(2)."""
 
     @abc.abstractmethod
+    def fstat(self, fd: int) -> os.stat_result:
+        """fstat(2): the file type (``st_mode``) and, for a device node,
+        its device number (``st_rdev``); how an fd received from another
+        process is identified."""
+
+    @abc.abstractmethod
     def exists(self, path: str) -> bool:
         """Whether a device node or sysfs path exists."""
 

@@ -191,6 +191,10 @@ class KernelBackend(Backend):
         """write(2) through :func:`os.write`."""
         return os.write(fd, data)
 
+    def fstat(self, fd: int) -> os.stat_result:
+        """fstat(2) through :func:`os.fstat`."""
+        return os.fstat(fd)
+
     def exists(self, path: str) -> bool:
         """:func:`os.path.exists` (stat(2), following symlinks)."""
         return os.path.exists(path)

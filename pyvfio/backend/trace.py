@@ -535,6 +535,14 @@ class TraceBackend(Backend):
         self._call(f"ftruncate({self._fd(fd)}, {length:#x})",
                    lambda: self.inner.ftruncate(fd, length), lambda r: "0")
 
+    def fstat(self, fd: int) -> os.stat_result:
+        """Traced fstat(2)."""
+        result: os.stat_result = self._call(
+            f"fstat({self._fd(fd)})", lambda: self.inner.fstat(fd),
+            lambda st: f"{{st_mode={st.st_mode:#o}, st_rdev={os.major(st.st_rdev)}:"
+                       f"{os.minor(st.st_rdev)}}}")
+        return result
+
     def eventfd(self, initval: int = 0, flags: int = 0) -> int:
         """Traced eventfd(2)."""
         fd: int = self._call(f"eventfd({initval}, {flags:#x})",

@@ -38,7 +38,8 @@ from .caps import (
     parse_chain,
 )
 from .iova_allocator import IovaAllocator
-from .resource import U64_MAX, FdResource, check_u64, open_node
+from ._passed import check_fd, class_device_of, fd_stat, require_chrdev
+from .resource import U64_MAX, FdResource, adopting, check_u64, open_node
 from .user_buffer import UserBuffer, _user_buffer, user_buffer
 
 if TYPE_CHECKING:
@@ -258,6 +259,43 @@ class Container(FdResource):
 
     def describe(self) -> str:
         return f"container {self.path}" + (f" (fd {self._fd})" if self._fd >= 0 else "")
+
+    @classmethod
+    def from_fd(cls, fd: int, *, closefd: bool = True, iommu_type: int | None = None,
+                backend: Backend | None = None) -> Container:
+        """A container opened elsewhere: an fd of ``/dev/vfio/vfio`` (or of
+        ``/dev/iommu``, iommufd's vfio compatibility) received from a
+        privileged process (:mod:`pyvfio.toolkit.fdpass`) or inherited.
+        Checked with fstat: a character device, and the device number of
+        one of those nodes when sysfs shows it (InvalidArgumentError,
+        ENOTTY, otherwise).  ``iommu_type`` is the IOMMU model the sender
+        set (:attr:`iommu_type`; None: not set, or not known).  Groups the
+        sender attached are recorded with ``Group.from_fd(...,
+        container=)``.
+
+        ``closefd`` says who closes ``fd``: True (the default, as with
+        Rust's ``OwnedFd::from_raw_fd`` and :func:`os.fdopen`) gives it to
+        the object, which closes it on :meth:`close`; False borrows it:
+        closing the object releases what pyvfio made through it and leaves
+        ``fd`` open, the caller's to close.  When a check fails, nothing
+        is closed and the fd is still the caller's."""
+        b = resolve_backend(backend)
+        check_fd(fd, "Container.from_fd")
+        try:
+            kind = None if iommu_type is None else IommuType(iommu_type)
+        except ValueError:
+            raise InvalidArgumentError(f"{iommu_type!r} is not an IOMMU model (IommuType)",
+                                       target=f"fd {fd}") from None
+        st = fd_stat(b, fd, "Container.from_fd")
+        what = "/dev/vfio/vfio (or /dev/iommu)"
+        require_chrdev(st, fd, what)
+        found = class_device_of(b, st, fd, what, ("misc",), ("vfio", "iommu"))
+        path = "/dev/iommu" if found is not None and found[1] == "iommu" else "/dev/vfio/vfio"
+        with adopting(fd):
+            obj = cls(path, backend=b)
+        obj._iommu_type = None if kind is None else int(kind)
+        obj._closefd = closefd
+        return obj
 
     @classmethod
     def compat(cls, *, backend: Backend | None = None) -> Container:

@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import enum
 import errno
+import os
+import stat
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
@@ -44,6 +46,7 @@ from ..errors import (
     ioctl_error,
 )
 from . import sysfs, viability
+from ._passed import check_fd, class_device_of, fd_stat, shown_type
 from .caps import Capability, RegionTypeCap, SparseMmapCap, parse_chain
 from .features import DeviceFeatures
 from .irq import Irq, IrqMap
@@ -291,6 +294,71 @@ class Device(FdResource):
             path = sysfs.device_cdev_path(name, b)
         fd = open_node(b, path)
         return cls(fd, name, backend=b, path=path)
+
+    @classmethod
+    def from_fd(cls, fd: int, *, closefd: bool = True, name: str | None = None,
+                group: Group | None = None, backend: Backend | None = None) -> Device:
+        """A device opened elsewhere, e.g. received from a privileged
+        process (:mod:`pyvfio.toolkit.fdpass`) or inherited.  Either
+
+        * a cdev fd (``/dev/vfio/devices/vfioN``, a character device): its
+          PCI address comes from sysfs (``name``, when given, must match);
+          :meth:`bind` it to an iommufd as usual; or
+        * a device fd from VFIO_GROUP_GET_DEVICE_FD (an anonymous inode):
+          checked with VFIO_DEVICE_GET_INFO, named ``name`` (its PCI
+          address: the fd does not say), already usable with the
+          container its group is attached to; ``group`` (the
+          :class:`~pyvfio.Group`, e.g. from ``Group.from_fd``) closes it
+          before the group is closed.
+
+        Anything else is an InvalidArgumentError (ENOTTY).
+
+        ``closefd`` says who closes ``fd``: True (the default, as with
+        Rust's ``OwnedFd::from_raw_fd`` and :func:`os.fdopen`) gives it to
+        the object, which closes it on :meth:`close`; False borrows it:
+        closing the object releases what pyvfio made through it and leaves
+        ``fd`` open, the caller's to close.  When a check fails, nothing
+        is closed and the fd is still the caller's."""
+        b = resolve_backend(backend)
+        check_fd(fd, "Device.from_fd")
+        if name is not None:
+            try:
+                name = sysfs.normalize_bdf(name)
+            except InvalidArgumentError:
+                pass  # a non-PCI device's name
+        st = fd_stat(b, fd, "Device.from_fd")
+        if stat.S_ISCHR(st.st_mode):
+            what = "a VFIO device cdev (/dev/vfio/devices/vfioN)"
+            found = class_device_of(b, st, fd, what, ("vfio-dev",))
+            if group is not None:
+                raise InvalidArgumentError(f"fd {fd} is a cdev: it belongs to no group "
+                                           f"({group.describe()} given)")
+            path = None if found is None else f"/dev/vfio/devices/{found[1]}"
+            bdf = None if found is None else _cdev_bdf(b, found[1])
+            if bdf is not None and name is not None and name != bdf:
+                raise InvalidArgumentError(f"fd {fd} is the cdev of {bdf}, not of {name}")
+            obj = cls(fd, bdf or name or (found[1] if found else f"fd {fd}"), backend=b,
+                      path=path)
+        elif stat.S_IFMT(st.st_mode) not in (0, stat.S_IFREG):
+            # an anonymous inode has no file type (or S_IFREG): a socket,
+            # pipe, directory or block device cannot be a device fd
+            raise InvalidArgumentError(f"fd {fd} is {shown_type(st)}, not a VFIO device",
+                                       err=errno.ENOTTY)
+        else:
+            obj = cls(fd, name or f"fd {fd}", backend=b, group=group)
+            obj._closefd = False  # the caller's until the check passed
+            try:
+                obj._info = obj._query_info()
+            except (OSError, VfioError) as exc:
+                obj.close()
+                raise InvalidArgumentError(
+                    f"fd {fd} is {shown_type(st)}, not a VFIO device "
+                    f"(VFIO_DEVICE_GET_INFO: {errno.errorcode.get(exc.errno or 0, exc.errno)})",
+                    err=errno.ENOTTY) from None
+            if group is not None:
+                group._adopt(obj)
+        obj._closefd = closefd
+        return obj
 
     def describe(self) -> str:
         return f"device {self.name}"
@@ -645,3 +713,14 @@ class Device(FdResource):
         self._iommufd = None
         self._dev_id = None
         super()._release()
+
+
+def _cdev_bdf(backend: Backend, cdev: str) -> str | None:
+    """The PCI address of the device whose cdev is ``vfioN``: the parent of
+    its class device (``/sys/class/vfio-dev/vfioN`` links to
+    ``.../<bdf>/vfio-dev/vfioN``); None when sysfs does not say."""
+    try:
+        parts = os.path.normpath(backend.sysfs_readlink(f"/sys/class/vfio-dev/{cdev}")).split("/")
+        return sysfs.normalize_bdf(parts[-3])
+    except (OSError, IndexError, VfioError):
+        return None

@@ -22,8 +22,9 @@ from .._uapi import ffi, lib
 from ..backend import Backend, resolve_backend
 from ..errors import InvalidArgumentError
 from . import sysfs, viability
+from ._passed import check_fd, class_device_of, fd_stat, require_chrdev
 from .device import Device
-from .resource import FdResource, open_node
+from .resource import FdResource, adopting, open_node
 
 if TYPE_CHECKING:
     from .container import Container
@@ -85,6 +86,47 @@ class Group(FdResource):
     def for_device(cls, bdf: str, *, backend: Backend | None = None) -> Group:
         """Open the group that PCI device ``bdf`` belongs to."""
         return cls(sysfs.device_group(bdf, backend), backend=backend)
+
+    @classmethod
+    def from_fd(cls, fd: int, *, closefd: bool = True, container: Container | None = None,
+                backend: Backend | None = None) -> Group:
+        """A group opened elsewhere: an fd of ``/dev/vfio/N`` received from
+        a privileged process (:mod:`pyvfio.toolkit.fdpass`) or inherited.
+        Checked with fstat: a character device, and a vfio group's device
+        number when sysfs shows it (which also gives :attr:`id`; -1 when
+        sysfs cannot be read); InvalidArgumentError (ENOTTY) otherwise.
+        ``container`` records the container the sender already attached
+        the group to (VFIO_GROUP_GET_STATUS must say so: EINVAL
+        otherwise); it is not attached again.
+
+        ``closefd`` says who closes ``fd``: True (the default, as with
+        Rust's ``OwnedFd::from_raw_fd`` and :func:`os.fdopen`) gives it to
+        the object, which closes it on :meth:`close`; False borrows it:
+        closing the object releases what pyvfio made through it and leaves
+        ``fd`` open, the caller's to close.  When a check fails, nothing
+        is closed and the fd is still the caller's."""
+        b = resolve_backend(backend)
+        check_fd(fd, "Group.from_fd")
+        st = fd_stat(b, fd, "Group.from_fd")
+        require_chrdev(st, fd, "a VFIO group (/dev/vfio/N)")
+        found = class_device_of(b, st, fd, "a VFIO group (/dev/vfio/N)", ("vfio",))
+        path = f"/dev/vfio/{found[1]}" if found is not None else f"fd {fd}"
+        with adopting(fd):
+            obj = cls(path, backend=b)
+        obj._closefd = False  # the caller's until every check passed
+        if container is not None:
+            try:
+                if not obj.status.container_set:
+                    raise InvalidArgumentError(
+                        "the group is not attached to a container (VFIO_GROUP_GET_STATUS)",
+                        target=obj.describe())
+            except BaseException:
+                obj.close()
+                raise
+            obj._container = container
+            container._groups.append(obj)
+        obj._closefd = closefd
+        return obj
 
     def describe(self) -> str:
         return f"group {self.id}"

@@ -14,6 +14,11 @@ attached to an IOAS or HWPT.  An IOAS is an
         ioas = iommufd.ioas()
         mapping = ioas.map(buffer)          # the kernel picks the IOVA
         print(hex(mapping.iova))
+
+Longer than 800 lines because :class:`IOAS` lives here with the
+:class:`IommuFd` that owns it (its public path, ``pyvfio.core.iommufd.IOAS``,
+is what users and the API reference name) and its map and unmap are written
+out inline, one Python frame per call, for speed (bench/README.md).
 """
 
 from __future__ import annotations
@@ -31,10 +36,12 @@ from .address_space import IovaMapping, MappingTable
 from .caps import IovaRange
 from .hw_pagetable import HWPT, FaultQueue, HwInfo, HwptDataType
 from .iommufd_object import IommufdObject, PageTable, device_id, struct_size, user_data
+from ._passed import check_fd, class_device_of, fd_stat, require_chrdev
 from .resource import (
     U64_MAX,
     FdResource,
     Resource,
+    adopting,
     check_u32,
     check_u64,
     describe,
@@ -93,6 +100,31 @@ class IommuFd(FdResource):
         # The live objects by ID: the kernel reuses a destroyed object's ID
         # (an xarray), so an ID names at most one live object.
         self._objects: dict[int, IommufdObject] = {}
+
+    @classmethod
+    def from_fd(cls, fd: int, *, closefd: bool = True,
+                backend: Backend | None = None) -> IommuFd:
+        """An iommufd opened elsewhere: an fd of ``/dev/iommu`` received
+        from a privileged process (:mod:`pyvfio.toolkit.fdpass`) or
+        inherited.  Checked with fstat: a character device, and
+        /dev/iommu's device number when sysfs shows it (InvalidArgumentError,
+        ENOTTY, otherwise).
+
+        ``closefd`` says who closes ``fd``: True (the default, as with
+        Rust's ``OwnedFd::from_raw_fd`` and :func:`os.fdopen`) gives it to
+        the object, which closes it on :meth:`close`; False borrows it:
+        closing the object releases what pyvfio made through it and leaves
+        ``fd`` open, the caller's to close.  When a check fails, nothing
+        is closed and the fd is still the caller's."""
+        b = resolve_backend(backend)
+        check_fd(fd, "IommuFd.from_fd")
+        st = fd_stat(b, fd, "IommuFd.from_fd")
+        require_chrdev(st, fd, "/dev/iommu")
+        class_device_of(b, st, fd, "/dev/iommu", ("misc",), ("iommu",))
+        with adopting(fd):
+            obj = cls(backend=b)
+        obj._closefd = closefd
+        return obj
 
     def describe(self) -> str:
         return "iommufd" + (f" (fd {self._fd})" if self._fd >= 0 else "")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import errno as _errno
 import logging
 import warnings
@@ -185,9 +187,32 @@ def describe(target: str | Resource) -> str:
     return target if isinstance(target, str) else target.describe()
 
 
+#: An fd handed to the next open_node of this context instead of opening
+#: (see :func:`adopting`).
+_ADOPTED: contextvars.ContextVar[int | None] = contextvars.ContextVar("pyvfio_adopted_fd",
+                                                                      default=None)
+
+
+@contextlib.contextmanager
+def adopting(fd: int) -> Iterator[None]:
+    """Within the block, the next :func:`open_node` of this thread (or
+    task) returns ``fd`` instead of opening its path: the ``from_fd``
+    constructors run the ordinary ``__init__`` on an fd received from
+    elsewhere."""
+    token = _ADOPTED.set(fd)
+    try:
+        yield
+    finally:
+        _ADOPTED.reset(token)
+
+
 def open_node(backend: Backend, path: str) -> int:
     """Open a VFIO or iommufd device node; an OSError becomes an
     :class:`~pyvfio.errors.IoctlError` naming ``open`` and the path."""
+    adopted = _ADOPTED.get()
+    if adopted is not None:
+        _ADOPTED.set(None)
+        return adopted
     try:
         return backend.open(path)
     except OSError as exc:
@@ -205,6 +230,9 @@ class FdResource(Resource):
     family = "vfio"
 
     _fd = -1
+    #: Whether closing the object closes the fd (False for an fd borrowed
+    #: with ``from_fd(..., closefd=False)``).
+    _closefd = True
 
     def __init__(self, fd: int, backend: Backend | None = None) -> None:
         super().__init__(backend)
@@ -222,7 +250,7 @@ class FdResource(Resource):
 
     def _release(self) -> None:
         fd, self._fd = self._fd, -1
-        if fd >= 0:
+        if fd >= 0 and self._closefd:
             self._backend.close(fd)
 
     def _ioctl(

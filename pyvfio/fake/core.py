@@ -2,10 +2,20 @@
 
 The fake kernel serves pyvfio's :class:`~pyvfio.backend.base.Backend`
 interface.  Every file it opens is a :class:`FakeFile`; each fd handed to
-the user is a real file descriptor (a duplicate of ``/dev/null``) so that
-numbers never collide with the process's other fds and stay valid for
-``fcntl``-style bookkeeping, while all VFIO/iommufd semantics are served
-from Python.  Eventfds are real eventfds.
+the user is a real file descriptor (the read end of a pipe the fake keeps
+the write end of) so that numbers never collide with the process's other
+fds and stay valid for ``fcntl``-style bookkeeping, while all VFIO/iommufd
+semantics are served from Python.  Eventfds are real eventfds.
+
+Passing fds.  The placeholder pipe is the fake's ``struct file``: an fd
+that reaches this process another way -- ``os.dup``, or ``SCM_RIGHTS``
+from a thread of this process or from a process forked after the file was
+opened -- names the same pipe, and the fake recognises it by the pipe's
+inode the first time the fd is given to ``fstat``, ``ioctl``, ``mmap``
+or ``close`` (not to ``read``/``write``, the interrupt path), as the
+kernel's fd tables share one ``struct file``.  A file is released when the last reference to
+its pipe is gone anywhere (the kept write end then sees no reader), not
+merely when the fd it was opened as is closed.
 
 User memory is real memory of this process: the fake pins it by address
 (checked against ``/proc/self/maps``) and device models DMA into it through
@@ -18,6 +28,8 @@ import abc
 import errno
 import logging
 import os
+import select
+import stat
 import threading
 import weakref
 from dataclasses import dataclass
@@ -63,6 +75,10 @@ class FakeFile:
 
     #: Path the file was opened at (or a description for anonymous files).
     path: str = "anon"
+    #: The device node the file was opened through (its inode gives fstat
+    #: the node's mode and device number); None for an anonymous inode
+    #: (anon_inode_getfile: a device fd from a group, a fault queue, ...).
+    node: str | None = None
 
     def __init__(self, kernel: FakeBackend) -> None:
         self.kernel = kernel
@@ -203,7 +219,14 @@ class UserMemory:
 @dataclass
 class _OpenFile:
     file: FakeFile
-    refs: int = 1
+    refs: int = 1  #: fds of the fake's table that name the file
+    holder: int = -1  #: the write end of the placeholder pipe, kept by the fake
+    key: tuple[int, int] = (0, 0)  #: (st_dev, st_ino) of the placeholder pipe
+
+
+#: Permissions of the device nodes (the misc devices' ``mode``: vfio's
+#: 0666, iommufd's 0660; devtmpfs's 0600 for the others).
+_NODE_PERMS = {"/dev/vfio/vfio": 0o666, "/dev/iommu": 0o660}
 
 
 def _log_refusal(file: FakeFile, request: int, exc: OSError) -> None:
@@ -230,6 +253,12 @@ class FakeBackend(Backend):
     def __init__(self, system: System) -> None:
         self.system = system
         self._files: dict[int, _OpenFile] = {}
+        #: fds reserved by get_unused_fd -> the write end of their pipe
+        self._reserved: dict[int, int] = {}
+        #: every file with a placeholder pipe, by the pipe's (st_dev, st_ino)
+        self._by_key: dict[tuple[int, int], _OpenFile] = {}
+        #: files no fd of the table names, still referenced elsewhere
+        self._orphans: set[tuple[int, int]] = set()
         #: every file given an fd, while it exists (for leak checks)
         self._installed: weakref.WeakSet[FakeFile] = weakref.WeakSet()
         self._real = KernelBackend()
@@ -243,18 +272,89 @@ class FakeBackend(Backend):
         fi = self.system.fault_inject
         if fi.armed:
             fi.maybe_fail("fd_install")
-        return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        fd, holder = os.pipe()  # close-on-exec (PEP 446)
+        with self._lock:
+            self._reserved[fd] = holder
+        return fd
 
     def put_unused_fd(self, fd: int) -> None:
         """put_unused_fd: give back an fd reserved by :meth:`get_unused_fd`."""
+        with self._lock:
+            holder = self._reserved.pop(fd, -1)
         os.close(fd)
+        if holder >= 0:
+            os.close(holder)
 
     def fd_install(self, fd: int, file: FakeFile) -> None:
         """fd_install: ``fd`` (from :meth:`get_unused_fd`) now refers to
         ``file``; cannot fail."""
+        st = os.fstat(fd)
         with self._lock:
-            self._files[fd] = _OpenFile(file)
+            entry = _OpenFile(file, 1, self._reserved.pop(fd, -1), (st.st_dev, st.st_ino))
+            self._files[fd] = entry
+            if entry.holder >= 0:
+                self._by_key[entry.key] = entry
             self._installed.add(file)
+
+    def _entry(self, fd: int) -> _OpenFile | None:
+        """The table entry of ``fd``; an fd the table has not seen that
+        names a fake file's placeholder (received with SCM_RIGHTS, or a
+        dup) joins the table as one more reference to that file
+        (receive_fd_replace / dup: fd_install of the same struct file)."""
+        entry = self._files.get(fd)
+        if entry is not None or not self._by_key:
+            return entry
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            return None
+        if not stat.S_ISFIFO(st.st_mode):
+            return None
+        with self._lock:
+            entry = self._by_key.get((st.st_dev, st.st_ino))
+            if entry is None or fd in self._files:
+                return self._files.get(fd)
+            entry.refs += 1
+            self._files[fd] = entry
+            self._orphans.discard(entry.key)
+            return entry
+
+    @staticmethod
+    def _referenced(holder: int) -> bool:
+        """Whether any fd anywhere (another process, a message in flight)
+        still names the placeholder pipe: its write end sees a reader."""
+        if holder < 0:
+            return False
+        poller = select.poll()
+        poller.register(holder, select.POLLOUT)
+        return not any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
+
+    def _put(self, entry: _OpenFile) -> None:
+        """fput: release the file once nothing references its placeholder;
+        until then it stays known by its pipe (an orphan of the table)."""
+        if self._referenced(entry.holder):
+            with self._lock:
+                self._orphans.add(entry.key)
+            return
+        with self._lock:
+            self._orphans.discard(entry.key)
+            if self._by_key.get(entry.key) is entry:
+                del self._by_key[entry.key]
+            holder, entry.holder = entry.holder, -1
+        if holder >= 0:
+            os.close(holder)
+        with running(self.system):
+            entry.file.release()
+
+    def _sweep(self) -> None:
+        """Release the orphans whose last reference went away elsewhere
+        (a child process exited, a message was dropped)."""
+        for key in list(self._orphans):
+            entry = self._by_key.get(key)
+            if entry is None or entry.refs:
+                self._orphans.discard(key)
+            else:
+                self._put(entry)
 
     def install(self, file: FakeFile) -> int:
         """Give ``file`` a new fd (used by ioctls that return fds).  When no
@@ -267,14 +367,14 @@ class FakeBackend(Backend):
 
     def file(self, fd: int) -> FakeFile:
         """The file behind ``fd``; EBADF when it is not a fake file."""
-        entry = self._files.get(fd)
+        entry = self._entry(fd)
         if entry is None:
             raise errno_error(errno.EBADF, f"fd {fd} is not open on the fake kernel")
         return entry.file
 
     def file_or_none(self, fd: int) -> FakeFile | None:
         """The file behind ``fd``, or None for a real fd (eventfd, memfd)."""
-        entry = self._files.get(fd)
+        entry = self._entry(fd)
         return entry.file if entry else None
 
     @property
@@ -286,8 +386,17 @@ class FakeBackend(Backend):
 
     @property
     def open_files(self) -> list[FakeFile]:
-        """Every file currently open (for leak checks in tests)."""
-        return [entry.file for entry in self._files.values()]
+        """Every file currently open (for leak checks in tests): named by
+        an fd of the table, or still referenced elsewhere (an fd passed to
+        another process, or in flight in a socket)."""
+        self._sweep()
+        with self._lock:
+            entries = list(self._files.values())
+            entries += [self._by_key[key] for key in self._orphans if key in self._by_key]
+        seen: dict[int, FakeFile] = {}
+        for entry in entries:
+            seen.setdefault(id(entry.file), entry.file)
+        return list(seen.values())
 
     # -- Backend: files -----------------------------------------------------
     def open(self, path: str, flags: int = os.O_RDWR | os.O_CLOEXEC) -> int:
@@ -303,20 +412,64 @@ class FakeBackend(Backend):
             except BaseException:
                 self.put_unused_fd(fd)
                 raise
+            file.node = path
             self.fd_install(fd, file)
             return fd
 
+    def _node_inode(self, path: str) -> tuple[int, int]:
+        """``(st_mode, st_rdev)`` of device node ``path``: devtmpfs makes
+        each node with the dev_t its class device registered
+        (devtmpfs_create_node), which the fake's sysfs shows in ``dev``."""
+        path = os.path.normpath(path)
+        name = path.rsplit("/", 1)[-1]
+        if path in ("/dev/iommu", "/dev/vfio/vfio"):
+            attr = f"/sys/class/misc/{'iommu' if name == 'iommu' else 'vfio'}/dev"
+        elif path.startswith("/dev/vfio/devices/"):
+            attr = f"/sys/class/vfio-dev/{name}/dev"
+        else:
+            attr = f"/sys/class/vfio/{name}/dev"
+        try:
+            with self.system.lock:
+                major, minor = self.system.sysfs.read(attr).strip().split(":")
+            rdev = os.makedev(int(major), int(minor))
+        except (OSError, ValueError):  # pragma: no cover - every node has a class device
+            rdev = 0
+        return stat.S_IFCHR | _NODE_PERMS.get(path, 0o600), rdev
+
     def close(self, fd: int) -> None:
         """Drop ``fd``; the file's :meth:`~FakeFile.release` runs when it was
-        a fake file.  A real fd (eventfd, memfd) is closed for real."""
-        with self._lock:
-            entry = self._files.pop(fd, None)
+        a fake file and nothing else references it (an fd passed to another
+        process or in flight keeps it).  A real fd (eventfd, memfd) is
+        closed for real."""
+        entry = self._entry(fd)
+        last = False
+        if entry is not None:
+            with self._lock:
+                if self._files.pop(fd, None) is entry:
+                    entry.refs -= 1
+                    last = entry.refs == 0
+        os.close(fd)  # a real fd (eventfd, memfd): the real close
+        if last:
+            assert entry is not None
+            self._put(entry)
+        if self._orphans:
+            self._sweep()
+
+    def fstat(self, fd: int) -> os.stat_result:
+        """vfs_fstat: for a fake file, the node it was opened through
+        (``S_IFCHR`` and its device number) or an anonymous inode (mode
+        0600 and no file type, as anon_inode_getfile's inode shows);
+        otherwise the real fstat(2)."""
+        entry = self._entry(fd)
+        st = os.fstat(fd)
         if entry is None:
-            os.close(fd)  # a real fd (eventfd, memfd): the real close
-            return
-        os.close(fd)
-        with running(self.system):
-            entry.file.release()
+            return st
+        node = entry.file.node
+        mode, rdev = self._node_inode(node) if node is not None else (0o600, 0)
+        fields = (mode, st.st_ino, st.st_dev, 1, 0, 0, 0,
+                  int(st.st_atime), int(st.st_mtime), int(st.st_ctime))
+        return os.stat_result(fields, {"st_rdev": rdev, "st_blksize": st.st_blksize,
+                                       "st_blocks": 0})
 
     def ioctl(self, fd: int, request: int, arg: IoctlArg = 0) -> int:
         """:meth:`FakeFile.ioctl` of the file behind ``fd``, under the
@@ -339,7 +492,8 @@ class FakeBackend(Backend):
     def pread(self, fd: int, size: int, offset: int) -> bytes:
         """The fake file's :meth:`~FakeFile.pread`, or the real pread(2) for
         a real fd."""
-        file = self.file_or_none(fd)
+        entry = self._files.get(fd)  # the hot path: no lookup of passed fds
+        file = entry.file if entry is not None else None
         if file is None:
             return os.pread(fd, size, offset)
         with self.system.lock:
@@ -352,7 +506,8 @@ class FakeBackend(Backend):
     def pwrite(self, fd: int, data: bytes | bytearray | memoryview, offset: int) -> int:
         """The fake file's :meth:`~FakeFile.pwrite`, or the real pwrite(2)
         for a real fd."""
-        file = self.file_or_none(fd)
+        entry = self._files.get(fd)
+        file = entry.file if entry is not None else None
         if file is None:
             return os.pwrite(fd, data, offset)
         with self.system.lock:
@@ -365,7 +520,8 @@ class FakeBackend(Backend):
     def read(self, fd: int, size: int) -> bytes:
         """The fake file's :meth:`~FakeFile.read`, or the real read(2) for
         a real fd (eventfds)."""
-        file = self.file_or_none(fd)
+        entry = self._files.get(fd)  # eventfds: the interrupt path
+        file = entry.file if entry is not None else None
         if file is None:
             return os.read(fd, size)
         with self.system.lock:
@@ -378,7 +534,8 @@ class FakeBackend(Backend):
     def write(self, fd: int, data: bytes | bytearray | memoryview) -> int:
         """The fake file's :meth:`~FakeFile.write`, or the real write(2) for
         a real fd (eventfds)."""
-        file = self.file_or_none(fd)
+        entry = self._files.get(fd)
+        file = entry.file if entry is not None else None
         if file is None:
             return os.write(fd, data)
         with self.system.lock:

@@ -670,6 +670,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--output", "-o", metavar="FILE", help="write to FILE (default: stdout)")
     d.add_argument("--name", help="topology name (default: the host name)")
     d.set_defaults(func=cmd_topology_dump)
+
+    from .grant import add_grant_parser  # pyvfio grant: fds for unprivileged drivers
+    add_grant_parser(sub, common)
     return parser
 
 
