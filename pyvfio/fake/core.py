@@ -42,6 +42,10 @@ __all__ = [
 ]
 
 
+#: The host's page size in bytes (pinned pages are charged in these).
+_HOST_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
 def errno_error(err: int, detail: str = "") -> OSError:
     """An OSError as the kernel would return it (``detail`` is for debugging)."""
     message = os.strerror(err)
@@ -174,8 +178,7 @@ class UserMemory:
         with self._lock:
             limit = self._limit()
             if limit >= 0:
-                page = os.sysconf("SC_PAGE_SIZE")
-                if (self.pinned_pages + pages) * page > limit:
+                if (self.pinned_pages + pages) * _HOST_PAGE > limit:
                     raise errno_error(errno.ENOMEM, "RLIMIT_MEMLOCK exceeded")
             self.pinned_pages += pages
 
