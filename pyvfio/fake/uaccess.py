@@ -187,7 +187,8 @@ def copy_from_user(address: int, length: int) -> bytes:
     if fault_inject.ARMED:  # should_fail_usercopy
         fault_inject.inject("copy_from_user")
     check_user_range(address, length, False)
-    return ffi.buffer(ffi.cast(_CHARP, address), length)[:]
+    data: bytes = ffi.buffer(ffi.cast(_CHARP, address), length)[:]
+    return data
 
 
 def copy_to_user(address: int, data: bytes | bytearray | memoryview) -> None:
@@ -271,7 +272,8 @@ class UserPtr:
         if fault_inject.ARMED:  # should_fail_usercopy
             fault_inject.inject("copy_from_user")
         self.check(offset, length, False)
-        return ffi.buffer(ffi.cast(_CHARP, self.address + offset), length)[:]
+        data: bytes = ffi.buffer(ffi.cast(_CHARP, self.address + offset), length)[:]
+        return data
 
     def read_into(self, offset: int, obj: Any, length: int) -> None:
         """copy_from_user of ``length`` bytes at ``offset`` into the kernel
