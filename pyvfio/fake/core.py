@@ -307,7 +307,8 @@ class FakeBackend(Backend):
         if not isinstance(arg, (int, ffi.CData)):
             # what fcntl.ioctl says to the real backend for such an argument
             raise TypeError(f"an ioctl argument is an int or a cffi pointer, not {type(arg).__name__}")
-        file = self.file(fd)
+        entry = self._files.get(fd)
+        file = entry.file if entry is not None else self.file(fd)  # EBADF
         with self.system.lock:
             token = enter(self.system)
             try:
