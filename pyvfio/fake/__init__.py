@@ -17,17 +17,15 @@ See docs/dev/fake-kernel.md for the module map.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .core import FakeBackend, FakeFile, FaultRecord, IoDomain, IommuFault
+from .fail_nth import FaultWalk, fault_walk
 from .fault_inject import FaultInjector
 from .machine.chrdev import register_chrdev
 from .machine.iommu import IommuGroup
 from .machine.pci_device import PciDevice
 from .machine.system import System, set_default_model_factory
-
-if TYPE_CHECKING:
-    from .fail_nth import FaultWalk, fault_walk
 
 __all__ = [
     "System",
@@ -42,15 +40,6 @@ __all__ = [
     "FaultWalk",
     "fault_walk",
 ]
-
-
-def __getattr__(name: str) -> Any:
-    # the failure walk is imported when first asked for
-    if name in ("FaultWalk", "fault_walk"):
-        from . import fail_nth
-
-        return getattr(fail_nth, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # The drivers register the device nodes they serve (misc_register,
