@@ -199,10 +199,14 @@ class UserMemory:
         ffi.memmove(ffi.cast("char *", va), data, len(data))
 
 
-@dataclass
 class _OpenFile:
-    file: FakeFile
-    refs: int = 1
+    """An fd table entry (a plain class: a dataclass costs its import time)."""
+
+    __slots__ = ("file", "refs")
+
+    def __init__(self, file: FakeFile, refs: int = 1) -> None:
+        self.file = file
+        self.refs = refs
 
 
 class FakeBackend(Backend):
