@@ -289,7 +289,8 @@ def _load_file(path: str) -> dict[str, Any]:
             if len(_FILE_CACHE) >= _FILE_CACHE_MAX:
                 _FILE_CACHE.clear()
             _FILE_CACHE[key] = cached
-    return _copy(cached)
+    copied: dict[str, Any] = _copy(cached)
+    return copied
 
 
 def load(source: dict[str, Any] | str | os.PathLike[str]) -> dict[str, Any]:
