@@ -32,6 +32,10 @@ from typing import Any, Callable, Mapping
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
+# The pyvfio measured is this checkout's, whatever the venv's editable
+# install points at (a work tree next to the checkout the venv was made in).
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 C_SOURCE = BENCH / "c" / "vfio_bench.c"
 CFLAGS = ("-O2", "-Wall", "-Wextra")
 

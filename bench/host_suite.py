@@ -34,6 +34,11 @@ PAGE = 4096
 RW_IOAS = lib.IOMMU_IOAS_MAP_READABLE | lib.IOMMU_IOAS_MAP_WRITEABLE
 EDU = "0000:00:02.0"  # in the fake's "minimal" topology
 SCALES = (1_000, 10_000, 100_000)
+#: Goals of the fake kernel (issue 13, goal 4).
+FAKE_MAP_UNMAP_NS = 50e3  # a 4 KiB map+unmap, device attached or type1
+FAKE_MACHINE_NS = 5e6  # System("default") + binding edu + open_attached
+FAKE_IMPORT_NS = 50e6  # import pyvfio.fake in a fresh interpreter
+FAKE_MMIO_NS = 3e3  # RegionMapping.read32 of a fake device's register
 
 
 def _fresh_env() -> dict[str, str]:
@@ -348,22 +353,6 @@ def _fake_system() -> Any:
     return system
 
 
-@contextlib.contextmanager
-def _one_maps_snapshot(system: Any) -> Iterator[None]:
-    """Set-up only: validate user addresses against one read of
-    /proc/self/maps instead of one read per map (the fake's per-map check
-    costs O(lines of /proc/self/maps); it is what the timed ops pay, but
-    populating 100k mappings with it would take minutes)."""
-    from pyvfio.fake.iommufd.io_pagetable import MapsSnapshot
-
-    um = system.user_memory
-    um.check = MapsSnapshot().check
-    try:
-        yield
-    finally:
-        del um.check
-
-
 def fake_scaling(kind: str, reps: int, target_s: float, scales: tuple[int, ...] = SCALES,
                  log: Callable[[str], None] = print) -> Result:
     """Map+unmap of one 4 KiB page into an address space that already holds
@@ -407,8 +396,7 @@ def fake_scaling(kind: str, reps: int, target_s: float, scales: tuple[int, ...] 
                     return ioas_cmds(space.id, va, PAGE, iova)
 
                 def attach_device() -> None:
-                    with _one_maps_snapshot(system):
-                        dev.attach(space)
+                    dev.attach(space)
 
                 attach = attach_device
             else:
@@ -429,9 +417,8 @@ def fake_scaling(kind: str, reps: int, target_s: float, scales: tuple[int, ...] 
                 attach = None
 
             t0 = time.perf_counter()
-            with _one_maps_snapshot(system):
-                for i in range(n):  # through the objects API: it tracks them too
-                    obj_map(base_va + i * PAGE, base_iova + 2 * i * PAGE)
+            for i in range(n):  # through the objects API: it tracks them too
+                obj_map(base_va + i * PAGE, base_iova + 2 * i * PAGE)
             log(f"bench: fake {kind}: {n} live mappings made in "
                 f"{time.perf_counter() - t0:.1f} s")
             probe_va = base_va + top * PAGE
@@ -481,9 +468,12 @@ def fake_scaling(kind: str, reps: int, target_s: float, scales: tuple[int, ...] 
     if kind == "ioas":
         ratios += [(f"raw ioctl no device @{hi}k", f"raw ioctl no device @{lo}k", 2.0),
                    (f"objects no device @{hi}k", f"objects no device @{lo}k", 2.0)]
+    # the fake's own cost of a map+unmap (with edu attached: every map pins)
+    limits = [(f"raw ioctl @{lo}k", FAKE_MAP_UNMAP_NS), (f"objects @{lo}k", FAKE_MAP_UNMAP_NS)]
     return Result(
         f"fake.scaling_{kind}", f"{title}: 4 KiB map+unmap vs live mappings", "ns/op", samples,
-        ratios=ratios, params={"iters": iters_used, "reps": reps, "scales": list(scales)},
+        ratios=ratios, limits=limits,
+        params={"iters": iters_used, "reps": reps, "scales": list(scales)},
         notes="O(log n) allows log(100k)/log(1k) = 1.67 (goal 2.0 with noise); O(n) gives ~100",
     )
 
@@ -512,6 +502,182 @@ def fake_ready(reps: int, target_s: float) -> Result:
     iters = {name: calibrate(batch, target_s, lo=4, hi=10_000)}
     return Result("fake.ready", "device open-to-ready on the fake kernel", "ns",
                   interleaved({name: batch}, iters, reps), params={"iters": iters, "reps": reps})
+
+
+# -- fake kernel: a fresh machine per test, as the pytest plugin makes one ------------------------
+def _bind_edu(system: Any) -> None:
+    """Bind edu to vfio-pci as the plugin's vfio_device fixture does."""
+    from pyvfio.core import sysfs
+    from pyvfio.setup import binding
+
+    b = system.backend
+    group = sysfs.device_group(EDU, b)
+    binding.bind_group(group, force=True, backend=b, state=binding.BindingState(None))
+
+
+def fake_machine(reps: int, target_s: float) -> Result:
+    """What each test of a driver pays on the fake: a fresh
+    ``System("default")``, edu bound to vfio-pci (the plugin's binding),
+    and ``toolkit.attach.open_attached`` (iommufd, cdev, bind, IOAS,
+    attach; closed again at the end of the block).  Measured after the
+    first machine of the process (see fake_first_machine for that one)."""
+    from pyvfio.fake import System
+    from pyvfio.toolkit.attach import open_attached
+
+    def machine() -> None:
+        system = System("default")
+        _bind_edu(system)
+        with open_attached(EDU, backend=system.backend):
+            pass
+
+    prepared = System("default")
+    _bind_edu(prepared)
+
+    def attached() -> None:
+        with open_attached(EDU, backend=prepared.backend):
+            pass
+
+    machine()  # the first machine of the process imports what it needs
+    total = "System('default') + bind edu + open_attached"
+    variants = {total: per_op(machine), "System('default')": per_op(lambda: System("default")),
+                "open_attached(edu) on a machine made before": per_op(attached)}
+    iters = {n: calibrate(fn, target_s, lo=2, hi=10_000) for n, fn in variants.items()}
+    return Result("fake.machine", "fake: a fresh machine and an attached device (per test)",
+                  "ns", interleaved(variants, iters, reps), limits=[(total, FAKE_MACHINE_NS)],
+                  params={"iters": iters, "reps": reps})
+
+
+_FIRST = """
+import time
+t0 = time.perf_counter_ns()
+import pyvfio.fake
+t1 = time.perf_counter_ns()
+from pyvfio.fake import System
+from pyvfio.setup import binding
+from pyvfio.toolkit.attach import open_attached
+import pyvfio.core.sysfs
+t2 = time.perf_counter_ns()
+s = System("default")
+t3 = time.perf_counter_ns()
+b = s.backend
+binding.bind_group(pyvfio.core.sysfs.device_group("%s", b), force=True, backend=b,
+                   state=binding.BindingState(None))
+t4 = time.perf_counter_ns()
+with open_attached("%s", backend=b):
+    pass
+t5 = time.perf_counter_ns()
+print(t1 - t0, t3 - t2, t4 - t3, t5 - t4)
+""" % (EDU, EDU)
+
+
+def fake_first_machine(reps: int) -> Result:
+    """The first machine of a fresh interpreter (what a test session pays
+    once): ``import pyvfio.fake``, then the first ``System("default")``,
+    binding and ``open_attached``, which import the models, sysfs and the
+    drivers they need."""
+    env = _fresh_env()
+    names = ("import pyvfio.fake", "first System('default')", "first bind edu",
+             "first open_attached")
+    samples: dict[str, list[float]] = {n: [] for n in names}
+    samples["first machine in all"] = []
+    for _ in range(reps):
+        out = subprocess.run([sys.executable, "-c", _FIRST], env=env, check=True,
+                             capture_output=True, text=True).stdout.split()
+        for n, v in zip(names, out):
+            samples[n].append(float(v))
+        samples["first machine in all"].append(sum(float(v) for v in out[1:]))
+    return Result("fake.first_machine", "fake: the first machine of a fresh interpreter", "ns",
+                  samples, params={"reps": reps},
+                  notes="wall clock inside the interpreter; the bytecode cache is written first")
+
+
+def fake_import_time(reps: int) -> Result:
+    """``import pyvfio.fake`` in fresh interpreters: the wall clock over a
+    bare interpreter, ``-X importtime``'s cumulative figure, and the fake's
+    own part (``pyvfio.fake``'s cumulative figure when ``pyvfio`` was
+    imported first)."""
+    env = _fresh_env()
+    py = sys.executable
+
+    def wall(code: str) -> float:
+        t0 = time.perf_counter_ns()
+        subprocess.run([py, "-c", code], env=env, check=True)
+        return float(time.perf_counter_ns() - t0)
+
+    def importtime(code: str, module: str) -> float:
+        proc = subprocess.run([py, "-X", "importtime", "-c", code], env=env, check=True,
+                              capture_output=True, text=True)
+        for line in proc.stderr.splitlines():
+            m = _IMPORTTIME.match(line)
+            if m and m.group(4) == module:
+                return int(m.group(2)) * 1000.0
+        raise RuntimeError(f"-X importtime did not report {module}")
+
+    compile_bytecode()
+    wall("import pyvfio.fake")  # warm the page cache
+    names = ("wall - bare interpreter", "-X importtime cumulative",
+             "-X importtime, pyvfio.fake after pyvfio", "-X importtime, pyvfio")
+    samples: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(reps):
+        pair = [("bare", "pass"), ("full", "import pyvfio.fake")]
+        if r % 2:
+            pair.reverse()
+        got = {name: wall(code) for name, code in pair}
+        samples[names[0]].append(got["full"] - got["bare"])
+        samples[names[1]].append(importtime("import pyvfio.fake", "pyvfio.fake"))
+        samples[names[2]].append(importtime("import pyvfio; import pyvfio.fake", "pyvfio.fake"))
+        samples[names[3]].append(importtime("import pyvfio", "pyvfio"))
+    return Result("fake.import", "import pyvfio.fake (fresh interpreter)", "ns", samples,
+                  limits=[(names[0], FAKE_IMPORT_NS), (names[1], FAKE_IMPORT_NS)],
+                  params={"reps": reps},
+                  notes="pyvfio.fake's cumulative figure includes import pyvfio (the package "
+                        "it lives in); the third row is the fake's own part")
+
+
+def fake_mmio(reps: int, target_s: float) -> Result:
+    """``RegionMapping.read32``/``write32`` on edu's BAR0 mapped from the
+    fake kernel (what a driver's register access costs in a unit test): the
+    objects layer's accessor and the fake's mapping under it."""
+    from pyvfio.fake import System
+    from pyvfio.toolkit.attach import open_attached
+
+    system = System("minimal")
+    _bind_edu(system)
+    with open_attached(EDU, backend=system.backend) as (dev, _space):
+        dev.config.enable(memory=True)
+        mapping = dev.regions["BAR0"].mmap()
+        try:
+            if mapping.read32(0) & 0xFFFF != 0x00ED:
+                raise RuntimeError(f"edu BAR0 ident reads {mapping.read32(0):#x}")
+            model = system.device(EDU).model
+            log = model.mmio_log
+            read32, write32 = mapping.read32, mapping.write32
+
+            def reads(iters: int) -> float:
+                t0 = time.perf_counter_ns()
+                for _ in range(iters):
+                    read32(0)
+                ns = (time.perf_counter_ns() - t0) / iters
+                log.clear()  # edu logs every access: keep the list short
+                return ns
+
+            def writes(iters: int) -> float:
+                t0 = time.perf_counter_ns()
+                for _ in range(iters):
+                    write32(4, 0x5A)
+                ns = (time.perf_counter_ns() - t0) / iters
+                log.clear()
+                return ns
+
+            variants = {"RegionMapping.read32 (ident 0x0)": reads,
+                        "RegionMapping.write32 (liveness 0x4)": writes}
+            iters = {n: calibrate(fn, target_s) for n, fn in variants.items()}
+            samples = interleaved(variants, iters, reps)
+        finally:
+            mapping.close()
+    return Result("fake.mmio", "fake MMIO: edu BAR0 register accesses through the mapping",
+                  "ns/op", samples, limits=[("RegionMapping.read32 (ident 0x0)", FAKE_MMIO_NS)],
+                  params={"iters": iters, "reps": reps})
 
 
 # -- fake kernel and setup layer: scaling with their inputs -----------------------------------
@@ -644,6 +810,13 @@ def run(reps: int, quick: bool, log: Callable[[str], None] = print) -> list[Resu
     results += objects_overhead(reps, target)
     log("bench: fake device open-to-ready")
     results.append(fake_ready(reps, target))
+    log("bench: import pyvfio.fake")
+    results.append(fake_import_time(max(reps, 7)))
+    log("bench: fake machine per test")
+    results.append(fake_machine(reps, target))
+    results.append(fake_first_machine(max(reps, 7)))
+    log("bench: fake MMIO")
+    results.append(fake_mmio(reps, target))
     scales = SCALES[:2] if quick else SCALES
     for kind in ("ioas", "type1"):
         results.append(fake_scaling(kind, reps, target, scales, log))

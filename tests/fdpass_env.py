@@ -44,6 +44,11 @@ def drive_edu(server: socket.socket, backend: Backend | None = None,
                     dma_ok, iova = driver.dma_round_trip()
                 finally:
                     driver.close()
+                    # the sender hangs up once its own copies of the fds are
+                    # closed: until then the files stay open (the device
+                    # stays attached), so wait for that before closing ours
+                    # (a sender in the same process may still hold them)
+                    conn.recv(1)
     return {"kinds": kinds, "liveness": live, "factorial": fact, "dma": dma_ok,
             "iova": iova, "uid": os.getuid(),
             "ok": live and fact == 3628800 and dma_ok}

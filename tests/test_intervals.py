@@ -72,6 +72,7 @@ def _run_against_reference(ops: list[tuple[bool, int, int]]) -> None:
                 ref[start] = last
         elif start in ref:
             assert m.remove(start) == (ref.pop(start), start)
+        assert m.overlaps(start, last) == any(s <= last and start <= l for s, l in ref.items())
         probe = start + length // 2
         expected = next(((s, l) for s, l in ref.items() if s <= probe <= l), None)
         found = m.find(probe)

@@ -57,6 +57,9 @@ __all__ = [
 
 _LOG = logging.getLogger(__name__)
 
+#: The host's page size in bytes (pinned pages are charged in these).
+_HOST_PAGE = os.sysconf("SC_PAGE_SIZE")
+
 
 def errno_error(err: int, detail: str = "") -> OSError:
     """An OSError as the kernel would return it (``detail`` is for debugging)."""
@@ -194,8 +197,7 @@ class UserMemory:
         with self._lock:
             limit = self._limit()
             if limit >= 0:
-                page = os.sysconf("SC_PAGE_SIZE")
-                if (self.pinned_pages + pages) * page > limit:
+                if (self.pinned_pages + pages) * _HOST_PAGE > limit:
                     raise errno_error(errno.ENOMEM, "RLIMIT_MEMLOCK exceeded")
             self.pinned_pages += pages
 
@@ -216,12 +218,17 @@ class UserMemory:
         ffi.memmove(ffi.cast("char *", va), data, len(data))
 
 
-@dataclass
 class _OpenFile:
-    file: FakeFile
-    refs: int = 1  #: fds of the fake's table that name the file
-    holder: int = -1  #: the write end of the placeholder pipe, kept by the fake
-    key: tuple[int, int] = (0, 0)  #: (st_dev, st_ino) of the placeholder pipe
+    """An fd table entry (a plain class: a dataclass costs its import time)."""
+
+    __slots__ = ("file", "refs", "holder", "key")
+
+    def __init__(self, file: FakeFile, refs: int = 1, holder: int = -1,
+                 key: tuple[int, int] = (0, 0)) -> None:
+        self.file = file
+        self.refs = refs  #: fds of the fake's table that name the file
+        self.holder = holder  #: the write end of the placeholder pipe, kept by the fake
+        self.key = key  #: (st_dev, st_ino) of the placeholder pipe
 
 
 #: Permissions of the device nodes (the misc devices' ``mode``: vfio's
@@ -477,7 +484,8 @@ class FakeBackend(Backend):
         if not isinstance(arg, (int, ffi.CData)):
             # what fcntl.ioctl says to the real backend for such an argument
             raise TypeError(f"an ioctl argument is an int or a cffi pointer, not {type(arg).__name__}")
-        file = self.file(fd)
+        entry = self._files.get(fd)
+        file = entry.file if entry is not None else self.file(fd)  # EBADF
         with self.system.lock:
             token = enter(self.system)
             try:

@@ -53,7 +53,6 @@ from __future__ import annotations
 import errno as _errno
 import os
 import threading
-import traceback
 import weakref
 from dataclasses import dataclass, field
 from typing import Iterable
@@ -225,6 +224,8 @@ class FaultInjector:
         if not self.should_fail(kind):
             return
         err = self._errno if self._errno is not None else NATURAL_ERRNO[kind]
+        import traceback  # only when a failure is injected (it pulls in textwrap)
+
         where = traceback.format_list(traceback.extract_stack(limit=12)[:-1])
         self.injected.append(InjectedFault(kind, self.seen, err, where))
         raise OSError(err, f"{os.strerror(err)} (injected {kind} failure #{self.seen})")

@@ -90,7 +90,10 @@ class IntervalMap(Generic[V]):
 
     def overlaps(self, start: int, last: int) -> bool:
         """Whether any interval overlaps ``[start, last]``."""
-        return next(self.overlapping(start, last), None) is not None
+        # The intervals are disjoint and sorted, so their ends are sorted
+        # too: the one starting last at or before ``last`` ends last.
+        first = self._starts.floor(last)
+        return first is not None and self._entries[first][0] >= start
 
     # -- updates ----------------------------------------------------------------
     def insert(self, start: int, last: int, value: V) -> None:

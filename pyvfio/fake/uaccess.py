@@ -17,7 +17,9 @@ What a user pointer may reach, checked before any byte moves:
 * any other address (an int, a cast pointer) must lie in memory this
   process has mapped, readable, and writable for a write, as
   ``/proc/self/maps`` shows it: anything else is EFAULT, never a fault of
-  the interpreter.
+  the interpreter.  The maps are asked with PROCMAP_QUERY (Linux 6.11: one
+  system call per VMA the range crosses), or read as text where the
+  kernel lacks it.
 
 Each copy is an injection point of :mod:`pyvfio.fake.fault_inject`
 (kinds ``copy_from_user`` and ``copy_to_user``, should_fail_usercopy):
@@ -31,8 +33,10 @@ from __future__ import annotations
 
 import bisect
 import errno
+import fcntl
 import os
-import re
+import struct
+import threading
 from typing import Any
 
 from .._uapi import ffi
@@ -51,7 +55,8 @@ __all__ = [
 #: TASK_SIZE_MAX on x86-64 (4-level paging): user addresses end below it.
 TASK_SIZE_MAX = (1 << 47) - 4096
 _ULONG = (1 << 64) - 1
-_OWNING = re.compile(r"owning (\d+) bytes")
+_CHARP = ffi.typeof("char *")
+_UINTPTR = ffi.typeof("uintptr_t")
 
 
 def _efault(detail: str) -> OSError:
@@ -67,6 +72,59 @@ def _mappings() -> list[tuple[int, int, str]]:
             lo, hi = addr.split("-")
             regions.append((int(lo, 16), int(hi, 16), perms))
     return regions
+
+
+# PROCMAP_QUERY (include/uapi/linux/fs.h, Linux 6.11): an ioctl on an open
+# /proc/<pid>/maps that answers for the one VMA covering an address, with
+# the same start, end and permissions the text shows, in one system call
+# instead of a read and parse of the whole file.
+_PROCMAP_QUERY_SIZE = 104  # sizeof(struct procmap_query)
+_PROCMAP_QUERY = (3 << 30) | (_PROCMAP_QUERY_SIZE << 16) | (ord("f") << 8) | 17  # _IOWR('f', 17, ...)
+_VMA_READABLE, _VMA_WRITABLE = 0x1, 0x2
+_QUERY = struct.Struct("<QQQQQQ")  # size, query_flags, query_addr, vma_start, vma_end, vma_flags
+# (pid, fd) of this process's open /proc/self/maps; fd -1 when the kernel
+# has no PROCMAP_QUERY (then the text is read on each check)
+_maps_fd: tuple[int, int] | None = None
+_maps_lock = threading.Lock()
+
+
+def _query_fd() -> int:
+    """This process's /proc/self/maps opened for PROCMAP_QUERY, or -1
+    without it (a child after fork opens its own: the parent's file
+    answers for the parent's memory)."""
+    global _maps_fd
+    held = _maps_fd
+    pid = os.getpid()
+    if held is not None and held[0] == pid:
+        return held[1]
+    with _maps_lock:
+        held = _maps_fd
+        if held is not None and held[0] == pid:
+            return held[1]
+        fd = os.open("/proc/self/maps", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            fcntl.ioctl(fd, _PROCMAP_QUERY, _query_buffer(0), True)
+        except OSError as e:
+            if e.errno in (errno.ENOTTY, errno.EINVAL, errno.E2BIG):
+                os.close(fd)
+                fd = -1
+            # ENOENT (nothing mapped at 0): the query works
+        _maps_fd = (pid, fd)
+        return fd
+
+
+def _query_buffer(address: int) -> bytearray:
+    buf = bytearray(_PROCMAP_QUERY_SIZE)
+    _QUERY.pack_into(buf, 0, _PROCMAP_QUERY_SIZE, 0, address, 0, 0, 0)
+    return buf
+
+
+def _forget_maps_fd() -> None:
+    global _maps_fd
+    _maps_fd = None  # the inherited fd stays open and unused (another thread may hold it)
+
+
+os.register_at_fork(after_in_child=_forget_maps_fd)
 
 
 def access_ok(address: int, length: int) -> bool:
@@ -85,6 +143,29 @@ def check_user_range(address: int, length: int, write: bool) -> None:
     if not access_ok(address, length):
         raise _efault(f"user address {address:#x} (+{length} bytes) is not a user address")
     end = address + length
+    fd = _query_fd()
+    if fd < 0:
+        _check_in_text(address, end, write)
+        return
+    pos = address
+    need = _VMA_READABLE | (_VMA_WRITABLE if write else 0)
+    while pos < end:
+        buf = _query_buffer(pos)
+        try:
+            fcntl.ioctl(fd, _PROCMAP_QUERY, buf, True)
+        except OSError as e:
+            if e.errno == errno.ENOENT:  # no VMA covers pos
+                raise _efault(f"user address {pos:#x} is not mapped") from None
+            raise
+        _size, _qflags, _addr, _lo, hi, flags = _QUERY.unpack_from(buf)
+        if flags & need != need:
+            raise _efault(f"user address {pos:#x} is not {'writable' if write else 'readable'}")
+        pos = hi
+
+
+def _check_in_text(address: int, end: int, write: bool) -> None:
+    """check_user_range over the text of /proc/self/maps (kernels without
+    PROCMAP_QUERY)."""
     regions = _mappings()
     starts = [r[0] for r in regions]
     pos = address
@@ -106,7 +187,8 @@ def copy_from_user(address: int, length: int) -> bytes:
     if fault_inject.ARMED:  # should_fail_usercopy
         fault_inject.inject("copy_from_user")
     check_user_range(address, length, False)
-    return bytes(ffi.buffer(ffi.cast("char *", address), length))
+    data: bytes = ffi.buffer(ffi.cast(_CHARP, address), length)[:]
+    return data
 
 
 def copy_to_user(address: int, data: bytes | bytearray | memoryview) -> None:
@@ -117,7 +199,7 @@ def copy_to_user(address: int, data: bytes | bytearray | memoryview) -> None:
     if fault_inject.ARMED:  # should_fail_usercopy
         fault_inject.inject("copy_to_user")
     check_user_range(address, length, True)
-    ffi.memmove(ffi.cast("char *", address), bytes(data), length)
+    ffi.memmove(ffi.cast(_CHARP, address), bytes(data), length)
 
 
 class UserPtr:
@@ -139,21 +221,26 @@ class UserPtr:
     def __init__(self, arg: IoctlArg) -> None:
         self.address: int
         self.extent: int | None = None
-        if not isinstance(arg, (int, ffi.CData)):
-            raise TypeError(f"an ioctl argument is an int or a cffi pointer, not {type(arg).__name__}")
         if isinstance(arg, int):
             self.address = arg & _ULONG
             return
-        kind = ffi.typeof(arg).kind
-        if kind not in ("pointer", "array"):
-            raise TypeError(f"an ioctl argument is an int or a cffi pointer, not {ffi.typeof(arg).cname}")
-        self.address = int(ffi.cast("uintptr_t", arg))
-        if kind == "array":
+        if not isinstance(arg, ffi.CData):
+            raise TypeError(f"an ioctl argument is an int or a cffi pointer, not {type(arg).__name__}")
+        ctype = ffi.typeof(arg)
+        kind = ctype.kind
+        if kind == "pointer":
+            self.address = int(ffi.cast(_UINTPTR, arg))
+            # an owning pointer (ffi.new) shows its size: "... owning 40 bytes>"
+            text = repr(arg)
+            if text.endswith(" bytes>"):
+                at = text.rfind(" owning ")
+                if at >= 0:
+                    self.extent = int(text[at + 8:-7])
+        elif kind == "array":
+            self.address = int(ffi.cast(_UINTPTR, arg))
             self.extent = int(ffi.sizeof(arg))
         else:
-            owning = _OWNING.search(repr(arg))
-            if owning is not None:
-                self.extent = int(owning.group(1))
+            raise TypeError(f"an ioctl argument is an int or a cffi pointer, not {ctype.cname}")
 
     @classmethod
     def from_value(cls, value: Any) -> UserPtr:
@@ -161,7 +248,7 @@ class UserPtr:
         pointer member): a raw address, checked against the mappings."""
         if isinstance(value, int):
             return cls(value)
-        return cls(int(ffi.cast("uintptr_t", value)))
+        return cls(int(ffi.cast(_UINTPTR, value)))
 
     def check(self, offset: int, length: int, write: bool) -> None:
         """EFAULT unless ``length`` bytes at ``offset`` may be accessed."""
@@ -185,7 +272,18 @@ class UserPtr:
         if fault_inject.ARMED:  # should_fail_usercopy
             fault_inject.inject("copy_from_user")
         self.check(offset, length, False)
-        return bytes(ffi.buffer(ffi.cast("char *", self.address + offset), length))
+        data: bytes = ffi.buffer(ffi.cast(_CHARP, self.address + offset), length)[:]
+        return data
+
+    def read_into(self, offset: int, obj: Any, length: int) -> None:
+        """copy_from_user of ``length`` bytes at ``offset`` into the kernel
+        object ``obj`` (a cffi pointer to at least ``length`` bytes)."""
+        if length <= 0:
+            return
+        if fault_inject.ARMED:  # should_fail_usercopy
+            fault_inject.inject("copy_from_user")
+        self.check(offset, length, False)
+        ffi.memmove(obj, ffi.cast(_CHARP, self.address + offset), length)
 
     def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         """copy_to_user of ``data`` at ``offset``."""
@@ -195,7 +293,19 @@ class UserPtr:
         if fault_inject.ARMED:  # should_fail_usercopy
             fault_inject.inject("copy_to_user")
         self.check(offset, length, True)
-        ffi.memmove(ffi.cast("char *", self.address + offset), bytes(data), length)
+        if type(data) is not bytes:
+            data = bytes(data)
+        ffi.memmove(ffi.cast(_CHARP, self.address + offset), data, length)
+
+    def write_from(self, offset: int, obj: Any, length: int) -> None:
+        """copy_to_user of the first ``length`` bytes of the kernel object
+        ``obj`` (a cffi pointer to at least ``length`` bytes) at ``offset``."""
+        if length <= 0:
+            return
+        if fault_inject.ARMED:  # should_fail_usercopy
+            fault_inject.inject("copy_to_user")
+        self.check(offset, length, True)
+        ffi.memmove(ffi.cast(_CHARP, self.address + offset), obj, length)
 
     def read_u32(self, offset: int = 0) -> int:
         """get_user of a ``__u32`` at ``offset``."""
@@ -220,15 +330,18 @@ class UserPtr:
         size = int(ffi.sizeof(ctype))
         n = size if length is None else min(length, size)
         obj = ffi.new(ctype + " *")
-        if n > 0:
-            ffi.memmove(obj, self.read(offset, n), n)
+        self.read_into(offset, obj, n)
         return obj
 
     def write_struct(self, obj: Any, offset: int = 0, length: int | None = None) -> None:
         """copy_to_user of the first ``length`` bytes (default: all) of the
         kernel struct ``obj``."""
-        data = bytes(ffi.buffer(obj))
-        self.write(offset, data if length is None else data[:length])
+        size = len(ffi.buffer(obj))
+        if length is None:
+            n = size
+        else:  # as bytes(obj)[:length] would cut it
+            n = min(length, size) if length >= 0 else max(size + length, 0)
+        self.write_from(offset, obj, n)
 
     def copy_struct_from_user(self, ctype: str, usize: int) -> Any:
         """copy_struct_from_user: the kernel's ``ctype`` from a user struct

@@ -73,6 +73,27 @@ def test_topology_from_file_and_dict(tmp_path):
         assert system.device("00:02.0").class_code == 0xFF0000
 
 
+def test_a_file_loaded_again_is_a_fresh_copy_of_its_current_contents(tmp_path):
+    """Loading a file checks it once per contents: each load is a copy of
+    its own, and a file rewritten at once (same size) is read anew."""
+    def topo(vendor):
+        return {"name": "tiny", "devices": [{"bdf": "00:02.0", "model": "generic",
+                                             "vendor": vendor, "device": "0x1041"}]}
+
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(topo("0x1af4")))
+    first = load(str(path))
+    first["devices"][0]["vendor"] = 0x1234
+    first["devices"].append({"bdf": "00:03.0"})
+    again = load(str(path))
+    assert again["devices"][0]["vendor"] == 0x1AF4 and len(again["devices"]) == 1
+    path.write_text(json.dumps(topo("0x1af5")))
+    assert load(str(path))["devices"][0]["vendor"] == 0x1AF5
+    path.write_text("{")
+    with pytest.raises(TopologyError, match="invalid JSON"):
+        load(str(path))
+
+
 @pytest.mark.parametrize("topo, message", [
     ({"devices": [{"bdf": "00:02.0", "model": "edu"}], "extra": 1}, "unknown key"),
     ({"devices": [{"bdf": "zz:02.0", "model": "edu"}]}, "not a PCI address"),

@@ -120,11 +120,11 @@ class Ucmd:
             # copy_struct_from_user of a struct no larger than the kernel's:
             # one copy_from_user into a zeroed kernel struct
             self.cmd = ffi.new(ptype)
-            ffi.memmove(self.cmd, user.read(0, user_size), user_size)
+            user.read_into(0, self.cmd, user_size)
 
     def respond(self) -> None:
         """iommufd_ucmd_respond: copy back up to the user's size."""
-        self.user.write(0, ffi.buffer(self.cmd, min(self.user_size, self.ksize))[:])
+        self.user.write_from(0, self.cmd, min(self.user_size, self.ksize))
 
 
 class IommufdFile(FakeFile):

@@ -112,6 +112,7 @@ __all__ = [
 ]
 
 _PAGE = _mmap.PAGESIZE
+_WIDTHS = frozenset((1, 2, 4, 8))
 
 # -- interrupt indexes (the values of VFIO_PCI_*_IRQ_INDEX) -------------------
 #: Interrupt index of the legacy INTx line (VFIO_PCI_INTX_IRQ_INDEX).
@@ -439,7 +440,9 @@ class DeviceModel(ConfigSpace):
     # -- BAR access --------------------------------------------------------
     def bar_read(self, index: int, offset: int, width: int) -> int:
         """One read of ``width`` bytes at ``offset`` in BAR ``index``."""
-        bar = self._bar_access(index, offset, width)
+        bar = self.bars.get(index)
+        if bar is None or width not in _WIDTHS or offset < 0 or offset + width > bar.size:
+            bar = self._bar_access(index, offset, width)  # raises the error
         msix = self.msix
         if msix is not None:
             if index == msix.table_bar and msix.table_offset <= offset < msix.table_offset + msix.table_size:
@@ -455,7 +458,9 @@ class DeviceModel(ConfigSpace):
 
     def bar_write(self, index: int, offset: int, width: int, value: int) -> None:
         """One write of ``width`` bytes at ``offset`` in BAR ``index``."""
-        bar = self._bar_access(index, offset, width)
+        bar = self.bars.get(index)
+        if bar is None or width not in _WIDTHS or offset < 0 or offset + width > bar.size:
+            bar = self._bar_access(index, offset, width)  # raises the error
         value &= (1 << (8 * width)) - 1
         msix = self.msix
         if msix is not None:

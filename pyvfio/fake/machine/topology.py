@@ -103,7 +103,6 @@ lowest free ids in order; devices not listed get derived groups.
 from __future__ import annotations
 
 import copy
-import json
 import os
 import re
 from typing import Any
@@ -247,6 +246,8 @@ def shipped() -> list[str]:
 
 
 def _read_json(path: str) -> dict[str, Any]:
+    import json  # only when a file is read (pyvfio.fake's import does not need it)
+
     try:
         with open(path, "rb") as f:
             text = f.read().decode("utf-8")
@@ -265,6 +266,31 @@ def _read_json(path: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise TopologyError(f"{path}: a topology is a JSON object, not {type(data).__name__}")
     return data
+
+
+#: Validated topologies of files by (path, contents): each machine of a
+#: test suite built from the same file checks it once.
+_FILE_CACHE: dict[tuple[str, bytes], dict[str, Any]] = {}
+_FILE_CACHE_MAX = 16
+
+
+def _load_file(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            key: tuple[str, bytes] | None = (os.path.abspath(path), f.read())
+    except OSError:
+        key = None  # _read_json says why
+    cached = _FILE_CACHE.get(key) if key is not None else None
+    if cached is None:
+        raw = _read_json(path)
+        raw.setdefault("name", os.path.splitext(os.path.basename(path))[0])
+        cached = _validate(raw)
+        if key is not None:
+            if len(_FILE_CACHE) >= _FILE_CACHE_MAX:
+                _FILE_CACHE.clear()
+            _FILE_CACHE[key] = cached
+    copied: dict[str, Any] = _copy(cached)
+    return copied
 
 
 def load(source: dict[str, Any] | str | os.PathLike[str]) -> dict[str, Any]:
@@ -291,8 +317,7 @@ def _load(source: dict[str, Any] | str | os.PathLike[str]) -> dict[str, Any]:
             path = text
             if not os.path.exists(path):
                 raise TopologyError(f"no topology file {path!r}")
-        raw = _read_json(path)
-        raw.setdefault("name", os.path.splitext(os.path.basename(path))[0])
+        return _load_file(path)
     else:
         raise TopologyError(
             f"a topology is a dict, a JSON file path or a shipped name, not {type(source).__name__}"

@@ -190,8 +190,8 @@ class NvmeController(DeviceModel):
         ns_size = int(spec.get("model_ns_size", 4 << 20))
         if ns_size % LBA_SIZE or ns_size <= 0:
             raise ValueError("model_ns_size must be a positive multiple of 512")
-        #: Namespace 1: the disk's contents.
-        self.namespace = bytearray(ns_size)
+        self._ns_size = ns_size
+        self._namespace: bytearray | None = None  # allocated on first use
         # the order QEMU's nvme lists them in (measured in the VM)
         self.add_msix_capability(self.msix_qsize, table_bar=0, table_offset=0x2000, pba_offset=0x3000)
         self.add_pcie_capability(flr=True)
@@ -201,6 +201,14 @@ class NvmeController(DeviceModel):
         self.dma_errors = 0
         self.commands: list[tuple[int, int, int]] = []
         self._init_state()
+
+    @property
+    def namespace(self) -> bytearray:
+        """Namespace 1: the disk's contents (zeros until written), allocated
+        when first used."""
+        if self._namespace is None:
+            self._namespace = bytearray(self._ns_size)
+        return self._namespace
 
     # -- controller state -----------------------------------------------------------
     def _init_state(self) -> None:
@@ -629,7 +637,7 @@ class NvmeController(DeviceModel):
 
     def _id_ns(self) -> bytearray:
         d = bytearray(4096)
-        blocks = len(self.namespace) >> LBA_SHIFT
+        blocks = self._ns_size >> LBA_SHIFT
         d[0:8] = blocks.to_bytes(8, "little")  # NSZE
         d[8:16] = blocks.to_bytes(8, "little")  # NCAP
         d[16:24] = blocks.to_bytes(8, "little")  # NUSE
@@ -741,7 +749,7 @@ class NvmeController(DeviceModel):
         length = nlb << LBA_SHIFT
         if length > (1 << self.mdts) * 4096:
             return SC_INVALID_FIELD | DNR, 0
-        blocks = len(self.namespace) >> LBA_SHIFT
+        blocks = self._ns_size >> LBA_SHIFT
         if slba + nlb > blocks:
             return SC_LBA_RANGE | DNR, 0
         start = slba << LBA_SHIFT

@@ -249,8 +249,14 @@ class Type1Iommu(IoDomain):
         return 1 << _ffs(self.pgsize_bitmap)
 
     def vfio_find_dma(self, start: int, size: int) -> _Dma | None:
-        """vfio_find_dma: a mapping overlapping ``[start, start + size)``."""
-        hit = next(self.dma.overlapping(start, min(start + size - 1, _U64)), None)
+        """vfio_find_dma: a mapping overlapping ``[start, start + size)``
+        (the lowest one)."""
+        last = min(start + size - 1, _U64)
+        hit = self.dma.find(start)
+        if hit is None:
+            if not self.dma.overlaps(start, last):
+                return None
+            hit = next(self.dma.overlapping(start, last), None)
         return hit[2] if hit else None
 
     def vfio_iommu_iova_dma_valid(self, start: int, end: int) -> bool:

@@ -673,4 +673,5 @@ def vfio_bar_fixup(vdev: VfioPciCore) -> None:
 
 def vfio_pci_memory_enabled(vdev: VfioPciCore) -> bool:
     """__vfio_pci_memory_enabled: the user's memory enable, in D0-D2."""
-    return vdev.model.power_state < 3 and bool(_vget(vdev, PCI_COMMAND, 2) & PCI_COMMAND_MEMORY)
+    # PCI_COMMAND_MEMORY is a bit of the register's low byte
+    return vdev.model.power_state < 3 and bool(vdev.vconfig[PCI_COMMAND] & PCI_COMMAND_MEMORY)

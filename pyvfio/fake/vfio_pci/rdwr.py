@@ -263,6 +263,7 @@ def vfio_pci_core_mmap(df: VfioDeviceFile, length: int, prot: int, flags: int, o
     return m
 
 
+_WIDTHS = frozenset((1, 2, 4, 8))
 _READERS = {1: "pyvfio_read8", 2: "pyvfio_read16", 4: "pyvfio_read32", 8: "pyvfio_read64"}
 _WRITERS = {1: "pyvfio_write8", 2: "pyvfio_write16", 4: "pyvfio_write32", 8: "pyvfio_write64"}
 
@@ -285,6 +286,10 @@ class _BarMap(MemoryMap):
         return self._closed
 
     def _check(self, offset: int, width: int) -> None:
+        self._check_args(offset, width)
+        self._check_fault()
+
+    def _check_args(self, offset: int, width: int) -> None:
         if self._closed:
             raise ValueError("the mapping is closed")
         if width not in (1, 2, 4, 8):
@@ -293,11 +298,16 @@ class _BarMap(MemoryMap):
             raise ValueError(f"access of {width} bytes at offset {offset:#x} is outside the mapping")
         if offset % width:
             raise ValueError(f"offset {offset:#x} is not aligned to the access width {width}")
+
+    def _check_fault(self) -> VfioPciCore:
+        """What the fault handler checks; returns the device's core."""
         core = self.file.core
-        core.poll()
+        if core.intx_ctx.unmask_fd is not None or core.ioeventfds:
+            core.poll()
         if core.pm_runtime_engaged or core.suspended or not vfio_pci_memory_enabled(core):
             # vfio_pci_mmap_fault: VM_FAULT_SIGBUS
             raise BusError(f"BAR{self.index} access while memory decode is off or the device is in low power")
+        return core
 
     def _range(self, offset: int, size: int) -> None:
         if self._closed:
@@ -355,26 +365,34 @@ class _RegisterMap(_BarMap):
             raise OSError(err[0], os.strerror(err[0]))
         self._pointer = pointer
         self.address = int(ffi.cast("uintptr_t", pointer))
+        self._lock = file.system.lock
+        self._bar_size = bar.size
 
     def read(self, offset: int, width: int) -> int:
-        with self.file.system.lock:
-            self._check(offset, width)
+        with self._lock:
+            if (self._closed or width not in _WIDTHS or offset < 0
+                    or offset + width > self.length or offset % width):
+                self._check_args(offset, width)
+            core = self._check_fault()
             pos = self.start + offset
-            if pos + width > self.bar.size:
+            if pos + width > self._bar_size:
                 return (1 << (8 * width)) - 1  # beyond a sub-page BAR
-            return device_read(self.file.core, self.index, pos, width)
+            return device_read(core, self.index, pos, width)
 
     def write(self, offset: int, width: int, value: int) -> None:
         if not 0 <= value < 1 << (8 * width):
             raise ValueError(f"value {value:#x} does not fit in {width} bytes")
-        with self.file.system.lock:
-            self._check(offset, width)
+        with self._lock:
+            if (self._closed or width not in _WIDTHS or offset < 0
+                    or offset + width > self.length or offset % width):
+                self._check_args(offset, width)
+            core = self._check_fault()
             if not self.writable:
                 raise BusError("write to a read-only mapping")
             pos = self.start + offset
-            if pos + width > self.bar.size:
+            if pos + width > self._bar_size:
                 return
-            device_write(self.file.core, self.index, pos, width, value)
+            device_write(core, self.index, pos, width, value)
 
     def buffer(self) -> memoryview:
         raise BusError(f"BAR{self.index} is device registers: use read()/write() with a width")
