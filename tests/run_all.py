@@ -6,10 +6,15 @@
 1. The host suite: ``pytest`` on this machine (bindings, layout proof,
    objects on the fake kernel, the fake itself).  Tests marked ``kernel``
    are skipped here.
-2. The guest suite: ``tests/vm/guest.py --pytest`` boots a Linux 7.3 guest
-   with an emulated IOMMU (building the kernel on first use) and runs the
-   tests marked ``kernel`` in it; a second boot with ``intel_iommu=off``
-   runs those marked ``iommu_off`` (the kernel's self-test IOMMU, no-IOMMU mode).
+2. The guest suites: ``tests/vm/guest.py --pytest`` boots a Linux 7.3 guest
+   (building the kernel on first use) and runs the tests marked ``kernel``
+   in it, once per IOMMU: Intel VT-d in legacy mode, then VT-d in scalable
+   mode with first-stage translation (``--iommu intel-sm``); each boot's
+   parity scenarios run against the fake machine captured in that VM.  A
+   last boot with ``intel_iommu=off`` runs those marked ``iommu_off`` (the
+   kernel's self-test IOMMU, no-IOMMU mode).  QEMU's AMD-Vi and
+   virtio-iommu (``--iommu amd|virtio``) do not give a usable guest here
+   yet; tests/vm/README.md says why.
 
 The last line is the combined count in pytest's form.  When the VM cannot
 run here (no root to install QEMU, for example) the guest suite is
@@ -77,7 +82,7 @@ def run_suite(title: str, command: list[str], junit: Path,
     c = counts(junit)
     for k in total:
         total[k] += c[k]
-    print(f"{title.split()[0]}: {line(c)}", flush=True)
+    print(f"{title.split(' (')[0]}: {line(c)}", flush=True)
     return rc, True
 
 
@@ -106,6 +111,9 @@ def main() -> int:
             boots = [
                 ("guest suite (Linux 7.3 VM, emulated Intel IOMMU)", "guest-junit.xml", [],
                  "kernel and not iommu_off"),
+                ("guest scalable-mode suite (Linux 7.3 VM, Intel IOMMU in scalable mode, "
+                 "first-stage translation)", "guest-intel-sm-junit.xml",
+                 ["--iommu", "intel-sm"], "kernel and not iommu_off"),
                 ("guest IOMMU-off suite (Linux 7.3 VM, intel_iommu=off: self-test IOMMU, "
                  "no-IOMMU mode)", "guest-iommu-off-junit.xml",
                  ["--append", "intel_iommu=off"], "iommu_off"),
@@ -121,7 +129,7 @@ def main() -> int:
                      "-p", "no:cacheprovider", "-m", marks, *args.pytest_args],
                     junit, total)
                 if not produced:
-                    print(f"{title.split()[0]}: SKIPPED: the test VM did not produce results "
+                    print(f"{title.split(' (')[0]}: SKIPPED: the test VM did not produce results "
                           f"(exit status {rc})", flush=True)
                     if os.environ.get("CI"):
                         status = 1

@@ -17,7 +17,8 @@ bus; the IOMMU groups as they are (non-PCI members left out); the IOMMU's
 reserved regions (those of every group at IOMMU level, the others on the
 group's first device), default domain type and, for Intel VT-d, the address
 width, page sizes, PASID width, interrupt remapping and snoop control
-decoded from the ``cap``/``ecap`` registers; loaded VFIO modules, vfio and
+decoded from the ``cap``/``ecap`` registers (kept as well: hw_info reports them,
+and they decide the stage of paging domains); loaded VFIO modules, vfio and
 type1 module parameters, NUMA nodes and RLIMIT_MEMLOCK; SR-IOV PFs
 (``sriov_totalvfs``, ``sriov_numvfs``) and their VFs (``physfn``); the
 kernel build (release, the VFIO-related options of its configuration and
@@ -130,6 +131,10 @@ def _intel_iommu(b: Backend, name: str, iommu: dict[str, Any]) -> None:
     base = f"/sys/class/iommu/{name}/intel-iommu"
     cap = sysfs._int(_read(b, f"{base}/cap"), 16)
     ecap = sysfs._int(_read(b, f"{base}/ecap"), 16)
+    if cap is not None and ecap is not None:
+        # the registers themselves: hw_info reports them, and they decide
+        # which stage (so which aperture) a paging domain gets
+        iommu["cap_reg"], iommu["ecap_reg"] = hex(cap), hex(ecap)
     if cap is not None:
         mgaw = ((cap >> 16) & 0x3F) + 1
         iommu["aperture"] = ["0x0", hex((1 << mgaw) - 1)]

@@ -597,7 +597,8 @@ def build_parser() -> argparse.ArgumentParser:
     def common_options(p: argparse.ArgumentParser, default: Any) -> None:
         p.add_argument("--fake", metavar="NAME|FILE", default=default,
                        help="run against a fake system: a shipped topology name "
-                            "(default, minimal, multi-group) or a JSON topology file")
+                            "(default, minimal, multi-group, qemu-vtd, qemu-vtd-sm) or a JSON "
+                            "topology file")
         p.add_argument("--json", action="store_true", default=default,
                        help="machine-readable output")
         p.add_argument("-v", "--verbose", action="count", default=default,

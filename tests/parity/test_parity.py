@@ -1,9 +1,13 @@
-"""Fake/real parity: each scenario runs on the fake kernel's "default"
-topology (a model of the test VM) and, inside the VM, on the real kernel;
-every difference is a failure.  The summary line "parity: N scenarios, M
-identical" is printed at the end of the run."""
+"""Fake/real parity: each scenario runs on the fake kernel's model of the
+test VM booted with a given IOMMU (the shipped machine captured in that VM:
+``qemu-vtd`` for VT-d in legacy mode, ``qemu-vtd-sm`` for scalable mode)
+and, inside the VM, on the real kernel; every difference is a failure.  The
+summary line "parity: N scenarios, M identical" is printed at the end of
+the run."""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 
@@ -13,8 +17,21 @@ from pyvfio.fake import System
 from .scenarios import SCENARIOS, Env, diff
 
 
-def run_fake(name: str) -> dict[str, object]:
-    system = System("default")
+#: tests/vm/guest.py --iommu NAME -> the shipped fake machine captured in that VM.
+VM_MACHINES = {"intel": "qemu-vtd", "intel-sm": "qemu-vtd-sm"}
+
+
+def vm_machine() -> str:
+    """The fake machine that models the VM these tests run in (on the host:
+    the VM's default IOMMU, VT-d in legacy mode)."""
+    iommu = os.environ.get("PYVFIO_GUEST_IOMMU", "intel")
+    if iommu not in VM_MACHINES:
+        pytest.skip(f"no fake machine models the test VM with IOMMU {iommu!r}")
+    return VM_MACHINES[iommu]
+
+
+def run_fake(name: str, machine: str | None = None) -> dict[str, object]:
+    system = System(machine or vm_machine())
     system.memlock_limit = -1  # the VM runs as root: CAP_IPC_LOCK skips the limit
     # The VM's kernel is built without CONFIG_TRANSPARENT_HUGEPAGE, which
     # caps the alignment of kernel-chosen IOVAs at PAGE_SIZE (iopt_alloc_iova).
@@ -25,9 +42,10 @@ def run_fake(name: str) -> dict[str, object]:
     return result
 
 
+@pytest.mark.parametrize("machine", ["default", *VM_MACHINES.values()])
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
-def test_scenario_runs_on_fake(name: str) -> None:
-    result = run_fake(name)
+def test_scenario_runs_on_fake(name: str, machine: str) -> None:
+    result = run_fake(name, machine)
     assert result, "a scenario must observe something"
 
 

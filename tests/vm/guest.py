@@ -70,7 +70,23 @@ RUN_SCRIPT = "run.sh"              # written by us into the share
 BOOT_MARKER = "pyvfio-init: running command"
 
 NVME_IMAGE_MIB = 16
-DEFAULT_CMDLINE = "console=ttyS0 intel_iommu=on panic=-1"
+DEFAULT_CMDLINE = "console=ttyS0 panic=-1"
+
+#: The IOMMUs the guest can have: name -> (QEMU device arguments, kernel
+#: command line).  ``intel``: VT-d in legacy mode, caching mode on (needed
+#: for assigning devices inside the guest), interrupt remapping;
+#: ``intel-sm``: VT-d in scalable mode with first-stage translation;
+#: ``amd``: AMD-Vi with interrupt remapping; ``virtio``: virtio-iommu
+#: (described to the guest by ACPI VIOT); ``off``: no IOMMU device and
+#: ``intel_iommu=off`` (the kernel's self-test IOMMU, no-IOMMU mode).
+IOMMUS: dict[str, tuple[list[str], str]] = {
+    "intel": (["-device", "intel-iommu,intremap=on,caching-mode=on"], "intel_iommu=on"),
+    "intel-sm": (["-device", "intel-iommu,intremap=on,caching-mode=on,"
+                  "x-scalable-mode=on,x-flts=on"], "intel_iommu=on,sm_on"),
+    "amd": (["-device", "amd-iommu,intremap=off"], ""),
+    "virtio": (["-device", "virtio-iommu-pci"], ""),
+    "off": ([], "intel_iommu=off"),
+}
 
 EXIT_TIMEOUT = 124
 EXIT_VM_FAILED = 125
@@ -163,8 +179,16 @@ die() { echo "pyvfio-init: $*"; sync; poweroff -f; }
 R=/host
 S=$R/run/pyvfio-share
 # The host's / (read-only, shared by -fsdev ...,readonly=on,multidevs=remap).
-mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=512000 \
-    hostroot $R || die "cannot mount the host root (9p tag hostroot)"
+# Behind a virtio-iommu the 9p devices probe only after the IOMMU's driver
+# (deferred probe): wait for the tag for up to 30 s.
+n=0
+until mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=512000 \
+        hostroot $R 2>/dev/null; do
+    n=$((n + 1))
+    [ $n -lt 30 ] || { ls /sys/bus/virtio/devices /sys/bus/virtio/drivers; \
+                       die "cannot mount the host root (9p tag hostroot)"; }
+    sleep 1
+done
 mount -t proc proc $R/proc
 mount -t sysfs sysfs $R/sys
 mount -t devtmpfs devtmpfs $R/dev
@@ -288,7 +312,8 @@ def device_args(tmpdir: Path) -> list[str]:
 
 def qemu_args(qemu: str, accel: str, kernel: Path, initrd: Path,
               cmdline: str, share: Path, qmp_sock: Path,
-              devices: list[str], memory: str, smp: int) -> list[str]:
+              devices: list[str], memory: str, smp: int,
+              iommu: str = "intel") -> list[str]:
     if accel == "kvm":
         accel_args = ["-accel", "kvm", "-cpu", "max"]
     else:
@@ -296,11 +321,11 @@ def qemu_args(qemu: str, accel: str, kernel: Path, initrd: Path,
     return [
         qemu, "-nodefaults", "-no-user-config", "-display", "none",
         "-no-reboot",
-        # kernel-irqchip=split: intel-iommu's interrupt remapping needs it.
+        # kernel-irqchip=split: interrupt remapping (VT-d, AMD-Vi) needs it.
         "-machine", "q35,kernel-irqchip=split", *accel_args,
         "-smp", str(smp), "-m", memory,
-        # caching-mode=on: required for assigning devices inside the guest.
-        "-device", "intel-iommu,intremap=on,caching-mode=on",
+        # The IOMMU comes before every PCI device it translates for.
+        *IOMMUS[iommu][0],
         "-kernel", str(kernel), "-initrd", str(initrd), "-append", cmdline,
         "-chardev", "stdio,id=con0,signal=off", "-serial", "chardev:con0",
         "-qmp", f"unix:{qmp_sock},server=on,wait=off",
@@ -457,8 +482,11 @@ def _run_guest_once(command: str, args: argparse.Namespace, *,
     share = tmpdir / "share"
     share.mkdir()
     qmp_sock = tmpdir / "qmp.sock"
-    write_run_script(share, command, Path(args.cwd), guest_env(args.env))
+    write_run_script(share, command, Path(args.cwd),
+                     guest_env([f"PYVFIO_GUEST_IOMMU={args.iommu}", *args.env]))
     cmdline = DEFAULT_CMDLINE + ("" if args.verbose else " quiet")
+    if IOMMUS[args.iommu][1]:
+        cmdline += " " + IOMMUS[args.iommu][1]
     keep = hidden_paths([args.cwd, sys.prefix])
     if keep:
         cmdline += " pyvfio.keep=" + ",".join(keep)
@@ -466,7 +494,7 @@ def _run_guest_once(command: str, args: argparse.Namespace, *,
         cmdline += " " + args.append
     smp = args.smp if args.smp is not None else default_smp(qemu, accel)
     argv = qemu_args(qemu, accel, kernel, initrd, cmdline, share, qmp_sock,
-                     device_args(tmpdir), args.memory, smp)
+                     device_args(tmpdir), args.memory, smp, args.iommu)
     console_log = Path(args.console_log) if args.console_log else tmpdir / "console.log"
 
     proc = None
@@ -645,6 +673,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--kernel", metavar="BZIMAGE",
                     default=os.environ.get("PYVFIO_KERNEL"),
                     help="kernel to boot (default: $PYVFIO_KERNEL or build_kernel.py's)")
+    ap.add_argument("--iommu", choices=tuple(IOMMUS), default="intel",
+                    help="the guest's IOMMU (default: intel, VT-d in legacy mode)")
     ap.add_argument("--append", metavar="ARGS", default="",
                     help="extra kernel command line, e.g. intel_iommu=off")
     ap.add_argument("--cwd", default=str(REPO),

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 __all__ = [
     "HW_INFO_TYPES", "HW_INFO_STRUCTS", "iommu_get_resv_regions", "dirty_tracking_capable",
     "max_pasids", "pri_supported", "driver_attach_check", "pasid_attach_check",
-    "domain_alloc_paging_flags", "vtd_regs",
+    "domain_alloc_paging_flags", "paging_domain_aperture", "vtd_regs",
 ]
 
 #: ``System.iommu.hw_info_type`` -> enum iommu_hw_info_type
@@ -126,6 +126,34 @@ def domain_alloc_paging_flags(system: System, idev: Idev, flags: int, user_data:
     if flags & lib.IOMMU_HWPT_ALLOC_DIRTY_TRACKING and not iommu.dirty_tracking:
         # intel_iommu_domain_alloc_second_stage: EOPNOTSUPP without SSADS
         raise errno_error(errno.EOPNOTSUPP, "the IOMMU cannot track dirty pages")
+
+
+#: VT-d ECAP_REG bits: scalable mode (SMTS) and first-stage translation (FLTS).
+_ECAP_SMTS = 1 << 43
+_ECAP_FLTS = 1 << 47
+#: VT-d CAP_REG bit: 5-level first-stage paging (FL5LP).
+_CAP_FL5LP = 1 << 60
+
+
+def paging_domain_aperture(system: System, flags: int) -> tuple[int, int]:
+    """The inclusive IOVA range a paging domain allocated with ``flags``
+    translates (its geometry's aperture)."""
+    iommu = system.iommu
+    assert iommu is not None
+    start, last = int(iommu.aperture[0]), int(iommu.aperture[1])
+    if iommu.hw_info_type != "intel_vtd" or iommu.ecap_reg is None:
+        return start, last
+    cap, ecap = vtd_regs(system)
+    second_stage = lib.IOMMU_HWPT_ALLOC_NEST_PARENT | lib.IOMMU_HWPT_ALLOC_DIRTY_TRACKING
+    if ecap & _ECAP_SMTS and ecap & _ECAP_FLTS and not flags & second_stage:
+        # intel_iommu_domain_alloc_paging_flags: a scalable-mode IOMMU with
+        # first-stage translation gets a first-stage domain unless the flags
+        # need the second stage; its aperture is the lower canonical half of
+        # a 4- (48-bit) or 5-level (57-bit) CPU page table
+        # (intel_iommu_domain_alloc_first_stage)
+        width = 57 if cap & _CAP_FL5LP else 48
+        last = min(last, (1 << (width - 1)) - 1)
+    return start, last
 
 
 def vtd_regs(system: System) -> tuple[int, int]:

@@ -21,7 +21,7 @@ from ..._uapi import lib
 from ..core import errno_error
 from ..uaccess import UserPtr
 from .iova_bitmap import iova_bitmap_set
-from ._iommu import dirty_tracking_capable, domain_alloc_paging_flags
+from ._iommu import dirty_tracking_capable, domain_alloc_paging_flags, paging_domain_aperture
 from ._private import (
     NO_PASID,
     OBJ_DEVICE,
@@ -74,8 +74,7 @@ def iommufd_hwpt_paging_alloc(ictx: IommufdFile, ioas: Ioas, idev: Idev, pasid: 
     if idev.noiommu or iommu is None:
         domain = IoptDomain(ps | (ps << 9) | (ps << 18), (0, ULONG_MAX), noiommu=True)
     else:
-        domain = IoptDomain(int(iommu.pgsize_bitmap),
-                            (int(iommu.aperture[0]), int(iommu.aperture[1])))
+        domain = IoptDomain(int(iommu.pgsize_bitmap), paging_domain_aperture(system, flags))
     hwpt = HwptPaging(ioas, domain)
     ictx.object_alloc(hwpt)
     hwpt.pasid_compat = bool(flags & lib.IOMMU_HWPT_ALLOC_PASID)

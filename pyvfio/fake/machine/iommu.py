@@ -70,6 +70,12 @@ class IommuInfo:
     #: Type of the groups' default domains, as sysfs ``type`` shows it
     #: ("DMA", "DMA-FQ", "identity", "blocked" or "unmanaged").
     default_domain: str
+    #: Intel VT-d's capability register as the IOMMU reports it (sysfs
+    #: ``intel-iommu/cap``); None: made up from the fields above.
+    cap_reg: int | None = None
+    #: Intel VT-d's extended capability register (sysfs ``intel-iommu/ecap``);
+    #: None: made up from the fields above.
+    ecap_reg: int | None = None
 
     @classmethod
     def from_topology(cls, t: dict[str, Any]) -> IommuInfo:
@@ -87,12 +93,14 @@ class IommuInfo:
             enforce_cache_coherency=t["enforce_cache_coherency"],
             interrupt_remapping=t["interrupt_remapping"],
             default_domain=t["default_domain"],
+            cap_reg=t.get("cap_reg"),
+            ecap_reg=t.get("ecap_reg"),
         )
 
     def to_topology(self) -> dict[str, Any]:
         """The ``iommu`` section of a topology that describes this IOMMU
         (the inverse of :meth:`from_topology`)."""
-        return {
+        out: dict[str, Any] = {
             "name": self.name,
             "aperture": list(self.aperture),
             "pgsize_bitmap": self.pgsize_bitmap,
@@ -106,6 +114,10 @@ class IommuInfo:
             "interrupt_remapping": self.interrupt_remapping,
             "default_domain": self.default_domain,
         }
+        for key in ("cap_reg", "ecap_reg"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        return out
 
 
 def merge_reserved_regions(regions: list[ReservedRegion]) -> list[ReservedRegion]:

@@ -25,7 +25,9 @@ Schema (all keys but ``devices`` are optional)::
         "reserved_regions": [{"start": 4276092928, "last": 4277141503, "type": "msi"}],
         "dirty_tracking": false, "pasid_bits": 0, "hw_info_type": "intel_vtd",
         "cache_coherency": true, "enforce_cache_coherency": true,
-        "interrupt_remapping": true, "default_domain": "DMA-FQ"
+        "interrupt_remapping": true, "default_domain": "DMA-FQ",
+        "cap_reg": "0x1d2008c222f0686",   # optional, VT-d: sysfs intel-iommu/cap and
+        "ecap_reg": "0x880000f00f4a"      # ecap as captured (scalable mode, first stage)
       },
       "kernel": {                         # the kernel build doctor reads
         "release": "7.3.0-fake",          # /proc/sys/kernel/osrelease
@@ -354,7 +356,7 @@ def _iommu(value: object) -> dict[str, Any] | None:
         value = {}
     if not isinstance(value, dict):
         raise TopologyError("iommu: an object, or null for a machine without an IOMMU")
-    check_keys(value, set(DEFAULT_IOMMU), "iommu")
+    check_keys(value, set(DEFAULT_IOMMU) | {"cap_reg", "ecap_reg"}, "iommu")
     out = copy.deepcopy(DEFAULT_IOMMU)
     out.update(copy.deepcopy(value))
     if not isinstance(out["name"], str) or not out["name"]:
@@ -374,6 +376,9 @@ def _iommu(value: object) -> dict[str, Any] | None:
                 "interrupt_remapping"):
         out[key] = check_bool(out[key], f"iommu.{key}")
     out["pasid_bits"] = check_int(out["pasid_bits"], "iommu.pasid_bits", 0, 20)
+    for key in ("cap_reg", "ecap_reg"):  # VT-d's registers, as captured
+        if key in out:
+            out[key] = check_int(out[key], f"iommu.{key}", 0, (1 << 64) - 1)
     if out["hw_info_type"] not in _HW_INFO_TYPES:
         raise TopologyError(
             f"iommu.hw_info_type: {_shown(out['hw_info_type'])} is not one of {', '.join(_HW_INFO_TYPES)}"

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from ..._uapi import ffi, lib  # type: ignore[import-not-found,unused-ignore]
 from ...backend.base import IoctlArg
 from ..core import IoDomain, IommuFault, errno_error
+from ..iommufd._iommu import paging_domain_aperture
 from ..intervals import IntervalMap
 from ..uaccess import UserPtr, access_ok
 
@@ -326,7 +327,8 @@ class Type1Iommu(IoDomain):
         if vgroup in self.groups:
             # vfio_iommu_type1_attach_group: EINVAL for a group already attached
             raise errno_error(errno.EINVAL, "group already attached")
-        start, end = iommu.aperture
+        # vfio_iommu_type1_attach_group: iommu_paging_domain_alloc, no flags
+        start, end = paging_domain_aperture(self.system, 0)
         if self.vfio_iommu_aper_conflict(start, end):
             # vfio_iommu_aper_conflict: EINVAL if existing mappings fall outside the aperture
             raise errno_error(errno.EINVAL, "existing DMA mappings are outside the aperture")
