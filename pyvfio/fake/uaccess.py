@@ -105,7 +105,8 @@ def _query_fd() -> int:
         try:
             fcntl.ioctl(fd, _PROCMAP_QUERY, _query_buffer(0), True)
         except OSError as e:
-            if e.errno in (errno.ENOTTY, errno.EINVAL, errno.E2BIG):
+            if e.errno in (errno.ENOTTY, errno.EINVAL, errno.E2BIG, errno.ENOSYS,
+                           errno.EOPNOTSUPP):  # ENOSYS: under qemu-user, for one
                 os.close(fd)
                 fd = -1
             # ENOENT (nothing mapped at 0): the query works
