@@ -59,17 +59,17 @@ read), ``{"ok": false, "exit_code": N, "error": {"kind": "usage" or
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import textwrap
-from typing import Any, NoReturn, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn, Sequence
 
 from ..backend import Backend, default_backend
-from ..core import sysfs, viability
 from ..errors import InvalidArgumentError, VfioError
-from . import binding, devices, kernel_support
-from .binding_state import BindingStateError, is_driver_name
-from .environment import FAIL, WARN, check_environment
+
+# Each command imports what it needs in its own functions (start-up time):
+# ``pyvfio --help`` loads no discovery code, ``status`` no binding code.
+if TYPE_CHECKING:
+    from ..core import viability
+    from . import binding, devices
 
 __all__ = ["main", "build_parser", "EXIT_OK", "EXIT_PROBLEM", "EXIT_USAGE", "EXIT_FAILED",
            "EXIT_IN_USE", "FALLBACK_TOPOLOGY"]
@@ -143,6 +143,8 @@ def _heading(title: str) -> str:
 
 
 def _print_json(data: Any) -> None:
+    import json
+
     print(json.dumps(data, indent=2))
 
 
@@ -150,14 +152,20 @@ def _print_json(data: Any) -> None:
 def _fallback_needed(args: argparse.Namespace, backend: Backend | None) -> bool:
     if args.fake or backend is not None or args.json or args.real:
         return False
+    from . import kernel_support
+
     support = kernel_support.vfio_support(default_backend())
     return support.group_count == 0 and not support.noiommu_mode
 
 
 def _status_data(ctx: _Context) -> dict[str, Any]:
+    from ..core import viability
+    from . import devices, kernel_support
+    from .host_use import UsageScan
+
     b = ctx.backend
     pci = devices.pci_devices(b)
-    scan = binding.UsageScan(b)
+    scan = UsageScan(b)
     explained: dict[int, viability.GroupViability] = {}
     for g in devices.iommu_groups(b):
         explained[g.id] = viability.explain_group(g.id, None, b)
@@ -181,6 +189,10 @@ def _short(bdf: str) -> str:
 
 
 def _print_status(ctx: _Context, data: dict[str, Any]) -> None:
+    import textwrap
+
+    from ..core import sysfs
+
     s = data["support"]
     if ctx.kind == "fake":
         print(f"System: FAKE system {ctx.fake_name!r} (simulated by pyvfio.fake)")
@@ -274,6 +286,8 @@ def cmd_status(args: argparse.Namespace, backend: Backend | None) -> int:
     """``pyvfio status``."""
     fallback = _fallback_needed(args, backend)
     if fallback:
+        from . import devices
+
         real = devices.pci_devices(default_backend())
         args.fake = FALLBACK_TOPOLOGY
         print(_BANNER.format(why=f"{len(real)} PCI devices, no IOMMU groups",
@@ -310,6 +324,8 @@ def _group_number(spec: str) -> int | None:
 def _group_targets(b: Backend, specs: Sequence[str]) -> list[tuple[int, str | None]]:
     """(group, device or None) for each argument: a group number, or a
     device (BDF, vendor:device) standing for its group."""
+    from ..core import sysfs
+
     out: list[tuple[int, str | None]] = []
     for spec in specs:
         gid = _group_number(spec)
@@ -338,6 +354,9 @@ def _group_ids(b: Backend, specs: Sequence[str]) -> list[int]:
 
 def cmd_groups(args: argparse.Namespace, backend: Backend | None) -> int:
     """``pyvfio groups [GROUP|BDF ...]``."""
+    from ..core import viability
+    from . import devices, kernel_support
+
     ctx = _Context(args, backend)
     b = ctx.backend
     if args.targets:
@@ -377,6 +396,10 @@ def cmd_groups(args: argparse.Namespace, backend: Backend | None) -> int:
 # -- doctor ---------------------------------------------------------------------------
 def cmd_doctor(args: argparse.Namespace, backend: Backend | None) -> int:
     """``pyvfio doctor``."""
+    import textwrap
+
+    from .environment import FAIL, WARN, check_environment
+
     ctx = _Context(args, backend)
     checks = check_environment(ctx.backend)
     if args.json:
@@ -417,6 +440,9 @@ def _shown(text: str) -> str:
 
 def _devices(b: Backend, specs: Sequence[str]) -> list[str]:
     """BDFs for device arguments: a BDF, or vendor:device (every match)."""
+    from ..core import sysfs
+    from . import devices
+
     out: list[str] = []
     all_devices: list[devices.PciDeviceInfo] | None = None
     for spec in specs:
@@ -440,6 +466,8 @@ def _devices(b: Backend, specs: Sequence[str]) -> list[str]:
 
 
 def _state(args: argparse.Namespace, ctx: _Context) -> binding.BindingState:
+    from . import binding
+
     if args.state:
         return binding.BindingState(args.state)
     return binding.BindingState.default(ctx.backend)
@@ -450,6 +478,8 @@ def _refuse_bridges(b: Backend, bdfs: Sequence[str], driver: str) -> None:
     anything changes."""
     if driver != "vfio-pci":
         return
+    from . import devices
+
     for bdf in bdfs:
         try:
             info = devices.pci_device(bdf, b)
@@ -464,6 +494,9 @@ def _refuse_bridges(b: Backend, bdfs: Sequence[str], driver: str) -> None:
 
 
 def _run_binding(args: argparse.Namespace, backend: Backend | None, action: str) -> int:
+    from . import binding
+    from .binding_state import BindingStateError, is_driver_name
+
     if action == "bind" and not is_driver_name(args.driver):
         raise _UsageError(f"--driver {_shown(args.driver)}: not a driver name (letters, digits, "
                           "'_', '.', '-')")
@@ -579,6 +612,8 @@ def cmd_topology_dump(args: argparse.Namespace, backend: Backend | None) -> int:
 # -- parser ---------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``pyvfio`` command."""
+    from .binding_state import STATE_DIR
+
     doc = __doc__ or ""
     epilog = doc[doc.index("Exit codes"):].replace("``", "") if "Exit codes" in doc else None
     parser = _Parser(
@@ -627,7 +662,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="do it even if the host uses the device")
         p.add_argument("--state", metavar="FILE",
                        help="where original drivers are remembered (default: "
-                            f"{binding.STATE_DIR}/bindings.json, $PYVFIO_STATE_DIR; "
+                            f"{STATE_DIR}/bindings.json, $PYVFIO_STATE_DIR; "
                             "memory for --fake)")
         if name == "bind":
             p.add_argument("--driver", default="vfio-pci", help="driver to bind (default vfio-pci)")
