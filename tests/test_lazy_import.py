@@ -126,9 +126,21 @@ def test_cli_help_loads_no_objects_fake_or_toolkit() -> None:
     assert "pyvfio.setup.cli" in mods
     heavy = {m for m in mods if m.startswith(("pyvfio.fake", "pyvfio.toolkit", "pyvfio.core",
                                               "pyvfio.testing", "pyvfio._uapi"))}
-    heavy |= mods & {"pyvfio.setup.binding", "pyvfio.setup.devices", "pyvfio.setup.environment",
+    heavy |= mods & {"pyvfio.setup.binding", "pyvfio.setup.binding_state",
+                     "pyvfio.setup.devices", "pyvfio.setup.environment",
                      "pyvfio.setup.capture", "pyvfio.setup.host_use", "_cffi_backend"}
     assert not heavy
+
+
+def test_help_names_the_state_folder(capsys: pytest.CaptureFixture[str]) -> None:
+    """The help of the binding commands shows the binding state's folder,
+    filled in when the help is formatted."""
+    from pyvfio.setup import cli
+    from pyvfio.setup.binding_state import STATE_DIR
+
+    assert cli.main(["bind", "--help"]) == cli.EXIT_OK
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"(default: {STATE_DIR}/bindings.json," in out and "<STATE_DIR>" not in out
 
 
 def test_cli_status_json_loads_no_fake_toolkit_or_binding() -> None:
@@ -139,6 +151,7 @@ def test_cli_status_json_loads_no_fake_toolkit_or_binding() -> None:
     mods = loaded_after("from pyvfio.setup.cli import main; main(['status', '--json'])")
     assert {"pyvfio.setup.devices", "pyvfio.core.viability", "pyvfio.setup.host_use"} <= mods
     heavy = {m for m in mods if m.startswith(("pyvfio.fake", "pyvfio.toolkit", "pyvfio.testing"))}
-    heavy |= mods & {"pyvfio.setup.binding", "pyvfio.setup.environment", "pyvfio.setup.capture",
+    heavy |= mods & {"pyvfio.setup.binding", "pyvfio.setup.binding_state",
+                     "pyvfio.setup.environment", "pyvfio.setup.capture",
                      "pyvfio.core.device", "pyvfio.core.container", "pyvfio.core.iommufd"}
     assert not heavy

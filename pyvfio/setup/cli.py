@@ -100,6 +100,20 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise _ArgumentError(self, message)
 
+    def format_help(self) -> str:
+        """The help, with the binding state's folder filled in here: the
+        binding code is imported only when a help text shows it."""
+        text = super().format_help()
+        if _STATE_DIR in text:
+            from .binding_state import STATE_DIR
+
+            text = text.replace(_STATE_DIR, STATE_DIR)
+        return text
+
+
+#: Stands for binding_state.STATE_DIR in help texts (see _Parser.format_help).
+_STATE_DIR = "<STATE_DIR>"
+
 
 class _Context:
     """The system a command runs against."""
@@ -612,8 +626,6 @@ def cmd_topology_dump(args: argparse.Namespace, backend: Backend | None) -> int:
 # -- parser ---------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``pyvfio`` command."""
-    from .binding_state import STATE_DIR
-
     doc = __doc__ or ""
     epilog = doc[doc.index("Exit codes"):].replace("``", "") if "Exit codes" in doc else None
     parser = _Parser(
@@ -662,7 +674,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="do it even if the host uses the device")
         p.add_argument("--state", metavar="FILE",
                        help="where original drivers are remembered (default: "
-                            f"{STATE_DIR}/bindings.json, $PYVFIO_STATE_DIR; "
+                            f"{_STATE_DIR}/bindings.json, $PYVFIO_STATE_DIR; "
                             "memory for --fake)")
         if name == "bind":
             p.add_argument("--driver", default="vfio-pci", help="driver to bind (default vfio-pci)")
