@@ -32,6 +32,10 @@ from typing import Any, Callable, Mapping
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
+# The pyvfio measured is this checkout's, also in a git worktree whose venv
+# has another checkout installed (an editable install's finder comes last).
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 C_SOURCE = BENCH / "c" / "vfio_bench.c"
 CFLAGS = ("-O2", "-Wall", "-Wextra")
 
