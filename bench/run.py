@@ -126,7 +126,7 @@ def run_guest(reps: int, quick: bool, command: str, verbose: bool, timeout: floa
 def fmt_time(ns: float, unit: str) -> str:
     suffix = "/op" if unit.endswith("/op") else ""
     for scale, name in ((1e9, "s"), (1e6, "ms"), (1e3, "µs")):
-        if ns >= scale:
+        if abs(ns) >= scale:  # a difference of two times may be negative
             return f"{ns / scale:.3g} {name}{suffix}"
     return f"{ns:.3g} ns{suffix}"
 
