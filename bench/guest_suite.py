@@ -230,10 +230,12 @@ def interrupts(exe: Path, bdf: str, reps: int, target_s: float, log: Log) -> lis
                     ("raise", EDU_IRQ_RAISE, RAISE_IRQ, RAISE_IRQ, 0),
                     ("factorial", EDU_FACTORIAL, FACT_N, FACT_IRQ, FACT_N)):
                 log(f"bench: interrupt latency ({label})")
-                mapping.write32(EDU_STATUS, EDU_STATUS_IRQFACT if n else 0)
+
+                status = EDU_STATUS_IRQFACT if n else 0
 
                 def blocking(iters: int, reg: int = reg, value: int = value,
-                             ack: int = ack) -> float:
+                             ack: int = ack, status: int = status) -> float:
+                    write32(addr + EDU_STATUS, status)  # each batch: whatever ran before
                     vector.poll()  # nothing stale
                     total = 0
                     for _ in range(iters):
@@ -245,7 +247,7 @@ def interrupts(exe: Path, bdf: str, reps: int, target_s: float, log: Log) -> lis
                     return total / iters
 
                 def in_asyncio(iters: int, reg: int = reg, value: int = value,
-                               ack: int = ack) -> float:
+                               ack: int = ack, status: int = status) -> float:
                     async def loop() -> float:
                         total = 0
                         for _ in range(iters):
@@ -256,6 +258,7 @@ def interrupts(exe: Path, bdf: str, reps: int, target_s: float, log: Log) -> lis
                             write32(addr + EDU_IRQ_ACK, ack)
                         return total / iters
 
+                    write32(addr + EDU_STATUS, status)
                     vector.poll()
                     return asyncio.run(loop())
 
