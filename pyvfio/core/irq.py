@@ -121,34 +121,31 @@ class EventFd(FdResource):
     def wait(self, timeout: float | None = None) -> int:
         """Block until the eventfd is signalled; returns the count.
         Raises :class:`TimeoutError` after ``timeout`` seconds."""
-        # poll(2) first and read(2) when it says readable: a wait that sleeps
-        # never meets the EAGAIN of an empty non-blocking read (an exception,
-        # dear in Python), and a count that is there already costs one poll.
+        n = self.poll()  # signalled already: no poller
+        if n:
+            return n
+        deadline = None if timeout is None else time.monotonic() + timeout
         fd = self.fd
         read = self._backend.read
         poller = select.poll()
         poller.register(fd, select.POLLIN)
-        deadline: float | None = None
-        ms: int | None = None
-        if timeout is not None:
-            deadline = time.monotonic() + timeout
-            ms = max(0, math.ceil(timeout * 1000))
         while True:
-            if poller.poll(ms):
-                # the path from the interrupt to the caller: what poll() does, inline
-                if self._closed:
-                    raise ClosedError(self.describe())
-                try:
-                    n = int.from_bytes(read(fd, 8), "little")
-                except BlockingIOError:  # another waiter took the count
-                    n = 0
-                if n:
-                    return n
+            ms: int | None = None
             if deadline is not None:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise TimeoutError(f"{self.describe()} was not signalled within {timeout} s")
                 ms = math.ceil(remaining * 1000)
+            poller.poll(ms)
+            # what self.poll() does, inline: this is the path from the interrupt to the caller
+            if self._closed:
+                raise ClosedError(self.describe())
+            try:
+                n = int.from_bytes(read(fd, 8), "little")
+            except BlockingIOError:  # another waiter took the count, or the timeout
+                continue
+            if n:
+                return n
 
     async def wait_async(self, timeout: float | None = None) -> int:
         """Wait in the running asyncio loop (``add_reader``: no polling);
