@@ -121,12 +121,19 @@ class EventFd(FdResource):
     def wait(self, timeout: float | None = None) -> int:
         """Block until the eventfd is signalled; returns the count.
         Raises :class:`TimeoutError` after ``timeout`` seconds."""
-        n = self.poll()  # signalled already: no poller
+        # poll()'s work, inline (this is the interrupt's path to the caller):
+        # a count that is there already is read without a poller
+        if self._closed:
+            raise ClosedError(self.describe())
+        fd = self._fd
+        read = self._backend.read
+        try:
+            n = int.from_bytes(read(fd, 8), "little")
+        except BlockingIOError:
+            n = 0
         if n:
             return n
         deadline = None if timeout is None else time.monotonic() + timeout
-        fd = self.fd
-        read = self._backend.read
         poller = select.poll()
         poller.register(fd, select.POLLIN)
         while True:
@@ -137,7 +144,6 @@ class EventFd(FdResource):
                     raise TimeoutError(f"{self.describe()} was not signalled within {timeout} s")
                 ms = math.ceil(remaining * 1000)
             poller.poll(ms)
-            # what self.poll() does, inline: this is the path from the interrupt to the caller
             if self._closed:
                 raise ClosedError(self.describe())
             try:
