@@ -19,6 +19,7 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (about 3 
 if TYPE_CHECKING:  # what type checkers and editors see; at run time see __getattr__
     from ._uapi import ffi, lib
     from .backend import Backend, MemoryMap, default_backend
+    from .backend.trace import trace
     from .core.address_space import AddressSpace, IovaMapping
     from .core.caps import IovaRange
     from .core.container import Container, DmaMapping, Extension, IommuInfo, IommuType
@@ -66,6 +67,7 @@ __all__ = [
     "Region", "RegionMap", "RegionMapping", "Field", "Register", "RegisterBlock", "RegisterIO",
     "PciConfig", "EventFd", "Irq", "IrqMap", "IrqVector", "DmaBuffer", "DmaChunk", "DmaPool",
     "IovaAllocator", "map_buffer", "DeviceFeatures", "MigrationState", "open_attached",
+    "trace",  # pyvfio.trace(): an ioctl trace (see pyvfio.backend.trace)
 ]
 
 # The module (relative to this package) defining each name of __all__.  A new
@@ -74,6 +76,7 @@ __all__ = [
 _SOURCES = {
     "._uapi": ("ffi", "lib"),
     ".backend": ("Backend", "MemoryMap", "default_backend"),
+    ".backend.trace": ("trace",),
     ".core.address_space": ("AddressSpace", "IovaMapping"),
     ".core.caps": ("IovaRange",),
     ".core.container": ("Container", "DmaMapping", "Extension", "IommuInfo", "IommuType"),

@@ -38,6 +38,7 @@ API_MODULES = [
     "pyvfio.fake",
     "pyvfio.core.caps",
     "pyvfio.backend",
+    "pyvfio.backend.trace",
     "pyvfio.fake.machine.topology",
     "pyvfio.fake.models",
 ]
