@@ -25,7 +25,7 @@ import pyvfio
 
 REPO = Path(__file__).resolve().parent.parent
 
-#: Prints the pyvfio modules (and cffi's) loaded after running the code
+#: Prints the pyvfio modules (with cffi and importlib.metadata) loaded after running the code
 #: given as argv[1] (its own output goes to /dev/null).
 _PROBE = """
 import contextlib, json, os, sys
@@ -35,7 +35,8 @@ with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
     except SystemExit:
         pass
 print(json.dumps(sorted(m for m in sys.modules
-                        if m.split(".")[0] in ("pyvfio", "_cffi_backend"))))
+                        if m.split(".")[0] in ("pyvfio", "_cffi_backend")
+                        or m == "importlib.metadata")))
 """
 
 
@@ -128,8 +129,11 @@ def test_cli_help_loads_no_objects_fake_or_toolkit() -> None:
                                               "pyvfio.testing", "pyvfio._uapi"))}
     heavy |= mods & {"pyvfio.setup.binding", "pyvfio.setup.binding_state",
                      "pyvfio.setup.devices", "pyvfio.setup.environment",
-                     "pyvfio.setup.capture", "pyvfio.setup.host_use", "_cffi_backend"}
+                     "pyvfio.setup.capture", "pyvfio.setup.host_use", "_cffi_backend",
+                     "importlib.metadata"}  # --version looks the version up when asked
     assert not heavy
+    assert "importlib.metadata" in loaded_after(
+        "from pyvfio.setup.cli import main; main(['--version'])")
 
 
 def test_help_names_the_state_folder(capsys: pytest.CaptureFixture[str]) -> None:
