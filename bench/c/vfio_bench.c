@@ -19,6 +19,10 @@
  *                                                 times per block; FD -1: anonymous RAM
  *   vfio_bench ready CDEV ITERS                   open /dev/iommu + IOAS + open CDEV +
  *                                                 bind + attach (median of ITERS)
+ *   vfio_bench irq   FD OFFSET LENGTH EVENTFD N ITERS
+ *                                                 edu MSI to a blocking read(2) of EVENTFD:
+ *                                                 raised through BAR0 + 0x60 (N = 0) or by a
+ *                                                 factorial of N (0x08) finishing
  *   vfio_bench layout                             struct sizes and ioctl numbers
  *
  * The map modes map SIZE bytes of the memfd MEMFD (inherited too), the very
@@ -31,6 +35,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -48,7 +53,7 @@
 static void die(const char *what)
 {
     fprintf(stderr, "vfio_bench: %s: %s\n", what, strerror(errno));
-    exit(1);
+    exit(1);   /* atexit handlers run: see mode_irq */
 }
 
 static uint64_t now_ns(void)
@@ -246,6 +251,81 @@ static int mode_block(char **argv)
     return 0;
 }
 
+/* edu's registers (QEMU hw/misc/edu.c) */
+#define EDU_FACTORIAL 0x08
+#define EDU_STATUS 0x20
+#define EDU_STATUS_IRQFACT 0x80
+#define EDU_IRQ_RAISE 0x60
+#define EDU_IRQ_ACK 0x64
+#define EDU_FACT_IRQ 0x1
+#define EDU_RAISE_IRQ 0x2
+
+static int irq_efd = -1, irq_efd_flags = -1;
+
+static void irq_restore_flags(void)
+{
+    if (irq_efd_flags >= 0)
+        fcntl(irq_efd, F_SETFL, irq_efd_flags);
+}
+
+/* One interrupt: t0, the MMIO write that makes edu raise its MSI (the
+ * raise register, or a factorial whose completion interrupts), a blocking
+ * read(2) of the vector's eventfd, t1; then the acknowledge.  The mean of
+ * t1 - t0 over ITERS interrupts. */
+static double irq_loop(volatile uint8_t *bar, int efd, uint32_t reg, uint32_t value,
+                       uint32_t ack, unsigned long long iters)
+{
+    uint64_t count, total = 0;
+    for (unsigned long long i = 0; i < iters / 10 + 1 + iters; i++) {
+        uint64_t t0 = now_ns();
+        *(volatile uint32_t *)(bar + reg) = value;
+        if (read(efd, &count, sizeof(count)) != sizeof(count))
+            die("read of the eventfd");
+        uint64_t t1 = now_ns();
+        *(volatile uint32_t *)(bar + EDU_IRQ_ACK) = ack;
+        if (i > iters / 10)   /* after the warm-up */
+            total += t1 - t0;
+    }
+    return (double)total / iters;
+}
+
+static int mode_irq(char **argv)
+{
+    int fd = (int)num(argv[0]);
+    off_t offset = (off_t)num(argv[1]);
+    size_t length = num(argv[2]);
+    int efd = (int)num(argv[3]);
+    uint32_t n = (uint32_t)num(argv[4]);
+    unsigned long long iters = num(argv[5]);
+    volatile uint8_t *bar = mmap(NULL, length, PROT_READ | PROT_WRITE, MAP_SHARED, fd, offset);
+    if (bar == MAP_FAILED)
+        die("mmap of the device region");
+    /* The eventfd is the Python side's, opened non-blocking; the file
+     * status flags belong to the open file, which both share: blocking
+     * reads here, the flags as they were again at exit. */
+    irq_efd = efd;
+    irq_efd_flags = fcntl(efd, F_GETFL);
+    if (irq_efd_flags < 0)
+        die("fcntl F_GETFL of the eventfd");
+    atexit(irq_restore_flags);
+    if (fcntl(efd, F_SETFL, irq_efd_flags & ~O_NONBLOCK) < 0)
+        die("fcntl F_SETFL of the eventfd");
+    struct pollfd pfd = { .fd = efd, .events = POLLIN };
+    uint64_t stale;
+    if (poll(&pfd, 1, 0) == 1 && read(efd, &stale, sizeof(stale)) < 0)
+        die("read of the eventfd");
+    double op_ns;
+    if (n == 0) {
+        op_ns = irq_loop(bar, efd, EDU_IRQ_RAISE, EDU_RAISE_IRQ, EDU_RAISE_IRQ, iters);
+    } else {   /* the done interrupt on (and left on: the Python side's batches need it) */
+        *(volatile uint32_t *)(bar + EDU_STATUS) = EDU_STATUS_IRQFACT;
+        op_ns = irq_loop(bar, efd, EDU_FACTORIAL, n, EDU_FACT_IRQ, iters);
+    }
+    printf("op_ns=%.1f iters=%llu\n", op_ns, iters);
+    munmap((void *)bar, length);
+    return 0;
+}
+
 static int cmp_u64(const void *a, const void *b)
 {
     uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
@@ -302,6 +382,7 @@ int main(int argc, char **argv)
     static const struct { const char *name; int nargs; int (*fn)(char **); } modes[] = {
         { "ioas", 6, mode_ioas }, { "type1", 5, mode_type1 }, { "mmio", 6, mode_mmio },
         { "ram", 1, mode_ram }, { "ready", 2, mode_ready }, { "block", 9, mode_block },
+        { "irq", 6, mode_irq },
     };
     setvbuf(stdout, NULL, _IOLBF, 0);
     if (argc == 2 && !strcmp(argv[1], "layout"))

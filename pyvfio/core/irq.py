@@ -67,7 +67,9 @@ class EventFd(FdResource):
 
     Waiting never busy-polls: :meth:`wait` sleeps in ``poll(2)`` (any fd
     number), :meth:`wait_async` registers the fd with the running loop
-    (``loop.add_reader``).  Reading returns and resets the counter.
+    (``loop.add_reader``; the reader stays for the next wait until an event
+    finds no task waiting, which leaves the count in the counter, or the
+    eventfd closes).  Reading returns and resets the counter.
 
     Any number of tasks may wait at once (:meth:`wait_async`, ``async
     for``): the loop has one reader for the fd, and every task of that loop
@@ -119,13 +121,22 @@ class EventFd(FdResource):
     def wait(self, timeout: float | None = None) -> int:
         """Block until the eventfd is signalled; returns the count.
         Raises :class:`TimeoutError` after ``timeout`` seconds."""
+        # poll()'s work, inline (this is the interrupt's path to the caller):
+        # a count that is there already is read without a poller
+        if self._closed:
+            raise ClosedError(self.describe())
+        fd = self._fd
+        read = self._backend.read
+        try:
+            n = int.from_bytes(read(fd, 8), "little")
+        except BlockingIOError:
+            n = 0
+        if n:
+            return n
         deadline = None if timeout is None else time.monotonic() + timeout
         poller = select.poll()
-        poller.register(self.fd, select.POLLIN)
+        poller.register(fd, select.POLLIN)
         while True:
-            n = self.poll()
-            if n:
-                return n
             ms: int | None = None
             if deadline is not None:
                 remaining = deadline - time.monotonic()
@@ -133,6 +144,14 @@ class EventFd(FdResource):
                     raise TimeoutError(f"{self.describe()} was not signalled within {timeout} s")
                 ms = math.ceil(remaining * 1000)
             poller.poll(ms)
+            if self._closed:
+                raise ClosedError(self.describe())
+            try:
+                n = int.from_bytes(read(fd, 8), "little")
+            except BlockingIOError:  # another waiter took the count, or the timeout
+                continue
+            if n:
+                return n
 
     async def wait_async(self, timeout: float | None = None) -> int:
         """Wait in the running asyncio loop (``add_reader``: no polling);
@@ -149,6 +168,8 @@ class EventFd(FdResource):
         fut: asyncio.Future[int] = loop.create_future()
         waiters = self._waiters.get(loop)
         if waiters is None:
+            for old in [lp for lp in self._waiters if lp.is_closed()]:
+                del self._waiters[old]  # loops closed while their reader stayed
             loop.add_reader(self._fd, self._readable, loop)
             waiters = self._waiters[loop] = []
         waiters.append(fut)
@@ -161,11 +182,11 @@ class EventFd(FdResource):
                 raise TimeoutError(
                     f"{self.describe()} was not signalled within {timeout} s") from None
         finally:
+            # The reader stays for the next wait (an ``async for`` waits again
+            # at once): _readable removes it when an event finds nobody waiting.
             waiters = self._waiters.get(loop)
             if waiters is not None and fut in waiters:
                 waiters.remove(fut)
-                if not waiters:
-                    self._unregister(loop)
 
     def _readable(self, loop: asyncio.AbstractEventLoop) -> None:
         """The loop's reader: one read, its count to every waiting task."""
@@ -190,8 +211,9 @@ class EventFd(FdResource):
             for f in waiters:
                 if not f.done():
                     f.set_result(count)
-            # woken tasks remove themselves later: read nothing for them meanwhile
-            self._unregister(loop)
+            # The woken tasks have their count: a new list for later waits.  An
+            # event before anyone waits again is left in the counter (_readable).
+            self._waiters[loop] = []
 
     def _unregister(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._waiters.pop(loop, None) is not None and self._fd >= 0:

@@ -21,7 +21,6 @@ import json
 import math
 import os
 import re
-import secrets
 import stat
 import time
 import weakref
@@ -353,6 +352,8 @@ class BindingState:
     def _write_file(self, folder: int, data: dict[str, dict[str, Any]]) -> None:
         assert self.path is not None
         name = os.path.basename(self.path)
+        import secrets  # here: its import costs every command a few ms
+
         tmp = f"{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
         try:
             fd = _nofollow_open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, dir_fd=folder)

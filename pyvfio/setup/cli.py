@@ -48,21 +48,20 @@ read), ``{"ok": false, "exit_code": N, "error": {"kind": "usage" or
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
-import textwrap
-from typing import Any, NoReturn, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn, Sequence
 
 from ..backend import Backend, default_backend, traced_if_enabled
-from ..core import sysfs, viability
 from ..errors import InvalidArgumentError, VfioError
-from . import _cli_logging, _progress, binding, devices, kernel_support
+from . import _cli_logging, _progress
 from ._cli_help import help_options
-from ._cli_render import print_status as _print_status
-from ._cli_render import table as _table
-from .binding_state import BindingStateError, is_driver_name
-from .environment import FAIL, WARN, check_environment
+
+# Each command imports what it needs in its own functions (start-up time):
+# ``pyvfio --help`` loads no discovery code, ``status`` no binding code.
+if TYPE_CHECKING:
+    from ..core import viability
+    from . import binding, devices
 
 __all__ = ["main", "build_parser", "EXIT_OK", "EXIT_PROBLEM", "EXIT_USAGE", "EXIT_FAILED",
            "EXIT_IN_USE", "FALLBACK_TOPOLOGY"]
@@ -94,6 +93,20 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         raise _ArgumentError(self, message)
+
+    def format_help(self) -> str:
+        """The help, with the binding state's folder filled in here: the
+        binding code is imported only when a help text shows it."""
+        text = super().format_help()
+        if _STATE_DIR in text:
+            from .binding_state import STATE_DIR
+
+            text = text.replace(_STATE_DIR, STATE_DIR)
+        return text
+
+
+#: Stands for binding_state.STATE_DIR in help texts (see _Parser.format_help).
+_STATE_DIR = "<STATE_DIR>"
 
 
 class _Context:
@@ -156,6 +169,8 @@ def _open_fake(args: argparse.Namespace, fallback: bool) -> Any:
 
 
 def _print_json(data: Any) -> None:
+    import json
+
     print(json.dumps(data, indent=2))
 
 
@@ -163,14 +178,20 @@ def _print_json(data: Any) -> None:
 def _fallback_needed(args: argparse.Namespace, backend: Backend | None) -> bool:
     if args.fake or backend is not None or args.real:
         return False
+    from . import kernel_support
+
     support = kernel_support.vfio_support(default_backend())
     return support.group_count == 0 and not support.noiommu_mode
 
 
 def _status_data(ctx: _Context) -> dict[str, Any]:
+    from ..core import viability
+    from . import devices, kernel_support
+    from .host_use import UsageScan
+
     b = ctx.backend
     pci = devices.pci_devices(b)
-    scan = binding.UsageScan(b)
+    scan = UsageScan(b)
     explained: dict[int, viability.GroupViability] = {}
     for g in devices.iommu_groups(b):
         explained[g.id] = viability.explain_group(g.id, None, b)
@@ -208,6 +229,8 @@ def _context_or_fallback(args: argparse.Namespace, backend: Backend | None,
     ``"fake": {"fallback": true}`` (JSON)."""
     fallback = _fallback_needed(args, backend)
     if fallback:
+        from . import devices
+
         real = devices.pci_devices(default_backend())
         args.fake = FALLBACK_TOPOLOGY
         _LOG.info("no IOMMU groups on this machine: falling back to the fake %r", args.fake)
@@ -220,6 +243,8 @@ def _context_or_fallback(args: argparse.Namespace, backend: Backend | None,
 
 def cmd_status(args: argparse.Namespace, backend: Backend | None) -> int:
     """``pyvfio status``."""
+    from ._cli_render import print_status
+
     ctx = _context_or_fallback(args, backend, "status")
     fallback = ctx.fallback
     data = _status_data(ctx)
@@ -227,7 +252,7 @@ def cmd_status(args: argparse.Namespace, backend: Backend | None) -> int:
     if args.json:
         _print_json(data)
         return EXIT_OK
-    _print_status(ctx, data)
+    print_status(ctx, data)
     if fallback:
         print(f"\n(the devices above are the FAKE system {FALLBACK_TOPOLOGY!r}; "
               "`pyvfio status --real` shows this machine)")
@@ -252,6 +277,8 @@ def _group_number(spec: str) -> int | None:
 def _group_targets(b: Backend, specs: Sequence[str]) -> list[tuple[int, str | None]]:
     """(group, device or None) for each argument: a group number, or a
     device (BDF, vendor:device) standing for its group."""
+    from ..core import sysfs
+
     out: list[tuple[int, str | None]] = []
     for spec in specs:
         gid = _group_number(spec)
@@ -280,6 +307,9 @@ def _group_ids(b: Backend, specs: Sequence[str]) -> list[int]:
 
 def cmd_groups(args: argparse.Namespace, backend: Backend | None) -> int:
     """``pyvfio groups [GROUP|BDF ...]``."""
+    from ..core import viability
+    from . import devices, kernel_support
+
     ctx = _context_or_fallback(args, backend, "groups")
     b = ctx.backend
     if args.targets:
@@ -326,6 +356,11 @@ def cmd_groups(args: argparse.Namespace, backend: Backend | None) -> int:
 # -- doctor ---------------------------------------------------------------------------
 def cmd_doctor(args: argparse.Namespace, backend: Backend | None) -> int:
     """``pyvfio doctor``."""
+    import textwrap
+
+    from ._cli_render import table
+    from .environment import FAIL, WARN, check_environment
+
     ctx = _Context(args, backend)
     checks = check_environment(ctx.backend)
     if args.json:
@@ -342,7 +377,7 @@ def cmd_doctor(args: argparse.Namespace, backend: Backend | None) -> int:
                 lines += textwrap.wrap(f"fix: {c.fix}", 72, subsequent_indent="     ")
             rows.append([c.status.upper(), c.name, lines[0]])
             rows += [["", "", line] for line in lines[1:]]
-        print(_table(rows, ["STATUS", "CHECK", "DETAIL"]))
+        print(table(rows, ["STATUS", "CHECK", "DETAIL"]))
         fails = [c.name for c in checks if c.status == FAIL]
         warns = [c.name for c in checks if c.status == WARN]
         if fails:
@@ -367,6 +402,9 @@ def _shown(text: str) -> str:
 
 def _devices(b: Backend, specs: Sequence[str]) -> list[str]:
     """BDFs for device arguments: a BDF, or vendor:device (every match)."""
+    from ..core import sysfs
+    from . import devices
+
     out: list[str] = []
     all_devices: list[devices.PciDeviceInfo] | None = None
     for spec in specs:
@@ -390,6 +428,8 @@ def _devices(b: Backend, specs: Sequence[str]) -> list[str]:
 
 
 def _state(args: argparse.Namespace, ctx: _Context) -> binding.BindingState:
+    from . import binding
+
     if args.state:
         return binding.BindingState(args.state)
     return binding.BindingState.default(ctx.backend)
@@ -400,6 +440,8 @@ def _refuse_bridges(b: Backend, bdfs: Sequence[str], driver: str) -> None:
     anything changes."""
     if driver != "vfio-pci":
         return
+    from . import devices
+
     for bdf in bdfs:
         try:
             info = devices.pci_device(bdf, b)
@@ -414,7 +456,9 @@ def _refuse_bridges(b: Backend, bdfs: Sequence[str], driver: str) -> None:
 
 
 def _run_binding(args: argparse.Namespace, backend: Backend | None, action: str) -> int:
-    from . import persist
+    from ..core import sysfs
+    from . import binding, persist
+    from .binding_state import BindingStateError, is_driver_name
 
     if action == "bind" and args.list_persistent:
         return _list_persistent(args, backend)
@@ -586,6 +630,21 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
+class _VersionAction(argparse.Action):
+    """``--version``: the version is looked up when asked for (importlib.metadata
+    would cost every command some 35 ms while its parser is built)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS,
+                 default: Any = argparse.SUPPRESS, help: str | None = None) -> None:
+        super().__init__(option_strings=option_strings, dest=dest, default=default, nargs=0,
+                         help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        sys.stdout.write(f"pyvfio {_version()}\n")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``pyvfio`` command."""
     doc = __doc__ or ""
@@ -611,11 +670,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with --fake: forget the fake system's saved state first")
         p.add_argument("--state", metavar="FILE", default=default,
                        help="where bind/unbind/restore remember original drivers (default: "
-                            f"{binding.STATE_DIR}/bindings.json, $PYVFIO_STATE_DIR; below "
+                            f"{_STATE_DIR}/bindings.json, $PYVFIO_STATE_DIR; below "
                             "the fake state's folder for --fake)")
 
     common_options(parser, None)
-    parser.add_argument("--version", action="version", version=f"pyvfio {_version()}",
+    parser.add_argument("--version", action=_VersionAction,
                         help="print the installed version and exit")
     common = _Parser(add_help=False)
     common_options(common, argparse.SUPPRESS)

@@ -55,15 +55,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..backend import Backend, default_backend
-from ..core import sysfs
-from ..core.container import Container, IommuType
-from ..core.device import Device
-from ..core.group import Group
-from ..core.iommufd import IommuFd
 from ..errors import InvalidArgumentError, VfioError
-from ..toolkit.fdpass import FdKind, PassedFd, send_error, send_fds
-from . import binding
-from .host_use import DeviceInUseError
+
+# The objects, the fd passing and the binding code are imported where they
+# are used: building the ``pyvfio`` command's parser imports this module.
 
 __all__ = ["POLICY_PATH", "GrantPolicy", "PolicyRule", "PolicyError", "GrantRefused",
            "GrantResult", "grant", "peer_credentials", "add_grant_parser", "cmd_grant",
@@ -123,6 +118,8 @@ class GrantPolicy:
     def parse(cls, text: str, path: str = "<policy>") -> GrantPolicy:
         """The rules of ``text``; PolicyError (EINVAL) naming the first bad
         line (unknown user, malformed device, a user without devices)."""
+        from ..core import sysfs
+
         rules = []
         for number, raw in enumerate(text.splitlines(), 1):
             words = raw.split("#", 1)[0].split()
@@ -273,6 +270,8 @@ class GrantResult:
 
 
 def _ident(b: Backend, bdf: str) -> tuple[int, int] | None:
+    from ..core import sysfs
+
     try:
         base = f"{sysfs.PCI_DEVICES}/{bdf}"
         return int(b.sysfs_read(f"{base}/vendor"), 16), int(b.sysfs_read(f"{base}/device"), 16)
@@ -290,6 +289,10 @@ def grant(bdf: str, *, uid: int, socket_path: str, policy: GrantPolicy, legacy: 
     :class:`~pyvfio.setup.binding.BindError` or a VfioError when binding
     or opening fails (the peer is told, and a device grant moved to
     vfio-pci is given its driver back)."""
+    from ..core import sysfs
+    from ..toolkit.fdpass import send_error
+    from . import binding
+
     b = backend if backend is not None else default_backend()
     bdf = sysfs.normalize_bdf(bdf)
     ident = _ident(b, bdf)
@@ -335,6 +338,13 @@ def _send_device(sock: socket.socket, b: Backend, bdf: str, legacy: bool,
     """Open ``bdf`` on the path asked for and send its fds; the fds of
     this process are closed before returning (the kernel holds the files
     in flight)."""
+    from ..core import sysfs
+    from ..core.container import Container, IommuType
+    from ..core.device import Device
+    from ..core.group import Group
+    from ..core.iommufd import IommuFd
+    from ..toolkit.fdpass import FdKind, PassedFd, send_fds
+
     if not legacy:
         try:
             sysfs.device_cdev_path(bdf, b)
@@ -398,6 +408,9 @@ def _fail(args: argparse.Namespace, code: int, kind: str, message: str,
 def cmd_grant(args: argparse.Namespace, backend: Backend | None) -> int:
     """Run ``pyvfio grant``; returns its exit code (one line on stderr for
     an error)."""
+    from ..core import sysfs
+    from .host_use import DeviceInUseError
+
     try:
         name, uid = resolve_user(args.user)
         bdf = sysfs.normalize_bdf(args.device)
