@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Iterable, cast
 from .._uapi import ffi, lib
 from ..backend import Backend, resolve_backend
 from ..errors import ClosedError, InvalidArgumentError, IoctlError, VfioError
+from . import _hints
 from .address_space import IovaMapping, MappingTable
 from .caps import IovaRange
 from .hw_pagetable import HWPT, FaultQueue, HwInfo, HwptDataType
@@ -87,6 +88,12 @@ class IommuFd(FdResource):
 
     def describe(self) -> str:
         return "iommufd" + (f" (fd {self._fd})" if self._fd >= 0 else "")
+
+    def _hint(self, err: int, name: str, arg: Any, target: Any) -> str | None:
+        # Only once the map failed: the success path does no extra work.
+        if err == errno.EINVAL and name == "IOMMU_IOAS_MAP" and isinstance(target, IOAS):
+            return _hints.ioas_map_einval(target, arg)
+        return None
 
     # -- generic helpers -------------------------------------------------------------
     def _cmd(self, name: str, request: int, ctype: str, target: str | Resource | None = None,

@@ -9,7 +9,7 @@ from typing import Any, Callable, ClassVar, Iterator, TypeVar
 from .._uapi import ffi
 from ..backend import Backend, resolve_backend
 from ..backend.base import IoctlArg
-from ..errors import ClosedError, InvalidArgumentError, ioctl_error
+from ..errors import ClosedError, InvalidArgumentError, IoctlError, _explained, ioctl_error
 
 #: A cffi pointer or array (untyped: the layouts are checked by tests).
 CData = Any
@@ -236,8 +236,27 @@ class FdResource(Resource):
         except OSError as exc:
             if exc.errno is None:  # pragma: no cover - backends always set errno
                 raise
-            raise ioctl_error(exc.errno, name, describe(target) if target is not None
-                              else self.describe(), self.family) from None
+            raise self._ioctl_failed(exc.errno, name, arg, target) from None
+
+    def _ioctl_failed(self, err: int, name: str, arg: IoctlArg,
+                      target: str | Resource | None) -> IoctlError:
+        """The error for ioctl ``name`` that failed with ``err`` (called on
+        the failure path only).  Subclasses that can tell the cause of an
+        errno from their state or from ``arg`` say it and what to do
+        instead of the errno's generic meaning (see ``_hint``)."""
+        error = ioctl_error(err, name, describe(target) if target is not None
+                            else self.describe(), self.family)
+        try:
+            hint = self._hint(err, name, arg, target)
+        except Exception:  # pragma: no cover - a diagnosis never hides the kernel's error
+            hint = None
+        return _explained(error, hint) if hint else error
+
+    def _hint(self, err: int, name: str, arg: IoctlArg,
+              target: str | Resource | None) -> str | None:
+        """Why ioctl ``name`` failed with ``err`` and what to do, when this
+        object can tell; ``None`` keeps the errno's generic meaning."""
+        return None
 
     def _ioctl_argsz(
         self,
