@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno as _errno
 import os
+import warnings
 
 __all__ = [
     "VfioError",
@@ -306,3 +307,11 @@ def _explained(error: IoctlError, reason: str) -> IoctlError:
     error.strerror = message
     error.args = (err, message)
     return error
+
+
+def _deprecated(old: str, new: str) -> None:
+    """Warn (:class:`DeprecationWarning`, pointing at the caller's line)
+    that ``old`` is deprecated and ``new`` replaces it.  The deprecated
+    names are listed in the documentation (``api/deprecated``)."""
+    warnings.warn(f"{old} is deprecated: use {new} (the same thing)", DeprecationWarning,
+                  stacklevel=3)

@@ -341,8 +341,14 @@ class Device(FdResource):
         return self._iommufd
 
     def bind(self, iommufd: IommuFd, token: uuid.UUID | None = None) -> int:
-        """VFIO_DEVICE_BIND_IOMMUFD; returns the device's ID in the iommufd.
-        ``token`` is the VF token of an SR-IOV PF/VF pair, if one is set."""
+        """Bind this open device file to an iommufd (VFIO_DEVICE_BIND_IOMMUFD);
+        returns the device's ID in the iommufd.  ``token`` is the VF token
+        of an SR-IOV PF/VF pair, if one is set.
+
+        Not to be confused with :func:`pyvfio.setup.binding.bind` (``pyvfio
+        bind``), which binds the PCI device to a kernel driver (vfio-pci)
+        so that its vfio files exist at all: that comes first, once per
+        boot; this call then claims the opened device for an iommufd."""
         self._check_open()
         iommufd._check_open()
         arg = ffi.new("struct vfio_device_bind_iommufd *")

@@ -100,7 +100,7 @@ class Resource:
         does: once this object is released the kernel has dropped the
         child with it, and the child is marked closed.  When this object's
         own release fails and the class keeps such objects open
-        (:attr:`_open_after_failed_release`), the object, and the children
+        (``_open_after_failed_release``), the object, and the children
         that failed, stay open and the error is raised: ``close()`` may be
         called again."""
         if self._closed:
