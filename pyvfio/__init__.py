@@ -59,3 +59,8 @@ __all__ = [
     "PciConfig", "EventFd", "Irq", "IrqMap", "IrqVector", "DmaBuffer", "DmaChunk", "DmaPool",
     "IovaAllocator", "map_buffer", "DeviceFeatures", "MigrationState", "open_attached",
 ]
+
+# pyvfio.trace(): an ioctl trace (see pyvfio.backend.trace).
+from .backend.trace import trace  # noqa: E402
+
+__all__ += ["trace"]

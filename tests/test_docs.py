@@ -42,6 +42,7 @@ HELPERS = {"edu.py"}
 API_MODULES = [
     "pyvfio.backend.base",
     "pyvfio.backend.kernel",
+    "pyvfio.backend.trace",
     "pyvfio.fake",
     "pyvfio.fake.machine.topology",
     "pyvfio.fake.machine.pci",

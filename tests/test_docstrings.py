@@ -69,6 +69,7 @@ DOCUMENTED = [
     "pyvfio.backend",
     "pyvfio.backend.base",
     "pyvfio.backend.kernel",
+    "pyvfio.backend.trace",
     "pyvfio.fake",
     "pyvfio.fake.core",
     "pyvfio.fake.uaccess",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno as _errno
+import logging
 import warnings
 from typing import Any, Callable, ClassVar, Iterator, TypeVar
 
@@ -17,6 +18,8 @@ CData = Any
 __all__ = ["Resource", "FdResource", "CData", "U64_MAX", "check_u64", "check_flags"]
 
 U64_MAX = (1 << 64) - 1
+
+_LOG = logging.getLogger(__name__)
 
 R = TypeVar("R", bound="Resource")
 
@@ -285,6 +288,8 @@ class FdResource(Resource):
             self._ioctl(name, request, raw, target=target)
             if info.argsz <= size:
                 return info, raw
+            _LOG.debug("%s on %s: the kernel needs argsz %d (gave %d): retrying", name,
+                       target or self.describe(), int(info.argsz), size)
             size = int(info.argsz)
         raise ioctl_error(_errno.EINVAL, name, target or self.describe(),
                           self.family)  # pragma: no cover

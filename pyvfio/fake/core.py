@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import abc
 import errno
+import logging
 import os
 import threading
 import weakref
@@ -40,6 +41,9 @@ __all__ = [
     "UserMemory",
     "errno_error",
 ]
+
+
+_LOG = logging.getLogger(__name__)
 
 
 def errno_error(err: int, detail: str = "") -> OSError:
@@ -202,6 +206,22 @@ class _OpenFile:
     refs: int = 1
 
 
+def _log_refusal(file: FakeFile, request: int, exc: OSError) -> None:
+    """Log (DEBUG) which function of the fake refused an ioctl: the frame
+    that raised, named after the kernel function enforcing the rule."""
+    from ..backend.trace import ioctl_name, path_kind
+
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    where = (f"{tb.tb_frame.f_code.co_name} ({os.path.basename(tb.tb_frame.f_code.co_filename)}"
+             f":{tb.tb_lineno})") if tb is not None else "?"
+    # a device file from VFIO_GROUP_GET_DEVICE_FD is named "/dev/vfio/N:<bdf>"
+    kind = "device" if getattr(file, "core", None) is not None else path_kind(file.path)
+    _LOG.debug("%s on %s refused by %s: %s %s", ioctl_name(request, kind), file.path, where,
+               errno.errorcode.get(exc.errno or 0, exc.errno), exc.strerror)
+
+
 class FakeBackend(Backend):
     """The :class:`~pyvfio.backend.base.Backend` of a fake :class:`System`."""
 
@@ -309,6 +329,10 @@ class FakeBackend(Backend):
             token = enter(self.system)
             try:
                 return file.ioctl(request, arg)
+            except OSError as exc:
+                if _LOG.isEnabledFor(logging.DEBUG):
+                    _log_refusal(file, request, exc)
+                raise
             finally:
                 leave(token)
 

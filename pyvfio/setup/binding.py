@@ -42,6 +42,7 @@ driver: both keep the group viable, and vfio-pci does not drive bridges).
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -50,7 +51,7 @@ from typing import Any, Iterable
 from ..backend import Backend, resolve_backend
 from ..core import sysfs, viability
 from ..errors import InvalidArgumentError, VfioError
-from . import devices
+from . import _progress, devices
 from .binding_state import (_NO_DRIVER, STATE_DIR, BindError, BindingRecord, BindingState,
                             is_driver_name)
 from .host_use import DeviceInUseError, Usage, UsageScan, device_users
@@ -117,12 +118,17 @@ class Binding:
         return "\n".join([line] + [f"  note: {n}" for n in self.notes])
 
 
+_LOG = logging.getLogger(__name__)
+
+
 # -- the sysfs steps --------------------------------------------------------------------
 def _write(b: Backend, path: str, value: str, what: str) -> None:
+    _LOG.info("%s: %s <- %r", what, path, value.strip())
     try:
         b.sysfs_write(path, value)
     except OSError as e:
         err = e.errno or errno.EIO
+        _LOG.info("%s: %s", what, os.strerror(err))
         hint = " (run as root)" if err in (errno.EACCES, errno.EPERM) else ""
         raise BindError(err, f"{what}: writing {value.strip()!r} to {path} failed: "
                              f"{os.strerror(err)}{hint}") from None
@@ -147,7 +153,10 @@ def _probe(b: Backend, bdf: str) -> OSError | None:
     try:
         b.sysfs_write("/sys/bus/pci/drivers_probe", bdf)
     except OSError as e:
+        _LOG.info("probing %s: drivers_probe refused: %s", bdf, os.strerror(e.errno or errno.EIO))
         return e
+    if _LOG.isEnabledFor(logging.INFO):
+        _LOG.info("probing %s: now on %s", bdf, sysfs.device_driver(bdf, b) or "no driver")
     return None
 
 
@@ -259,6 +268,8 @@ def bind(bdf: str, driver: str = "vfio-pci", *, force: bool = False,
     if (info.driver is not None or host_driver) and not force:
         _in_use(b, [bdf], f"unbind {bdf} from {info.driver}" if info.driver is not None
                 else f"bind {bdf} to {driver}", host_driver)
+    _LOG.info("binding %s (group %s) from %s to %s", bdf, group, info.driver or "no driver",
+              driver)
     st.remember(bdf, info.driver, info.driver_override)
     _set_override(b, bdf, driver)
     if info.driver is not None:
@@ -351,6 +362,8 @@ def restore(bdf: str | Binding, *, force: bool = False, backend: Backend | None 
     if (need_unbind or host_driver) and not force:
         _in_use(b, [bdf], f"give {bdf} back to {target or 'the kernel'}"
                 if host_driver else f"unbind {bdf} from {info.driver}", host_driver)
+    _LOG.info("restoring %s from %s to %s", bdf, info.driver or "no driver",
+              (target or "no driver") if record is not None else "the kernel's choice")
     if info.driver_override != target_override:
         _set_override(b, bdf, target_override)
     if need_unbind:
@@ -361,6 +374,7 @@ def restore(bdf: str | Binding, *, force: bool = False, backend: Backend | None 
         err = _probe(b, bdf)
         if target is not None and sysfs.device_driver(bdf, b) is None \
                 and b.exists(f"/sys/bus/pci/drivers/{target}"):
+            _LOG.info("restoring %s: no driver took it on probe; binding %s directly", bdf, target)
             try:
                 b.sysfs_write(f"/sys/bus/pci/drivers/{target}/bind", bdf)
             except OSError as e:
@@ -415,7 +429,10 @@ def bind_group(group: int, driver: str = "vfio-pci", *, force: bool = False,
     try:
         for bdf in targets:
             done.append(bind(bdf, driver, force=True, backend=b, state=st, timeout=timeout))
-    except VfioError:
+            _progress.report(len(done), len(targets), f"binding IOMMU group {group}", bdf)
+    except VfioError as exc:
+        _LOG.info("binding IOMMU group %s failed (%s): giving back the %d device(s) moved",
+                  group, exc, sum(r.changed for r in done))
         for res in reversed(done):
             if res.changed:
                 try:

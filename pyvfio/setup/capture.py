@@ -44,14 +44,17 @@ files open.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from typing import Any
 
 from ..backend import Backend, resolve_backend
 from ..core import sysfs
-from . import devices, kernel_support
+from . import _progress, devices, kernel_support
 from .binding_state import BindingState
 from .host_use import UsageScan
+
+_LOG = logging.getLogger(__name__)
 
 __all__ = ["capture", "to_json", "replay_check"]
 
@@ -271,8 +274,10 @@ def capture(backend: Backend | None = None, *, name: str | None = None,
     are written as ``0x`` strings where sysfs shows them in hex."""
 
     b = resolve_backend(backend)
+    _LOG.info("capturing the topology: reading the PCI devices and IOMMU groups")
     pci = devices.pci_devices(b)
     groups = devices.iommu_groups(b)
+    _LOG.info("capturing the topology: %d PCI devices, %d IOMMU groups", len(pci), len(groups))
     host = (_read(b, "/proc/sys/kernel/hostname") or "").strip()
     if host == "(none)":  # the kernel's name for "not set"
         host = ""
@@ -311,7 +316,7 @@ def capture(backend: Backend | None = None, *, name: str | None = None,
     for dev in pci:
         by_bus.setdefault(int(dev.bdf[5:7], 16), []).append(dev)
     state = BindingState.default(b)
-    specs = []
+    specs: list[dict[str, Any]] = []
     common = {(r["start"], r["last"], r["type"]) for r in (iommu or {}).get("reserved_regions", [])}
     first_of_group = {g.id: next((d for d in g.devices if d in {x.bdf for x in pci}), None)
                       for g in groups}
@@ -321,6 +326,7 @@ def capture(backend: Backend | None = None, *, name: str | None = None,
         conventional = dev.is_bridge and _conventional_bridge(b, dev, by_bus)
         spec = _device_spec(b, dev, known.get((dev.vendor, dev.device)), conventional,
                             record.driver if record is not None else None)
+        _progress.report(len(specs) + 1, len(pci), "capturing the topology", dev.bdf)
         if iommu is not None and dev.iommu_group is not None \
                 and first_of_group.get(dev.iommu_group) == dev.bdf:
             extra = [{"start": hex(r.start), "last": hex(r.last), "type": r.type}

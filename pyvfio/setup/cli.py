@@ -1,8 +1,10 @@
 """The ``pyvfio`` command: device discovery, binding and environment checks.
 
-Usage: ``pyvfio [--fake NAME|FILE] [--json] COMMAND [ARGS]`` (also
-``python -m pyvfio``).  ``--fake`` and ``--json`` are accepted before or
-after the command.
+Usage: ``pyvfio [--fake NAME|FILE] [--json] [-v|-vv] COMMAND [ARGS]`` (also
+``python -m pyvfio``).  ``--fake``, ``--json`` and ``-v`` are accepted before
+or after the command.  ``-v`` logs each step to stderr (binding steps,
+fallbacks), ``-vv`` also the details (retries, the fake's refusals);
+``PYVFIO_TRACE=1`` prints every syscall (see :mod:`pyvfio.backend.trace`).
 
 Commands:
 
@@ -60,19 +62,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import textwrap
 from typing import Any, NoReturn, Sequence
 
-from ..backend import Backend, default_backend
+from ..backend import Backend, default_backend, traced_if_enabled
 from ..core import sysfs, viability
 from ..errors import InvalidArgumentError, VfioError
-from . import binding, devices, kernel_support
+from . import _cli_logging, _progress, binding, devices, kernel_support
 from .binding_state import BindingStateError, is_driver_name
 from .environment import FAIL, WARN, check_environment
 
 __all__ = ["main", "build_parser", "EXIT_OK", "EXIT_PROBLEM", "EXIT_USAGE", "EXIT_FAILED",
            "EXIT_IN_USE", "FALLBACK_TOPOLOGY"]
+
+_LOG = logging.getLogger(__name__)
 
 #: Exit codes (see the module documentation).
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, EXIT_FAILED, EXIT_IN_USE = 0, 1, 2, 3, 4
@@ -118,7 +123,7 @@ class _Context:
                 system = System(topology)
             except TopologyError as e:
                 raise _UsageError(f"--fake {args.fake}: {e}") from None
-            self.backend = system.backend
+            self.backend = traced_if_enabled(system.backend)
             self.description = topology.get("description")
         else:
             self.backend = default_backend()
@@ -276,6 +281,7 @@ def cmd_status(args: argparse.Namespace, backend: Backend | None) -> int:
     if fallback:
         real = devices.pci_devices(default_backend())
         args.fake = FALLBACK_TOPOLOGY
+        _LOG.info("no IOMMU groups on this machine: falling back to the fake %r", args.fake)
         print(_BANNER.format(why=f"{len(real)} PCI devices, no IOMMU groups",
                              name=FALLBACK_TOPOLOGY))
         print()
@@ -487,7 +493,8 @@ def _run_binding(args: argparse.Namespace, backend: Backend | None, action: str)
             _refuse_bridges(b, [d for _kind, d in ops], args.driver)
     error: VfioError | None = None
     try:
-        for kind, target in ops:
+        for step, (kind, target) in enumerate(ops):
+            _progress.report(step, len(ops), f"pyvfio {action}", f"done, next {target}")
             if kind == "group":
                 gid = int(target)
                 if action == "bind":
@@ -504,6 +511,7 @@ def _run_binding(args: argparse.Namespace, backend: Backend | None, action: str)
                 results.append(binding.unbind(target, force=args.force, backend=b, state=st))
             else:
                 results.append(binding.restore(target, force=args.force, backend=b, state=st))
+        _progress.report(len(ops), len(ops), f"pyvfio {action}", "done")
     except VfioError as e:
         error = e
     code = EXIT_OK
@@ -591,6 +599,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "(default, minimal, multi-group) or a JSON topology file")
         p.add_argument("--json", action="store_true", default=default,
                        help="machine-readable output")
+        p.add_argument("-v", "--verbose", action="count", default=default,
+                       help="log each step to stderr (-vv: the details too)")
 
     common_options(parser, None)
     common = _Parser(add_help=False)
@@ -661,6 +671,7 @@ def main(argv: Sequence[str] | None = None, *, backend: Backend | None = None) -
     if not hasattr(args, "real"):
         args.real = False
     want_json = bool(args.json)
+    restore_logging = _cli_logging.configure(args.verbose or 0)
     try:
         return int(args.func(args, backend))
     except (_UsageError, InvalidArgumentError) as exc:
@@ -671,6 +682,8 @@ def main(argv: Sequence[str] | None = None, *, backend: Backend | None = None) -
     except OSError as exc:
         print(f"pyvfio: {exc}", file=sys.stderr)
         return _fail(want_json, EXIT_FAILED, "failed", str(exc), exc.errno)
+    finally:
+        restore_logging()
 
 
 def _fail(want_json: bool, code: int, kind: str, message: str, errno: int | None = None) -> int:

@@ -10,6 +10,7 @@ offers the device: :func:`open_attached`.
 from __future__ import annotations
 
 import contextlib
+import logging
 from typing import Iterator
 
 from ..backend import Backend, resolve_backend
@@ -21,6 +22,8 @@ from ..core.iommufd import IOAS, IommuFd
 from ..errors import VfioError
 
 __all__ = ["open_attached"]
+
+_LOG = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -35,8 +38,14 @@ def open_attached(bdf: str, *, backend: Backend | None = None, legacy: bool = Fa
     if not legacy:
         try:
             sysfs.device_cdev_path(bdf, b)
-        except VfioError:
+        except VfioError as exc:
+            _LOG.info("%s: no VFIO device cdev (%s): using its group and a type1 container",
+                      bdf, exc)
             legacy = True
+        else:
+            _LOG.info("%s: opening its VFIO cdev on a new iommufd", bdf)
+    else:
+        _LOG.info("%s: legacy requested: using its group and a type1 container", bdf)
     with contextlib.ExitStack() as stack:
         if legacy:
             container = stack.enter_context(Container(backend=b))
