@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import errno
 import mmap
+from types import SimpleNamespace
 from typing import Any, Iterator
 
 import pytest
 
 import pyvfio
-from pyvfio import Container, Device, DmaBuffer, Group, IommuFd, IommuType
+from pyvfio import Container, Device, DmaBuffer, Group, IommuFd, IommuType, lib
 from pyvfio.core import _hints
 from pyvfio.errors import InvalidArgumentError, IoctlError, VfioError
 
@@ -101,6 +102,19 @@ def test_the_diagnosis_runs_only_after_a_failure(attached: Any,
 
     monkeypatch.setattr(_hints, "ioas_map_einval", boom)
     ioas.map(mmap.mmap(-1, 0x1000)).close()
+
+
+def test_the_map_diagnosis_reads_the_fields_of_any_argument(attached: Any) -> None:
+    """A map issued without a cffi struct (a compiled fast path) gets the
+    same diagnosis from an object with the struct's fields."""
+    ioas, _b = attached
+    fields = SimpleNamespace(flags=lib.IOMMU_IOAS_MAP_READABLE, user_va=0x10010,
+                             length=0x1000, iova=0)
+    error = ioas.iommufd._ioctl_failed(errno.EINVAL, "IOMMU_IOAS_MAP", ioas, arg=fields)
+    assert isinstance(error, IoctlError) and error.errno == errno.EINVAL
+    assert "the buffer's address 0x10010 is 0x10 bytes past a 0x1000 boundary" in str(error)
+    plain = ioas.iommufd._ioctl_failed(errno.EINVAL, "IOMMU_IOAS_MAP", ioas)
+    assert "misaligned fixed IOVA" in str(plain)   # no argument: the generic meaning
 
 
 def test_an_errno_without_a_diagnosis_keeps_its_generic_meaning(attached: Any) -> None:

@@ -91,7 +91,8 @@ class IommuFd(FdResource):
 
     def _hint(self, err: int, name: str, arg: Any, target: Any) -> str | None:
         # Only once the map failed: the success path does no extra work.
-        if err == errno.EINVAL and name == "IOMMU_IOAS_MAP" and isinstance(target, IOAS):
+        if (err == errno.EINVAL and name == "IOMMU_IOAS_MAP" and isinstance(target, IOAS)
+                and arg is not None):
             return _hints.ioas_map_einval(target, arg)
         return None
 

@@ -239,13 +239,14 @@ class FdResource(Resource):
         except OSError as exc:
             if exc.errno is None:  # pragma: no cover - backends always set errno
                 raise
-            raise self._ioctl_failed(exc.errno, name, arg, target) from None
+            raise self._ioctl_failed(exc.errno, name, target, arg=arg) from None
 
-    def _ioctl_failed(self, err: int, name: str, arg: IoctlArg,
-                      target: str | Resource | None) -> IoctlError:
+    def _ioctl_failed(self, err: int, name: str, target: str | Resource | None = None, *,
+                      arg: Any = None) -> IoctlError:
         """The error for ioctl ``name`` that failed with ``err`` (called on
         the failure path only).  Subclasses that can tell the cause of an
-        errno from their state or from ``arg`` say it and what to do
+        errno from their state or from ``arg`` (the ioctl's argument: its
+        struct, or anything with the same fields) say it and what to do
         instead of the errno's generic meaning (see ``_hint``)."""
         error = ioctl_error(err, name, describe(target) if target is not None
                             else self.describe(), self.family)
@@ -255,7 +256,7 @@ class FdResource(Resource):
             hint = None
         return _explained(error, hint) if hint else error
 
-    def _hint(self, err: int, name: str, arg: IoctlArg,
+    def _hint(self, err: int, name: str, arg: Any,
               target: str | Resource | None) -> str | None:
         """Why ioctl ``name`` failed with ``err`` and what to do, when this
         object can tell; ``None`` keeps the errno's generic meaning."""
