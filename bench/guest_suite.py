@@ -53,6 +53,10 @@ PAGE = 4096
 HUGE = 2 << 20
 IOVA = 1 << 30  # 2 MiB aligned, clear of the IOMMU's reserved ranges
 SIZES = {"4k": PAGE, "2m": HUGE}
+#: objects-layer map+unmap against the C ioctl loop, by size (issue 13, goal 1)
+MAP_GOALS = {"4k": 3.0, "2m": 1.2}
+#: registers per block in the MMIO block benchmark (edu's 0x00..0x1c)
+EDU_BLOCK = 8
 IDENT, LIVENESS = 0x0, 0x4  # edu BAR0 registers
 MAP_FIXED = 0x10
 KB = KernelBackend()
@@ -117,7 +121,7 @@ def iommufd_suite(exe: Path, bdf: str, reps: int, target_s: float, log: Log) -> 
             cmd, ucmd = host_suite.ioas_cmds(ioas.id, mem.address, size, IOVA)
             objects = "objects: ioas.map(buf, iova).unmap()"
             variants = {
-                objects: per_op(lambda: ioas.map(mem, IOVA).unmap()),
+                objects: per_op(lambda: ioas.map(mem, IOVA).close()),
                 "raw backend.ioctl": host_suite.raw_ioas(KB.ioctl, iommufd.fd, cmd, ucmd),
                 "C ioctl loop": c_batch(exe, "ioas", iommufd.fd, ioas.id, mem.fd, size, IOVA,
                                         pass_fds=(iommufd.fd, mem.fd)),
@@ -125,7 +129,8 @@ def iommufd_suite(exe: Path, bdf: str, reps: int, target_s: float, log: Log) -> 
             out.append(measure(
                 f"guest.ioas_{label}", f"IOAS map+unmap {label.upper()}iB (iommufd, device "
                 "attached)", variants, reps, target_s,
-                [(objects, "C ioctl loop", 1.5), ("raw backend.ioctl", "C ioctl loop", None)],
+                [(objects, "C ioctl loop", MAP_GOALS[label]),
+                 ("raw backend.ioctl", "C ioctl loop", None)],
                 size=size, memory="memfd shared with the C program"))
             mem.close()
         out += mmio(exe, dev, reps, target_s, log)
@@ -160,8 +165,24 @@ def mmio(exe: Path, dev: pyvfio.Device, reps: int, target_s: float, log: Log) ->
         reg = "ident 0x0" if op == "read32" else "liveness 0x4"
         out.append(measure(
             f"guest.mmio_{op}", f"MMIO {op} on edu BAR0 ({reg})", variants, reps, target_s,
-            [(name, "C volatile access", 3.0), (f"cffi lib.pyvfio_{op}", "C volatile access",
+            [(name, f"cffi lib.pyvfio_{op}", host_suite.MMIO_GOAL),
+             (name, "C volatile access", 3.0), (f"cffi lib.pyvfio_{op}", "C volatile access",
                                                 None)], hi=5_000_000))
+    log("bench: MMIO blocks")
+    values = [0x5A + i for i in range(EDU_BLOCK)]
+    variants = {
+        "pyvfio read32_block": per_op(lambda: mapping.read32_block(IDENT, EDU_BLOCK)),
+        "C read loop": c_batch(exe, "block", dev.fd, bar0.offset, PAGE, IDENT, 4, LIVENESS, 0,
+                               EDU_BLOCK, key="read_block_ns", pass_fds=(dev.fd,)),
+        "pyvfio write32_block": per_op(lambda: mapping.write32_block(LIVENESS, values, stride=0)),
+        "C write loop": c_batch(exe, "block", dev.fd, bar0.offset, PAGE, IDENT, 4, LIVENESS, 0,
+                                EDU_BLOCK, key="write_block_ns", pass_fds=(dev.fd,)),
+    }
+    out.append(measure(
+        "guest.mmio_block", f"MMIO blocks of {EDU_BLOCK} registers on edu BAR0 (reads of "
+        f"0x0..{4 * EDU_BLOCK - 4:#x}, writes to liveness 0x4; per block)", variants, reps,
+        target_s, [("pyvfio read32_block", "C read loop", None),
+                   ("pyvfio write32_block", "C write loop", None)], hi=1_000_000))
     mapping.close()
     return out
 
@@ -178,7 +199,7 @@ def type1_suite(exe: Path, bdf: str, reps: int, target_s: float, log: Log) -> li
             dmap, dunmap = host_suite.type1_cmds(mem.address, size, IOVA)
             objects = "objects: container.map_dma(buf, iova).unmap()"
             variants = {
-                objects: per_op(lambda: cont.map_dma(mem, IOVA).unmap()),
+                objects: per_op(lambda: cont.map_dma(mem, IOVA).close()),
                 "raw backend.ioctl": host_suite.raw_type1(KB.ioctl, cont.fd, dmap, dunmap),
                 "C ioctl loop": c_batch(exe, "type1", cont.fd, mem.fd, size, IOVA,
                                         pass_fds=(cont.fd, mem.fd)),
@@ -186,7 +207,8 @@ def type1_suite(exe: Path, bdf: str, reps: int, target_s: float, log: Log) -> li
             out.append(measure(
                 f"guest.type1_{label}", f"type1 map+unmap {label.upper()}iB (legacy "
                 "container + group)", variants, reps, target_s,
-                [(objects, "C ioctl loop", 1.5), ("raw backend.ioctl", "C ioctl loop", None)],
+                [(objects, "C ioctl loop", MAP_GOALS[label]),
+                 ("raw backend.ioctl", "C ioctl loop", None)],
                 size=size, memory="memfd shared with the C program"))
             mem.close()
     return out

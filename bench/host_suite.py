@@ -19,8 +19,16 @@ from harness import REPO, Batch, Result, c_batch, calibrate, interleaved, per_op
 
 import pyvfio
 from pyvfio import ffi, lib
-from pyvfio.backend.base import MAP_ANONYMOUS, MAP_PRIVATE, PROT_READ, PROT_WRITE
+from pyvfio.backend.base import (
+    MAP_ANONYMOUS,
+    MAP_PRIVATE,
+    PROT_READ,
+    PROT_WRITE,
+    DirectIoctls,
+    MemoryMap,
+)
 from pyvfio.backend.kernel import KernelBackend
+from pyvfio.core.region import RegionMapping
 
 PAGE = 4096
 RW_IOAS = lib.IOMMU_IOAS_MAP_READABLE | lib.IOMMU_IOAS_MAP_WRITEABLE
@@ -104,23 +112,48 @@ def import_time(reps: int, where: str = "host", goal: bool = True) -> list[Resul
 
 
 # -- MMIO accessors on anonymous RAM ---------------------------------------------------
+#: RegionMapping.read32/write32 against a bare cffi accessor call (issue 13, goal 2)
+MMIO_GOAL = 1.25
+#: registers per block in the block-accessor benchmarks
+BLOCK = 64
+
+
+def ram_region(mem: MemoryMap) -> RegionMapping:
+    """A RegionMapping over anonymous memory mapped by the kernel backend,
+    as a whole BAR is: its accessors take the compiled path they take on
+    a real device."""
+    from types import SimpleNamespace
+
+    region = SimpleNamespace(size=mem.length, name="RAM", _mapping=None,
+                             device=SimpleNamespace(backend=KernelBackend()),
+                             describe=lambda: "anonymous RAM")
+    mapping = RegionMapping(region, [(0, mem.length, mem)], writable=True)  # type: ignore[arg-type]
+    assert mapping.direct_path
+    return mapping
+
+
 def ram_accessors(exe: Path, reps: int, target_s: float, where: str = "host") -> list[Result]:
-    """pyvfio's MemoryMap.read/write (32-bit) on anonymous RAM against a C
-    loop of volatile accesses: the accessors' own cost, without a device."""
+    """pyvfio's RegionMapping.read32/write32 and MemoryMap.read/write on
+    anonymous RAM against a bare cffi call of the accessor and a C loop of
+    volatile accesses: the accessors' own cost, without a device."""
     backend = KernelBackend()
     mem = backend.mmap(PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS)
+    mapping = ram_region(mem)
     addr = mem.address
     read, write = mem.read, mem.write
     read32, write32 = lib.pyvfio_read32, lib.pyvfio_write32
     out = []
     try:
         for op, variants in (
-            ("read32", {"pyvfio MemoryMap.read": per_op(lambda: read(0, 4)),
+            ("read32", {"pyvfio RegionMapping.read32": per_op(lambda: mapping.read32(0)),
                         "cffi lib.pyvfio_read32": per_op(lambda: read32(addr)),
-                        "C volatile loop": c_batch(exe, "ram", key="read32_ns")}),
-            ("write32", {"pyvfio MemoryMap.write": per_op(lambda: write(4, 4, 0x5A)),
+                        "C volatile loop": c_batch(exe, "ram", key="read32_ns"),
+                        "pyvfio MemoryMap.read": per_op(lambda: read(0, 4))}),
+            ("write32", {"pyvfio RegionMapping.write32":
+                         per_op(lambda: mapping.write32(4, 0x5A)),
                          "cffi lib.pyvfio_write32": per_op(lambda: write32(addr + 4, 0x5A)),
-                         "C volatile loop": c_batch(exe, "ram", key="write32_ns")}),
+                         "C volatile loop": c_batch(exe, "ram", key="write32_ns"),
+                         "pyvfio MemoryMap.write": per_op(lambda: write(4, 4, 0x5A))}),
         ):
             iters = {name: calibrate(fn, target_s, hi=50_000_000)
                      for name, fn in variants.items()}
@@ -128,18 +161,68 @@ def ram_accessors(exe: Path, reps: int, target_s: float, where: str = "host") ->
             names = list(variants)
             out.append(Result(
                 f"{where}.ram_{op}", f"MMIO accessor {op} on anonymous RAM (accessor cost only)",
-                "ns/op", samples, ratios=[(names[0], names[2], None), (names[1], names[2], None)],
+                "ns/op", samples, ratios=[(names[0], names[1], MMIO_GOAL),
+                                          (names[1], names[2], None), (names[3], names[2], None)],
                 params={"iters": iters, "reps": reps},
             ))
+        out.append(ram_blocks(exe, mapping, reps, target_s, where))
     finally:
-        mem.close()
+        mapping.close()
     return out
 
 
+def ram_blocks(exe: Path, mapping: RegionMapping, reps: int, target_s: float,
+               where: str = "host") -> Result:
+    """read32_block/write32_block of BLOCK registers in one call against
+    the same C loop and against a Python loop of read32/write32."""
+    values = list(range(BLOCK))
+    read32, write32 = mapping.read32, mapping.write32
+
+    def py_reads() -> None:
+        for i in range(0, 4 * BLOCK, 4):
+            read32(i)
+
+    def py_writes() -> None:
+        for i, v in enumerate(values):
+            write32(4 * i, v)
+
+    c_args = (-1, 0, PAGE, 0, 4, 0, 4, BLOCK)
+    variants = {
+        "pyvfio read32_block": per_op(lambda: mapping.read32_block(0, BLOCK)),
+        "C read loop": c_batch(exe, "block", *c_args, key="read_block_ns"),
+        "pyvfio write32_block": per_op(lambda: mapping.write32_block(0, values)),
+        "C write loop": c_batch(exe, "block", *c_args, key="write_block_ns"),
+        "Python loop of read32": per_op(py_reads),
+        "Python loop of write32": per_op(py_writes),
+    }
+    iters = {name: calibrate(fn, target_s, hi=5_000_000) for name, fn in variants.items()}
+    samples = interleaved(variants, iters, reps)
+    return Result(
+        f"{where}.ram_block", f"MMIO blocks of {BLOCK} registers on anonymous RAM (per block)",
+        "ns/op", samples,
+        ratios=[("pyvfio read32_block", "C read loop", None),
+                ("pyvfio write32_block", "C write loop", None),
+                ("Python loop of read32", "pyvfio read32_block", None),
+                ("Python loop of write32", "pyvfio write32_block", None)],
+        params={"iters": iters, "reps": reps, "registers": BLOCK},
+    )
+
+
 # -- the objects layer over a kernel that does nothing ----------------------------------
+#: objects-layer map+unmap on the no-op kernel (issue 13, goal 1): at most
+#: this many ns, and this many times the two raw ioctls through backend.ioctl
+OBJECTS_GOAL_NS = 1500.0
+OBJECTS_GOAL_RATIO = 20.0
+
+#: the compiled map/unmap helpers' twins that fill the struct and skip the syscall
+DRY_IOCTLS = DirectIoctls(lib.pyvfio_dry_ioas_map, lib.pyvfio_dry_ioas_unmap,
+                          lib.pyvfio_dry_dma_map, lib.pyvfio_dry_dma_unmap)
+
+
 class NullBackend(KernelBackend):
     """Real fds (of /dev/null) but every ioctl succeeds at once: what is
-    left of a map+unmap is pyvfio's own Python."""
+    left of a map+unmap is pyvfio's own cost.  Like the kernel backend it
+    offers compiled map/unmap calls: their twins without the syscall."""
 
     name = "null"
 
@@ -149,33 +232,60 @@ class NullBackend(KernelBackend):
     def ioctl(self, fd: int, request: int, arg: Any = 0) -> int:
         return 0
 
+    def direct_ioctls(self) -> DirectIoctls:
+        return DRY_IOCTLS
+
+
+class NullIoctlBackend(NullBackend):
+    """The no-op kernel offering no compiled calls: every map and unmap
+    goes through backend.ioctl (the path of the fake and of wrappers)."""
+
+    def direct_ioctls(self) -> None:  # type: ignore[override]
+        return None
+
 
 def objects_overhead(reps: int, target_s: float, where: str = "host") -> list[Result]:
-    backend = NullBackend()
+    """map+unmap through the objects on the no-op kernel, with the compiled
+    calls (the kernel backend's path) and through backend.ioctl, against
+    the two raw ioctls through backend.ioctl."""
+    backend, slow = NullBackend(), NullIoctlBackend()
     buf = mmap.mmap(-1, PAGE)
     va = int(ffi.cast("uintptr_t", ffi.from_buffer(buf)))
     out = []
-    with pyvfio.IommuFd(backend=backend) as iommufd, pyvfio.Container(backend=backend) as cont:
-        ioas = iommufd.ioas()
-        cont._min_page = PAGE  # no GET_INFO on the null kernel
+    with contextlib.ExitStack() as stack:
+        iommufd = stack.enter_context(pyvfio.IommuFd(backend=backend))
+        cont = stack.enter_context(pyvfio.Container(backend=backend))
+        s_iommufd = stack.enter_context(pyvfio.IommuFd(backend=slow))
+        s_cont = stack.enter_context(pyvfio.Container(backend=slow))
+        ioas, s_ioas = iommufd.ioas(), s_iommufd.ioas()
+        cont._min_page = s_cont._min_page = PAGE  # no GET_INFO on the null kernel
         cmd, ucmd = ioas_cmds(ioas.id, va, PAGE, 0x100000)
         dmap, dunmap = type1_cmds(va, PAGE, 0x100000)
         fd, cfd, ioctl = iommufd.fd, cont.fd, backend.ioctl
-
-        for name, variants in (
-            ("ioas", {"objects: ioas.map(buf, iova).unmap()":
-                      per_op(lambda: ioas.map(buf, 0x100000).unmap()),
-                      "raw backend.ioctl": raw_ioas(ioctl, fd, cmd, ucmd)}),
-            ("type1", {"objects: container.map_dma(buf, iova).unmap()":
-                       per_op(lambda: cont.map_dma(buf, 0x100000).unmap()),
-                       "raw backend.ioctl": raw_type1(ioctl, cfd, dmap, dunmap)}),
+        ioas_obj = "objects: ioas.map(buf, iova).unmap()"
+        type1_obj = "objects: container.map_dma(buf, iova).unmap()"
+        for name, obj, variants in (
+            ("ioas", ioas_obj,
+             {ioas_obj: per_op(lambda: ioas.map(buf, 0x100000).close()),
+              "raw backend.ioctl": raw_ioas(ioctl, fd, cmd, ucmd),
+              "objects through backend.ioctl":
+              per_op(lambda: s_ioas.map(buf, 0x100000).close())}),
+            ("type1", type1_obj,
+             {type1_obj: per_op(lambda: cont.map_dma(buf, 0x100000).close()),
+              "raw backend.ioctl": raw_type1(ioctl, cfd, dmap, dunmap),
+              "objects through backend.ioctl":
+              per_op(lambda: s_cont.map_dma(buf, 0x100000).close())}),
         ):
             iters = {n: calibrate(fn, target_s) for n, fn in variants.items()}
             samples = interleaved(variants, iters, reps)
-            a, b = variants
             out.append(Result(
                 f"{where}.null_{name}", f"{name} map+unmap on a no-op kernel (pyvfio's own cost)",
-                "ns/op", samples, ratios=[(a, b, None)], params={"iters": iters, "reps": reps},
+                "ns/op", samples,
+                ratios=[(obj, "raw backend.ioctl", OBJECTS_GOAL_RATIO),
+                        ("objects through backend.ioctl", "raw backend.ioctl", None)],
+                limits=[(obj, OBJECTS_GOAL_NS)], params={"iters": iters, "reps": reps},
+                notes="the objects call the no-op kernel's compiled twins (struct filled, "
+                      "no syscall); 'through backend.ioctl' is the fake's and wrappers' path",
             ))
     buf.close()
     return out

@@ -232,6 +232,17 @@ def _same_object(domain: Any, name: str) -> str | None:
 def _documented_elsewhere(app: Any, env: Any, node: Any, contnode: Any) -> Any:
     if node.get("refdomain") != "py":
         return None
+    if PYTHON_INVENTORY is not None and node.get("reftype") == "class" \
+            and "." not in node["reftarget"]:
+        # ``array[int]`` in an annotation names array.array as "array": a
+        # class of the standard library named like its module.
+        from sphinx.ext import intersphinx
+
+        alias = node.deepcopy()
+        alias["reftarget"] = f"{node['reftarget']}.{node['reftarget']}"
+        found = intersphinx.missing_reference(app, env, alias, contnode)
+        if found is not None:
+            return found
     domain = env.get_domain("py")
     target, mod, cls = node["reftarget"].lstrip("~."), node.get("py:module"), node.get("py:class")
     names = [target]

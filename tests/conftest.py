@@ -106,3 +106,11 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if passed or failed:
         total = len(passed) + len(failed)
         terminalreporter.write_line(f"parity: {total} scenarios, {len(passed)} identical")
+
+
+@pytest.fixture(autouse=True)
+def _own_fake_state(tmp_path_factory: pytest.TempPathFactory,
+                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """``pyvfio --fake`` keeps its state in $XDG_STATE_HOME: each test
+    starts from a fresh fake machine, never the user's saved one."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("xdg-state")))

@@ -145,6 +145,8 @@ DOCUMENTED = [
     "pyvfio.fake.machine.module_sysfs",
     "pyvfio.setup.binding_state",
     "pyvfio.setup.host_use",
+    "pyvfio.setup.persist",
+    "pyvfio.setup.fake_session",
 ]
 
 

@@ -313,7 +313,7 @@ def test_cli_progress_line_only_on_a_terminal(monkeypatch: pytest.MonkeyPatch, t
     code = cli.main(["bind", "0000:00:04.0", "0000:01:01.0"], backend=system.backend)
     assert code == cli.EXIT_OK
     if tty:
-        assert "\r\x1b[Kpyvfio bind: 1/2 done, next 0000:01:01.0" in err.getvalue()
+        assert "\r\x1b[Kbinding to vfio-pci: 1/2 0000:00:04.0" in err.getvalue()
         assert err.getvalue().endswith("\r\x1b[K")  # erased at the end
     else:
         assert err.getvalue() == ""

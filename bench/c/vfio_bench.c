@@ -13,6 +13,10 @@
  *   vfio_bench mmio  FD OFFSET LENGTH RD WR ITERS read32 at RD, write32 at WR of a
  *                                                 device region mmapped at OFFSET
  *   vfio_bench ram   ITERS                        the same accesses on anonymous RAM
+ *   vfio_bench block FD OFFSET LENGTH RD RSTRIDE WR WSTRIDE COUNT ITERS
+ *                                                 blocks of COUNT read32s from RD (RSTRIDE
+ *                                                 bytes apart) and of COUNT write32s to WR;
+ *                                                 times per block; FD -1: anonymous RAM
  *   vfio_bench ready CDEV ITERS                   open /dev/iommu + IOAS + open CDEV +
  *                                                 bind + attach (median of ITERS)
  *   vfio_bench layout                             struct sizes and ioctl numbers
@@ -204,6 +208,44 @@ static int mode_ram(char **argv)
     return 0;
 }
 
+/* Blocks of volatile 32-bit accesses, the loop pyvfio's read32_block and
+ * write32_block make in C. */
+static int mode_block(char **argv)
+{
+    int fd = (int)(long long)num(argv[0]);
+    off_t offset = (off_t)num(argv[1]);
+    size_t length = num(argv[2]);
+    size_t rd = num(argv[3]), rstride = num(argv[4]), wr = num(argv[5]), wstride = num(argv[6]);
+    size_t count = num(argv[7]);
+    unsigned long long iters = num(argv[8]);
+    void *p = fd < 0 ? mmap(NULL, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+                     : mmap(NULL, length, PROT_READ | PROT_WRITE, MAP_SHARED, fd, offset);
+    if (p == MAP_FAILED)
+        die("mmap");
+    if (fd < 0)
+        memset(p, 0, length);
+    volatile uint8_t *base = p;
+    uint32_t *out = calloc(count, sizeof(*out));
+    uint32_t sum = 0;
+    for (unsigned long long i = 0; i < iters / 10 + 1; i++)
+        for (size_t k = 0; k < count; k++)
+            sum += *(volatile uint32_t *)(base + rd + k * rstride);
+    uint64_t t0 = now_ns();
+    for (unsigned long long i = 0; i < iters; i++)
+        for (size_t k = 0; k < count; k++)
+            out[k] = *(volatile uint32_t *)(base + rd + k * rstride);
+    uint64_t t1 = now_ns();
+    for (unsigned long long i = 0; i < iters; i++)
+        for (size_t k = 0; k < count; k++)
+            *(volatile uint32_t *)(base + wr + k * wstride) = out[k] + (uint32_t)i;
+    uint64_t t2 = now_ns();
+    printf("read_block_ns=%.2f write_block_ns=%.2f iters=%llu sum=%u\n",
+           (double)(t1 - t0) / iters, (double)(t2 - t1) / iters, iters, sum + out[0]);
+    free(out);
+    munmap(p, length);
+    return 0;
+}
+
 static int cmp_u64(const void *a, const void *b)
 {
     uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
@@ -259,7 +301,7 @@ int main(int argc, char **argv)
 {
     static const struct { const char *name; int nargs; int (*fn)(char **); } modes[] = {
         { "ioas", 6, mode_ioas }, { "type1", 5, mode_type1 }, { "mmio", 6, mode_mmio },
-        { "ram", 1, mode_ram }, { "ready", 2, mode_ready },
+        { "ram", 1, mode_ram }, { "ready", 2, mode_ready }, { "block", 9, mode_block },
     };
     setvbuf(stdout, NULL, _IOLBF, 0);
     if (argc == 2 && !strcmp(argv[1], "layout"))

@@ -30,9 +30,9 @@ from typing import Any, Callable, Mapping, NamedTuple, Union
 #: A cffi pointer or array.
 CData = Any
 
-__all__ = ["Backend", "MemoryMap", "DirectAccess", "IoctlArg", "PROT_READ", "PROT_WRITE",
-           "MAP_SHARED", "MAP_PRIVATE", "MAP_ANONYMOUS", "MAP_HUGETLB", "MAP_POPULATE",
-           "MAP_HUGE_SHIFT"]
+__all__ = ["Backend", "MemoryMap", "DirectAccess", "DirectIoctls", "direct_ioctls", "IoctlArg",
+           "PROT_READ", "PROT_WRITE", "MAP_SHARED", "MAP_PRIVATE", "MAP_ANONYMOUS", "MAP_HUGETLB",
+           "MAP_POPULATE", "MAP_HUGE_SHIFT"]
 
 #: The argument of an ioctl: a cffi pointer or a plain integer.
 IoctlArg = Union[CData, int]
@@ -56,6 +56,50 @@ class DirectAccess(NamedTuple):
 
     readers: Mapping[int, Callable[[int], int]]  #: width -> load(address)
     writers: Mapping[int, Callable[[int, int], None]]  #: width -> store(address, value)
+
+
+class DirectIoctls(NamedTuple):
+    """Compiled DMA map and unmap calls that fill the ioctl's struct and
+    issue it in one call (the hot path of a driver that maps and unmaps
+    per I/O).  Each returns 0 or the kernel's errno (positive) and takes
+    plain integers -- fd, then the struct's fields in uAPI order -- and, for
+    the value the kernel writes back, a ``uint64_t *`` or ``ffi.NULL``:
+
+    * ``ioas_map(fd, ioas_id, flags, user_va, length, iova, out_iova)``
+      (IOMMU_IOAS_MAP),
+    * ``ioas_unmap(fd, ioas_id, iova, length, out_length)`` (IOMMU_IOAS_UNMAP),
+    * ``dma_map(fd, flags, vaddr, iova, size, page_mask)`` (VFIO_IOMMU_MAP_DMA),
+    * ``dma_unmap(fd, flags, iova, size, out_size)`` (VFIO_IOMMU_UNMAP_DMA,
+      without a dirty bitmap).
+
+    The map calls return -1, without a syscall, for what pyvfio refuses
+    before a map (a zero length, a range that wraps past 2**64, and for
+    ``dma_map`` an address, IOVA or size that is not a multiple of
+    ``page_mask + 1`` bytes); a value that does not fit its field raises
+    OverflowError.  The caller's own checks then say what is wrong.
+
+    A backend offers them (:meth:`Backend.direct_ioctls`) only when they
+    are the same syscalls its :meth:`Backend.ioctl` would make: a backend
+    that must see each ioctl (the fake, a tracing or fault-injecting
+    wrapper) offers none, and the objects then go through
+    :meth:`Backend.ioctl`.
+
+    Thread safety: plain syscalls, safe from any thread.
+    """
+
+    ioas_map: Callable[..., int]  #: IOMMU_IOAS_MAP
+    ioas_unmap: Callable[..., int]  #: IOMMU_IOAS_UNMAP
+    dma_map: Callable[..., int]  #: VFIO_IOMMU_MAP_DMA
+    dma_unmap: Callable[..., int]  #: VFIO_IOMMU_UNMAP_DMA
+
+
+def direct_ioctls(backend: object) -> DirectIoctls | None:
+    """The compiled map/unmap calls ``backend`` offers, or None.  Looked up
+    on the backend's class, so that a wrapper forwarding unknown attributes
+    (``__getattr__``) to another backend never hands out the wrapped
+    backend's calls: its ioctls keep going through its own ``ioctl``."""
+    method = getattr(type(backend), "direct_ioctls", None)
+    return method(backend) if method is not None else None
 
 
 class MemoryMap(abc.ABC):
@@ -167,6 +211,12 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def access(self, path: str, mode: int) -> bool:
         """access(2): may this process open ``path`` with ``mode``?"""
+
+    def direct_ioctls(self) -> DirectIoctls | None:
+        """Compiled DMA map/unmap calls equivalent to :meth:`ioctl` (see
+        :class:`DirectIoctls`), or None (the default): every ioctl must go
+        through :meth:`ioctl`."""
+        return None
 
     # -- memory -----------------------------------------------------------
     @abc.abstractmethod

@@ -15,7 +15,7 @@ import os
 import resource
 
 from .._uapi import ffi, lib
-from .base import Backend, DirectAccess, IoctlArg, MemoryMap
+from .base import Backend, DirectAccess, DirectIoctls, IoctlArg, MemoryMap
 
 __all__ = ["KernelBackend", "KernelMemoryMap"]
 
@@ -27,6 +27,8 @@ _WRITERS = {
     8: lib.pyvfio_write64,
 }
 _DIRECT = DirectAccess(_READERS, _WRITERS)
+_DIRECT_IOCTLS = DirectIoctls(lib.pyvfio_ioas_map, lib.pyvfio_ioas_unmap, lib.pyvfio_dma_map,
+                              lib.pyvfio_dma_unmap)
 
 
 def _check_access(offset: int, width: int, length: int) -> None:
@@ -163,6 +165,15 @@ class KernelBackend(Backend):
         if ret < 0:
             raise OSError(-ret, os.strerror(-ret))
         return int(ret)
+
+    def direct_ioctls(self) -> DirectIoctls | None:
+        """The compiled map/unmap helpers (the same ioctls as :meth:`ioctl`,
+        the struct filled in C), unless :meth:`ioctl` was replaced -- in a
+        subclass or on this object -- to see or change every ioctl: then
+        None."""
+        if type(self).ioctl is not KernelBackend.ioctl or "ioctl" in vars(self):
+            return None
+        return _DIRECT_IOCTLS
 
     def pread(self, fd: int, size: int, offset: int) -> bytes:
         """pread(2) through :func:`os.pread`: a single syscall."""

@@ -21,6 +21,7 @@ removed.
 from __future__ import annotations
 
 import threading
+from types import MappingProxyType
 from typing import (
     TYPE_CHECKING,
     Any,
@@ -28,6 +29,7 @@ from typing import (
     ClassVar,
     Generic,
     Iterator,
+    Mapping,
     Protocol,
     Sequence,
     TypeVar,
@@ -126,10 +128,21 @@ class IovaMapping(Resource):
     an unmap of a range (or the space's close) in another thread removed
     first is not unmapped again -- its IOVA may already hold a newer
     mapping.  Its attributes do not change after creation.
+
+    :ivar space: the address space it is mapped into
+    :ivar iova: first IOVA (bytes)
+    :ivar length: length in bytes
+    :ivar flags: the map ioctl's flags
     """
 
     kind = "mapping"
     _open_after_failed_release = True
+
+    # A mapping record is made and dropped on every map/unmap: its
+    # attributes (Resource's too) live in slots, and it has no children
+    # (nothing is adopted into a mapping: an empty, read-only table).
+    __slots__ = ("space", "iova", "length", "flags", "_owner", "_buffer", "_parent", "_closed")
+    _children: Mapping[int, Resource] = MappingProxyType({})  # type: ignore[assignment]
 
     #: The flag bits meaning the device may read (write) the memory.
     _READ: ClassVar[int] = 0
@@ -137,14 +150,17 @@ class IovaMapping(Resource):
 
     def __init__(self, space: AddressSpace, iova: int, length: int, flags: int,
                  owner: Any) -> None:
-        Resource.__init__(self, space.backend)
+        # Resource.__init__, inlined: this runs on every map.
+        self._closed = False
+        self._parent = None
         self.space = space  #: the address space it is mapped into
         self.iova = iova  #: first IOVA (bytes)
         self.length = length  #: bytes
         self.flags = flags  #: the map ioctl's flags
-        self._owner: Any = None
-        self._buffer: Any = None
-        self._set_owner(owner)
+        self._owner = owner
+        self._buffer = None
+        if type(owner) is not tuple and owner is not None:  # a tuple: a plain buffer
+            self._set_owner(owner)
 
     def _set_owner(self, owner: Any) -> None:
         """Keep ``owner`` alive while mapped and, if it is (or, for a copy,
@@ -162,6 +178,11 @@ class IovaMapping(Resource):
         self._buffer = buffer
         if buffer is not None:
             buffer._dma_mappings.add(self)
+
+    @property
+    def _backend(self) -> Backend:  # type: ignore[override]
+        """The space's backend (Resource keeps it in an attribute)."""
+        return self.space.backend
 
     @property
     def buffer(self) -> Any:
@@ -195,6 +216,25 @@ class IovaMapping(Resource):
     def describe(self) -> str:
         return f"mapping [{self.iova:#x}, +{self.length:#x}) of {self.space.describe()}"
 
+    def close(self) -> None:
+        """Unmap exactly this range; does nothing once closed.  When the
+        unmap fails (the kernel unmapped nothing) the mapping stays open,
+        the error is raised and ``close()`` may be retried."""
+        # Resource.close for an object without children (a mapping has
+        # none), inlined: this runs on every unmap.
+        if self._closed:
+            return
+        self._closed = True  # also keeps _release from closing it again
+        try:
+            self._release()
+        except BaseException:
+            self._closed = False
+            raise
+        parent = self._parent
+        if parent is not None:
+            parent._children.pop(id(self), None)
+            self._parent = None
+
     def unmap(self) -> None:
         """Deprecated: use :meth:`~pyvfio.core.resource.Resource.close`, the
         one verb that ends every pyvfio object (it unmaps this range); warns
@@ -208,13 +248,20 @@ class IovaMapping(Resource):
             # only while still in the table: no unmap (of another thread)
             # took it out and gave its IOVA to a newer mapping; marks it closed
             space._unmap(self.iova, self.length, only=self)
-        self._set_owner(None)
+        if self._owner is not None:
+            self._set_owner(None)
 
     def _mark_closed(self) -> None:
         """The kernel unmapped the range (an unmap of a wider range, the
         space closed or destroyed): the buffer is free again."""
-        self._set_owner(None)
-        super()._mark_closed()
+        if self._buffer is not None:
+            self._set_owner(None)
+        self._owner = None
+        self._closed = True
+        parent = self._parent
+        if parent is not None:
+            parent._children.pop(id(self), None)
+            self._parent = None
 
     def overlaps(self, iova: int, length: int) -> bool:
         """Whether ``[iova, iova + length)`` shares an IOVA with this mapping."""
@@ -242,11 +289,16 @@ class MappingTable(Generic[M]):
     :meth:`in_order`).
     """
 
-    __slots__ = ("_by_iova", "_starts", "straddling")
+    __slots__ = ("_by_iova", "_starts", "_unsorted", "straddling")
 
     def __init__(self, *, straddling: bool = False) -> None:
         self._by_iova: dict[int, M] = {}
-        self._starts = SortedKeys()  # the keys of _by_iova
+        # The sorted index of the keys of _by_iova is brought up to date
+        # only when order is needed (iteration, an unmap of a range): a
+        # map and the unmap of that mapping touch the dict and _unsorted,
+        # the keys not yet in _starts.
+        self._starts = SortedKeys()
+        self._unsorted: set[int] = set()
         self.straddling = straddling
 
     def __len__(self) -> int:
@@ -255,15 +307,32 @@ class MappingTable(Generic[M]):
     def __bool__(self) -> bool:
         return bool(self._by_iova)
 
+    def _sorted(self) -> SortedKeys:
+        """The sorted index, with the keys added since the last call."""
+        unsorted = self._unsorted
+        if unsorted:
+            starts = self._starts
+            for key in sorted(unsorted):
+                starts.add(key)
+            unsorted.clear()
+        return self._starts
+
+    def _remove_key(self, iova: int) -> None:
+        unsorted = self._unsorted
+        if iova in unsorted:
+            unsorted.remove(iova)
+        else:
+            self._starts.remove(iova)
+
     def __iter__(self) -> Iterator[M]:
         """The mappings, by IOVA."""
         by_iova = self._by_iova
-        return (by_iova[k] for k in self._starts)
+        return (by_iova[k] for k in self._sorted())
 
     def in_order(self) -> tuple[M, ...]:
         """The mappings, by IOVA."""
         by_iova = self._by_iova
-        return tuple(by_iova[k] for k in self._starts)
+        return tuple(by_iova[k] for k in self._sorted())
 
     def get(self, iova: int) -> M | None:
         """The mapping that starts at ``iova``, if any."""
@@ -276,7 +345,7 @@ class MappingTable(Generic[M]):
         iova = mapping.iova
         stale = self._by_iova.get(iova)
         if stale is None:
-            self._starts.add(iova)
+            self._unsorted.add(iova)
         elif stale is not mapping:
             stale._mark_closed()
         self._by_iova[iova] = mapping
@@ -286,7 +355,7 @@ class MappingTable(Generic[M]):
         closed: the kernel has nothing mapped in its range any more."""
         if self._by_iova.get(mapping.iova) is mapping:
             del self._by_iova[mapping.iova]
-            self._starts.remove(mapping.iova)
+            self._remove_key(mapping.iova)
         mapping._mark_closed()
 
     def forget(self, iova: int, length: int, everything: bool = False,
@@ -300,24 +369,24 @@ class MappingTable(Generic[M]):
                 if on_forget is not None:
                     on_forget(start)
                 m._mark_closed()
-            by_iova.clear()
-            self._starts.clear()
+            self.clear()
             return
         exact = by_iova.get(iova)
         if exact is not None and exact.length == length:
             # one mapping, exactly (the common case)
             del by_iova[iova]
-            self._starts.remove(iova)
+            self._remove_key(iova)
             if on_forget is not None:
                 on_forget(iova)
             exact._mark_closed()
             return
         last = iova + length - 1
-        for start in list(self._starts.irange(iova, last)):
+        starts = self._sorted()
+        for start in list(starts.irange(iova, last)):
             m = by_iova[start]
             if self.straddling or start + m.length - 1 <= last:
                 del by_iova[start]
-                self._starts.remove(start)
+                starts.remove(start)
                 if on_forget is not None:
                     on_forget(start)
                 m._mark_closed()
@@ -333,4 +402,4 @@ class MappingTable(Generic[M]):
         """Empty the table (the mappings were closed already)."""
         self._by_iova.clear()
         self._starts.clear()
-
+        self._unsorted.clear()

@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from .._uapi import ffi, lib
 from ..backend import Backend, resolve_backend
-from ..errors import InvalidArgumentError, VfioError
+from ..backend.base import direct_ioctls
+from ..errors import ClosedError, InvalidArgumentError, VfioError
 from .address_space import IovaMapping, MappingTable
 from .caps import (
     Capability,
@@ -38,7 +39,7 @@ from .caps import (
 )
 from .iova_allocator import IovaAllocator
 from .resource import U64_MAX, FdResource, check_u64, open_node
-from .user_buffer import UserBuffer, user_buffer
+from .user_buffer import UserBuffer, _user_buffer, user_buffer
 
 if TYPE_CHECKING:
     from .group import Group
@@ -55,6 +56,11 @@ __all__ = [
 
 _MAP_SIZE = ffi.sizeof("struct vfio_iommu_type1_dma_map")
 _UNMAP_SIZE = ffi.sizeof("struct vfio_iommu_type1_dma_unmap")
+_READ = lib.VFIO_DMA_MAP_FLAG_READ
+_WRITE = lib.VFIO_DMA_MAP_FLAG_WRITE
+_RW = _READ | _WRITE
+_NULL = ffi.NULL
+_new_object = object.__new__
 
 
 class IommuType(enum.IntEnum):
@@ -136,9 +142,12 @@ class DmaMapping(IovaMapping):
     closing takes the container's lock and does not unmap a range another
     thread's unmap already took; :meth:`Container.update_vaddr` changes
     :attr:`vaddr` under that lock.
+
+    :ivar vaddr: process virtual address backing it
     """
 
     kind = "DMA mapping"
+    __slots__ = ("vaddr",)
     _READ = lib.VFIO_DMA_MAP_FLAG_READ
     _WRITE = lib.VFIO_DMA_MAP_FLAG_WRITE
 
@@ -146,6 +155,49 @@ class DmaMapping(IovaMapping):
                  flags: int, owner: Any) -> None:
         IovaMapping.__init__(self, container, iova, size, flags, owner)
         self.vaddr = vaddr  #: process virtual address backing it
+
+    def close(self) -> None:
+        """Unmap exactly this range (VFIO_IOMMU_UNMAP_DMA); does nothing
+        once closed.  When the unmap fails the mapping stays open, the
+        error is raised and ``close()`` may be retried."""
+        if self._closed:
+            return
+        container: Container = self.space  # type: ignore[assignment]
+        call = container._unmap_call
+        if call is None or container._closed:
+            IovaMapping.close(self)
+            return
+        # IovaMapping.close, _release, Container._unmap(only=self) and
+        # MappingTable.forget, inlined: this runs on every unmap
+        lock = container._lock
+        lock.acquire()  # unmap, forget and free the IOVA as one step
+        try:
+            table = container._mappings
+            by_iova = table._by_iova
+            iova = self.iova
+            if by_iova.get(iova) is self:  # else another thread's unmap took it
+                err = call(container._fd, 0, iova, self.length, _NULL)
+                if err:
+                    raise container._ioctl_failed(err, "VFIO_IOMMU_UNMAP_DMA")
+                del by_iova[iova]
+                unsorted = table._unsorted
+                if iova in unsorted:
+                    unsorted.remove(iova)
+                else:
+                    table._starts.remove(iova)
+                allocator = container._allocator
+                if allocator is not None:
+                    allocator._free_if_allocated(iova)
+            self._closed = True
+        finally:
+            lock.release()
+        if self._buffer is not None:
+            self._set_owner(None)
+        self._owner = None
+        parent = self._parent
+        if parent is not None:
+            parent._children.pop(id(self), None)
+            self._parent = None
 
     @property
     def container(self) -> Container:
@@ -178,6 +230,9 @@ class Container(FdResource):
     map_ioctl: ClassVar[str] = "VFIO_IOMMU_MAP_DMA"  #: the map ioctl, for messages
     #: kernel-picked IOVAs are not restricted (type1 picks none)
     allowed_ranges: tuple[IovaRange, ...] = ()
+    # The backend's compiled map/unmap calls (None: through backend.ioctl)
+    _map_call: Any = None
+    _unmap_call: Any = None
 
     def __init__(self, path: str = "/dev/vfio/vfio", *, backend: Backend | None = None) -> None:
         b = resolve_backend(backend)
@@ -194,6 +249,9 @@ class Container(FdResource):
         # Guards _mappings, _allocator and _iommu_type together with the
         # kernel state they mirror (re-entered: closing a mapping unmaps).
         self._lock = threading.RLock()
+        direct = direct_ioctls(b)
+        if direct is not None:
+            self._map_call, self._unmap_call = direct.dma_map, direct.dma_unmap
 
     def describe(self) -> str:
         return f"container {self.path}" + (f" (fd {self._fd})" if self._fd >= 0 else "")
@@ -322,9 +380,64 @@ class Container(FdResource):
         ``buffer`` is a DMA buffer, a memory map or any buffer-protocol object
         whose memory is page aligned.
         """
-        self._check_open()
-        ub = user_buffer(buffer, ioctl="VFIO_IOMMU_MAP_DMA", target=self)
-        return self._map(ub, iova, ub.length, readable, writeable)
+        if self._closed:
+            raise ClosedError(self.describe())
+        vaddr, size, owner, writable = _user_buffer(buffer, "VFIO_IOMMU_MAP_DMA", self)
+        call = self._map_call
+        page = self._min_page
+        if (call is None or page is None or (writeable and not writable)
+                or type(iova) is not int):
+            # through backend.ioctl, or an argument _map rejects with its message
+            return self._map(UserBuffer(vaddr, size, owner, writable), iova, size, readable,
+                             writeable)
+        # _map's ioctl and record, inlined (the hot path of a driver mapping
+        # per I/O); the compiled call checks what _check_range checks
+        if readable and writeable:
+            flags = _RW
+        else:
+            flags = (_READ if readable else 0) | (_WRITE if writeable else 0)
+        lock = self._lock
+        lock.acquire()  # the kernel's mapping and the table's agree
+        try:
+            if self._closed:
+                raise ClosedError(self.describe())
+            try:
+                err = call(self._fd, flags, vaddr, iova, size, page - 1)
+            except OverflowError:
+                err = -1  # a value outside its __u64 field
+            if err:
+                if err < 0:  # refused before the syscall: _map says why
+                    return self._map(UserBuffer(vaddr, size, owner, writable), iova, size,
+                                     readable, writeable)
+                raise self._ioctl_failed(err, "VFIO_IOMMU_MAP_DMA")
+            # DmaMapping(...), Resource._adopt and MappingTable.add, inlined
+            mapping = _new_object(DmaMapping)
+            mapping._closed = False
+            mapping.space = self
+            mapping.iova = iova
+            mapping.length = size
+            mapping.flags = flags
+            mapping.vaddr = vaddr
+            mapping._buffer = None
+            mapping._owner = owner
+            if type(owner) is not tuple:  # a tuple: a plain buffer
+                mapping._set_owner(owner)
+            mapping._parent = self
+            self._children[id(mapping)] = mapping
+            table = self._mappings
+            by_iova = table._by_iova
+            stale = by_iova.get(iova)
+            if stale is None:
+                table._unsorted.add(iova)
+            else:
+                stale._mark_closed()
+            by_iova[iova] = mapping
+            allocator = self._allocator
+            if allocator is not None and not allocator._is_allocated(iova):
+                self._claim(allocator, iova, size)
+            return mapping
+        finally:
+            lock.release()
 
     def map_dma_va(self, vaddr: int, iova: int, size: int, *, readable: bool = True,
                    writeable: bool = True) -> DmaMapping:

@@ -21,10 +21,11 @@ from __future__ import annotations
 import enum
 import errno
 import threading
-from typing import TYPE_CHECKING, Any, ClassVar, Iterable, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable, NamedTuple, cast
 
 from .._uapi import ffi, lib
 from ..backend import Backend, resolve_backend
+from ..backend.base import direct_ioctls
 from ..errors import ClosedError, InvalidArgumentError, IoctlError, VfioError
 from . import _hints
 from .address_space import IovaMapping, MappingTable
@@ -40,11 +41,29 @@ from .resource import (
     describe,
     open_node,
 )
-from .user_buffer import UserBuffer, user_buffer
+from .user_buffer import UserBuffer, _user_buffer
 from .viommu import Viommu
 
 if TYPE_CHECKING:
     from .device import Device
+
+_FIXED = lib.IOMMU_IOAS_MAP_FIXED_IOVA
+_READABLE = lib.IOMMU_IOAS_MAP_READABLE
+_WRITEABLE = lib.IOMMU_IOAS_MAP_WRITEABLE
+_NULL = ffi.NULL
+_RW = _READABLE | _WRITEABLE
+_FIXED_RW = _FIXED | _RW
+_new_object = object.__new__
+
+
+class _MapFields(NamedTuple):
+    """The fields of ``struct iommu_ioas_map`` a failed compiled map passes
+    to its error's diagnosis (the ioctl path passes the struct itself)."""
+
+    flags: int
+    user_va: int
+    length: int
+    iova: int
 
 __all__ = [
     "IommuFd",
@@ -298,6 +317,7 @@ class IoasMapping(IovaMapping):
     """
 
     kind = "IOAS mapping"
+    __slots__ = ()
     _READ = lib.IOMMU_IOAS_MAP_READABLE
     _WRITE = lib.IOMMU_IOAS_MAP_WRITEABLE
 
@@ -306,16 +326,66 @@ class IoasMapping(IovaMapping):
         """The IOAS it is mapped into (its :attr:`space`)."""
         return cast("IOAS", self.space)
 
-    def _release(self) -> None:
+    def close(self) -> None:
+        """Unmap exactly this range (IOMMU_IOAS_UNMAP); does nothing once
+        closed.  When the unmap fails the mapping stays open, the error is
+        raised and ``close()`` may be retried."""
+        if self._closed:
+            return
+        ioas: IOAS = self.space  # type: ignore[assignment]
+        call = ioas._unmap_call
+        if call is None or ioas._closed:
+            IovaMapping.close(self)
+            return
+        # IovaMapping.close, _release, IOAS._unmap(only=self) and
+        # MappingTable.forget, inlined: this runs on every unmap
+        lock = ioas._lock
+        lock.acquire()  # unmap and forget as one step
         try:
-            super()._release()
-        except IoctlError as exc:
-            # ENOENT: nothing is mapped in exactly this range any more (an
-            # earlier unmap did it but its answer could not be copied out,
-            # or another handle on the IOAS unmapped it): it is closed.
-            if exc.errno != errno.ENOENT:
-                raise
-            self.ioas._mappings.discard(self)
+            table = ioas._mappings
+            by_iova = table._by_iova
+            iova = self.iova
+            if by_iova.get(iova) is self:  # else another thread's unmap took it
+                iommufd = ioas.iommufd
+                if iommufd._closed:
+                    raise ClosedError(iommufd.describe())
+                err = call(iommufd._fd, ioas.id, iova, self.length, _NULL)
+                # ENOENT: nothing is mapped in exactly this range any more
+                # (see _release): the mapping is closed all the same
+                if err and err != errno.ENOENT:
+                    raise iommufd._ioctl_failed(err, "IOMMU_IOAS_UNMAP", ioas)
+                del by_iova[iova]
+                unsorted = table._unsorted
+                if iova in unsorted:
+                    unsorted.remove(iova)
+                else:
+                    table._starts.remove(iova)
+            self._closed = True
+        finally:
+            lock.release()
+        if self._buffer is not None:
+            self._set_owner(None)
+        self._owner = None
+        parent = self._parent
+        if parent is not None:
+            parent._children.pop(id(self), None)
+            self._parent = None
+
+    def _release(self) -> None:
+        ioas = self.ioas
+        if not ioas._closed:
+            try:
+                # only while still in the table (see IovaMapping._release)
+                ioas._unmap(self.iova, self.length, only=self)
+            except IoctlError as exc:
+                # ENOENT: nothing is mapped in exactly this range any more (an
+                # earlier unmap did it but its answer could not be copied out,
+                # or another handle on the IOAS unmapped it): it is closed.
+                if exc.errno != errno.ENOENT:
+                    raise
+                ioas._mappings.discard(self)
+        if self._owner is not None:
+            self._set_owner(None)
 
 
 class IOAS(PageTable):
@@ -336,6 +406,9 @@ class IOAS(PageTable):
     kind = "IOAS"
     kernel_picks_iova: ClassVar[bool] = True  #: ``map(buffer)`` lets the kernel choose the IOVA
     map_ioctl: ClassVar[str] = "IOMMU_IOAS_MAP"  #: the map ioctl, for messages
+    # The backend's compiled map/unmap calls (None: through backend.ioctl)
+    _map_call: Any = None
+    _unmap_call: Any = None
 
     def __init__(self, iommufd: IommuFd, ioas_id: int) -> None:
         super().__init__(iommufd, ioas_id)
@@ -347,6 +420,9 @@ class IOAS(PageTable):
         #: the ranges of the last :meth:`allow_iovas` through this object
         #: (empty: every IOVA is allowed)
         self.allowed_ranges: tuple[IovaRange, ...] = ()
+        direct = direct_ioctls(self._backend)
+        if direct is not None:
+            self._map_call, self._unmap_call = direct.ioas_map, direct.ioas_unmap
 
     @property
     def mappings(self) -> tuple[IoasMapping, ...]:
@@ -384,9 +460,73 @@ class IOAS(PageTable):
         out (EFAULT), the mapping stays in the kernel: at a given IOVA
         pyvfio unmaps that range again before raising, and if that fails
         too the error has ``iova_still_mapped = True``."""
-        self._check_open()
-        ub = user_buffer(buffer, ioctl="IOMMU_IOAS_MAP", target=self)
-        return self._map(ub, ub.length, iova, readable, writeable)
+        if self._closed:
+            raise ClosedError(self.describe())
+        address, length, owner, writable = _user_buffer(buffer, "IOMMU_IOAS_MAP", self)
+        call = self._map_call
+        if (call is None or (writeable and not writable)
+                or (iova is not None and type(iova) is not int)):
+            # through backend.ioctl, or an argument _map rejects with its message
+            return self._map((address, length, owner, writable), length, iova, readable,
+                             writeable)
+        # _map's ioctl and record, inlined (the hot path of a driver mapping per I/O);
+        # the compiled call checks what _map checks (see DirectIoctls)
+        if readable and writeable:
+            flags = _FIXED_RW if iova is not None else _RW
+        else:
+            flags = ((_FIXED if iova is not None else 0) | (_READABLE if readable else 0)
+                     | (_WRITEABLE if writeable else 0))
+        lock = self._lock
+        lock.acquire()  # map and record as one step (cheaper than a with-block)
+        try:
+            if self._closed:
+                raise ClosedError(self.describe())
+            iommufd = self.iommufd
+            if iommufd._closed:
+                raise ClosedError(iommufd.describe())
+            out = _NULL if iova is not None else ffi.new("uint64_t *")
+            try:
+                err = call(iommufd._fd, self.id, flags, address, length, iova or 0, out)
+            except OverflowError:
+                err = -1  # a value outside its __u64 field
+            if err:
+                if err < 0:  # refused before the syscall: _map says why
+                    return self._map((address, length, owner, writable), length, iova,
+                                     readable, writeable)
+                # the map's fields, for the diagnosis of the failure (_hints)
+                fields = _MapFields(flags, address, length, iova or 0)
+                exc = iommufd._ioctl_failed(err, "IOMMU_IOAS_MAP", self, arg=fields)
+                try:
+                    self._undo_failed_map(exc, iova, length)
+                    raise exc
+                finally:
+                    del exc  # no frame <-> traceback cycle keeping the buffer
+            if iova is None:
+                iova = int(out[0])
+            # IoasMapping(...), Resource._adopt and MappingTable.add, inlined
+            mapping = _new_object(IoasMapping)
+            mapping._closed = False
+            mapping.space = self
+            mapping.iova = iova
+            mapping.length = length
+            mapping.flags = flags
+            mapping._buffer = None
+            mapping._owner = owner
+            if type(owner) is not tuple:  # a tuple: a plain buffer
+                mapping._set_owner(owner)
+            mapping._parent = self
+            self._children[id(mapping)] = mapping
+            table = self._mappings
+            by_iova = table._by_iova
+            stale = by_iova.get(iova)
+            if stale is None:
+                table._unsorted.add(iova)
+            else:
+                stale._mark_closed()
+            by_iova[iova] = mapping
+            return mapping
+        finally:
+            lock.release()
 
     def map_va(self, user_va: int, length: int, iova: int | None = None, *,
                readable: bool = True, writeable: bool = True) -> IoasMapping:
@@ -396,24 +536,29 @@ class IOAS(PageTable):
         return self._map(UserBuffer(user_va, length, None, True), length, iova, readable,
                           writeable)
 
-    def _map(self, ub: UserBuffer, length: int, iova: int | None, readable: bool,
-             writeable: bool) -> IoasMapping:
+    def _map(self, ub: tuple[int, int, Any, bool], length: int, iova: int | None,
+             readable: bool, writeable: bool) -> IoasMapping:
+        """Map ``length`` bytes of ``ub`` (a :class:`UserBuffer` or the same
+        plain tuple) and record the mapping."""
         name = "IOMMU_IOAS_MAP"
-        self._check_open()
+        address, _n, owner, writable = ub
+        if self._closed:
+            raise ClosedError(self.describe())
         self._check_area(name, iova, length)
-        if ub.address + length - 1 > U64_MAX:
+        if address + length - 1 > U64_MAX:
             raise InvalidArgumentError(
-                f"user_va {ub.address:#x} + length {length:#x} wraps past the end of the "
+                f"user_va {address:#x} + length {length:#x} wraps past the end of the "
                 "address space", ioctl=name, target=self.describe(), err=errno.EOVERFLOW)
-        if writeable and not ub.writable:
+        if writeable and not writable:
             raise InvalidArgumentError("a read-only buffer cannot be mapped writeable",
                                        ioctl=name, target=self.describe())
-        flags = self._flags(iova, readable, writeable)
+        flags = ((_FIXED if iova is not None else 0) | (_READABLE if readable else 0)
+                 | (_WRITEABLE if writeable else 0))
         cmd = ffi.new("struct iommu_ioas_map *")
         cmd.size = struct_size("struct iommu_ioas_map")
         cmd.flags = flags
         cmd.ioas_id = self.id
-        cmd.user_va = ub.address
+        cmd.user_va = address
         cmd.length = length
         cmd.iova = iova or 0
         with self._lock:  # map and record as one step
@@ -424,7 +569,7 @@ class IOAS(PageTable):
             except VfioError as exc:
                 self._undo_failed_map(exc, iova, length)
                 raise
-            return self._track(int(cmd.iova), length, flags, ub.owner)
+            return self._track(int(cmd.iova), length, flags, owner)
 
     def _undo_failed_map(self, exc: VfioError, iova: int | None, length: int) -> None:
         """A map, map_file or copy failed with EFAULT: the kernel may have

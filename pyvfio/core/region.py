@@ -29,12 +29,16 @@ access to a BAR with memory decode off (or in low power) with ``SIGBUS``
 from __future__ import annotations
 
 import errno
+from array import array
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
+
+from .._uapi import ffi, lib
 
 from ..backend.base import MAP_SHARED, PROT_READ, PROT_WRITE, DirectAccess, MemoryMap
 from ..errors import InvalidArgumentError, UnsupportedError, ioctl_error
 from .caps import Capability, MsixMappableCap, SparseMmapArea
+from .registers import _TYPECODES as _TYPECODE
 from .registers import RegisterIO
 from .resource import Resource
 
@@ -42,6 +46,17 @@ if TYPE_CHECKING:
     from .device import Device, RegionInfo
 
 __all__ = ["Region", "RegionMap", "RegionMapping"]
+
+# The checked accessors of a window of plain memory (helpers.c): one call
+# checks the offset and makes the access, -1 when it refuses.
+_wread8, _wread16, _wread32 = lib.pyvfio_window_read8, lib.pyvfio_window_read16, \
+    lib.pyvfio_window_read32
+_wwrite8, _wwrite16, _wwrite32 = lib.pyvfio_window_write8, lib.pyvfio_window_write16, \
+    lib.pyvfio_window_write32
+_from_buffer = ffi.from_buffer
+_BLOCK_READ = {4: lib.pyvfio_read32_block, 8: lib.pyvfio_read64_block}
+_BLOCK_WRITE = {4: lib.pyvfio_write32_block, 8: lib.pyvfio_write64_block}
+_BLOCK_CTYPE = {4: "uint32_t[]", 8: "uint64_t[]"}
 
 
 class Region(RegisterIO):
@@ -276,6 +291,18 @@ class RegionMapping(Resource, RegisterIO):
         self._w8: Callable[[int, int], None] | None = stores.get(8)
         self._lim1, self._lim2, self._lim4, self._lim8 = (
             self.size - 1, self.size - 2, self.size - 4, self.size - 8)
+        # The window the compiled checked accessors use (read8/16/32,
+        # write8/16/32, the block accessors): the whole region when its
+        # loads and stores are the compiled plain ones, else empty (every
+        # access refused there, so it goes through read()/write()).
+        # Emptied on close, before the unmap.
+        # (address, size in bytes); size 0 refuses every access
+        self._win: Any = ffi.new("uint64_t[2]")
+        self._wwin: Any = ffi.new("uint64_t[2]")  # for stores
+        if d is not None and d.readers.get(4) is lib.pyvfio_read32:
+            self._win[0:2] = [self._base, self.size]
+            if writable and d.writers.get(4) is lib.pyvfio_write32:
+                self._wwin[0:2] = [self._base, self.size]
 
     def describe(self) -> str:
         """``"mapping of device 0000:00:02.0 BAR0"``."""
@@ -317,26 +344,35 @@ class RegionMapping(Resource, RegisterIO):
 
     def read8(self, offset: int) -> int:
         """One 1-byte read at ``offset``."""
-        load = self._r1
-        if (load is not None and not self._closed and type(offset) is int
-                and 0 <= offset <= self._lim1):
-            return load(self._base + offset)
+        if type(offset) is int:  # one compiled call checks and loads (-1: refused)
+            try:
+                value: int = _wread8(self._win, offset)
+            except OverflowError:  # beyond int64: the checks below say so
+                value = -1
+            if value >= 0:
+                return value
         return self.read(offset, 1)
 
     def read16(self, offset: int) -> int:
         """One 2-byte read at ``offset`` (2-byte aligned)."""
-        load = self._r2
-        if (load is not None and not self._closed and type(offset) is int
-                and 0 <= offset <= self._lim2 and not offset & 1):
-            return load(self._base + offset)
+        if type(offset) is int:  # one compiled call checks and loads (-1: refused)
+            try:
+                value: int = _wread16(self._win, offset)
+            except OverflowError:  # beyond int64: the checks below say so
+                value = -1
+            if value >= 0:
+                return value
         return self.read(offset, 2)
 
     def read32(self, offset: int) -> int:
         """One 4-byte read at ``offset`` (4-byte aligned)."""
-        load = self._r4
-        if (load is not None and not self._closed and type(offset) is int
-                and 0 <= offset <= self._lim4 and not offset & 3):
-            return load(self._base + offset)
+        if type(offset) is int:  # one compiled call checks and loads (-1: refused)
+            try:
+                value: int = _wread32(self._win, offset)
+            except OverflowError:  # beyond int64: the checks below say so
+                value = -1
+            if value >= 0:
+                return value
         return self.read(offset, 4)
 
     def read64(self, offset: int) -> int:
@@ -349,33 +385,33 @@ class RegionMapping(Resource, RegisterIO):
 
     def write8(self, offset: int, value: int) -> None:
         """One 1-byte write at ``offset``."""
-        store = self._w1
-        if (store is not None and not self._closed and type(offset) is int
-                and 0 <= offset <= self._lim1
-                and type(value) is int and 0 <= value <= 0xFF):
-            store(self._base + offset, value)
-        else:
-            self.write(offset, 1, value)
+        if type(offset) is int:  # one compiled call checks and stores (-1: refused)
+            try:
+                if not _wwrite8(self._wwin, offset, value):
+                    return
+            except (OverflowError, TypeError):  # a value that does not fit: see write()
+                pass
+        self.write(offset, 1, value)
 
     def write16(self, offset: int, value: int) -> None:
         """One 2-byte write at ``offset`` (2-byte aligned)."""
-        store = self._w2
-        if (store is not None and not self._closed and type(offset) is int
-                and 0 <= offset <= self._lim2 and not offset & 1
-                and type(value) is int and 0 <= value <= 0xFFFF):
-            store(self._base + offset, value)
-        else:
-            self.write(offset, 2, value)
+        if type(offset) is int:  # one compiled call checks and stores (-1: refused)
+            try:
+                if not _wwrite16(self._wwin, offset, value):
+                    return
+            except (OverflowError, TypeError):  # a value that does not fit: see write()
+                pass
+        self.write(offset, 2, value)
 
     def write32(self, offset: int, value: int) -> None:
         """One 4-byte write at ``offset`` (4-byte aligned)."""
-        store = self._w4
-        if (store is not None and not self._closed and type(offset) is int
-                and 0 <= offset <= self._lim4 and not offset & 3
-                and type(value) is int and 0 <= value <= 0xFFFFFFFF):
-            store(self._base + offset, value)
-        else:
-            self.write(offset, 4, value)
+        if type(offset) is int:  # one compiled call checks and stores (-1: refused)
+            try:
+                if not _wwrite32(self._wwin, offset, value):
+                    return
+            except (OverflowError, TypeError):  # a value that does not fit: see write()
+                pass
+        self.write(offset, 4, value)
 
     def write64(self, offset: int, value: int) -> None:
         """One 8-byte write at ``offset`` (8-byte aligned)."""
@@ -386,6 +422,34 @@ class RegionMapping(Resource, RegisterIO):
             store(self._base + offset, value)
         else:
             self.write(offset, 8, value)
+
+    # The block accessors: one compiled loop over the window when it is
+    # the whole region, else RegisterIO's loop over read()/write().
+    def _read_block(self, offset: int, count: int, stride: int, width: int) -> array[int]:
+        self._check_block(offset, count, stride, width)
+        win = self._win
+        if not win[1]:
+            return super()._read_block(offset, count, stride, width)
+        out = array(_TYPECODE[width], bytes(count * width))
+        if count:
+            _BLOCK_READ[width](win[0] + offset, stride, _from_buffer(_BLOCK_CTYPE[width], out),
+                               count)
+        return out
+
+    def _write_block(self, offset: int, values: Sequence[int], stride: int,
+                     width: int) -> None:
+        win = self._wwin
+        if not win[1]:
+            super()._write_block(offset, values, stride, width)
+            return
+        self._check_block(offset, len(values), stride, width)
+        try:
+            data = ffi.new(_BLOCK_CTYPE[width], values)
+        except (OverflowError, TypeError):  # a value that does not fit: RegisterIO says which
+            super()._write_block(offset, values, stride, width)
+            return
+        if len(values):
+            _BLOCK_WRITE[width](win[0] + offset, stride, data, len(values))
 
     def _write(self, offset: int, width: int, value: int) -> None:
         mm, rel = self._find(offset, width)
@@ -423,7 +487,14 @@ class RegionMapping(Resource, RegisterIO):
         mm, rel = self._find(offset, 1)
         return mm.address + rel
 
+    def _mark_closed(self) -> None:
+        # the compiled accessors refuse every access from now on
+        self._win[1] = self._wwin[1] = 0
+        super()._mark_closed()
+
     def _release(self) -> None:
+        # the compiled accessors refuse every access from now on
+        self._win[1] = self._wwin[1] = 0
         errors: list[BaseException] = []
         for _o, _s, mm in self._maps:
             try:

@@ -31,9 +31,10 @@ Offsets and widths are in bytes, field positions and widths in bits.
 from __future__ import annotations
 
 import abc
+from array import array
 from dataclasses import dataclass
 from dataclasses import field as dc_field
-from typing import Iterable, Iterator, Mapping
+from typing import Iterable, Iterator, Mapping, Sequence
 
 from ..errors import InvalidArgumentError
 
@@ -148,6 +149,67 @@ class RegisterIO(abc.ABC):
     def write64(self, offset: int, value: int) -> None:
         """One 8-byte write at ``offset`` (8-byte aligned)."""
         self.write(offset, 8, value)
+
+    # -- bulk accessors -----------------------------------------------------------------
+    def _check_block(self, offset: int, count: int, stride: int, width: int) -> None:
+        """Raise :class:`InvalidArgumentError` unless ``count`` accesses of
+        ``width`` bytes from ``offset``, ``stride`` bytes apart, are all
+        allowed (the first and the last are checked: the rest lie between)."""
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            raise InvalidArgumentError(f"count must be an int >= 0, not {count!r}",
+                                       target=self.describe())
+        if not isinstance(stride, int) or isinstance(stride, bool) or stride < 0 \
+                or stride % width:
+            raise InvalidArgumentError(
+                f"stride must be 0 or a positive multiple of the access width ({width} "
+                f"bytes), not {stride!r}", target=self.describe())
+        self.check_access(offset, width)
+        if count > 1:
+            self.check_access(offset + (count - 1) * stride, width)
+
+    def _read_block(self, offset: int, count: int, stride: int, width: int) -> array[int]:
+        self._check_block(offset, count, stride, width)
+        return array(_TYPECODES[width], [self._read(offset + i * stride, width)
+                                         for i in range(count)])
+
+    def _write_block(self, offset: int, values: Sequence[int], stride: int,
+                     width: int) -> None:
+        self._check_block(offset, len(values), stride, width)
+        limit = 1 << (8 * width)
+        for value in values:
+            if not isinstance(value, int) or not 0 <= value < limit:
+                raise InvalidArgumentError(f"value {value!r} does not fit in {width} bytes",
+                                           target=self.describe())
+        for i, value in enumerate(values):
+            self._write(offset + i * stride, width, value)
+
+    def read32_block(self, offset: int, count: int, *, stride: int = 4) -> array[int]:
+        """``count`` 4-byte reads, in order, from ``offset``, ``offset +
+        stride``, ... (bytes; ``stride`` 0 reads one register ``count``
+        times, e.g. a FIFO): each one access of exactly 4 bytes, as the
+        loop over :meth:`read32` would make, in one call.  Returns an
+        ``array('I')`` of the values.  Every access is checked before the
+        first is made."""
+        return self._read_block(offset, count, stride, 4)
+
+    def write32_block(self, offset: int, values: Sequence[int], *, stride: int = 4) -> None:
+        """One 4-byte write of each of ``values``, in order, at ``offset``,
+        ``offset + stride``, ... (bytes; ``stride`` 0 writes one register
+        ``len(values)`` times): a descriptor or a block of registers in one
+        call.  Every access and value is checked before the first write."""
+        self._write_block(offset, values, stride, 4)
+
+    def read64_block(self, offset: int, count: int, *, stride: int = 8) -> array[int]:
+        """As :meth:`read32_block` with 8-byte accesses; an ``array('Q')``."""
+        return self._read_block(offset, count, stride, 8)
+
+    def write64_block(self, offset: int, values: Sequence[int], *, stride: int = 8) -> None:
+        """As :meth:`write32_block` with 8-byte accesses."""
+        self._write_block(offset, values, stride, 8)
+
+
+#: array typecodes of unsigned integers of 4 and 8 bytes
+_TYPECODES = {4: "I" if array("I").itemsize == 4 else "L", 8: "Q"}
 
 
 @dataclass(frozen=True)

@@ -243,10 +243,12 @@ class FdResource(Resource):
 
     def _ioctl_failed(self, err: int, name: str, target: str | Resource | None = None, *,
                       arg: Any = None) -> IoctlError:
-        """The error for ioctl ``name`` that failed with ``err`` (called on
-        the failure path only).  Subclasses that can tell the cause of an
-        errno from their state or from ``arg`` (the ioctl's argument: its
-        struct, or anything with the same fields) say it and what to do
+        """The error of ioctl ``name`` on this fd failing with ``err``, the
+        same whether it went through the backend's ``ioctl`` (:meth:`_ioctl`)
+        or a compiled helper (:class:`~pyvfio.backend.base.DirectIoctls`).
+        Called on the failure path only: subclasses that can tell the cause
+        of an errno from their state or from ``arg`` (the ioctl's argument:
+        its struct, or anything with the same fields) say it and what to do
         instead of the errno's generic meaning (see ``_hint``)."""
         error = ioctl_error(err, name, describe(target) if target is not None
                             else self.describe(), self.family)

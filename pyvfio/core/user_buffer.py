@@ -39,7 +39,25 @@ def user_buffer(obj: Any, *, ioctl: str | None = None, target: Any = None) -> Us
     the buffer protocol (``bytearray``, ``mmap.mmap``, numpy arrays).
     ``target`` (a string, or an object with ``describe()``) names the
     object in an error message; it is described only on failure."""
+    return UserBuffer(*_user_buffer(obj, ioctl, target))
+
+
+_from_buffer = ffi.from_buffer
+_cast = ffi.cast
+_UINTPTR = ffi.typeof("uintptr_t")
+
+
+def _user_buffer(obj: Any, ioctl: str | None, target: Any) -> tuple[int, int, Any, bool]:
+    """:func:`user_buffer` as a plain tuple (the map calls' hot path)."""
     if type(obj) in _PLAIN_BUFFERS:  # no address/length to look for (a missed getattr is slow)
+        try:
+            cdata = _from_buffer("char[]", obj, True)  # positional: the cheapest call
+        except (TypeError, BufferError):
+            pass  # read-only, or not a buffer: the general path says which
+        else:
+            n = len(cdata)
+            if n:
+                return int(_cast(_UINTPTR, cdata)), n, (obj, cdata), True
         address = length = None
     else:
         address = getattr(obj, "address", None)
@@ -47,7 +65,7 @@ def user_buffer(obj: Any, *, ioctl: str | None = None, target: Any = None) -> Us
     if isinstance(address, int) and isinstance(length, int):
         if getattr(obj, "closed", False):
             raise InvalidArgumentError("the buffer is closed", ioctl=ioctl, target=_text(target))
-        return UserBuffer(address, length, obj, True)
+        return address, length, obj, True
     try:
         cdata = ffi.from_buffer(obj, require_writable=True)
         writable = True
@@ -65,4 +83,4 @@ def user_buffer(obj: Any, *, ioctl: str | None = None, target: Any = None) -> Us
     n = ffi.sizeof(cdata)
     if n == 0:
         raise InvalidArgumentError("the buffer is empty", ioctl=ioctl, target=_text(target))
-    return UserBuffer(int(ffi.cast("uintptr_t", cdata)), n, (obj, cdata), writable)
+    return int(ffi.cast("uintptr_t", cdata)), n, (obj, cdata), writable

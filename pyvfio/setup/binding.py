@@ -46,14 +46,15 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from ..backend import Backend, resolve_backend
 from ..core import sysfs, viability
 from ..errors import InvalidArgumentError, VfioError
-from . import _progress, devices
+from . import _progress, devices, kernel_support
 from .binding_state import (_NO_DRIVER, STATE_DIR, BindError, BindingRecord, BindingState,
-                            is_driver_name)
+                            BindingStateError, is_driver_name)
+from .environment import module_fix
 from .host_use import DeviceInUseError, Usage, UsageScan, device_users
 
 # The binding workflow's API: the operations, their results and errors, and
@@ -72,7 +73,9 @@ __all__ = [
     "unbind",
     "restore",
     "restore_all",
+    "bind_many",
     "bind_group",
+    "group_devices",
     "unbind_group",
     "restore_group",
 ]
@@ -226,6 +229,33 @@ def _device(b: Backend, bdf: str) -> devices.PciDeviceInfo:
         raise BindError(errno.ENODEV, str(e), target=f"device {bdf}") from None
 
 
+def _driver_missing(b: Backend, driver: str) -> str:
+    """Why ``driver`` is not there and what to do, as ``pyvfio doctor``
+    says it: modprobe only a module the kernel has."""
+    module = driver.replace("-", "_")
+    if module in kernel_support.MODULE_OPTIONS:
+        build = kernel_support.kernel_build(b)
+        return f"the {driver} driver is not loaded: {module_fix(build, module)}"
+    return f"the {driver} driver is not loaded (modprobe {module})"
+
+
+def _check_bindable(b: Backend, info: devices.PciDeviceInfo, driver: str) -> None:
+    """BindError unless ``driver`` can take device ``info``: it is no
+    bridge (for vfio-pci), the driver is there, the device has the IOMMU
+    group vfio-pci needs."""
+    bdf = info.bdf
+    if driver == "vfio-pci" and info.is_bridge:
+        raise BindError(errno.EINVAL, f"{bdf} is a PCI bridge ({info.description}): vfio-pci "
+                                      "does not drive bridges, and a bridge on pcieport or "
+                                      "without a driver keeps its group viable",
+                        target=f"device {bdf}")
+    if not b.exists(f"/sys/bus/pci/drivers/{driver}"):
+        raise BindError(errno.ENODEV, _driver_missing(b, driver), target=f"device {bdf}")
+    if driver == "vfio-pci" and info.iommu_group is None and not _noiommu(b):
+        raise BindError(errno.EINVAL, f"{bdf} is in no IOMMU group: vfio-pci needs an active "
+                                      "IOMMU (see `pyvfio doctor`)", target=f"device {bdf}")
+
+
 # -- operations -------------------------------------------------------------------------
 def bind(bdf: str, driver: str = "vfio-pci", *, force: bool = False,
          backend: Backend | None = None, state: BindingState | None = None,
@@ -252,22 +282,12 @@ def bind(bdf: str, driver: str = "vfio-pci", *, force: bool = False,
     if info.driver == driver:
         nodes = _vfio_nodes(b, bdf, group, 0) if driver == "vfio-pci" else []
         return Binding(bdf, driver, driver, False, group, st.get(bdf), nodes)
-    if driver == "vfio-pci" and info.is_bridge:
-        raise BindError(errno.EINVAL, f"{bdf} is a PCI bridge ({info.description}): vfio-pci "
-                                      "does not drive bridges, and a bridge on pcieport or "
-                                      "without a driver keeps its group viable",
-                        target=f"device {bdf}")
-    if not b.exists(f"/sys/bus/pci/drivers/{driver}"):
-        module = driver.replace("-", "_")
-        raise BindError(errno.ENODEV, f"the {driver} driver is not loaded (modprobe {module})",
-                        target=f"device {bdf}")
-    if driver == "vfio-pci" and group is None and not _noiommu(b):
-        raise BindError(errno.EINVAL, f"{bdf} is in no IOMMU group: vfio-pci needs an active "
-                                      "IOMMU (see `pyvfio doctor`)", target=f"device {bdf}")
     host_driver = not viability.driver_keeps_group_viable(driver)
+    # the host's use of the device first: it is what a user must act on
     if (info.driver is not None or host_driver) and not force:
         _in_use(b, [bdf], f"unbind {bdf} from {info.driver}" if info.driver is not None
                 else f"bind {bdf} to {driver}", host_driver)
+    _check_bindable(b, info, driver)
     _LOG.info("binding %s (group %s) from %s to %s", bdf, group, info.driver or "no driver",
               driver)
     st.remember(bdf, info.driver, info.driver_override)
@@ -287,16 +307,23 @@ def bind(bdf: str, driver: str = "vfio-pci", *, force: bool = False,
     result = Binding(bdf, info.driver, now, True, group, st.get(bdf))
     if driver == "vfio-pci":
         result.nodes = _vfio_nodes(b, bdf, group, timeout)
-    if group is not None:
-        verdict = viability.explain_group(group, bdf, b)
-        if not verdict.viable:
-            result.notes.append(verdict.summary())
-        elif verdict.at_risk and driver == "vfio-pci":
-            result.notes.append(
-                f"group {group} has {len(verdict.at_risk)} other device(s) that share its I/O "
-                "address space: " + ", ".join(f"{m.bdf} ({m.driver or 'no driver'})"
-                                              for m in verdict.at_risk))
+    result.notes += _group_notes(b, bdf, group, driver)
     return result
+
+
+def _group_notes(b: Backend, bdf: str, group: int | None, driver: str) -> list[str]:
+    """What a user of ``bdf`` should know about its group once it is on
+    ``driver``: not viable yet, or shared with other devices."""
+    if group is None:
+        return []
+    verdict = viability.explain_group(group, bdf, b)
+    if not verdict.viable:
+        return [verdict.summary()]
+    if verdict.at_risk and driver == "vfio-pci":
+        return [f"group {group} has {len(verdict.at_risk)} other device(s) that share its I/O "
+                "address space: " + ", ".join(f"{m.bdf} ({m.driver or 'no driver'})"
+                                              for m in verdict.at_risk)]
+    return []
 
 
 def _noiommu(b: Backend) -> bool:
@@ -410,39 +437,119 @@ def _group_targets(b: Backend, group: int) -> list[str]:
             if not m.is_bridge and sysfs._BDF_COMPONENT.match(m.bdf)]
 
 
+def _return_to(b: Backend, bdf: str, driver: str | None, override: str | None) -> None:
+    """Put ``bdf`` back on ``driver`` with ``override`` (a rollback)."""
+    if _override(b, bdf) != override:
+        _set_override(b, bdf, override)
+    now = sysfs.device_driver(bdf, b)
+    if now is not None and now != driver:
+        _unbind_driver(b, bdf, now)
+    if driver is not None and sysfs.device_driver(bdf, b) is None:
+        _probe(b, bdf)
+        if sysfs.device_driver(bdf, b) is None and b.exists(f"/sys/bus/pci/drivers/{driver}"):
+            _write(b, f"/sys/bus/pci/drivers/{driver}/bind", bdf, f"binding {bdf} to {driver}")
+    now = sysfs.device_driver(bdf, b)
+    if now != driver:
+        raise BindError(errno.EIO, f"{bdf} is on {now or 'no driver'}, not {driver or 'no driver'}",
+                        target=f"device {bdf}")
+
+
+def bind_many(bdfs: Iterable[str], driver: str = "vfio-pci", *, force: bool = False,
+              backend: Backend | None = None, state: BindingState | None = None,
+              timeout: float = 5.0, what: str | None = None,
+              prepare: Callable[[], None] | None = None) -> list[Binding]:
+    """Bind every device of ``bdfs`` to ``driver``, all or nothing.
+
+    Every device is checked before any moves: first whether the host uses
+    it (:class:`DeviceInUseError`, unless ``force``), then whether
+    ``driver`` can take it (a bridge, a driver that is not there -- the
+    hint is ``pyvfio doctor``'s --, no IOMMU group: :class:`BindError`).
+    If a move fails midway, the devices this call moved go back to the
+    driver and driver_override they had, and the error says so.
+    ``what`` names the operation in messages; ``prepare`` is called once
+    every device passed the checks, before the first move (its exception
+    stops the bind: e.g. the persistent bindings cannot be written).
+    """
+    b = resolve_backend(backend)
+    st = state if state is not None else BindingState.default(b)
+    if not is_driver_name(driver):
+        raise InvalidArgumentError(f"{driver!r} is not a driver name")
+    infos: list[devices.PciDeviceInfo] = []
+    for name in bdfs:
+        info = _device(b, sysfs.normalize_bdf(name))
+        if all(i.bdf != info.bdf for i in infos):
+            infos.append(info)
+    moving = [i for i in infos if i.driver != driver]
+    host_driver = not viability.driver_keeps_group_viable(driver)
+    if not force:
+        if what is None and len(moving) == 1:
+            one = moving[0]
+            what = (f"unbind {one.bdf} from {one.driver}" if one.driver is not None
+                    else f"bind {one.bdf} to {driver}")
+        _in_use(b, [i.bdf for i in moving if i.driver is not None or host_driver],
+                what or f"bind {', '.join(i.bdf for i in moving)} to {driver}", host_driver)
+    for info in moving:
+        _check_bindable(b, info, driver)
+    if prepare is not None:
+        prepare()
+    had_record = {i.bdf: st.get(i.bdf) is not None for i in moving}
+    results: list[Binding] = []
+    moved: list[tuple[devices.PciDeviceInfo, bool]] = []
+    try:
+        for info in infos:
+            if info.driver != driver:
+                moved.append((info, had_record[info.bdf]))
+            results.append(bind(info.bdf, driver, force=True, backend=b, state=st,
+                                timeout=timeout))
+            _progress.report(len(results), len(infos), what or f"binding to {driver}", info.bdf)
+    except VfioError as e:
+        _LOG.info("binding failed (%s): giving back the %d device(s) moved", e, len(moved))
+        back, stuck = [], []
+        for info, recorded in reversed(moved):
+            try:
+                _return_to(b, info.bdf, info.driver, info.driver_override)
+            except VfioError as undo:
+                stuck.append(f"{info.bdf} ({undo})")
+                continue
+            if not recorded:
+                st.forget(info.bdf)
+            back.append(f"{info.bdf} on {info.driver or 'no driver'}")
+        cause = str(e).split("; ")[0]
+        summary = (f"rolled back: {', '.join(reversed(back))} again" if back else "")
+        if stuck:
+            summary += ("; " if summary else "") + "could not put back " + ", ".join(stuck) \
+                + " (`pyvfio restore` retries)"
+        kind = type(e) if type(e) in (BindError, BindingStateError) else BindError
+        raise kind(e.errno or errno.EIO, f"{cause}; {summary or 'nothing had moved'}",
+                   target=e.target) from e
+    if len(moving) > 1:
+        # the notes each bind made saw its group half moved: say it once more, at the end
+        for res in results:
+            if res.changed and res.group is not None:
+                res.notes = [n for n in res.notes if not n.startswith(f"group {res.group} ")]
+                res.notes += _group_notes(b, res.bdf, res.group, driver)
+    return results
+
+
 def bind_group(group: int, driver: str = "vfio-pci", *, force: bool = False,
                backend: Backend | None = None, state: BindingState | None = None,
                timeout: float = 5.0) -> list[Binding]:
     """Bind every device of IOMMU group ``group`` except bridges to
-    ``driver``.  Checks all devices for host use first (nothing changes if
-    one is in use); if one bind fails, the devices this call moved are
-    restored and the error is raised."""
+    ``driver``, all or nothing (:func:`bind_many`): every device is checked
+    for host use, then for the driver, before any moves; if one bind
+    fails, the devices this call moved go back and the error is raised."""
     b = resolve_backend(backend)
-    st = state if state is not None else BindingState.default(b)
-    targets = _group_targets(b, group)
-    if not force:
-        host_driver = not viability.driver_keeps_group_viable(driver)
-        busy = [t for t in targets if sysfs.device_driver(t, b) not in (None, driver)
-                or host_driver]
-        _in_use(b, busy, f"bind IOMMU group {group} to {driver}", host_driver)
-    done: list[Binding] = []
-    try:
-        for bdf in targets:
-            done.append(bind(bdf, driver, force=True, backend=b, state=st, timeout=timeout))
-            _progress.report(len(done), len(targets), f"binding IOMMU group {group}", bdf)
-    except VfioError as exc:
-        _LOG.info("binding IOMMU group %s failed (%s): giving back the %d device(s) moved",
-                  group, exc, sum(r.changed for r in done))
-        for res in reversed(done):
-            if res.changed:
-                try:
-                    restore(res.bdf, force=True, backend=b, state=st)
-                except VfioError:
-                    pass
-        raise
+    done = bind_many(_group_targets(b, group), driver, force=force, backend=b, state=state,
+                     timeout=timeout, what=f"bind IOMMU group {group} to {driver}")
     for res in done:
         res.notes = [n for n in res.notes if not n.startswith(f"group {group} ")]
     return done
+
+
+def group_devices(group: int, backend: Backend | None = None) -> list[str]:
+    """The devices :func:`bind_group` binds: every device of IOMMU group
+    ``group`` but bridges."""
+    return _group_targets(resolve_backend(backend), group)
 
 
 def unbind_group(group: int, *, force: bool = False, backend: Backend | None = None,

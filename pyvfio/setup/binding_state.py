@@ -32,7 +32,8 @@ from ..backend import Backend, resolve_backend
 from ..errors import VfioError
 
 __all__ = ["BindError", "BindingStateError", "BindingRecord", "BindingState", "STATE_DIR",
-           "is_driver_name", "is_bdf"]
+           "is_driver_name", "is_bdf", "unsafe", "open_folder_nofollow", "host_root",
+           "set_host_root"]
 
 #: Default folder of the state file (``$PYVFIO_STATE_DIR`` overrides it).
 STATE_DIR = "/run/pyvfio"
@@ -92,6 +93,57 @@ def _show(value: object) -> str:
 
 def _shown_path(path: str) -> str:
     return path if path.isprintable() else repr(path)
+
+
+def unsafe(st: os.stat_result, name: str, kind: str) -> tuple[str, int] | None:
+    """Why a folder (``kind`` "folder") or file ("regular file") that
+    steers root's writes cannot be trusted, with an errno: a symbolic link,
+    the wrong kind, someone else's, or writable by others; None when sound."""
+    if stat.S_ISLNK(st.st_mode):
+        return f"{name} is a symbolic link", errno.ELOOP
+    wanted = stat.S_ISDIR if kind == "folder" else stat.S_ISREG
+    if not wanted(st.st_mode):
+        return f"{name} is not a {kind}", errno.EINVAL
+    if st.st_uid not in (os.geteuid(), 0):
+        return f"{name} belongs to uid {st.st_uid}, not to this user or root", errno.EPERM
+    if st.st_mode & 0o022:
+        return (f"{name} is writable by others (mode {stat.S_IMODE(st.st_mode):04o}); only "
+                "its owner may write to it"), errno.EPERM
+    return None
+
+
+def open_folder_nofollow(folder: str, create: bool, mode: int = 0o700) -> int | None:
+    """``folder`` opened as a directory without following a symbolic link
+    at its last component (creating it with ``mode`` if ``create``); None
+    when it does not exist and ``create`` is false.  OSError otherwise
+    (ELOOP or ENOTDIR for a symbolic link)."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        return os.open(folder, flags)
+    except FileNotFoundError:
+        if not create:
+            return None
+        os.makedirs(folder, mode=mode, exist_ok=True)
+        return os.open(folder, flags)
+
+
+_host_roots: weakref.WeakKeyDictionary[Backend, str] = weakref.WeakKeyDictionary()
+
+
+def set_host_root(backend: Backend, root: str | None) -> None:
+    """Keep the files pyvfio writes for a fake system's machine (the
+    binding state, the persistent bindings' udev rules) below the real
+    folder ``root`` (as ``root/run/pyvfio/...``, ``root/etc/udev/...``)
+    instead of in memory; None: in memory again."""
+    if root is None:
+        _host_roots.pop(backend, None)
+    else:
+        _host_roots[backend] = root
+
+
+def host_root(backend: Backend) -> str | None:
+    """The folder set by :func:`set_host_root` for ``backend``, or None."""
+    return _host_roots.get(backend)
 
 
 _memory_states: weakref.WeakKeyDictionary[Backend, BindingState] = weakref.WeakKeyDictionary()
@@ -192,12 +244,16 @@ class BindingState:
 
     @classmethod
     def default(cls, backend: Backend | None = None) -> BindingState:
-        """The state for ``backend``: the state file for the real kernel,
-        memory kept for the backend's lifetime otherwise."""
+        """The state for ``backend``: the state file for the real kernel
+        (or below a fake system's :func:`host_root`), memory kept for the
+        backend's lifetime otherwise."""
         b = resolve_backend(backend)
         if b.name == "kernel":
             folder = os.environ.get("PYVFIO_STATE_DIR") or STATE_DIR
             return cls(os.path.join(folder, _STATE_FILE))
+        root = host_root(b)
+        if root is not None:
+            return cls(os.path.join(root, STATE_DIR.lstrip("/"), _STATE_FILE))
         state = _memory_states.get(b)
         if state is None:
             state = cls(None)
@@ -212,18 +268,9 @@ class BindingState:
 
     def _check_safe(self, st: os.stat_result, name: str, what: str, kind: str) -> None:
         """Refuse a folder or file someone else could have changed."""
-        if stat.S_ISLNK(st.st_mode):
-            raise self._error(what, f"{name} is a symbolic link", errno.ELOOP)
-        wanted = stat.S_ISDIR if kind == "folder" else stat.S_ISREG
-        if not wanted(st.st_mode):
-            raise self._error(what, f"{name} is not a {kind}", errno.EINVAL)
-        if st.st_uid not in (os.geteuid(), 0):
-            raise self._error(what, f"{name} belongs to uid {st.st_uid}, not to this user "
-                                    "or root", errno.EPERM)
-        if st.st_mode & 0o022:
-            raise self._error(what, f"{name} is writable by others (mode "
-                                    f"{stat.S_IMODE(st.st_mode):04o}); it should be 0700 "
-                                    "for the folder, 0600 for the file", errno.EPERM)
+        problem = unsafe(st, name, kind)
+        if problem is not None:
+            raise self._error(what, *problem)
 
     def _open_folder(self, what: str, create: bool) -> int | None:
         """The state file's folder, opened (creating it 0700 if ``create``)
@@ -232,15 +279,10 @@ class BindingState:
         the folder cannot be swapped after the check."""
         assert self.path is not None
         folder = os.path.dirname(self.path) or "."
-        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
-            try:
-                fd = os.open(folder, flags)
-            except FileNotFoundError:
-                if not create:
-                    return None
-                os.makedirs(folder, mode=0o700, exist_ok=True)
-                fd = os.open(folder, flags)
+            fd = open_folder_nofollow(folder, create)
+            if fd is None:
+                return None
         except ValueError as e:
             raise self._error(what, f"bad path: {e}", errno.EINVAL) from None
         except OSError as e:

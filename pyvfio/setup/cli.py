@@ -1,54 +1,41 @@
 """The ``pyvfio`` command: device discovery, binding and environment checks.
 
 Usage: ``pyvfio [--fake NAME|FILE] [--json] [-v|-vv] COMMAND [ARGS]`` (also
-``python -m pyvfio``).  ``--fake``, ``--json`` and ``-v`` are accepted before
-or after the command.  ``-v`` logs each step to stderr (binding steps,
-fallbacks), ``-vv`` also the details (retries, the fake's refusals);
-``PYVFIO_TRACE=1`` prints every syscall (see :mod:`pyvfio.backend.trace`).
+``python -m pyvfio``).  The common options (``--fake``, ``--json``,
+``--fake-state``, ``--fake-reset``, ``--state``, ``-v``) go before or after the
+command.  ``-v`` logs each step to stderr (binding steps, fallbacks),
+``-vv`` also the details (retries, the fake's refusals); ``PYVFIO_TRACE=1``
+prints every syscall (see :mod:`pyvfio.backend.trace`).
 
-Commands:
+Commands (``pyvfio COMMAND --help`` gives each one's description, options,
+examples and exit codes): ``status`` (devices by driver, with IOMMU group,
+viability and host use), ``groups [GROUP|BDF ...]`` (groups and viability,
+explained), ``doctor`` (what VFIO needs, with fixes), ``bind`` (to
+vfio-pci, all or nothing, kept after a reboot by a udev rule per device
+unless ``--nosave``; ``--list-persistent``), ``unbind`` and ``restore``
+(driver-less, or back to the original driver; both delete the persistent
+bindings), ``topology dump`` (this machine as a fake topology file).
 
-``status``
-    PCI devices grouped by driver (like ``dpdk-devbind --status``) with their
-    IOMMU group, whether the group is viable, and what the host uses them
-    for.  On a machine without an IOMMU, the human-readable form shows the
-    built-in fake system "default" instead and says so (``--real`` shows
-    this machine anyway); ``--json`` always reports the real state.
-``groups [GROUP|BDF ...]``
-    IOMMU groups with their members and viability; with arguments, a full
-    explanation of each group: what blocks it, what the user's DMA reaches.
-``doctor``
-    IOMMU in firmware and on the kernel command line, modules, device nodes,
-    cdev support, permissions, RLIMIT_MEMLOCK, hugepages; a fix for each
-    problem.
-``bind DEVICE...`` / ``bind --group GROUP...``
-    Bind devices (a BDF, or ``vendor:device`` for every match) to vfio-pci
-    (``--driver`` for another), remembering their driver.  Refuses devices
-    the host uses (mounted file systems and swap on their disks, 9p and
-    virtiofs file systems they serve, network interfaces that are up, open
-    VFIO files) unless ``--force``.
-``unbind DEVICE...`` / ``unbind --group GROUP...``
-    Detach devices from their driver and keep them driver-less.
-``restore [DEVICE...]`` / ``restore --group GROUP...``
-    Give devices their original driver back (every remembered device when
-    none is named).
-``topology dump [--output FILE]``
-    Capture this machine's PCI/IOMMU topology as a fake topology file:
-    ``pyvfio --fake FILE status`` or ``pyvfio.fake.System.from_file(FILE)``
-    replays it.
+``status`` and ``groups`` on a machine without IOMMU groups show the
+built-in fake system "default" instead and say so (a banner; in JSON
+``"fake": {"fallback": true, ...}``); ``--real`` shows this machine.
+``--fake`` keeps the fake system's state between commands (the banner
+names the file; ``--fake-reset`` starts over), so ``bind``, ``status``,
+``groups`` and ``restore`` rehearse a workflow.
 
 Exit codes (stable, for scripts):
 
 ====  ====================================================================
 0     success
 1     the command ran and found a problem: a failed ``doctor`` check, a
-      group that is not viable or no IOMMU groups at all (``groups``), a
+      group named to ``groups`` that is not viable (a listing is 0), a
       dump that does not replay
 2     bad usage: unknown option, malformed or unknown device or group,
       unknown, unreadable or malformed fake topology, a PCI bridge given
       to ``bind``, a ``--driver`` that is no driver name
 3     an operation failed: the kernel refused, permission denied, I/O error,
-      a damaged or unsafe binding state file (one line says what is wrong)
+      a damaged or unsafe binding state, rule or fake state file (one line
+      says what is wrong)
 4     refused because a device is in use by the host (``--force`` overrides)
 ====  ====================================================================
 
@@ -71,6 +58,9 @@ from ..backend import Backend, default_backend, traced_if_enabled
 from ..core import sysfs, viability
 from ..errors import InvalidArgumentError, VfioError
 from . import _cli_logging, _progress, binding, devices, kernel_support
+from ._cli_help import help_options
+from ._cli_render import print_status as _print_status
+from ._cli_render import table as _table
 from .binding_state import BindingStateError, is_driver_name
 from .environment import FAIL, WARN, check_environment
 
@@ -107,44 +97,62 @@ class _Parser(argparse.ArgumentParser):
 
 
 class _Context:
-    """The system a command runs against."""
+    """The system a command runs against: the real kernel, a given
+    backend, or a fake system whose state is kept between commands
+    (:mod:`pyvfio.setup.fake_session`)."""
 
-    def __init__(self, args: argparse.Namespace, backend: Backend | None) -> None:
+    def __init__(self, args: argparse.Namespace, backend: Backend | None,
+                 fallback: bool = False) -> None:
+        from .fake_session import FakeSession
+
         self.fake_name: str | None = None
         self.description: str | None = None
+        self.session: FakeSession | None = None
         if backend is not None:
             self.backend = backend
         elif args.fake:
-            from ..fake import System
-            from ..fake.machine.topology import TopologyError, load
-
-            try:
-                topology = load(args.fake)
-                system = System(topology)
-            except TopologyError as e:
-                raise _UsageError(f"--fake {args.fake}: {e}") from None
-            self.backend = traced_if_enabled(system.backend)
-            self.description = topology.get("description")
+            self.session = _open_fake(args, fallback)
+            self.backend = traced_if_enabled(self.session.system.backend)
+            self.description = getattr(self.session.system, "_description", None)
         else:
             self.backend = default_backend()
         self.kind = self.backend.name
         owner = getattr(self.backend, "system", None)
         if self.kind == "fake" and owner is not None:
             self.fake_name = str(getattr(owner, "topology_name", "fake"))
+        self.fallback = fallback
+        args._contexts = [*getattr(args, "_contexts", []), self]
 
     def as_dict(self, fallback: bool = False) -> dict[str, Any]:
-        return {"kind": self.kind, "fake_topology": self.fake_name, "fallback": fallback}
+        return {"kind": self.kind, "fake_topology": self.fake_name,
+                "fallback": fallback or self.fallback}
+
+    def fake_dict(self) -> dict[str, Any] | None:
+        """The JSON ``"fake"`` field (None on the real kernel)."""
+        from .fake_session import fake_field
+
+        return fake_field(self.fake_name, self.session, self.fallback)
+
+    def banner(self) -> str:
+        """The line that says a fake system is shown, and where its state is."""
+        from .fake_session import banner
+
+        return banner(self.fake_name, self.session)
 
 
-def _table(rows: list[list[str]], header: list[str]) -> str:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(header, widths)).rstrip()]
-    lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-    return "\n".join(lines)
+def _open_fake(args: argparse.Namespace, fallback: bool) -> Any:
+    """The fake session of ``--fake`` (TopologyError: bad usage)."""
+    from ..fake.machine.topology import TopologyError
+    from .fake_session import open_session
 
-
-def _heading(title: str) -> str:
-    return f"{title}\n{'=' * len(title)}"
+    try:
+        session = open_session(args.fake, getattr(args, "fake_state", None), fallback=fallback,
+                               reset=bool(getattr(args, "fake_reset", False)))
+    except TopologyError as e:
+        raise _UsageError(f"--fake {args.fake}: {e}") from None
+    for note in session.notes:
+        print(f"pyvfio: {note}", file=sys.stderr)
+    return session
 
 
 def _print_json(data: Any) -> None:
@@ -153,7 +161,7 @@ def _print_json(data: Any) -> None:
 
 # -- status ---------------------------------------------------------------------------
 def _fallback_needed(args: argparse.Namespace, backend: Backend | None) -> bool:
-    if args.fake or backend is not None or args.json or args.real:
+    if args.fake or backend is not None or args.real:
         return False
     support = kernel_support.vfio_support(default_backend())
     return support.group_count == 0 and not support.noiommu_mode
@@ -181,113 +189,41 @@ def _status_data(ctx: _Context) -> dict[str, Any]:
     }
 
 
-def _short(bdf: str) -> str:
-    return bdf[5:] if bdf.startswith("0000:") else bdf
-
-
-def _print_status(ctx: _Context, data: dict[str, Any]) -> None:
-    s = data["support"]
-    if ctx.kind == "fake":
-        print(f"System: FAKE system {ctx.fake_name!r} (simulated by pyvfio.fake)")
-        if ctx.description:
-            print(textwrap.fill(ctx.description, width=78, initial_indent="  ",
-                                subsequent_indent="  "))
-    else:
-        print(f"System: this machine ({ctx.kind} backend)")
-    if s["iommu_enabled"]:
-        print(f"IOMMU: {', '.join(s['iommus'])}, {s['group_count']} groups")
-    elif s["noiommu_mode"]:
-        print("IOMMU: none, unsafe no-IOMMU mode is on")
-    else:
-        print("IOMMU: none: VFIO cannot assign devices here (see `pyvfio doctor`)")
-    print(f"VFIO: vfio-pci {'loaded' if s['vfio_pci_driver'] else 'not loaded'}; "
-          f"usable interfaces: {_interfaces(s)}")
-    devices = data["devices"]
-    if not devices:
-        print("\nno PCI devices found")
-        return
-    sections: dict[str, list[dict[str, Any]]] = {"vfio": [], "kernel": [], "none": []}
-    for d in devices:
-        key = "vfio" if d["driver"] == "vfio-pci" else "none" if d["driver"] is None else "kernel"
-        sections[key].append(d)
-
-    def viable(d: dict[str, Any]) -> str:
-        return {True: "yes", False: "no", None: "-"}[d["group_viable"]]
-
-    def group(d: dict[str, Any]) -> str:
-        return "-" if d["iommu_group"] is None else str(d["iommu_group"])
-
-    def ident(d: dict[str, Any]) -> str:
-        return f"{d['vendor'][2:]}:{d['device'][2:]}"
-
-    def notes(d: dict[str, Any]) -> str:
-        parts = [u["what"] for u in d["in_use"]]
-        if d["physfn"]:
-            parts.append(f"SR-IOV VF of {d['physfn']}")
-        if d["sriov_totalvfs"]:
-            parts.append(f"SR-IOV PF, {d['sriov_numvfs'] or 0}/{d['sriov_totalvfs']} VFs")
-        if d["driver_override"] and d["driver_override"] != d["driver"]:
-            parts.append(f"driver_override={d['driver_override']}")
-        return "; ".join(parts) or "-"
-
-    if sections["vfio"]:
-        print("\n" + _heading("Devices on vfio-pci"))
-        rows = [[d["bdf"], ident(d), d["class_name"], group(d), viable(d),
-                 ", ".join(p for p in (sysfs.group_dev_path(d["iommu_group"], ctx.backend)
-                                       if d["iommu_group"] is not None else "",
-                                       f"/dev/vfio/devices/{d['vfio_dev']}" if d["vfio_dev"] else "")
-                           if p) or "-"]
-                for d in sections["vfio"]]
-        print(_table(rows, ["BDF", "ID", "CLASS", "GROUP", "VIABLE", "NODES"]))
-    if sections["kernel"]:
-        print("\n" + _heading("Devices on host drivers"))
-        rows = [[d["bdf"], ident(d), d["class_name"], d["driver"], group(d), viable(d), notes(d)]
-                for d in sections["kernel"]]
-        print(_table(rows, ["BDF", "ID", "CLASS", "DRIVER", "GROUP", "VIABLE", "IN USE / NOTES"]))
-    if sections["none"]:
-        print("\n" + _heading("Devices without a driver"))
-        rows = [[d["bdf"], ident(d), d["class_name"], group(d), viable(d), notes(d)]
-                for d in sections["none"]]
-        print(_table(rows, ["BDF", "ID", "CLASS", "GROUP", "VIABLE", "NOTES"]))
-    multi = [g for g in data["groups"] if len(g["members"]) > 1]
-    if multi:
-        print("\nGroups with several devices (all of them share one I/O address space):")
-        for g in multi:
-            members = ", ".join(f"{_short(m['bdf'])} ({m['driver'] or 'no driver'})"
-                                for m in g["members"])
-            state = "viable" if g["viable"] else "NOT viable"
-            print(f"  group {g['group']}: {state}: {members}")
-    print("\nBind a device: pyvfio bind BDF; explain a group: pyvfio groups N")
-
-
-def _interfaces(s: dict[str, Any]) -> str:
-    return str(s["interfaces"])
-
-
 _BANNER = """\
 =====================================================================
  NO IOMMU ON THIS MACHINE ({why}):
  VFIO cannot assign devices here; `pyvfio doctor` says what is missing.
  Shown instead: the built-in FAKE system {name!r}, pyvfio's
  simulated QEMU test machine.  None of the devices below is real.
- `pyvfio status --real` shows this machine; `--fake NAME|FILE`
+ `pyvfio {command} --real` shows this machine; `--fake NAME|FILE`
  picks another fake system.
 ====================================================================="""
 
 
-def cmd_status(args: argparse.Namespace, backend: Backend | None) -> int:
-    """``pyvfio status``."""
+def _context_or_fallback(args: argparse.Namespace, backend: Backend | None,
+                         command: str) -> _Context:
+    """The system ``status`` and ``groups`` show: on a machine without
+    IOMMU groups, the fake system :data:`FALLBACK_TOPOLOGY` (its state kept
+    like ``--fake``'s), announced by a banner (human output) and by
+    ``"fake": {"fallback": true}`` (JSON)."""
     fallback = _fallback_needed(args, backend)
     if fallback:
         real = devices.pci_devices(default_backend())
         args.fake = FALLBACK_TOPOLOGY
         _LOG.info("no IOMMU groups on this machine: falling back to the fake %r", args.fake)
-        print(_BANNER.format(why=f"{len(real)} PCI devices, no IOMMU groups",
-                             name=FALLBACK_TOPOLOGY))
-        print()
-    ctx = _Context(args, backend)
+        if not args.json:
+            print(_BANNER.format(why=f"{len(real)} PCI devices, no IOMMU groups",
+                                 name=FALLBACK_TOPOLOGY, command=command))
+            print()
+    return _Context(args, backend, fallback)
+
+
+def cmd_status(args: argparse.Namespace, backend: Backend | None) -> int:
+    """``pyvfio status``."""
+    ctx = _context_or_fallback(args, backend, "status")
+    fallback = ctx.fallback
     data = _status_data(ctx)
-    data["system"]["fallback"] = fallback
+    data["fake"] = ctx.fake_dict()
     if args.json:
         _print_json(data)
         return EXIT_OK
@@ -344,7 +280,7 @@ def _group_ids(b: Backend, specs: Sequence[str]) -> list[int]:
 
 def cmd_groups(args: argparse.Namespace, backend: Backend | None) -> int:
     """``pyvfio groups [GROUP|BDF ...]``."""
-    ctx = _Context(args, backend)
+    ctx = _context_or_fallback(args, backend, "groups")
     b = ctx.backend
     if args.targets:
         results = [viability.explain_group(gid, device, b)
@@ -358,13 +294,15 @@ def cmd_groups(args: argparse.Namespace, backend: Backend | None) -> int:
                 if not support.iommus else
                 "no IOMMU groups although an IOMMU is active (see `pyvfio doctor`)")
     if args.json:
-        _print_json({"system": ctx.as_dict(), "groups": [r.as_dict() for r in results],
-                     "ok": bool(results) and all(r.viable for r in results), "hint": hint})
+        _print_json({"system": ctx.as_dict(), "fake": ctx.fake_dict(),
+                     "groups": [r.as_dict() for r in results],
+                     "ok": all(r.viable for r in results) if args.targets else True,
+                     "hint": hint})
     elif args.targets:
         print("\n\n".join(r.message() for r in results))
     else:
         if ctx.kind == "fake":
-            print(f"(FAKE system {ctx.fake_name!r})")
+            print(ctx.banner())
         if hint is not None:
             print(hint)
         for r in results:
@@ -375,9 +313,14 @@ def cmd_groups(args: argparse.Namespace, backend: Backend | None) -> int:
                   f"{'viable' if r.viable else 'NOT viable'}: {members}")
             for x in r.blockers:
                 print(f"    blocked by {x.reason}")
-    if not results:
+    if ctx.fallback and not args.json:
+        print(f"\n(the groups above are the FAKE system {FALLBACK_TOPOLOGY!r}; "
+              "`pyvfio groups --real` shows this machine)")
+    # a listing succeeds whatever the groups' viability; a group asked
+    # about by name answers whether it is viable
+    if args.targets and not all(r.viable for r in results):
         return EXIT_PROBLEM
-    return EXIT_OK if all(r.viable for r in results) else EXIT_PROBLEM
+    return EXIT_OK
 
 
 # -- doctor ---------------------------------------------------------------------------
@@ -386,11 +329,12 @@ def cmd_doctor(args: argparse.Namespace, backend: Backend | None) -> int:
     ctx = _Context(args, backend)
     checks = check_environment(ctx.backend)
     if args.json:
-        _print_json({"system": ctx.as_dict(), "checks": [c.as_dict() for c in checks],
+        _print_json({"system": ctx.as_dict(), "fake": ctx.fake_dict(),
+                     "checks": [c.as_dict() for c in checks],
                      "ok": not any(c.status == FAIL for c in checks)})
     else:
         if ctx.kind == "fake":
-            print(f"(FAKE system {ctx.fake_name!r})")
+            print(ctx.banner())
         rows: list[list[str]] = []
         for c in checks:
             lines = textwrap.wrap(c.detail, 72) or [""]
@@ -470,18 +414,26 @@ def _refuse_bridges(b: Backend, bdfs: Sequence[str], driver: str) -> None:
 
 
 def _run_binding(args: argparse.Namespace, backend: Backend | None, action: str) -> int:
+    from . import persist
+
+    if action == "bind" and args.list_persistent:
+        return _list_persistent(args, backend)
     if action == "bind" and not is_driver_name(args.driver):
         raise _UsageError(f"--driver {_shown(args.driver)}: not a driver name (letters, digits, "
                           "'_', '.', '-')")
     ctx = _Context(args, backend)
     b = ctx.backend
     st = _state(args, ctx)
+    rules = None if args.nosave else persist.PersistentRules.default(b)
     results: list[binding.Binding] = []
     nothing = False
     if action == "restore" and not args.targets:
         if args.group:
             raise _UsageError("restore --group needs a group number")
         ops = [("device", rec.bdf) for rec in st.records()]
+        for kept in rules.list() if rules is not None else []:
+            if ("device", kept.bdf) not in ops and b.exists(f"{sysfs.PCI_DEVICES}/{kept.bdf}"):
+                ops.append(("device", kept.bdf))
         nothing = not ops
     elif args.group:
         ops = [("group", str(g)) for g in _group_ids(b, args.targets)]
@@ -491,22 +443,35 @@ def _run_binding(args: argparse.Namespace, backend: Backend | None, action: str)
         ops = [("device", d) for d in _devices(b, args.targets)]
         if action == "bind":
             _refuse_bridges(b, [d for _kind, d in ops], args.driver)
+    # before anything moves, the persistent bindings can be read back
+    # (unbind, restore: a damaged rule file stops here) or, once the
+    # devices passed bind's checks, written
+    if rules is not None and action != "bind":
+        rules.list()
     error: VfioError | None = None
     try:
-        for step, (kind, target) in enumerate(ops):
+        if action == "bind":
+            # every device of every argument, all or nothing
+            bdfs: list[str] = []
+            for kind, target in ops:
+                bdfs += binding.group_devices(int(target), b) if kind == "group" else [target]
+            groups = [int(t) for k, t in ops if k == "group"]
+            what = (f"bind IOMMU group {groups[0]} to {args.driver}"
+                    if len(ops) == 1 and groups else None)
+            results = binding.bind_many(bdfs, args.driver, force=args.force, backend=b,
+                                        state=st, what=what, prepare=None if rules is None
+                                        else rules.check_writable)
+            for r in results:
+                if r.group in groups:
+                    r.notes = [n for n in r.notes if not n.startswith(f"group {r.group} ")]
+        for step, (kind, target) in enumerate(ops if action != "bind" else []):
             _progress.report(step, len(ops), f"pyvfio {action}", f"done, next {target}")
             if kind == "group":
                 gid = int(target)
-                if action == "bind":
-                    results += binding.bind_group(gid, args.driver, force=args.force, backend=b,
-                                                  state=st)
-                elif action == "unbind":
+                if action == "unbind":
                     results += binding.unbind_group(gid, force=args.force, backend=b, state=st)
                 else:
                     results += binding.restore_group(gid, force=args.force, backend=b, state=st)
-            elif action == "bind":
-                results.append(binding.bind(target, args.driver, force=args.force, backend=b,
-                                            state=st))
             elif action == "unbind":
                 results.append(binding.unbind(target, force=args.force, backend=b, state=st))
             else:
@@ -514,6 +479,13 @@ def _run_binding(args: argparse.Namespace, backend: Backend | None, action: str)
         _progress.report(len(ops), len(ops), f"pyvfio {action}", "done")
     except VfioError as e:
         error = e
+    changes = persist.Changes()
+    if rules is not None and (action != "bind" or error is None):
+        try:  # keep what bind did (remove what unbind and restore undid)
+            changes.follow(rules, [r.bdf for r in results], args.driver if action == "bind"
+                           else None)
+        except VfioError as e:
+            error = error or e
     code = EXIT_OK
     if isinstance(error, binding.DeviceInUseError):
         code = EXIT_IN_USE
@@ -526,18 +498,38 @@ def _run_binding(args: argparse.Namespace, backend: Backend | None, action: str)
         if error is not None:
             err = {"errno": error.errno, "message": str(error),
                    "usages": [u.as_dict() for u in getattr(error, "usages", [])]}
-        _print_json({"system": ctx.as_dict(), "ok": error is None,
-                     "results": [r.as_dict() for r in results], "error": err})
+        _print_json({"system": ctx.as_dict(), "fake": ctx.fake_dict(), "ok": error is None,
+                     "results": [r.as_dict() for r in results],
+                     "persistent": changes.as_dict(),
+                     "error": err})
         return code
     if ctx.kind == "fake":
-        print(f"(FAKE system {ctx.fake_name!r}: nothing on this machine changes)")
+        print(ctx.banner())
     if nothing:
         print("nothing to restore: pyvfio has changed no device's driver")
     for r in results:
         print(r)
+    for line in changes.lines():
+        print(line)
     if error is not None:
         print(f"pyvfio {action}: {error}", file=sys.stderr)
     return code
+
+
+def _list_persistent(args: argparse.Namespace, backend: Backend | None) -> int:
+    """``pyvfio bind --list-persistent``: the devices kept on a driver."""
+    from . import persist
+
+    ctx = _Context(args, backend)
+    folder, rows = persist.report(ctx.backend)
+    if args.json:
+        _print_json({"system": ctx.as_dict(), "fake": ctx.fake_dict(), "folder": folder,
+                     "persistent": rows})
+        return EXIT_OK
+    if ctx.kind == "fake":
+        print(ctx.banner())
+    print(persist.format_report(folder, rows))
+    return EXIT_OK
 
 
 def cmd_bind(args: argparse.Namespace, backend: Backend | None) -> int:
@@ -585,6 +577,15 @@ def cmd_topology_dump(args: argparse.Namespace, backend: Backend | None) -> int:
 
 
 # -- parser ---------------------------------------------------------------------------------
+def _version() -> str:
+    """The installed distribution's version (pyvfio.__version__ at build time)."""
+    from importlib import metadata
+    try:
+        return metadata.version("pyvfio")
+    except metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``pyvfio`` command."""
     doc = __doc__ or ""
@@ -601,32 +602,48 @@ def build_parser() -> argparse.ArgumentParser:
                        help="machine-readable output")
         p.add_argument("-v", "--verbose", action="count", default=default,
                        help="log each step to stderr (-vv: the details too)")
+        p.add_argument("--fake-state", metavar="FILE", default=default,
+                       help="with --fake: where the fake system's state is kept between "
+                            "commands (default: $XDG_STATE_HOME/pyvfio/fake-NAME.json; "
+                            "'-': keep none)")
+        p.add_argument("--fake-reset", action="store_true", default=default,
+                       help="with --fake: forget the fake system's saved state first")
+        p.add_argument("--state", metavar="FILE", default=default,
+                       help="where bind/unbind/restore remember original drivers (default: "
+                            f"{binding.STATE_DIR}/bindings.json, $PYVFIO_STATE_DIR; below "
+                            "the fake state's folder for --fake)")
 
     common_options(parser, None)
+    parser.add_argument("--version", action="version", version=f"pyvfio {_version()}",
+                        help="print the installed version and exit")
     common = _Parser(add_help=False)
     common_options(common, argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("status", parents=[common], help="PCI devices by driver, with IOMMU "
-                                                          "groups, viability and host use")
+                                                          "groups, viability and host use",
+                       **help_options("status"))
     p.add_argument("--real", action="store_true",
                    help="show this machine even when it has no IOMMU")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("groups", parents=[common],
-                       help="IOMMU groups and viability; explain given groups or devices")
+                       help="IOMMU groups and viability; explain given groups or devices",
+                       **help_options("groups"))
     p.add_argument("targets", nargs="*", metavar="GROUP|BDF")
+    p.add_argument("--real", action="store_true",
+                   help="show this machine even when it has no IOMMU groups")
     p.set_defaults(func=cmd_groups)
 
     sub.add_parser("doctor", parents=[common], help="check IOMMU, modules, device nodes, "
-                                                    "permissions and limits").set_defaults(
-        func=cmd_doctor)
+                                                    "permissions and limits",
+                   **help_options("doctor")).set_defaults(func=cmd_doctor)
 
     for name, func, help_ in (
             ("bind", cmd_bind, "bind devices to vfio-pci (remembering their driver)"),
             ("unbind", cmd_unbind, "detach devices from their driver, keep them driver-less"),
             ("restore", cmd_restore, "give devices their original driver back")):
-        p = sub.add_parser(name, parents=[common], help=help_)
+        p = sub.add_parser(name, parents=[common], help=help_, **help_options(name))
         p.add_argument("targets", nargs="*", metavar="DEVICE",
                        help="a PCI address (0000:03:00.0 or 03:00.0) or an ID (8086:10d3); "
                             "with --group, IOMMU group numbers")
@@ -635,18 +652,21 @@ def build_parser() -> argparse.ArgumentParser:
                             "is meant); bridges are left alone")
         p.add_argument("--force", action="store_true",
                        help="do it even if the host uses the device")
-        p.add_argument("--state", metavar="FILE",
-                       help="where original drivers are remembered (default: "
-                            f"{binding.STATE_DIR}/bindings.json, $PYVFIO_STATE_DIR; "
-                            "memory for --fake)")
+        p.add_argument("--nosave", action="store_true",
+                       help="bind: do not keep the devices on the driver after a reboot; "
+                            "unbind, restore: keep their persistent binding")
         if name == "bind":
             p.add_argument("--driver", default="vfio-pci", help="driver to bind (default vfio-pci)")
+            p.add_argument("--list-persistent", action="store_true",
+                           help="list the devices kept on a driver across reboots (the udev "
+                                "rules pyvfio wrote) and bind nothing")
         p.set_defaults(func=func)
 
     p = sub.add_parser("topology", parents=[common], help="capture this machine's topology")
     tsub = p.add_subparsers(dest="topology_command", required=True, metavar="ACTION")
     d = tsub.add_parser("dump", parents=[common],
-                        help="write the PCI/IOMMU topology in the fake's JSON format")
+                        help="write the PCI/IOMMU topology in the fake's JSON format",
+                        **help_options("topology dump"))
     d.add_argument("--output", "-o", metavar="FILE", help="write to FILE (default: stdout)")
     d.add_argument("--name", help="topology name (default: the host name)")
     d.set_defaults(func=cmd_topology_dump)
@@ -673,7 +693,13 @@ def main(argv: Sequence[str] | None = None, *, backend: Backend | None = None) -
     want_json = bool(args.json)
     restore_logging = _cli_logging.configure(args.verbose or 0)
     try:
-        return int(args.func(args, backend))
+        if (args.fake_state or args.fake_reset) and not args.fake:
+            raise _UsageError("--fake-state and --fake-reset go with --fake NAME|FILE")
+        code = int(args.func(args, backend))
+        for ctx in getattr(args, "_contexts", []):  # the fake's state, for the next command
+            if ctx.session is not None:
+                ctx.session.save()
+        return code
     except (_UsageError, InvalidArgumentError) as exc:
         print(f"pyvfio: {exc}", file=sys.stderr)
         return _fail(want_json, EXIT_USAGE, "usage", str(exc))

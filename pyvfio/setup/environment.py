@@ -27,7 +27,7 @@ from ..backend import Backend, default_backend
 from ..core import sysfs
 from . import devices, kernel_support
 
-__all__ = ["Check", "check_environment", "OK", "WARN", "FAIL", "INFO"]
+__all__ = ["Check", "check_environment", "module_fix", "OK", "WARN", "FAIL", "INFO"]
 
 #: Check statuses.
 OK, WARN, FAIL, INFO = "ok", "warn", "fail", "info"
@@ -136,6 +136,13 @@ def _modules_fix(build: kernel_support.KernelBuild, modules: list[str]) -> str:
             text += f" (on a kernel with {_join([kernel_support.MODULE_OPTIONS[m] for m in unknown])})"
         parts.append(text)
     return "; ".join(parts)
+
+
+def module_fix(build: kernel_support.KernelBuild, module: str) -> str:
+    """What ``pyvfio doctor`` says to do about kernel module ``module``
+    (``vfio_pci``) that is not loaded, for the kernel ``build``: modprobe,
+    install the kernel's modules, or use a kernel built with it."""
+    return _modules_fix(build, [module])
 
 
 def _module_check(b: Backend, support: kernel_support.VfioSupport, build: kernel_support.KernelBuild,

@@ -235,7 +235,7 @@ def _cli(path: Path, *args: str) -> tuple[int, str]:
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        rc = main(["--fake", str(path), *args])
+        rc = main(["--fake", str(path), "--fake-state", "-", *args])
     return rc, out.getvalue()
 
 
