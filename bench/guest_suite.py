@@ -127,7 +127,7 @@ def iommufd_suite(exe: Path, bdf: str, reps: int, target_s: float, log: Log) -> 
             cmd, ucmd = host_suite.ioas_cmds(ioas.id, mem.address, size, IOVA)
             objects = "objects: ioas.map(buf, iova).unmap()"
             variants = {
-                objects: per_op(lambda: ioas.map(mem, IOVA).unmap()),
+                objects: per_op(lambda: ioas.map(mem, IOVA).close()),
                 "raw backend.ioctl": host_suite.raw_ioas(KB.ioctl, iommufd.fd, cmd, ucmd),
                 "C ioctl loop": c_batch(exe, "ioas", iommufd.fd, ioas.id, mem.fd, size, IOVA,
                                         pass_fds=(iommufd.fd, mem.fd)),
@@ -205,7 +205,7 @@ def type1_suite(exe: Path, bdf: str, reps: int, target_s: float, log: Log) -> li
             dmap, dunmap = host_suite.type1_cmds(mem.address, size, IOVA)
             objects = "objects: container.map_dma(buf, iova).unmap()"
             variants = {
-                objects: per_op(lambda: cont.map_dma(mem, IOVA).unmap()),
+                objects: per_op(lambda: cont.map_dma(mem, IOVA).close()),
                 "raw backend.ioctl": host_suite.raw_type1(KB.ioctl, cont.fd, dmap, dunmap),
                 "C ioctl loop": c_batch(exe, "type1", cont.fd, mem.fd, size, IOVA,
                                         pass_fds=(cont.fd, mem.fd)),

@@ -334,15 +334,15 @@ def objects_overhead(reps: int, target_s: float, where: str = "host") -> list[Re
         type1_obj = "objects: container.map_dma(buf, iova).unmap()"
         for name, obj, variants in (
             ("ioas", ioas_obj,
-             {ioas_obj: per_op(lambda: ioas.map(buf, 0x100000).unmap()),
+             {ioas_obj: per_op(lambda: ioas.map(buf, 0x100000).close()),
               "raw backend.ioctl": raw_ioas(ioctl, fd, cmd, ucmd),
               "objects through backend.ioctl":
-              per_op(lambda: s_ioas.map(buf, 0x100000).unmap())}),
+              per_op(lambda: s_ioas.map(buf, 0x100000).close())}),
             ("type1", type1_obj,
-             {type1_obj: per_op(lambda: cont.map_dma(buf, 0x100000).unmap()),
+             {type1_obj: per_op(lambda: cont.map_dma(buf, 0x100000).close()),
               "raw backend.ioctl": raw_type1(ioctl, cfd, dmap, dunmap),
               "objects through backend.ioctl":
-              per_op(lambda: s_cont.map_dma(buf, 0x100000).unmap())}),
+              per_op(lambda: s_cont.map_dma(buf, 0x100000).close())}),
         ):
             iters = {n: calibrate(fn, target_s) for n, fn in variants.items()}
             samples = interleaved(variants, iters, reps)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno as _errno
 import os
+import warnings
 
 __all__ = [
     "VfioError",
@@ -293,3 +294,24 @@ def ioctl_error(err: int, ioctl: str, target: str, family: str = "") -> IoctlErr
         f"({os.strerror(err)})"
     )
     return IoctlError(err, message, ioctl=ioctl, target=target)
+
+
+def _explained(error: IoctlError, reason: str) -> IoctlError:
+    """``error`` with ``reason`` (what went wrong in this call and what to
+    do) in place of the errno's generic meaning, e.g. ``IOMMU_IOAS_MAP on
+    IOAS 2: [EINVAL] the buffer's address 0x7f0010 is not aligned ...``.
+    Built on the failure path only, by the object that issued the ioctl."""
+    err = error.errno or _errno.EIO
+    head = _prefix(error.ioctl, error.target)
+    message = f"{head}[{errno_name(err)}] {reason} ({os.strerror(err)})"
+    error.strerror = message
+    error.args = (err, message)
+    return error
+
+
+def _deprecated(old: str, new: str) -> None:
+    """Warn (:class:`DeprecationWarning`, pointing at the caller's line)
+    that ``old`` is deprecated and ``new`` replaces it.  The deprecated
+    names are listed in the documentation (``api/deprecated``)."""
+    warnings.warn(f"{old} is deprecated: use {new} (the same thing)", DeprecationWarning,
+                  stacklevel=3)

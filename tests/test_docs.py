@@ -3,21 +3,27 @@ API reference covers every public name.
 
 * Every script under ``docs/snippets/`` (the code the tutorial and how-tos
   show with ``literalinclude``) runs on the fake kernel.
-* ``sphinx-build -W --keep-going -b html docs <tmp>`` succeeds (skipped
-  when Sphinx is not installed: ``pip install -e '.[docs]'``).
-* Every name in ``__all__`` of ``pyvfio``, ``pyvfio.errors``,
-  ``pyvfio.core.sysfs``, ``pyvfio.fake`` and the other documented modules has an
-  entry in the generated reference, and every public module has a page.
+* ``sphinx-build -n -W --keep-going -b html docs <tmp>`` succeeds: no
+  warning, and every cross-reference resolves (nitpicky), the standard
+  library's through the Python documentation's ``objects.inv`` installed on
+  the machine (``python3.11-doc``; the test fails, saying so, without one).
+* Every name in ``pyvfio.__all__`` has an entry of its own as ``pyvfio.NAME``
+  in the built ``objects.inv``, and every name in the ``__all__`` of each
+  public module (the layer packages' modules, the backend's, the fake's
+  public ones) has one under its module's name or wherever the same object
+  is documented; every public module has a page.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import re
 import runpy
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -30,16 +36,16 @@ SNIPPETS = DOCS / "snippets"
 #: Helper modules the snippets import; not examples of their own.
 HELPERS = {"edu.py"}
 
-#: Modules whose ``__all__`` must be fully documented.
+#: Modules whose ``__all__`` must be fully documented, besides the public
+#: modules docs/conf.py finds (``public_modules``: every module directly
+#: under pyvfio and every module of the layer packages).
 API_MODULES = [
-    "pyvfio",
-    "pyvfio.errors",
-    "pyvfio.core.sysfs",
-    "pyvfio.fake",
-    "pyvfio.core.caps",
-    "pyvfio.backend",
+    "pyvfio.backend.base",
+    "pyvfio.backend.kernel",
     "pyvfio.backend.trace",
+    "pyvfio.fake",
     "pyvfio.fake.machine.topology",
+    "pyvfio.fake.machine.pci",
     "pyvfio.fake.models",
 ]
 
@@ -108,17 +114,31 @@ def test_documented_cli_commands_exist() -> None:
 # -- the build ---------------------------------------------------------------------------
 
 
+def _docs_conf() -> Any:
+    """docs/conf.py as a module (it finds the Python inventory)."""
+    spec = importlib.util.spec_from_file_location("pyvfio_docs_conf", DOCS / "conf.py")
+    assert spec is not None and spec.loader is not None
+    conf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conf)
+    return conf
+
+
 @pytest.fixture(scope="module")
 def html(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """The HTML build of the documentation, warnings as errors."""
+    """The HTML build of the documentation: warnings are errors and every
+    cross-reference must resolve (``-n``)."""
     import sphinx  # noqa: F401  (a test dependency: missing, the test fails)
+    assert _docs_conf().PYTHON_INVENTORY is not None, (
+        "no objects.inv of the Python documentation: standard-library references "
+        "could not be checked. Install it (Debian: apt-get install python3.11-doc) or "
+        "point PYVFIO_PYTHON_INVENTORY at a copy")
     out = tmp_path_factory.mktemp("html")
-    cmd = [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html",
+    cmd = [sys.executable, "-m", "sphinx", "-n", "-W", "--keep-going", "-q", "-b", "html",
            "-d", str(out / ".doctrees"), str(DOCS), str(out)]
     env = dict(os.environ, PYTHONWARNINGS="ignore::ResourceWarning")
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, (
-        "sphinx-build -W failed:\n" + proc.stderr[-6000:] + proc.stdout[-2000:])
+        "sphinx-build -n -W failed:\n" + proc.stderr[-6000:] + proc.stdout[-2000:])
     yield out
 
 
@@ -159,21 +179,64 @@ def _resolve(dotted: str) -> Any:
 _MISSING = object()
 
 
-@pytest.mark.parametrize("module_name", API_MODULES)
+def _inventory(html: Path) -> dict[str, tuple[str, int]]:
+    """Every object of the built ``objects.inv``: name -> (role, priority);
+    priority -1 marks an alias (a canonical name Sphinx added)."""
+    head, _, body = (html / "objects.inv").read_bytes().partition(b"zlib.\n")
+    assert head.startswith(b"# Sphinx inventory version 2"), head[:60]
+    entries: dict[str, tuple[str, int]] = {}
+    for line in zlib.decompress(body).decode().splitlines():
+        m = re.match(r"(.+?) (\S+:\S+) (-?\d+) ", line)
+        if m:
+            entries[m.group(1)] = (m.group(2), int(m.group(3)))
+    return entries
+
+
+def _public_modules() -> list[str]:
+    return sorted({*_docs_conf().public_modules(), *API_MODULES})
+
+
+def test_every_top_level_name_has_its_own_entry(html: Path) -> None:
+    """``pyvfio.X`` for each X of ``pyvfio.__all__``: the name users import
+    is the name the reference documents (and ``:class:`pyvfio.X``` links)."""
+    import pyvfio
+
+    inventory = _inventory(html)
+    missing = [name for name in pyvfio.__all__
+               if inventory.get(f"pyvfio.{name}", ("", -1))[1] == -1
+               or not inventory[f"pyvfio.{name}"][0].startswith("py:")]
+    assert not missing, f"pyvfio.__all__ names without an entry of their own: {missing}"
+
+
+def _unbound(obj: Any) -> Any:
+    return getattr(obj, "__func__", obj)
+
+
+@pytest.mark.parametrize("module_name", _public_modules())
 def test_public_names_documented(html: Path, module_name: str) -> None:
-    """Each name of ``__all__`` has an entry: under this module's name, or
-    wherever else the same object is documented (re-exports)."""
-    ids = _documented_ids(html)
+    """Each name of a public module's ``__all__`` has an entry: under this
+    module's name, or wherever the same object is documented (a re-export
+    documented where it is defined, or as ``pyvfio.X``)."""
+    inventory = _inventory(html)
     module = importlib.import_module(module_name)
     missing = []
-    for name in module.__all__:
-        if f"{module_name}.{name}" in ids:
+    for name in getattr(module, "__all__", ()):
+        if f"{module_name}.{name}" in inventory:
             continue
-        obj = getattr(module, name)
-        same = [i for i in ids if i.rsplit(".", 1)[-1] == name and _resolve(i) is obj]
+        obj = _unbound(getattr(module, name))
+        same = [entry for entry in inventory
+                if entry.rsplit(".", 1)[-1] == name and _unbound(_resolve(entry)) is obj]
         if not same:
             missing.append(name)
     assert not missing, f"{module_name}: not in the API reference: {missing}"
+
+
+def test_the_inventory_check_sees_a_missing_entry(html: Path) -> None:
+    """The two tests above can fail: a name nothing documents is missing."""
+    inventory = _inventory(html)
+    assert "pyvfio.IommuFd" in inventory and inventory["pyvfio.IommuFd"][1] != -1
+    assert "pyvfio.core.iommufd.IommuFd" in inventory  # its canonical alias
+    assert "pyvfio.core.resource.open_node" not in inventory  # not in __all__: no entry
 
 
 def test_every_public_module_has_a_page(html: Path) -> None:

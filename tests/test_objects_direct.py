@@ -119,6 +119,11 @@ def outcome(fn: Callable[[], Any]) -> Any:
     return ("ok", value)
 
 
+#: Read-only and page-aligned: type1 checks the alignment first, and a
+#: ``bytes`` object is page-aligned only by chance.
+_READ_ONLY_PAGE = mmap.mmap(-1, PAGE, prot=mmap.PROT_READ)
+
+
 def ioas_scenario(backend: Any) -> list[Any]:
     out: list[Any] = []
     buf = mmap.mmap(-1, 4 * PAGE)
@@ -142,9 +147,9 @@ def ioas_scenario(backend: Any) -> list[Any]:
         out.append(outcome(lambda: ioas.map_va(0, PAGE, 0x600000)))  # EFAULT
         out.append(outcome(lambda: ioas.unmap(0x100000, PAGE)))  # cuts a mapping: ENOENT
         out.append([(m.iova, m.length) for m in ioas.mappings])
-        a.unmap()
+        a.close()
         out.append((a.closed, [m.iova for m in ioas.mappings]))
-        a.unmap()  # idempotent
+        a.close()  # idempotent
         b = ioas.map(buf, 0x100000)  # the IOVA again
         out.append(outcome(lambda: ioas.unmap(0, 0x200000)))
         out.append((b.closed, [m.iova for m in ioas.mappings]))
@@ -200,17 +205,17 @@ def type1_scenario(backend: Any) -> list[Any]:
         out.append(outcome(lambda: container.map_dma(buf, 0x100800)))  # misaligned
         out.append(outcome(lambda: container.map_dma(buf, U64_MAX - PAGE + 1)))  # wraps
         out.append(outcome(lambda: container.map_dma(buf, -PAGE)))
-        out.append(outcome(lambda: container.map_dma(bytes(PAGE), 0x200000)))  # read-only
+        out.append(outcome(lambda: container.map_dma(_READ_ONLY_PAGE, 0x200000)))  # read-only
         out.append(outcome(lambda: container.map_dma(memoryview(buf)[1:PAGE + 1], 0x300000)))
         out.append(outcome(lambda: container.map_dma_va(0, 0x400000, PAGE)))
         b = container.map(buf)  # an IOVA from the allocator
         out.append((b.iova, b.length))
-        a.unmap()
+        a.close()
         out.append((a.closed, [m.iova for m in container.mappings]))
         c = container.map(buf)  # the allocator got b's neighbour back
         out.append(c.iova)
-        c.unmap()
-        b.unmap()
+        c.close()
+        b.close()
         d = container.map(buf)
         out.append(d.iova)
         out.append(outcome(lambda: container.unmap_dma(0, 1 << 40)))
@@ -244,7 +249,7 @@ def test_unmap_error_keeps_mapping_open(fake_system: Any, monkeypatch: pytest.Mo
         ioas = iommufd.ioas()
         m = ioas.map(buf, 0x100000)
         with pytest.raises(pyvfio.IoctlError) as exc:
-            m.unmap()
+            m.close()
         assert exc.value.errno == errno.EBUSY and exc.value.ioctl == "IOMMU_IOAS_UNMAP"
         assert str(exc.value) == str(pyvfio.errors.ioctl_error(
             errno.EBUSY, "IOMMU_IOAS_UNMAP", ioas.describe(), "iommufd"))
@@ -253,10 +258,10 @@ def test_unmap_error_keeps_mapping_open(fake_system: Any, monkeypatch: pytest.Mo
         # a new IOAS takes the working calls; the old one keeps what it had
         ioas2 = iommufd.ioas()
         m2 = ioas2.map(buf, 0x100000)
-        m2.unmap()
+        m2.close()
         assert m2.closed
         ioas._unmap_call = real.ioas_unmap
-        m.unmap()
+        m.close()
         assert m.closed and ioas.mappings == ()
     buf.close()
 

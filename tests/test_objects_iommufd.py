@@ -47,7 +47,7 @@ def test_ioas_map_auto_and_fixed(iommufd) -> None:  # type: ignore[no-untyped-de
     assert exc.value.errno == errno.EEXIST
     assert exc.value.ioctl == "IOMMU_IOAS_MAP"
     assert f"IOAS {ioas.id}" in str(exc.value)
-    fixed.unmap()
+    fixed.close()
     assert fixed.closed and ioas.mappings == (auto,)
 
 
@@ -143,7 +143,7 @@ def test_closed_ioas_and_mapping_raise(iommufd) -> None:  # type: ignore[no-unty
     with pytest.raises(ClosedError, match=f"IOAS {ioas.id} is closed"):
         ioas.map(mmap.mmap(-1, 0x1000))
     with pytest.raises(ClosedError):
-        m.unmap() if False else ioas.iova_ranges()
+        m.close() if False else ioas.iova_ranges()
 
 
 def test_closing_iommufd_closes_children(backend) -> None:  # type: ignore[no-untyped-def]

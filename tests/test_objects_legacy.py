@@ -98,7 +98,7 @@ def test_map_unmap_and_errors(setup) -> None:  # type: ignore[no-untyped-def]
     container, _ = setup
     buf = mmap.mmap(-1, 0x10000)
     m = container.map_dma(buf, 0x100000)
-    assert (m.iova, m.size, m.readable, m.writeable) == (0x100000, 0x10000, True, True)
+    assert (m.iova, m.length, m.readable, m.writeable) == (0x100000, 0x10000, True, True)
     assert container.mappings == (m,)
     with pytest.raises(IoctlError) as info:
         container.map_dma(buf, 0x100000)
@@ -111,7 +111,7 @@ def test_map_unmap_and_errors(setup) -> None:  # type: ignore[no-untyped-def]
         container.unmap_dma(0x100000, 0)
     with pytest.raises(InvalidArgumentError):
         container.map_dma_va(-1, 0, 4096)
-    m.unmap()
+    m.close()
     assert m.closed and container.mappings == ()
     m.close()  # idempotent
     assert container.unmap_dma(0x100000, 0x10000) == 0
@@ -255,15 +255,15 @@ def test_container_map_picks_free_iovas_and_gives_them_back(setup) -> None:  # t
     fixed = container.map(mmap.mmap(-1, 0x2000), 0x1000)  # where the allocator would start
     a = container.map(mmap.mmap(-1, 0x3000))
     b = container.map(mmap.mmap(-1, 0x1000))
-    spans = sorted((m.iova, m.iova + m.size) for m in (fixed, a, b))
+    spans = sorted((m.iova, m.iova + m.length) for m in (fixed, a, b))
     assert all(end <= nxt for (_, end), (nxt, _) in zip(spans, spans[1:])), "overlap"
-    assert all(any(r.start <= m.iova and m.iova + m.size - 1 <= r.last for r in ranges)
+    assert all(any(r.start <= m.iova and m.iova + m.length - 1 <= r.last for r in ranges)
                for m in (a, b))
     assert a.iova % 4096 == 0 and a.iova != 0
     iova_a = a.iova
     a.close()
     assert iova_a not in container.iova_allocator.allocated
-    assert container.unmap_dma(b.iova, b.size) == 0x1000 and b.closed
+    assert container.unmap_dma(b.iova, b.length) == 0x1000 and b.closed
     again = container.map(mmap.mmap(-1, 0x3000))
     assert again.iova == iova_a  # first fit: the freed range is used again
     fixed.close()

@@ -95,7 +95,7 @@ def test_container_map_picks_distinct_iovas(type1: Container) -> None:
         for n in range(150):
             mine.append(type1.map(buffers[i]))
             if n % 3 == 2:
-                mine.pop(0).unmap()  # frees an IOVA while others allocate
+                mine.pop(0).close()  # frees an IOVA while others allocate
 
     try:
         run_threads(work)
@@ -105,7 +105,7 @@ def test_container_map_picks_distinct_iovas(type1: Container) -> None:
         assert sorted(iovas) == [m.iova for m in type1.mappings]
         assert sorted(allocator.allocated) == sorted(iovas)
         assert not any(m.closed for m in mappings)
-        run_threads(lambda i: [m.unmap() for m in live[i]])
+        run_threads(lambda i: [m.close() for m in live[i]])
         assert type1.mappings == () and allocator.allocated == {}
         assert allocator.free_ranges() == whole
     finally:
@@ -126,9 +126,9 @@ def test_container_fixed_and_picked_iovas_together(type1: Container) -> None:
     def work(i: int) -> None:
         for n in range(60):
             if i % 2:
-                type1.map_dma(buffers[i], top + i * 0x100000 + n * 4096).unmap()
+                type1.map_dma(buffers[i], top + i * 0x100000 + n * 4096).close()
             else:
-                type1.map(buffers[i]).unmap()
+                type1.map(buffers[i]).close()
 
     try:
         run_threads(work)
@@ -152,14 +152,14 @@ def test_ioas_map_kernel_picks(machine: FakeMachine) -> None:
             for n in range(200):
                 mine.append(ioas.map(buffers[i]))
                 if n % 2:
-                    mine.pop(0).unmap()
+                    mine.pop(0).close()
 
         try:
             run_threads(work)
             mappings = [m for mine in live for m in mine]
             assert not any(m.closed for m in mappings)
             assert sorted(m.iova for m in mappings) == [m.iova for m in ioas.mappings]
-            run_threads(lambda i: [m.unmap() for m in live[i]])
+            run_threads(lambda i: [m.close() for m in live[i]])
             assert ioas.mappings == ()
             assert ioas.unmap_all() == 0  # the kernel holds nothing either
         finally:
@@ -184,7 +184,7 @@ def test_ioas_map_with_a_shared_allocator(machine: FakeMachine) -> None:
                 mine.append(map_buffer(ioas, buffers[i], allocator=allocator))
                 if n % 3 == 2:
                     m = mine.pop(0)
-                    m.unmap()
+                    m.close()
                     allocator.free(m.iova)
 
         try:
@@ -194,7 +194,7 @@ def test_ioas_map_with_a_shared_allocator(machine: FakeMachine) -> None:
             assert sorted(iovas) == sorted(allocator.allocated)
             for mine in live:
                 for m in mine:
-                    m.unmap()
+                    m.close()
                     allocator.free(m.iova)
             assert allocator.free_ranges() == whole and ioas.mappings == ()
         finally:
@@ -293,7 +293,7 @@ def test_container_close_during_map_unmap(machine: FakeMachine) -> None:
                         container.map_dma(buffers[i], 0x1000_0000 + i * 0x10_0000 + n % 16 * 4096)
                     made.append(m)
                     started.set()
-                    m.unmap()
+                    m.close()
             except (ClosedError, VfioError):
                 pass
             except BaseException as exc:  # noqa: BLE001 - reported below

@@ -95,7 +95,7 @@ class EduDriver:
         self._set_msi([])                            # MSI off before the eventfd goes
         self.backend.close(self.irq_fd)
         self.regs.close()
-        self.mapping.unmap()
+        self.mapping.close()
         self.buffer.close()
 # -- [/driver]
 

@@ -32,7 +32,7 @@ with IommuFd(backend=backend) as iommufd, Device.open(edu, backend=backend) as d
     assert buf[0x1000:0x1040] == PATTERN
     print("the device copied 64 bytes through the IOMMU")
 
-    mapping.unmap()                             # IOMMU_IOAS_UNMAP
+    mapping.close()                             # IOMMU_IOAS_UNMAP
     buf[0x1000:0x1040] = bytes(64)
     edu_dma(dev, EDU_BUFFER, 0x101000, 64, to_ram=True)    # IOVA no longer mapped
     assert buf[0x1000:0x1040] == bytes(64)

@@ -35,7 +35,7 @@ with Container(backend=backend) as container, \
         assert buf[0x1000:0x1040] == PATTERN
         print("the device copied 64 bytes through the IOMMU")
 
-        mapping.unmap()                     # VFIO_IOMMU_UNMAP_DMA
+        mapping.close()                     # VFIO_IOMMU_UNMAP_DMA
         buf[0x1000:0x1040] = bytes(64)
         edu_dma(dev, EDU_BUFFER, 0x201000, 64, to_ram=True)    # IOVA no longer mapped
         assert buf[0x1000:0x1040] == bytes(64)

@@ -232,7 +232,7 @@ class KernelBackend(Backend):
 
     @property
     def page_size(self) -> int:
-        """:data:`mmap.PAGESIZE`: the kernel's base page size in bytes."""
+        """``mmap.PAGESIZE``: the kernel's base page size in bytes."""
         return _mmap.PAGESIZE
 
     def memlock_limit(self) -> int:

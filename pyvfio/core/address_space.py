@@ -10,7 +10,7 @@ toolkit, drivers) takes either::
     def load(space: pyvfio.AddressSpace, buf: pyvfio.DmaBuffer) -> int:
         mapping = space.map(buf, 0x100000)
         ...
-        mapping.unmap()
+        mapping.close()
 
 Each map call returns an :class:`IovaMapping` (:class:`~pyvfio.DmaMapping`
 or :class:`~pyvfio.IoasMapping`); the space keeps its live mappings in a
@@ -36,6 +36,7 @@ from typing import (
 )
 
 from .._sorted import SortedKeys
+from ..errors import _deprecated
 from .resource import Resource
 
 if TYPE_CHECKING:
@@ -192,7 +193,9 @@ class IovaMapping(Resource):
 
     @property
     def size(self) -> int:
-        """Same as :attr:`length` (bytes)."""
+        """Deprecated: use :attr:`length` (bytes), the one size attribute of
+        mappings and buffers; warns :class:`DeprecationWarning`."""
+        _deprecated(f"{type(self).__name__}.size", f"{type(self).__name__}.length")
         return self.length
 
     @property
@@ -232,8 +235,12 @@ class IovaMapping(Resource):
             parent._children.pop(id(self), None)
             self._parent = None
 
-    #: Unmap this range (same as :meth:`close`).
-    unmap = close
+    def unmap(self) -> None:
+        """Deprecated: use :meth:`~pyvfio.core.resource.Resource.close`, the
+        one verb that ends every pyvfio object (it unmaps this range); warns
+        :class:`DeprecationWarning`."""
+        _deprecated(f"{type(self).__name__}.unmap()", f"{type(self).__name__}.close()")
+        self.close()
 
     def _release(self) -> None:
         space = self.space
@@ -261,6 +268,7 @@ class IovaMapping(Resource):
         return iova <= self.last and self.iova <= iova + length - 1
 
 
+#: The kind of mapping a :class:`MappingTable` holds (an :class:`IovaMapping` subclass).
 M = TypeVar("M", bound=IovaMapping)
 
 

@@ -136,7 +136,7 @@ class DmaMapping(IovaMapping):
     """A type1 DMA mapping made by :meth:`Container.map_dma`.
 
     Closing it unmaps exactly this range.  The mapped buffer is kept alive
-    while the mapping exists.  :attr:`size` is its :attr:`length`;
+    while the mapping exists.  Its :attr:`length` is in bytes; its
     :attr:`flags` are VFIO_DMA_MAP_FLAG_* bits (READ, WRITE).
 
     Thread safety: as :class:`~pyvfio.core.address_space.IovaMapping`:
@@ -199,9 +199,6 @@ class DmaMapping(IovaMapping):
         if parent is not None:
             parent._children.pop(id(self), None)
             self._parent = None
-
-    #: Unmap this range (same as :meth:`close`).
-    unmap = close
 
     @property
     def container(self) -> Container:
@@ -620,16 +617,16 @@ class Container(FdResource):
         name = "VFIO_IOMMU_MAP_DMA"
         mapping._check_open()
         ub = user_buffer(buffer, ioctl=name, target=self.describe())
-        if ub.length < mapping.size:
+        if ub.length < mapping.length:
             raise InvalidArgumentError(
                 f"the new buffer ({ub.length:#x} bytes) is smaller than the mapping "
-                f"({mapping.size:#x} bytes)", ioctl=name, target=self.describe())
+                f"({mapping.length:#x} bytes)", ioctl=name, target=self.describe())
         arg = ffi.new("struct vfio_iommu_type1_dma_map *")
         arg.argsz = ffi.sizeof(arg[0])
         arg.flags = lib.VFIO_DMA_MAP_FLAG_VADDR
         arg.vaddr = ub.address
         arg.iova = mapping.iova
-        arg.size = mapping.size
+        arg.size = mapping.length
         with self._lock:
             self._ioctl(name, lib.VFIO_IOMMU_MAP_DMA, arg)
             mapping.vaddr = ub.address

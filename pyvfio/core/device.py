@@ -363,6 +363,40 @@ class Device(FdResource):
     def describe(self) -> str:
         return f"device {self.name}"
 
+    def _hint(self, err: int, name: str, arg: Any, target: Any) -> str | None:
+        if name == "VFIO_DEVICE_ATTACH_IOMMUFD_PT" and err == errno.EADDRINUSE:
+            return self._misaligned_mapping(int(arg.pt_id))
+        # vfio_device_fops_unl_ioctl: a cdev not bound to an iommufd answers
+        # every ioctl but the bind with EINVAL (access not granted yet).
+        if (err != errno.EINVAL or self.group is not None or self._dev_id is not None
+                or name == "VFIO_DEVICE_BIND_IOMMUFD"):
+            return None
+        if name != "VFIO_DEVICE_GET_INFO":
+            # Another EINVAL (a bad index ...) unless GET_INFO fails too.
+            probe = ffi.new("struct vfio_device_info *")
+            probe.argsz = ffi.sizeof(probe[0])
+            try:
+                self._backend.ioctl(self._fd, lib.VFIO_DEVICE_GET_INFO, probe)
+                return None
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    return None
+        return ("the device is not bound to an iommufd yet: call device.bind(iommufd) "
+                "first (then device.attach(ioas) for DMA); until then the kernel refuses "
+                "its info, regions and interrupts")
+
+    def _misaligned_mapping(self, pt_id: int) -> str | None:
+        # iopt_check_iova_alignment: EADDRINUSE when a mapping of the IOAS
+        # is not aligned to the IOMMU page size the device brings.
+        pt = self._iommufd._objects.get(pt_id) if self._iommufd is not None else None
+        page = self._backend.page_size
+        for m in getattr(pt, "mappings", ()):
+            if m.iova % page or m.length % page:
+                return (f"{m.describe()} is not page-aligned, and the device's IOMMU maps "
+                        f"whole {page:#x}-byte pages: close it and map page-aligned memory "
+                        "(a pyvfio.DmaBuffer or an mmap.mmap)")
+        return None
+
     # -- iommufd binding (cdev) ---------------------------------------------------------------
     @property
     def dev_id(self) -> int | None:
@@ -375,8 +409,14 @@ class Device(FdResource):
         return self._iommufd
 
     def bind(self, iommufd: IommuFd, token: uuid.UUID | None = None) -> int:
-        """VFIO_DEVICE_BIND_IOMMUFD; returns the device's ID in the iommufd.
-        ``token`` is the VF token of an SR-IOV PF/VF pair, if one is set."""
+        """Bind this open device file to an iommufd (VFIO_DEVICE_BIND_IOMMUFD);
+        returns the device's ID in the iommufd.  ``token`` is the VF token
+        of an SR-IOV PF/VF pair, if one is set.
+
+        Not to be confused with :func:`pyvfio.setup.binding.bind` (``pyvfio
+        bind``), which binds the PCI device to a kernel driver (vfio-pci)
+        so that its vfio files exist at all: that comes first, once per
+        boot; this call then claims the opened device for an iommufd."""
         self._check_open()
         iommufd._check_open()
         arg = ffi.new("struct vfio_device_bind_iommufd *")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import errno
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .._uapi import ffi, lib
 from ..backend import Backend, resolve_backend
@@ -130,6 +130,42 @@ class Group(FdResource):
 
     def describe(self) -> str:
         return f"group {self.id}"
+
+    def _hint(self, err: int, name: str, arg: Any, target: Any) -> str | None:
+        if name != "VFIO_GROUP_GET_DEVICE_FD":
+            return None
+        device = ffi.string(arg).decode(errors="replace") if arg else ""
+        if err == errno.ENODEV:
+            members = sysfs.group_devices(self.id, self._backend) if self.id >= 0 else []
+            if device not in members and not self._backend.exists(
+                    f"{sysfs.PCI_DEVICES}/{device}"):
+                return (f"there is no device {device} on this machine (`pyvfio status` lists "
+                        f"the PCI devices; {self.describe()} has "
+                        f"{', '.join(members) or 'none'})")
+            if device not in members:
+                return (f"{device} is not a device of {self.describe()} (its devices: "
+                        f"{', '.join(members) or 'none'}); open it through its own group: "
+                        "Group.for_device(bdf)")
+            return None
+        if err != errno.EINVAL:
+            return None
+        # vfio_df_group_open: EINVAL while the group has no container (or
+        # iommufd); vfio_device_group_use_iommu: EINVAL while the container
+        # has no IOMMU model.
+        status = ffi.new("struct vfio_group_status *")
+        status.argsz = ffi.sizeof(status[0])
+        self._backend.ioctl(self._fd, lib.VFIO_GROUP_GET_STATUS, status)
+        if not status.flags & lib.VFIO_GROUP_FLAGS_CONTAINER_SET:
+            return ("the group is in no container: call group.set_container(container) and "
+                    "container.set_iommu(IommuType.TYPE1v2) before opening its devices")
+        container = self._container
+        if container is not None and container.iommu_type is None:
+            return (f"{container.describe()} has no IOMMU model set: call "
+                    "container.set_iommu(IommuType.TYPE1v2) before opening the group's devices")
+        if " " in device:
+            return ("the device name's options are not valid: 'BDF vf_token=UUID', with a "
+                    "token only for a VF or a PF with VFs")
+        return None
 
     @property
     def noiommu(self) -> bool:

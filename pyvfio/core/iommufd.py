@@ -26,12 +26,13 @@ from __future__ import annotations
 import enum
 import errno
 import threading
-from typing import TYPE_CHECKING, Any, ClassVar, Iterable, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable, NamedTuple, cast
 
 from .._uapi import ffi, lib
 from ..backend import Backend, resolve_backend
 from ..backend.base import direct_ioctls
 from ..errors import ClosedError, InvalidArgumentError, IoctlError, VfioError
+from . import _hints
 from .address_space import IovaMapping, MappingTable
 from .caps import IovaRange
 from .hw_pagetable import HWPT, FaultQueue, HwInfo, HwptDataType
@@ -60,6 +61,16 @@ _NULL = ffi.NULL
 _RW = _READABLE | _WRITEABLE
 _FIXED_RW = _FIXED | _RW
 _new_object = object.__new__
+
+
+class _MapFields(NamedTuple):
+    """The fields of ``struct iommu_ioas_map`` a failed compiled map passes
+    to its error's diagnosis (the ioctl path passes the struct itself)."""
+
+    flags: int
+    user_va: int
+    length: int
+    iova: int
 
 __all__ = [
     "IommuFd",
@@ -128,6 +139,13 @@ class IommuFd(FdResource):
 
     def describe(self) -> str:
         return "iommufd" + (f" (fd {self._fd})" if self._fd >= 0 else "")
+
+    def _hint(self, err: int, name: str, arg: Any, target: Any) -> str | None:
+        # Only once the map failed: the success path does no extra work.
+        if (err == errno.EINVAL and name == "IOMMU_IOAS_MAP" and isinstance(target, IOAS)
+                and arg is not None):
+            return _hints.ioas_map_einval(target, arg)
+        return None
 
     # -- generic helpers -------------------------------------------------------------
     def _cmd(self, name: str, request: int, ctype: str, target: str | Resource | None = None,
@@ -385,9 +403,6 @@ class IoasMapping(IovaMapping):
             parent._children.pop(id(self), None)
             self._parent = None
 
-    #: Unmap this range (same as :meth:`close`).
-    unmap = close
-
     def _release(self) -> None:
         ioas = self.ioas
         if not ioas._closed:
@@ -510,7 +525,9 @@ class IOAS(PageTable):
                 if err < 0:  # refused before the syscall: _map says why
                     return self._map((address, length, owner, writable), length, iova,
                                      readable, writeable)
-                exc = iommufd._ioctl_failed(err, "IOMMU_IOAS_MAP", self)
+                # the map's fields, for the diagnosis of the failure (_hints)
+                fields = _MapFields(flags, address, length, iova or 0)
+                exc = iommufd._ioctl_failed(err, "IOMMU_IOAS_MAP", self, arg=fields)
                 try:
                     self._undo_failed_map(exc, iova, length)
                     raise exc

@@ -220,7 +220,7 @@ class PciConfig(RegisterIO):
 
     def __init__(self, region: Region) -> None:
         self.region = region  #: the CONFIG region
-        self.size = region.size
+        self.size = region.size  #: bytes: 256, or 4096 with PCI Express extended space
         #: The type-0 header registers by name (``cfg.header.COMMAND.read()``).
         self.header = PCI_HEADER.bind(self)
 

@@ -57,7 +57,7 @@ _ACCESS = ("rw", "ro", "wo")
 class RegisterIO(abc.ABC):
     """A window of registers accessed one exact-width access at a time.
 
-    Subclasses implement :meth:`_read` and :meth:`_write`; the public
+    Subclasses implement ``_read(offset, width)`` and ``_write(offset, width, value)``; the public
     methods check the width (1, 2, 4 or 8 bytes), the natural alignment
     (``offset % width == 0``) and the bounds (``[0, size)``) first and
     raise :class:`~pyvfio.errors.InvalidArgumentError` (a ``ValueError``)

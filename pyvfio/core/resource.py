@@ -12,7 +12,7 @@ from typing import Any, Callable, ClassVar, Iterator, TypeVar
 from .._uapi import ffi
 from ..backend import Backend, resolve_backend
 from ..backend.base import IoctlArg
-from ..errors import ClosedError, InvalidArgumentError, IoctlError, ioctl_error
+from ..errors import ClosedError, InvalidArgumentError, IoctlError, _explained, ioctl_error
 
 #: A cffi pointer or array (untyped: the layouts are checked by tests).
 CData = Any
@@ -105,7 +105,7 @@ class Resource:
         does: once this object is released the kernel has dropped the
         child with it, and the child is marked closed.  When this object's
         own release fails and the class keeps such objects open
-        (:attr:`_open_after_failed_release`), the object, and the children
+        (``_open_after_failed_release``), the object, and the children
         that failed, stay open and the error is raised: ``close()`` may be
         called again."""
         if self._closed:
@@ -267,15 +267,30 @@ class FdResource(Resource):
         except OSError as exc:
             if exc.errno is None:  # pragma: no cover - backends always set errno
                 raise
-            raise self._ioctl_failed(exc.errno, name, target) from None
+            raise self._ioctl_failed(exc.errno, name, target, arg=arg) from None
 
-    def _ioctl_failed(self, err: int, name: str,
-                      target: str | Resource | None = None) -> IoctlError:
+    def _ioctl_failed(self, err: int, name: str, target: str | Resource | None = None, *,
+                      arg: Any = None) -> IoctlError:
         """The error of ioctl ``name`` on this fd failing with ``err``, the
         same whether it went through the backend's ``ioctl`` (:meth:`_ioctl`)
-        or a compiled helper (:class:`~pyvfio.backend.base.DirectIoctls`)."""
-        return ioctl_error(err, name, describe(target) if target is not None
-                           else self.describe(), self.family)
+        or a compiled helper (:class:`~pyvfio.backend.base.DirectIoctls`).
+        Called on the failure path only: subclasses that can tell the cause
+        of an errno from their state or from ``arg`` (the ioctl's argument:
+        its struct, or anything with the same fields) say it and what to do
+        instead of the errno's generic meaning (see ``_hint``)."""
+        error = ioctl_error(err, name, describe(target) if target is not None
+                            else self.describe(), self.family)
+        try:
+            hint = self._hint(err, name, arg, target)
+        except Exception:  # pragma: no cover - a diagnosis never hides the kernel's error
+            hint = None
+        return _explained(error, hint) if hint else error
+
+    def _hint(self, err: int, name: str, arg: Any,
+              target: str | Resource | None) -> str | None:
+        """Why ioctl ``name`` failed with ``err`` and what to do, when this
+        object can tell; ``None`` keeps the errno's generic meaning."""
+        return None
 
     def _ioctl_argsz(
         self,

@@ -80,6 +80,11 @@ def _int(text: str | None, base: int = 0) -> int | None:
         return None
 
 
+def _no_device(bdf: str) -> str:
+    return (f"no PCI device {bdf} on this machine: `pyvfio status` lists its PCI "
+            "devices (addresses are DDDD:BB:DD.F, e.g. 0000:00:04.0)")
+
+
 def device_group(bdf: str, backend: Backend | None = None) -> int:
     """The IOMMU group number of a PCI device."""
     b = _backend(backend)
@@ -88,7 +93,7 @@ def device_group(bdf: str, backend: Backend | None = None) -> int:
         link = b.sysfs_readlink(f"{PCI_DEVICES}/{bdf}/iommu_group")
     except FileNotFoundError:
         if not b.exists(f"{PCI_DEVICES}/{bdf}"):
-            raise VfioError(2, f"no PCI device {bdf}", target=f"device {bdf}") from None
+            raise VfioError(2, _no_device(bdf), target=f"device {bdf}") from None
         raise VfioError(
             2, f"device {bdf} is in no IOMMU group (is the IOMMU enabled?)",
             target=f"device {bdf}",
@@ -130,11 +135,14 @@ def device_cdev_path(bdf: str, backend: Backend | None = None) -> str:
     except FileNotFoundError:
         names = []
     if not names:
+        if not b.exists(f"{PCI_DEVICES}/{bdf}"):
+            raise VfioError(2, _no_device(bdf), target=f"device {bdf}")
         driver = device_driver(bdf, b)
         raise VfioError(
             2,
             f"device {bdf} has no vfio character device (driver: {driver or 'none'}; "
-            "bind it to vfio-pci on a kernel with CONFIG_VFIO_DEVICE_CDEV)",
+            f"bind it to vfio-pci, e.g. `pyvfio bind {bdf}`, on a kernel with "
+            "CONFIG_VFIO_DEVICE_CDEV)",
             target=f"device {bdf}",
         )
     return f"/dev/vfio/devices/{names[0]}"

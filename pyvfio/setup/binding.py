@@ -260,7 +260,10 @@ def _check_bindable(b: Backend, info: devices.PciDeviceInfo, driver: str) -> Non
 def bind(bdf: str, driver: str = "vfio-pci", *, force: bool = False,
          backend: Backend | None = None, state: BindingState | None = None,
          timeout: float = 5.0) -> Binding:
-    """Bind PCI device ``bdf`` to ``driver`` (vfio-pci by default).
+    """Bind PCI device ``bdf`` to kernel driver ``driver`` (vfio-pci by
+    default), as ``pyvfio bind`` does.  Not to be confused with
+    :meth:`pyvfio.Device.bind`, which then binds the opened vfio device
+    file to an iommufd.
 
     Raises :class:`DeviceInUseError` when the host uses the device (unless
     ``force``), :class:`BindError` when the kernel refuses.  The original

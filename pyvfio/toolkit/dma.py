@@ -36,7 +36,7 @@ from ..core._free_list import Block, carve, give_back, is_pow2, round_up
 from ..core.address_space import AddressSpace, IovaMapping
 from ..core.iova_allocator import IovaAllocator
 from ..core.resource import Resource
-from ..errors import InvalidArgumentError, UnsupportedError
+from ..errors import InvalidArgumentError, UnsupportedError, _deprecated
 
 __all__ = [
     "HUGE_2M",
@@ -218,7 +218,9 @@ class DmaBuffer(Resource, mmap.mmap):  # type: ignore[override]  # Resource.clos
 
     @property
     def size(self) -> int:  # type: ignore[override]  # mmap.size() is a method
-        """Same as :attr:`length` (bytes)."""
+        """Deprecated: use :attr:`length` (bytes), the one size attribute of
+        buffers and mappings; warns :class:`DeprecationWarning`."""
+        _deprecated("DmaBuffer.size", "DmaBuffer.length")
         return self.length
 
     @property

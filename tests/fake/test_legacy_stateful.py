@@ -221,7 +221,7 @@ class Type1Machine(RuleBasedStateMachine):
             expect = 0
         assert rc == expect, f"map [{iova:#x}, {last:#x}]: got {rc}, expected {expect}"
         if not rc:
-            assert (mapping.iova, mapping.size) == (iova, size)
+            assert (mapping.iova, mapping.length) == (iova, size)
             self.model.append(MMap(iova, size, buf, slot, prot))
 
     @precondition(lambda self: bool(self.model))
@@ -263,7 +263,7 @@ class Type1Machine(RuleBasedStateMachine):
         mapping = data.draw(st.sampled_from(self.c.mappings))
         mapping.close()
         assert mapping.closed
-        assert self.forget(mapping.iova, mapping.iova + mapping.size - 1) == mapping.size
+        assert self.forget(mapping.iova, mapping.iova + mapping.length - 1) == mapping.length
 
     @precondition(lambda self: bool(self.model))
     @rule(data=st.data())
@@ -290,7 +290,7 @@ class Type1Machine(RuleBasedStateMachine):
 
     @invariant()
     def objects_match(self) -> None:
-        assert [(m.iova, m.size) for m in self.c.mappings] == sorted(
+        assert [(m.iova, m.length) for m in self.c.mappings] == sorted(
             (m.iova, m.size) for m in self.model)
         assert self.c.info().dma_avail == self.limit - len(self.model)
 

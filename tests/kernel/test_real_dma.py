@@ -60,7 +60,7 @@ def test_dma_through_iommufd(edu: str) -> None:
         mapping = ioas.map(buf, 0x100000)
         _round_trip(dev, buf, mapping.iova)
         assert buf[0x1000:0x1040] == PATTERN
-        mapping.unmap()
+        mapping.close()
         # Unmapped: the IOMMU blocks the device's write; memory is untouched.
         buf[0x1000:0x1040] = bytes(64)
         _dma(dev, EDU_BUFFER, 0x101000, 64, to_ram=True)

@@ -547,7 +547,7 @@ def cdev_open_to_ready(bdf: str, backend: Backend = KB) -> Sequence:
                 with iommufd.ioas() as ioas:
                     dev.attach(ioas)
                     mapping = ioas.map(buf, IOVA)
-                    mapping.unmap()
+                    mapping.close()
                     dev.detach()
 
     return run

@@ -247,7 +247,7 @@ def cdev_bind_attach(env: Env) -> Result:
             buf = env.buffer(0x1000)
             clash = ioas.map(buf, 0xFEE00000)
             r["attach_over_msi_mapping"] = attempt(lambda: dev.attach(ioas) > 0)
-            clash.unmap()
+            clash.close()
             r["attach"] = attempt(lambda: dev.attach(ioas) > 0)
             r["ranges_narrowed"] = _ranges(ioas)
             r["map_into_msi"] = attempt(lambda: ioas.map(buf, 0xFEE00000).iova)

@@ -200,7 +200,7 @@ class ConfigSpace:
     """The config space of one device model and its layout.
 
     The subclass sets the identity (``vendor_id`` ... ``interrupt_pin``),
-    ``pcie`` and ``bars`` before :meth:`_init_config_space` builds the
+    ``pcie`` and ``bars`` before ``_init_config_space()`` builds the
     power-on image; capabilities are added after that.
     """
 

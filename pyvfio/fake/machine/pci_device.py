@@ -222,7 +222,7 @@ class PciDevice:
         """The device reads ``length`` bytes at ``iova``.
 
         Raises :class:`~pyvfio.fake.core.IommuFault` (and records a
-        :class:`~pyvfio.fake.core.FaultRecord` in :attr:`System.faults`) when
+        :class:`~pyvfio.fake.core.FaultRecord` in :attr:`System.faults <pyvfio.fake.System.faults>`) when
         any byte is not mapped readable.
         """
         return _dma.dma_read(self, iova, length, pasid)

@@ -73,7 +73,7 @@ class System:
     ``topology`` is a dict, the path of a JSON file, or the name of a
     shipped topology (see :mod:`pyvfio.fake.machine.topology`).  ``models``
     is the device model factory; by default the one registered with
-    :func:`set_default_model_factory` (``pyvfio.fake.models.create``), with
+    ``set_default_model_factory()`` (``pyvfio.fake.models.create``), with
     None devices have no model (their config space is synthesised from the
     topology and DMA still works).
     """
@@ -92,7 +92,7 @@ class System:
         #: (:mod:`pyvfio.fake.fault_inject`).
         self.fault_inject = FaultInjector()
         self.user_memory = UserMemory(lambda: self.memlock_limit, self.fault_inject)
-        self.faults: list[FaultRecord] = []
+        self.faults: list[FaultRecord] = []  #: DMA the IOMMU blocked, oldest first
         self.numa_nodes: int = topo["numa_nodes"]
         #: The kernel build the machine runs (the topology's ``kernel``
         #: section: ``release``, ``config``, ``modules_dir``), served in its

@@ -29,7 +29,7 @@ class VfioGroup:
     least one device of the IOMMU group is bound to a vfio driver, and
     backs ``/dev/vfio/N`` (``/dev/vfio/noiommu-N``).
 
-    The group file (:class:`pyvfio.fake.vfio.GroupFile`) and the cdev
+    The group file (``pyvfio.fake.vfio.group.GroupFile``) and the cdev
     path keep their state here, so that both see each other's claims.
     """
 
