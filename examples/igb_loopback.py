@@ -56,6 +56,9 @@ IGB_ID = (0x8086, 0x10C9)  # 82576
 IGB_REGS = RegisterBlock("igb", [
     Register("CTRL", 0x0000, 4, fields=(Field("SLU", 6), Field("RST", 26))),
     Register("STATUS", 0x0008, 4, access="ro", fields=(Field("FD", 0), Field("LU", 1))),
+    Register("MDIC", 0x0020, 4, fields=(
+        Field("DATA", 0, 16), Field("REG", 16, 5), Field("PHY", 21, 5), Field("OP", 26, 2),
+        Field("READY", 28), Field("ERROR", 30))),
     Register("RCTL", 0x0100, 4, fields=(
         Field("EN", 1), Field("SBP", 2), Field("UPE", 3), Field("MPE", 4), Field("LBM", 6, 2),
         Field("BAM", 15), Field("BSIZE", 16, 2), Field("SECRC", 26))),
@@ -94,6 +97,8 @@ STAT_DD = 1 << 0
 RXD_EOP = 1 << 1
 RX_VECTOR, TX_VECTOR = 0, 1
 IVAR_VALID = 0x80
+PHY_ADDRESS = 1  # the 82576's internal PHY
+BMCR_AUTOEN_RESTART = 1 << 12 | 1 << 9
 ETHERTYPE = 0x88B5  # IEEE 802 local experimental
 
 
@@ -201,15 +206,24 @@ class IgbDriver:
         return low.to_bytes(4, "little") + (high & 0xFFFF).to_bytes(2, "little")
 
     def bring_up(self) -> None:
-        """Reset, link up, MSI-X routing, both rings, MAC loopback."""
+        """Reset, link up (auto-negotiation), MSI-X routing, both rings,
+        MAC loopback."""
         self.reset()
         self.mac = self.read_mac()
         self.regs.CTRL.set("SLU", 1)
+        # restart auto-negotiation (PHY register 0, BMCR): after a reset
+        # the link stays down until then
+        self.regs.MDIC.write(DATA=BMCR_AUTOEN_RESTART, REG=0, PHY=PHY_ADDRESS, OP=1)
         deadline = time.monotonic() + self.timeout
+        while not self.regs.MDIC.get("READY"):
+            if time.monotonic() > deadline:
+                raise IgbError("MDIC write of the PHY's BMCR did not complete")
+        if self.regs.MDIC.get("ERROR"):
+            raise IgbError("MDIC write of the PHY's BMCR failed")
         while not self.regs.STATUS.get("LU"):
             if time.monotonic() > deadline:
-                raise IgbError("no link (STATUS.LU clear)")
-            time.sleep(0.001)
+                raise IgbError("no link (STATUS.LU clear) after auto-negotiation")
+            time.sleep(0.01)
         # MSI-X mode: RX queue 0 -> vector 0, TX queue 0 -> vector 1
         self.regs.GPIE.write(MSIX_MODE=1, PBA=1)
         self.regs.IVAR0.write((RX_VECTOR | IVAR_VALID) | (TX_VECTOR | IVAR_VALID) << 8)

@@ -49,7 +49,7 @@ def test_model_is_registered_with_qemus_identity_and_layout() -> None:
     assert (model.vendor_id, model.device_id, model.class_code) == (0x8086, 0x10C9, 0x020000)
     assert {i: b.size for i, b in model.bars.items()} == {0: 0x20000, 1: 0x20000, 2: 0x20, 3: 0x4000}
     assert model.msix is not None and model.msix.vectors == 10 and model.msix.table_bar == 3
-    assert model.has_flr
+    assert model.has_flr and model.reset_methods == ["flr", "pm", "bus"]  # as in the test VM
 
 
 def test_mac_from_ral_rah_and_eerd_and_reset() -> None:
@@ -69,7 +69,15 @@ def test_mac_from_ral_rah_and_eerd_and_reset() -> None:
     assert model.bar_read(0, igbm.CTRL, 4) & igbm.CTRL_RST == 0  # self-clearing
     assert model.bar_read(0, igbm.RCTL, 4) == 0
     assert model.bar_read(0, igbm.RA, 4) == 0xAA000002
+    # the link is down after a software reset until auto-negotiation restarts
+    assert not model.bar_read(0, igbm.STATUS, 4) & igbm.STATUS_LU
+    model.bar_write(0, igbm.MDIC, 4, 2 << 21 | igbm.MDIC_OP_WRITE | igbm.BMCR_AUTOEN | igbm.BMCR_ANRESTART)
+    assert model.bar_read(0, igbm.MDIC, 4) & igbm.MDIC_ERROR  # no PHY at address 2
+    model.bar_write(0, igbm.MDIC, 4, 1 << 21 | igbm.MDIC_OP_WRITE | igbm.BMCR_AUTOEN | igbm.BMCR_ANRESTART)
+    assert model.bar_read(0, igbm.MDIC, 4) & (igbm.MDIC_READY | igbm.MDIC_ERROR) == igbm.MDIC_READY
     assert model.bar_read(0, igbm.STATUS, 4) & igbm.STATUS_LU
+    model.bar_write(0, igbm.MDIC, 4, 1 << 21 | igbm.MDIC_OP_READ | igbm.MII_BMSR << 16)
+    assert model.bar_read(0, igbm.MDIC, 4) & igbm.BMSR_ANEGCOMPLETE
 
 
 def test_queue_registers_answer_at_the_82575_aliases() -> None:

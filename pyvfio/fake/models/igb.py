@@ -11,8 +11,11 @@ What the model does (the part of the device a userspace driver needs):
 =============  ==========  =================================================
 register       offset      behaviour
 =============  ==========  =================================================
-CTRL           0x0000      RST (bit 26) resets the registers and self-clears
+CTRL           0x0000      RST (bit 26) resets the registers and self-clears;
+                           the link is down afterwards
 STATUS         0x0008      FD, LU (link up), 1000 Mb/s; read-only
+MDIC           0x0020      PHY 1 registers BMCR, BMSR; writing BMCR with
+                           AUTOEN and ANRESTART brings the link up
 EECD / EERD    0x0010/14   EEPROM present; EERD reads words 0-2 (the MAC)
 ICR, ICS,      0x1500-     legacy causes: TXDW (bit 0), RXDW (bit 7), RXO;
 IMS, IMC                   ICR clears when read
@@ -83,6 +86,7 @@ STATUS = 0x0008
 EECD = 0x0010
 EERD = 0x0014
 CTRL_EXT = 0x0018
+MDIC = 0x0020
 RCTL = 0x0100
 TCTL = 0x0400
 ICR = 0x1500
@@ -145,6 +149,19 @@ EICR_OTHER = 1 << 31
 EICR_MSIX_MASK = 0x01FFFFFF
 EICR_LEGACY_MASK = 0xC000FFFF
 IVAR_VALID = 0x80
+MDIC_REG_SHIFT = 16
+MDIC_PHY_SHIFT = 21
+MDIC_OP_WRITE = 1 << 26
+MDIC_OP_READ = 2 << 26
+MDIC_READY = 1 << 28
+MDIC_ERROR = 1 << 30
+PHY_ADDRESS = 1
+MII_BMCR = 0
+MII_BMSR = 1
+BMCR_ANRESTART = 1 << 9
+BMCR_AUTOEN = 1 << 12
+BMSR_LSTATUS = 1 << 2
+BMSR_ANEGCOMPLETE = 1 << 5
 
 TXD_EOP = 1 << 24
 TXD_RS = 1 << 27
@@ -188,8 +205,8 @@ class IgbDevice(DeviceModel):
     device_id = 0x10C9
     class_code = 0x020000
     revision = 0x01
-    subsystem_vendor_id = 0x8086
-    subsystem_id = 0x0000
+    subsystem_vendor_id = 0x1AF4
+    subsystem_id = 0x1100
     pcie = True
     interrupt_pin = 1
     default_bars = (Bar(0, 0x20000), Bar(1, 0x20000, ram=True), Bar(2, 0x20, "io", ram=True),
@@ -211,7 +228,7 @@ class IgbDevice(DeviceModel):
             raise ValueError(f"model_mac {mac!r} is not six colon-separated bytes")
         #: The permanent MAC address (EEPROM words 0-2).
         self.mac_address = bytes(int(p, 16) for p in parts)
-        self.add_pm_capability()
+        self.add_pm_capability(no_soft_reset=False)
         self.add_msi_capability(1, is64=True, per_vector_mask=True)
         self.add_msix_capability(MSIX_VECTORS, table_bar=3, table_offset=0, pba_offset=0x2000)
         self.add_pcie_capability(flr=True)
@@ -227,11 +244,14 @@ class IgbDevice(DeviceModel):
         self._reset_registers()
 
     # -- reset (igb_reset) -----------------------------------------------------------
-    def _reset_registers(self) -> None:
+    def _reset_registers(self, link: bool = True) -> None:
         mac = self.mac_address
+        #: The PHY's MII registers (BMCR, BMSR), reached through MDIC.
+        self.phy = {MII_BMCR: BMCR_AUTOEN,
+                    MII_BMSR: 0x7949 | (BMSR_LSTATUS | BMSR_ANEGCOMPLETE if link else 0)}
         self.regs = {
             CTRL: 0,
-            STATUS: STATUS_FD | STATUS_LU | STATUS_SPEED_1000,
+            STATUS: STATUS_FD | STATUS_SPEED_1000 | (STATUS_LU if link else 0),
             EECD: EECD_PRES | EECD_AUTO_RD,
             # queue 0 is enabled at power-on (82576 datasheet, RXDCTL/TXDCTL)
             RX_BASE + Q_DCTL: DCTL_ENABLE | 1 << 16,
@@ -291,12 +311,16 @@ class IgbDevice(DeviceModel):
             # igb_set_ctrl: RST self-clears and resets the MAC
             self.regs[CTRL] = value & ~CTRL_RST
             if value & CTRL_RST:
-                self._reset_registers()
+                # as QEMU's igb: the link stays down after a software reset
+                # until the driver restarts auto-negotiation (MDIC, BMCR)
+                self._reset_registers(link=False)
                 self.set_intx(False)
         elif offset in (STATUS, EECD) or offset in _STATS:
             return  # read-only here
         elif offset == EERD:
             self.regs[EERD] = self._eeprom_read(value)
+        elif offset == MDIC:
+            self.regs[MDIC] = self._mdic(value)
         elif offset == ICR:
             self._lower(ICR, value)
         elif offset == ICS:
@@ -328,6 +352,27 @@ class IgbDevice(DeviceModel):
         address = (value >> 2) & 0x3FFF
         word = int.from_bytes(self.mac_address[2 * address:2 * address + 2], "little") if address < 3 else 0
         return (word << 16) | (address << 2) | EERD_DONE
+
+    def _mdic(self, value: int) -> int:
+        """igb_set_mdic: one PHY register access; PHY address 1 only.
+        BMCR with ANRESTART and AUTOEN completes auto-negotiation at once
+        (QEMU: after its 500 ms autoneg timer) and brings the link up."""
+        register = (value >> MDIC_REG_SHIFT) & 0x1F
+        data = value & 0xFFFF
+        if (value >> MDIC_PHY_SHIFT) & 0x1F != PHY_ADDRESS:
+            return self._reg(MDIC) | MDIC_ERROR | MDIC_READY
+        if value & MDIC_OP_READ:
+            if register not in self.phy:
+                return value | MDIC_ERROR | MDIC_READY
+            return (value & ~0xFFFF) | self.phy[register] | MDIC_READY
+        if value & MDIC_OP_WRITE:
+            if register != MII_BMCR:
+                return value | MDIC_ERROR | MDIC_READY
+            self.phy[MII_BMCR] = data & ~(BMCR_ANRESTART | 0x3F | 1 << 15)
+            if data & BMCR_ANRESTART and data & BMCR_AUTOEN:
+                self.phy[MII_BMSR] |= BMSR_LSTATUS | BMSR_ANEGCOMPLETE
+                self.regs[STATUS] = self._reg(STATUS) | STATUS_LU
+        return value | MDIC_READY
 
     def _write_queue(self, offset: int, value: int) -> None:
         reg = (offset - RX_BASE if offset < TX_BASE else offset - TX_BASE) % QUEUE_STRIDE
