@@ -264,6 +264,7 @@ def igb_loopback(reps: int, frames: int, log: Log) -> list[Result]:
     spec = importlib.util.spec_from_file_location("igb_loopback", REPO / "examples" / "igb_loopback.py")
     assert spec is not None and spec.loader is not None
     example = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = example  # its dataclasses look their module up
     spec.loader.exec_module(example)
     bdf = guestpci.find_one(*guestpci.IGB)
     guestpci.bind_vfio(bdf)
