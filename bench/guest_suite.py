@@ -11,6 +11,9 @@ or the device, and the C program inherits the fd.
 * type1 map+unmap of 4 KiB and 2 MiB: a legacy container holding edu's group.
 * MMIO read32 of edu's identification register (BAR0 + 0x0) and write32 of
   its liveness register (BAR0 + 0x4) through a mapping of BAR0.
+* The igb loopback driver (examples/igb_loopback.py): time per frame and
+  from the tail write to the RX interrupt, on QEMU's igb through vfio-pci
+  and on the fake kernel's igb model, side by side.
 * Device open-to-ready: open /dev/iommu, allocate an IOAS, open the cdev,
   bind, attach (closing is not timed).
 * Interrupt latency: from the MMIO write that makes edu raise its MSI (its
@@ -347,6 +350,47 @@ def ready(exe: Path, bdf: str, reps: int, iters: int, log: Log) -> Result:
                         "vfio-pci enabling edu, with a secondary bus reset (its reset_method)")
 
 
+# -- the userspace NIC driver: igb in MAC loopback -----------------------------------------------
+def igb_loopback(reps: int, frames: int, log: Log) -> list[Result]:
+    """examples/igb_loopback.py, side by side on the real kernel (QEMU's
+    igb on vfio-pci) and on the fake kernel's igb model in the same guest:
+    time per frame (transmit, RX interrupt, compare, give the descriptor
+    back) and the mean time from the tail write to the RX interrupt."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("igb_loopback", REPO / "examples" / "igb_loopback.py")
+    assert spec is not None and spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = example  # its dataclasses look their module up
+    spec.loader.exec_module(example)
+    bdf = guestpci.find_one(*guestpci.IGB)
+    guestpci.bind_vfio(bdf)
+    log(f"bench: igb {bdf} on vfio-pci, {frames} frames x {reps} in MAC loopback")
+    real, fake = "real kernel, QEMU igb", "fake kernel, igb model"
+    per_frame: dict[str, list[float]] = {real: [], fake: []}
+    latency: dict[str, list[float]] = {real: [], fake: []}
+    fake_backend, fake_bdf = example.fake_backend()
+    try:
+        for r in range(reps):
+            for name, backend, where in ((real, KB, bdf), (fake, fake_backend, fake_bdf))[::1 if r % 2 else -1]:
+                result = example.run(where, backend, frames=frames, out=lambda _s: None)
+                if not result.ok:
+                    raise RuntimeError(f"igb loopback failed on the {name}: {result}")
+                per_frame[name].append(1e6 / result.frames_per_second)
+                latency[name].append(result.irq_latency_us)
+    finally:
+        guestpci.unbind_vfio(bdf)
+    ratios: list[tuple[str, str, float | None]] = [(real, fake, None)]
+    return [
+        Result("guest.igb_frame", "igb MAC loopback: one frame sent, received on its MSI-X "
+               "interrupt (asyncio) and compared", "us/frame", per_frame, ratios=ratios,
+               params={"frames": frames, "reps": reps},
+               notes="frames/s = 1e6 / this; one frame in flight"),
+        Result("guest.igb_irq_latency", "igb MAC loopback: tail write to RX interrupt seen in "
+               "the event loop", "us", latency, ratios=ratios, params={"frames": frames, "reps": reps}),
+    ]
+
+
 def run(exe: Path, reps: int, quick: bool, log: Log = _log) -> list[Result]:
     target = 0.05 if quick else 0.15
     bdf = guestpci.find_one(*guestpci.EDU)
@@ -364,6 +408,7 @@ def run(exe: Path, reps: int, quick: bool, log: Log = _log) -> list[Result]:
     finally:
         guestpci.unbind_vfio(bdf)
         log(f"bench: edu {bdf} given back (driver: {guestpci.device_info(bdf).driver})")
+    results += igb_loopback(3 if quick else reps, 100 if quick else 300, log)
     # pyvfio's own cost under this CPU: what emulation does to Python (against the host suite)
     log("bench: accessors on anonymous RAM, objects layer on a no-op kernel")
     results += host_suite.ram_accessors(exe, reps, target, where="guest")

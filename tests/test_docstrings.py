@@ -83,6 +83,7 @@ DOCUMENTED = [
     "pyvfio.fake.models",
     "pyvfio.fake.models.edu",
     "pyvfio.fake.models.nvme",
+    "pyvfio.fake.models.igb",
     "pyvfio.fake.vfio",
     "pyvfio.fake.vfio.container",
     "pyvfio.fake.vfio.group",

@@ -30,7 +30,7 @@ interfaces that are up or have routes; 9p/virtiofs tags that are mounted),
 so that binding refuses the same devices on the fake.
 
 Devices get the fake's model for their vendor:device when it has one
-(``edu``, ``nvme``, ``e1000e``, ...); others become ``generic`` models with
+(``edu``, ``nvme``, ``igb``, ``e1000e``, ...); others become ``generic`` models with
 the captured IDs, class and BARs.  A device on vfio-pci gets the original
 driver pyvfio remembered for it (:mod:`pyvfio.setup.binding`) as its
 ``default_driver``.
@@ -62,7 +62,7 @@ __all__ = ["capture", "to_json", "replay_check"]
 _DOMAIN_TYPES = ("DMA", "DMA-FQ", "identity", "blocked", "unmanaged")
 _RESET_METHODS = ("device_specific", "acpi", "flr", "af_flr", "pm", "bus", "cxl_bus")
 #: Fake models whose behaviour (and BARs) comes from the model itself.
-_BEHAVIOURAL = ("edu", "nvme")
+_BEHAVIOURAL = ("edu", "nvme", "igb")
 _PCI_CAP_EXP = 0x10
 _PCI_EXP_TYPE_PCI_BRIDGE = 0x7
 

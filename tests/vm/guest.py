@@ -292,6 +292,7 @@ def device_args(tmpdir: Path) -> list[str]:
         "-device", "pcie-root-port,id=rp1,bus=pcie.0,addr=0x11,chassis=2",
         "-device", "pcie-root-port,id=rp2,bus=pcie.0,addr=0x12,chassis=3",
         "-device", "pcie-root-port,id=rp3,bus=pcie.0,addr=0x13,chassis=4",
+        "-device", "pcie-root-port,id=rp4,bus=pcie.0,addr=0x14,chassis=5",
         "-device", "edu,id=edu0,bus=rp0",
         "-drive", f"file={image},if=none,id=nvm,format=raw",
         "-device", "nvme,id=nvme0,serial=pyvfio0,drive=nvm,bus=rp1",
@@ -301,12 +302,15 @@ def device_args(tmpdir: Path) -> list[str]:
         "-netdev", "user,id=net0,restrict=on",
         "-netdev", "user,id=net1,restrict=on",
         "-netdev", "user,id=net2,restrict=on",
+        "-netdev", "user,id=net3,restrict=on",
         "-device", "e1000e,id=e1000e0,bus=rp2,netdev=net0,romfile=",
         # q35's ACPI hotplug drives this bridge's slots (the guest's shpchp
         # then logs "pci_hp_register failed with error -16": harmless).
         "-device", "pcie-pci-bridge,id=br0,bus=rp3",
         "-device", "e1000,id=e1000a,bus=br0,addr=1,netdev=net1,romfile=",
         "-device", "e1000,id=e1000b,bus=br0,addr=2,netdev=net2,romfile=",
+        # 82576 for the userspace NIC driver (examples/igb_loopback.py)
+        "-device", "igb,id=igb0,bus=rp4,netdev=net3,romfile=",
     ]
 
 

@@ -24,6 +24,7 @@ EDU = (0x1234, 0x11E8)             # QEMU edu: DMA engine + MSI/INTx
 NVME = (0x1B36, 0x0010)            # QEMU NVMe controller
 E1000E = (0x8086, 0x10D3)          # 82574L
 E1000 = (0x8086, 0x100E)           # 82540EM (two functions behind br0)
+IGB = (0x8086, 0x10C9)             # 82576 (QEMU igb, behind rp4)
 PCIE_PCI_BRIDGE = (0x1B36, 0x000E)
 PCIE_ROOT_PORT = (0x1B36, 0x000C)
 

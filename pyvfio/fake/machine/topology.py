@@ -201,6 +201,8 @@ KNOWN_MODELS: dict[str, dict[str, int]] = {
             "subsystem_vendor": 0x1AF4, "subsystem_device": 0x1100, "revision": 0x10},
     "nvme": {"vendor": 0x1B36, "device": 0x0010, "class": 0x010802,
              "subsystem_vendor": 0x1AF4, "subsystem_device": 0x1100, "revision": 0x02},
+    "igb": {"vendor": 0x8086, "device": 0x10C9, "class": 0x020000,
+            "subsystem_vendor": 0x1AF4, "subsystem_device": 0x1100, "revision": 0x01},
     "e1000e": {"vendor": 0x8086, "device": 0x10D3, "class": 0x020000,
                "subsystem_vendor": 0x8086, "subsystem_device": 0x0000},
     "e1000": {"vendor": 0x8086, "device": 0x100E, "class": 0x020000,

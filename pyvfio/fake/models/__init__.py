@@ -8,6 +8,7 @@ topology entry names in its ``model`` key:
                           PM + MSI + PCIe (FLR) capabilities
 ``edu``                   QEMU's ``edu`` educational device (:mod:`.edu`)
 ``nvme``                  an NVMe controller like QEMU's ``nvme`` (:mod:`.nvme`)
+``igb``                   an Intel 82576 NIC like QEMU's ``igb`` (:mod:`.igb`)
 ``e1000e``, ``e1000``,    stand-ins for devices only kernel drivers use in
 ``pcie-pci-bridge``, ...  the topologies: generic models with the real
                           devices' IDs, class and BAR layout
@@ -196,9 +197,16 @@ def _nvme(spec: Mapping[str, Any]) -> DeviceModel:
     return NvmeController(spec)
 
 
+def _igb(spec: Mapping[str, Any]) -> DeviceModel:
+    from .igb import IgbDevice
+
+    return IgbDevice(spec)
+
+
 register("generic", GenericDevice)
 register("edu", _edu)
 register("nvme", _nvme)
+register("igb", _igb)
 # QEMU's e1000e (82574L): BAR0 MMIO 128K, BAR1 flash 128K, BAR2 I/O 32, BAR3 MSI-X 16K.
 register("e1000e", _stand_in(
     "e1000e", {"vendor": 0x8086, "device": 0x10D3, "class": 0x020000, "subsystem_vendor": 0x8086,
