@@ -73,7 +73,7 @@ hardware is a fault and a stuck queue.
 
 from __future__ import annotations
 
-from collections import deque
+import collections
 from typing import Any, Mapping
 
 from ..machine.pci import DMA_ERRORS, IRQ_MSI, IRQ_MSIX, Bar, DeviceModel
@@ -233,7 +233,7 @@ class IgbDevice(DeviceModel):
         self.add_msix_capability(MSIX_VECTORS, table_bar=3, table_offset=0, pba_offset=0x2000)
         self.add_pcie_capability(flr=True)
         #: Frames transmitted without loopback (the newest 256).
-        self.wire: deque[bytes] = deque(maxlen=256)
+        self.wire: collections.deque[bytes] = collections.deque(maxlen=256)
         #: Descriptor or buffer accesses the IOMMU (or a clear Bus Master
         #: Enable) blocked.
         self.dma_errors = 0
