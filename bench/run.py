@@ -124,7 +124,11 @@ def run_guest(reps: int, quick: bool, command: str, verbose: bool, timeout: floa
 
 # -- reporting --------------------------------------------------------------------------------
 def fmt_time(ns: float, unit: str) -> str:
-    suffix = "/op" if unit.endswith("/op") else ""
+    """A time in the result's ``unit`` ("ns/op", "ns", or in µs: "us", "us/frame"),
+    written in the largest unit that keeps it at 1 or more."""
+    if unit.startswith("us"):
+        ns *= 1e3
+    suffix = "/" + unit.split("/", 1)[1] if "/" in unit else ""
     for scale, name in ((1e9, "s"), (1e6, "ms"), (1e3, "µs")):
         if abs(ns) >= scale:  # a difference of two times may be negative
             return f"{ns / scale:.3g} {name}{suffix}"
