@@ -11,7 +11,7 @@ Layers, bottom up (a module may import its own layer and those below):
 ====  ===========  ==================================================
 rank  layer        modules
 ====  ===========  ==================================================
-0     bindings     ``pyvfio._uapi``, ``pyvfio.errors``, ``pyvfio._sorted``
+0     bindings     ``pyvfio._uapi``, ``pyvfio.errors``, ``pyvfio._sorted``, ``pyvfio._lazy``
 1     backend      ``pyvfio.backend.*``
 2     fake         ``pyvfio.fake.*`` (may import bindings and backend only)
 3     core         ``pyvfio.core.*``
@@ -40,6 +40,7 @@ LAYER_OF_PREFIX = {
     "pyvfio._uapi": "bindings",
     "pyvfio.errors": "bindings",
     "pyvfio._sorted": "bindings",
+    "pyvfio._lazy": "bindings",
     "pyvfio.backend": "backend",
     "pyvfio.fake": "fake",
     "pyvfio.core": "core",

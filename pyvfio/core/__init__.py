@@ -15,19 +15,11 @@ layers above it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if not TYPE_CHECKING:
-    def __getattr__(name: str) -> Any:
-        """Import a module of this package on first use as an attribute
-        (``pyvfio.core.sysfs`` after a plain ``import pyvfio``), as ``import
-        pyvfio`` did when it loaded every module up front."""
-        import importlib
+    from .._lazy import submodule_getattr
 
-        if not name.startswith("__"):
-            try:
-                return importlib.import_module(f"{__name__}.{name}")
-            except ModuleNotFoundError as e:
-                if e.name != f"{__name__}.{name}":
-                    raise
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    # a module of this package loads on first use as an attribute
+    # (``pyvfio.core.sysfs`` after a plain ``import pyvfio``)
+    __getattr__ = submodule_getattr(__name__)
