@@ -31,6 +31,7 @@ from ..backend import Backend, resolve_backend
 from ..errors import VfioError
 
 __all__ = ["BindError", "BindingStateError", "BindingRecord", "BindingState", "STATE_DIR",
+           "TempFileError", "replace_file",
            "is_driver_name", "is_bdf", "unsafe", "open_folder_nofollow", "host_root",
            "set_host_root"]
 
@@ -232,6 +233,46 @@ def _nofollow_open(name: str, flags: int, *, dir_fd: int) -> int:
     return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
 
 
+class TempFileError(OSError):
+    """:func:`replace_file` could not create its temporary file
+    (``filename``: its name)."""
+
+
+def replace_file(folder: int, name: str, data: bytes, *, mode: int | None = None,
+                 fsync: bool = True) -> None:
+    """Replace the file ``name`` in the folder open as ``folder`` by one
+    holding ``data``, atomically: written to a new temporary file beside it
+    (created, never followed as a symlink: O_EXCL | O_NOFOLLOW), made
+    ``mode`` (None: 0600 from its creation), synced when ``fsync``, then
+    renamed over ``name``.  TempFileError when the temporary file cannot be
+    created; any other OSError after removing it."""
+    import secrets  # here: its import costs every command a few ms
+
+    tmp = f"{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    try:
+        fd = _nofollow_open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, dir_fd=folder)
+    except OSError as e:
+        raise TempFileError(e.errno, e.strerror, tmp) from None
+    try:
+        try:
+            if mode is not None:
+                os.fchmod(fd, mode)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            if fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, name, src_dir_fd=folder, dst_dir_fd=folder)
+    except OSError:
+        try:
+            os.unlink(tmp, dir_fd=folder)
+        except OSError:
+            pass
+        raise
+
+
 class BindingState:
     """Where original drivers are remembered: a JSON file (shared between
     processes, guarded by an flock on ``<file>.lock``) or, with
@@ -351,27 +392,13 @@ class BindingState:
 
     def _write_file(self, folder: int, data: dict[str, dict[str, Any]]) -> None:
         assert self.path is not None
-        name = os.path.basename(self.path)
-        import secrets  # here: its import costs every command a few ms
-
-        tmp = f"{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        text = json.dumps({"version": _VERSION, "devices": data}, indent=2, sort_keys=True)
         try:
-            fd = _nofollow_open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, dir_fd=folder)
-        except OSError as e:
-            raise self._error("write", f"creating {_shown_path(tmp)}: {e.strerror}",
+            replace_file(folder, os.path.basename(self.path), (text + "\n").encode())
+        except TempFileError as e:
+            raise self._error("write", f"creating {_shown_path(str(e.filename))}: {e.strerror}",
                               e.errno or errno.EIO) from None
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump({"version": _VERSION, "devices": data}, f, indent=2, sort_keys=True)
-                f.write("\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, name, src_dir_fd=folder, dst_dir_fd=folder)
         except OSError as e:
-            try:
-                os.unlink(tmp, dir_fd=folder)
-            except OSError:
-                pass
             raise self._error("write", e.strerror or str(e), e.errno or errno.EIO) from None
 
     def _update(self, change: Callable[[dict[str, dict[str, Any]]], None]) -> None:

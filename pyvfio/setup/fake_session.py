@@ -29,13 +29,23 @@ import errno
 import hashlib
 import json
 import os
-import secrets
 import shutil
 from typing import Any
 
 from ..core import sysfs
-from .binding_state import (BindError, _nofollow_open, _show, _shown_path, is_bdf, is_driver_name,
-                            open_folder_nofollow, set_host_root, unsafe)
+from .binding_state import (
+    BindError,
+    TempFileError,
+    _nofollow_open,
+    _show,
+    _shown_path,
+    is_bdf,
+    is_driver_name,
+    open_folder_nofollow,
+    replace_file,
+    set_host_root,
+    unsafe,
+)
 
 __all__ = ["FakeSession", "FakeStateError", "default_state_path", "open_session", "fake_field",
            "banner"]
@@ -234,25 +244,15 @@ class FakeSession:
             return False
         folder = self._open_folder(create=True)
         assert folder is not None
-        name = os.path.basename(self.path)
-        tmp = f"{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        text = json.dumps({"version": _VERSION, "machine": self.machine,
+                           "topology": self._digest, "devices": now}, indent=1)
         try:
-            try:
-                fd = _nofollow_open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, dir_fd=folder)
-            except OSError as e:
-                raise self._error(f"creating {tmp}: {e.strerror}", e.errno or errno.EIO) from None
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as f:
-                    json.dump({"version": _VERSION, "machine": self.machine,
-                               "topology": self._digest, "devices": now}, f, indent=1)
-                    f.write("\n")
-                os.replace(tmp, name, src_dir_fd=folder, dst_dir_fd=folder)
-            except OSError as e:
-                try:
-                    os.unlink(tmp, dir_fd=folder)
-                except OSError:
-                    pass
-                raise self._error(e.strerror or str(e), e.errno or errno.EIO) from None
+            replace_file(folder, os.path.basename(self.path), (text + "\n").encode(),
+                         fsync=False)
+        except TempFileError as e:
+            raise self._error(f"creating {e.filename}: {e.strerror}", e.errno or errno.EIO) from None
+        except OSError as e:
+            raise self._error(e.strerror or str(e), e.errno or errno.EIO) from None
         finally:
             os.close(folder)
         self._loaded = now

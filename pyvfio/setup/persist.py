@@ -47,8 +47,19 @@ from typing import Any
 
 from ..backend import Backend, resolve_backend
 from ..core import sysfs
-from .binding_state import (BindError, _nofollow_open, _show, _shown_path, host_root,
-                            is_bdf, is_driver_name, open_folder_nofollow, unsafe)
+from .binding_state import (
+    BindError,
+    TempFileError,
+    _nofollow_open,
+    _show,
+    _shown_path,
+    host_root,
+    is_bdf,
+    is_driver_name,
+    open_folder_nofollow,
+    replace_file,
+    unsafe,
+)
 
 __all__ = ["RULES_DIR", "PersistError", "PersistentBinding", "PersistentRules", "rule_text",
            "parse_rule", "apply_rules", "report", "format_report", "Changes"]
@@ -301,29 +312,17 @@ class PersistentRules:
             self._memory[bdf] = driver
             return PersistentBinding(bdf, driver, None)
         name = f"{_PREFIX}{bdf}{_SUFFIX}"
-        tmp = f"{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"  # udev reads *.rules only
         folder = self._open("write", create=True)
         assert folder is not None
         try:
-            try:
-                fd = _nofollow_open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, dir_fd=folder)
-            except OSError as e:
-                raise self._error("write", f"creating {tmp}: {e.strerror}",
-                                  e.errno or errno.EIO) from None
-            try:
-                try:
-                    os.fchmod(fd, 0o644)  # udevd reads it; a umask must not matter
-                    os.write(fd, text.encode())
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-                os.replace(tmp, name, src_dir_fd=folder, dst_dir_fd=folder)
-            except OSError as e:
-                try:
-                    os.unlink(tmp, dir_fd=folder)
-                except OSError:
-                    pass
-                raise self._error("write", str(e.strerror), e.errno or errno.EIO, name) from None
+            # the temporary file ends in .tmp: udev reads *.rules only;
+            # 0644: udevd reads it, and a umask must not matter
+            replace_file(folder, name, text.encode(), mode=0o644)
+        except TempFileError as e:
+            raise self._error("write", f"creating {e.filename}: {e.strerror}",
+                              e.errno or errno.EIO) from None
+        except OSError as e:
+            raise self._error("write", str(e.strerror), e.errno or errno.EIO, name) from None
         finally:
             os.close(folder)
         return PersistentBinding(bdf, driver, os.path.join(self.folder, name))
