@@ -43,10 +43,12 @@ def bind_vfio(backend: object, bdf: str) -> None:
 class VfioEnv:
     """A backend with QEMU's edu device bound to vfio-pci (``edu`` is its BDF)."""
 
-    def __init__(self, kind: str, backend: object, edu: str) -> None:
+    def __init__(self, kind: str, backend: object, edu: str, hw_info_type: str) -> None:
         self.kind = kind
         self.backend = backend
         self.edu = edu
+        #: the pyvfio.HwInfoType member name IOMMU_GET_HW_INFO reports here
+        self.hw_info_type = hw_info_type
 
 
 def _find_edu(backend: object) -> str:
@@ -70,7 +72,8 @@ def vfio_env(request: pytest.FixtureRequest) -> Iterator[VfioEnv]:
 
         system = System("minimal")
         bind_vfio(system.backend, EDU_BDF)
-        yield VfioEnv("fake", system.backend, EDU_BDF)
+        assert system.iommu is not None
+        yield VfioEnv("fake", system.backend, EDU_BDF, system.iommu.hw_info_type.upper())
         leaked = system.backend.open_files
         assert not leaked, f"files left open: {leaked}"
         return
@@ -79,8 +82,13 @@ def vfio_env(request: pytest.FixtureRequest) -> Iterator[VfioEnv]:
     kb = KernelBackend()
     edu = _find_edu(kb)
     bind_vfio(kb, edu)
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "vm"))
+    import guestpci
+
     try:
-        yield VfioEnv("kernel", kb, edu)
+        yield VfioEnv("kernel", kb, edu, guestpci.HW_INFO_TYPE[guestpci.GUEST_IOMMU])
     finally:
         kb.sysfs_write(f"/sys/bus/pci/devices/{edu}/driver_override", "\n")
         kb.sysfs_write("/sys/bus/pci/drivers/vfio-pci/unbind", edu)

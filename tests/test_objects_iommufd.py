@@ -154,7 +154,7 @@ def test_closing_iommufd_closes_children(backend) -> None:  # type: ignore[no-un
     assert a.closed and b.closed and m.closed and fd.closed
 
 
-def test_cdev_bind_attach_replace_detach(iommufd, backend, edu) -> None:  # type: ignore[no-untyped-def]
+def test_cdev_bind_attach_replace_detach(iommufd, backend, edu, vfio_env) -> None:  # type: ignore[no-untyped-def]
     with Device.open(edu, backend=backend) as dev:
         assert dev.path and dev.path.startswith("/dev/vfio/devices/vfio")
         with pytest.raises(InvalidArgumentError, match="bind the device"):
@@ -176,8 +176,9 @@ def test_cdev_bind_attach_replace_detach(iommufd, backend, edu) -> None:  # type
         dev.detach()
         assert dev.attached is None
         info = iommufd.hw_info(dev)
-        assert info.type == pyvfio.HwInfoType.INTEL_VTD
-        assert "cap_reg" in info.decoded()
+        assert info.type == pyvfio.HwInfoType[vfio_env.hw_info_type]
+        if info.type == pyvfio.HwInfoType.INTEL_VTD:
+            assert "cap_reg" in info.decoded()
 
 
 def test_closing_ioas_detaches_devices(iommufd, backend, edu) -> None:  # type: ignore[no-untyped-def]

@@ -148,6 +148,10 @@ def _intel_iommu(b: Backend, name: str, iommu: dict[str, Any]) -> None:
             iommu["pasid_bits"] = min(20, ((ecap >> 35) & 0x1F) + 1)
 
 
+#: virtio-iommu-pci's device ID (vendor 0x1af4), as sysfs shows it.
+_VIRTIO_IOMMU_DEVICE = "0x1057"
+
+
 def _iommu(b: Backend, groups: list[devices.IommuGroupInfo]) -> dict[str, Any] | None:
     hw = [n for n in _listdir(b, "/sys/class/iommu") if not n.startswith("iommufd_selftest")]
     real = [g for g in groups if not g.noiommu]
@@ -166,6 +170,13 @@ def _iommu(b: Backend, groups: list[devices.IommuGroupInfo]) -> dict[str, Any] |
         iommu["hw_info_type"] = "arm_smmuv3"
     else:
         iommu["hw_info_type"] = "none"
+        if _read(b, f"/sys/bus/pci/devices/{name}/device") == _VIRTIO_IOMMU_DEVICE and \
+                _read(b, f"/sys/bus/pci/devices/{name}/vendor") == "0x1af4":
+            # a virtio-iommu (named after its PCI function): the driver has
+            # no hw_info op and remaps no interrupts; its input range and
+            # page sizes are not in sysfs (the topology keeps the defaults)
+            iommu["interrupt_remapping"] = False
+            iommu["enforce_cache_coherency"] = False
     common: set[devices.ReservedRegion] | None = None
     for g in real:
         regions = set(g.reserved_regions)
@@ -313,6 +324,9 @@ def capture(backend: Backend | None = None, *, name: str | None = None,
     if unsafe is not None:
         type1["allow_unsafe_interrupts"] = _yes(unsafe)
     topo["type1"] = type1
+    unsafe = _read(b, "/sys/module/iommufd/parameters/allow_unsafe_interrupts")
+    if unsafe is not None:
+        topo["iommufd"] = {"allow_unsafe_interrupts": _yes(unsafe)}
     iommu = _iommu(b, groups)
     topo["iommu"] = iommu
 

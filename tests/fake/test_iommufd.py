@@ -1201,7 +1201,7 @@ def test_bind_needs_interrupt_remapping(machine_factory: Callable[..., Machine])
     bind.argsz = ffi.sizeof(bind[0])
     bind.iommufd = ctx.fd
     assert err(lambda: m.b.ioctl(dfd, lib.VFIO_DEVICE_BIND_IOMMUFD, bind)) == errno.EPERM
-    m.system.iommufd_allow_unsafe_interrupts = True  # type: ignore[attr-defined]
+    m.b.sysfs_write("/sys/module/iommufd/parameters/allow_unsafe_interrupts", "1")
     assert m.b.ioctl(dfd, lib.VFIO_DEVICE_BIND_IOMMUFD, bind) == 0
 
 

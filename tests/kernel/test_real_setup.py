@@ -44,17 +44,27 @@ def test_discovery_matches_the_guest() -> None:
     assert edu.parent is not None and devices.pci_device(edu.parent).is_bridge
     nvme = devices.pci_device(_bdf(guestpci.NVME))
     assert nvme.driver == "nvme" and "flr" in nvme.reset_methods
-    e1000s = guestpci.find(*guestpci.E1000)
-    group = devices.iommu_group(guestpci.device_info(e1000s[0]).group)  # type: ignore[arg-type]
-    assert set(e1000s) < set(group.devices) and len(group.devices) == 3
+    group = devices.iommu_group(edu.iommu_group)
+    assert group.devices == (edu.bdf,)
     assert devices.ReservedRegion(0xFEE00000, 0xFEEFFFFF, "msi") in group.reserved_regions
     assert group.type in ("DMA", "DMA-FQ")
     support = kernel_support.vfio_support()
-    assert support.iommu_enabled and "dmar0" in support.iommus
+    # the IOMMU's name in /sys/class/iommu: VT-d units are dmarN, the
+    # virtio-iommu is named after its PCI function
+    iommu_name = (guestpci.find_one(*guestpci.VIRTIO_IOMMU)
+                  if guestpci.GUEST_IOMMU == "virtio" else "dmar0")
+    assert support.iommu_enabled and iommu_name in support.iommus
     assert support.vfio_pci_driver and support.container_node and support.iommufd_node
     # CONFIG_VFIO_DEVICE_CDEV: /sys/class/vfio-dev exists from boot
     assert support.cdev_supported is True and support.cdev_usable and support.legacy_usable
     assert all(support.modules.values())
+
+
+def test_discovery_of_the_bridge_group() -> None:
+    e1000s = guestpci.bridge_group_or_skip()
+    group = devices.iommu_group(guestpci.device_info(e1000s[0]).group)  # type: ignore[arg-type]
+    assert set(e1000s) < set(group.devices) and len(group.devices) == 3
+    assert devices.ReservedRegion(0xFEE00000, 0xFEEFFFFF, "msi") in group.reserved_regions
 
 
 def test_bind_and_restore(state: BindingState) -> None:
@@ -153,7 +163,7 @@ def test_groups_and_a_user_owned_group(state: BindingState) -> None:
     """Measured on Linux 7.3: a kernel driver cannot take a device of a
     user-owned group (bind: EBUSY, drivers_probe: EINVAL); restore says so,
     leaves the device driver-less and keeps the record."""
-    e1000a, e1000b = guestpci.find(*guestpci.E1000)
+    e1000a, e1000b = guestpci.bridge_group_or_skip()
     gid = sysfs.device_group(e1000a)
     why = viability.explain_group(gid, e1000a)
     assert not why.viable and {b.bdf for b in why.blockers} == {e1000a, e1000b}
@@ -178,7 +188,7 @@ def test_groups_and_a_user_owned_group(state: BindingState) -> None:
 def test_cdev_bind_of_a_shared_group_fails_with_eperm(state: BindingState) -> None:
     """VFIO_DEVICE_BIND_IOMMUFD on a device whose group has another device on
     a host driver: EPERM; explain_device says why."""
-    e1000a, e1000b = guestpci.find(*guestpci.E1000)
+    e1000a, e1000b = guestpci.bridge_group_or_skip()
     binding.bind(e1000a, state=state)
     with IommuFd() as iommufd, pyvfio.Device.open(e1000a) as dev:
         with pytest.raises(OSError) as exc:
@@ -206,7 +216,13 @@ def test_the_command_on_the_guest(capsys: pytest.CaptureFixture[str], tmp_path: 
     assert cli.main(["topology", "dump", "-o", str(path)]) == cli.EXIT_OK
     topo = json.loads(path.read_text())
     assert replay_check(topo) == []
-    assert {g["id"]: g["devices"] for g in topo["groups"]} == \
-        {g.id: list(g.devices) for g in devices.iommu_groups()}
-    assert topo["iommu"]["hw_info_type"] == "intel_vtd"
+    groups = {g.id: list(g.devices) for g in devices.iommu_groups()}
+    captured = {g["id"]: g["devices"] for g in topo["groups"]}
+    # the capture gives each PCI function the kernel left out of every
+    # group (the virtio-iommu's own function) a group of its own
+    ungrouped = [d.bdf for d in devices.pci_devices() if d.iommu_group is None]
+    assert {k: v for k, v in captured.items() if k not in groups} == \
+        {k: [bdf] for k, bdf in zip(sorted(set(captured) - set(groups)), ungrouped)}
+    assert {k: v for k, v in captured.items() if k in groups} == groups
+    assert topo["iommu"]["hw_info_type"] == guestpci.HW_INFO_TYPE[guestpci.GUEST_IOMMU].lower()
     assert topo == capture(name=topo["name"]) | {"description": topo["description"]}

@@ -464,6 +464,8 @@ def ownership_and_viability(env: Env) -> Result:
     r: Result = {}
     e1000s = env.find(E1000)
     r["count"] = len(e1000s)
+    if not e1000s:  # a VM without the pcie-pci-bridge (tests/vm/guest.py NO_PCI_BRIDGE)
+        return r
     group = pyvfio.core.sysfs.device_group(e1000s[0], env.backend)
     r["members"] = len(pyvfio.core.sysfs.group_devices(group, env.backend))
     r["blockers"] = sorted(x.driver for x in pyvfio.core.viability.viability_blockers(group, env.backend))

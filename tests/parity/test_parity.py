@@ -1,6 +1,7 @@
 """Fake/real parity: each scenario runs on the fake kernel's model of the
 test VM booted with a given IOMMU (the shipped machine captured in that VM:
-``qemu-vtd`` for VT-d in legacy mode, ``qemu-vtd-sm`` for scalable mode)
+``qemu-vtd`` for VT-d in legacy mode, ``qemu-vtd-sm`` for scalable mode,
+``qemu-virtio`` for the virtio-iommu)
 and, inside the VM, on the real kernel; every difference is a failure.  The
 summary line "parity: N scenarios, M identical" is printed at the end of
 the run."""
@@ -18,7 +19,7 @@ from .scenarios import SCENARIOS, Env, diff
 
 
 #: tests/vm/guest.py --iommu NAME -> the shipped fake machine captured in that VM.
-VM_MACHINES = {"intel": "qemu-vtd", "intel-sm": "qemu-vtd-sm"}
+VM_MACHINES = {"intel": "qemu-vtd", "intel-sm": "qemu-vtd-sm", "virtio": "qemu-virtio"}
 
 
 def vm_machine() -> str:

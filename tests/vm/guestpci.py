@@ -27,6 +27,27 @@ E1000 = (0x8086, 0x100E)           # 82540EM (two functions behind br0)
 IGB = (0x8086, 0x10C9)             # 82576 (QEMU igb, behind rp4)
 PCIE_PCI_BRIDGE = (0x1B36, 0x000E)
 PCIE_ROOT_PORT = (0x1B36, 0x000C)
+VIRTIO_IOMMU = (0x1AF4, 0x1057)     # virtio-iommu-pci (guest.py --iommu virtio)
+
+#: The guest's IOMMU, as ``tests/vm/guest.py --iommu`` named it.
+GUEST_IOMMU = os.environ.get("PYVFIO_GUEST_IOMMU", "intel")
+#: What IOMMU_GET_HW_INFO reports for each guest IOMMU (pyvfio.HwInfoType
+#: member names): virtio-iommu's driver has no hw_info op.
+HW_INFO_TYPE = {"intel": "INTEL_VTD", "intel-sm": "INTEL_VTD", "virtio": "NONE",
+                "off": "NONE", "smmuv3": "ARM_SMMUV3"}
+
+
+def bridge_group_or_skip() -> list[str]:
+    """The two e1000s behind the pcie-pci-bridge (one IOMMU group with the
+    bridge); skips the test when the guest has no such bridge (guest.py
+    leaves it out behind IOMMUs in its NO_PCI_BRIDGE)."""
+    import pytest
+
+    found = find(*E1000)
+    if not found and not find(*PCIE_PCI_BRIDGE):
+        pytest.skip(f"the guest with IOMMU {GUEST_IOMMU!r} has no pcie-pci-bridge "
+                    "with conventional devices behind it (see tests/vm/guest.py)")
+    return found
 
 
 @dataclass(frozen=True)

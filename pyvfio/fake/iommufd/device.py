@@ -101,7 +101,7 @@ def _bind_iommu(ictx: IommufdFile, idev: Idev) -> None:
     if group is None:
         # iommufd_get_group: ENODEV without an IOMMU group
         raise errno_error(errno.ENODEV, f"{pdev.bdf} has no IOMMU group")
-    if not iommu.interrupt_remapping and not getattr(system, "iommufd_allow_unsafe_interrupts", False):
+    if not iommu.interrupt_remapping and not system.iommufd_params["allow_unsafe_interrupts"]:
         # iommufd_bind_iommu: EPERM when MSIs cannot be isolated
         raise errno_error(errno.EPERM, "MSI interrupts cannot be isolated (no interrupt remapping)")
     # iommu_device_claim_dma_owner: EPERM/EBUSY when owned elsewhere

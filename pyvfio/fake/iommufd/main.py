@@ -49,7 +49,8 @@ Machine features read from the :class:`~pyvfio.fake.machine.system.System` when
 present (defaults in brackets): ``transparent_hugepage`` [True: automatic
 IOVAs are aligned up to 2 MiB, as with CONFIG_TRANSPARENT_HUGEPAGE],
 ``cap_ipc_lock`` [False: pinned pages are charged], ``cap_sys_resource``
-[True], ``cap_sys_rawio``, ``iommufd_allow_unsafe_interrupts`` [False];
+[True], ``cap_sys_rawio``, ``iommufd_params`` (the module's
+``allow_unsafe_interrupts`` [False]);
 ``iommu.nesting``, ``iommu.cap_reg``/``iommu.ecap_reg``; per device
 ``pasid_bits``, ``pri_supported`` and ``ats_supported`` [none].
 """

@@ -63,7 +63,7 @@ def module_dir(fs: Sysfs, name: str) -> dict[str, Node]:
         params["disable_denylist"] = Attr(
             show=lambda: b"Y\n" if vp["disable_denylist"] else b"N\n")
     elif name == "iommufd":
-        ip = fs.iommufd_params
+        ip = system.iommufd_params
         params["allow_unsafe_interrupts"] = bool_param(
             lambda: ip["allow_unsafe_interrupts"],
             lambda v: ip.__setitem__("allow_unsafe_interrupts", v))

@@ -80,7 +80,6 @@ class Sysfs:
         self.drivers_autoprobe = True
         self.vfio_pci_params = {"nointxmask": False, "disable_idle_d3": False,
                                 "enable_sriov": False, "disable_denylist": False}
-        self.iommufd_params = {"allow_unsafe_interrupts": False}
         self._root_cache: dict[str, Node] | None = None
         if not isinstance(getattr(system, "kernel", None), dict):
             system.kernel = _topology.normalize_kernel(None)

@@ -113,6 +113,8 @@ class System:
             "allow_unsafe_interrupts": topo["type1"]["allow_unsafe_interrupts"],
             "disable_hugepages": False,
         }
+        #: iommufd module parameters.
+        self.iommufd_params: dict[str, Any] = dict(topo["iommufd"])
         self.iommu: IommuInfo | None = (
             IommuInfo.from_topology(topo["iommu"]) if topo["iommu"] is not None else None
         )
@@ -336,6 +338,7 @@ class System:
                 "dma_entry_limit": self.type1_params["dma_entry_limit"],
                 "allow_unsafe_interrupts": self.type1_params["allow_unsafe_interrupts"],
             },
+            "iommufd": dict(self.iommufd_params),
             "iommu": self.iommu.to_topology() if self.iommu is not None else None,
             "kernel": dict(self.kernel),
             "devices": devices,

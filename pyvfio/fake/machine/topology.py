@@ -18,6 +18,7 @@ Schema (all keys but ``devices`` are optional)::
       "modules": {"vfio": true, "vfio_pci": true, "vfio_iommu_type1": true,
                   "iommufd": true, "pci_stub": true},
       "type1": {"dma_entry_limit": 65535, "allow_unsafe_interrupts": false},
+      "iommufd": {"allow_unsafe_interrupts": false},  # iommufd module parameters
       "iommu": {                          # null: no IOMMU (no groups)
         "name": "dmar0",
         "aperture": [0, 281474976710655],
@@ -162,6 +163,8 @@ DEFAULT_MODULES = {
 }
 
 DEFAULT_TYPE1 = {"dma_entry_limit": 65535, "allow_unsafe_interrupts": False}
+#: iommufd module parameters (``/sys/module/iommufd/parameters``).
+DEFAULT_IOMMUFD = {"allow_unsafe_interrupts": False}
 
 #: ``/proc/sys/kernel/osrelease`` of a fake machine.
 DEFAULT_KERNEL_RELEASE = "7.3.0-fake"
@@ -219,7 +222,7 @@ _DEVICE_KEYS = {
     "bridge", "reserved_regions", "pcie", "physfn", "sriov_totalvfs", "sriov_numvfs",
 }
 _TOP_KEYS = {
-    "name", "memlock_limit", "numa_nodes", "noiommu", "modules", "type1", "iommu",
+    "name", "memlock_limit", "numa_nodes", "noiommu", "modules", "type1", "iommufd", "iommu",
     "devices", "groups", "description", "kernel", "host",
 }
 _RESET_METHODS = ("device_specific", "acpi", "flr", "af_flr", "pm", "bus", "cxl_bus")
@@ -657,6 +660,15 @@ def _validate(raw: dict[str, Any]) -> dict[str, Any]:
         t1["allow_unsafe_interrupts"] = check_bool(t1raw["allow_unsafe_interrupts"],
                                               "type1.allow_unsafe_interrupts")
     topo["type1"] = t1
+    ifd = dict(DEFAULT_IOMMUFD)
+    ifdraw = raw.get("iommufd", {})
+    if not isinstance(ifdraw, dict):
+        raise TopologyError("iommufd: an object")
+    check_keys(ifdraw, set(DEFAULT_IOMMUFD), "iommufd")
+    if "allow_unsafe_interrupts" in ifdraw:
+        ifd["allow_unsafe_interrupts"] = check_bool(ifdraw["allow_unsafe_interrupts"],
+                                                    "iommufd.allow_unsafe_interrupts")
+    topo["iommufd"] = ifd
     topo["iommu"] = _iommu(raw.get("iommu", {}))
     if topo["noiommu"] and not modules["vfio"]:
         raise TopologyError("noiommu: needs the vfio module")
