@@ -9,12 +9,12 @@
 2. The guest suites: ``tests/vm/guest.py --pytest`` boots a Linux 7.3 guest
    (building the kernel on first use) and runs the tests marked ``kernel``
    in it, once per IOMMU: Intel VT-d in legacy mode, then VT-d in scalable
-   mode with first-stage translation (``--iommu intel-sm``); each boot's
-   parity scenarios run against the fake machine captured in that VM.  A
-   last boot with ``intel_iommu=off`` runs those marked ``iommu_off`` (the
-   kernel's self-test IOMMU, no-IOMMU mode).  QEMU's AMD-Vi and
-   virtio-iommu (``--iommu amd|virtio``) do not give a usable guest here
-   yet; tests/vm/README.md says why.
+   mode with first-stage translation (``--iommu intel-sm``), then a
+   virtio-iommu (``--iommu virtio``); each boot's parity scenarios run
+   against the fake machine captured in that VM.  A last boot with
+   ``intel_iommu=off`` runs those marked ``iommu_off`` (the kernel's
+   self-test IOMMU, no-IOMMU mode).  QEMU's AMD-Vi (``--iommu amd``) does
+   not give a usable guest here; tests/vm/README.md says why.
 
 The last line is the combined count in pytest's form.  When the VM cannot
 run here (no root to install QEMU, for example) the guest suite is
@@ -104,8 +104,8 @@ def main() -> int:
             if rc not in (0, 5):
                 status = 1
         if not args.host_only:
-            # Two boots: QEMU's emulated VT-d for everything marked kernel,
-            # then intel_iommu=off for the kernel's own mock IOMMU
+            # QEMU's emulated IOMMUs for everything marked kernel, then
+            # intel_iommu=off for the kernel's own mock IOMMU
             # (IOMMUFD_TEST, which does not work while VT-d is on) and the
             # no-IOMMU mode.
             boots = [
@@ -114,6 +114,9 @@ def main() -> int:
                 ("guest scalable-mode suite (Linux 7.3 VM, Intel IOMMU in scalable mode, "
                  "first-stage translation)", "guest-intel-sm-junit.xml",
                  ["--iommu", "intel-sm"], "kernel and not iommu_off"),
+                ("guest virtio-iommu suite (Linux 7.3 VM, virtio-iommu, unsafe interrupts "
+                 "allowed)", "guest-virtio-junit.xml",
+                 ["--iommu", "virtio"], "kernel and not iommu_off"),
                 ("guest IOMMU-off suite (Linux 7.3 VM, intel_iommu=off: self-test IOMMU, "
                  "no-IOMMU mode)", "guest-iommu-off-junit.xml",
                  ["--append", "intel_iommu=off"], "iommu_off"),
