@@ -20,7 +20,7 @@ from .resource import Resource, check_u64
 if TYPE_CHECKING:
     from .iommufd import IommuFd
 
-__all__ = ["HWPT", "FaultQueue", "HwInfo", "HwInfoType", "HwptDataType", "invalidate_entries"]
+__all__ = ["HWPT", "FaultQueue", "HwInfo", "HwInfoType", "HwptDataType"]
 
 
 class HwInfoType(enum.IntEnum):
@@ -144,7 +144,7 @@ class HWPT(PageTable):
         returns how many the kernel handled.  On failure the
         :class:`~pyvfio.errors.IoctlError`'s ``entry_num`` says how many
         entries were handled before the failing one."""
-        return invalidate_entries(self, data_type, entries)
+        return _invalidate_entries(self, data_type, entries)
 
     def _release(self) -> None:
         self._detach_all()
@@ -165,7 +165,7 @@ class HWPT(PageTable):
             self.fault._dependents.pop(id(self), None)
 
 
-def invalidate_entries(obj: IommufdObject, data_type: int, entries: Sequence[bytes]) -> int:
+def _invalidate_entries(obj: IommufdObject, data_type: int, entries: Sequence[bytes]) -> int:
     """IOMMU_HWPT_INVALIDATE on ``obj`` (a nested HWPT or a vIOMMU) with
     same-sized ``entries`` of ``data_type``: how many the kernel handled;
     on failure the IoctlError's ``entry_num`` is the kernel's count."""

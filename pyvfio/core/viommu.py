@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Sequence
 
 from .._uapi import lib
 from ..errors import IoctlError
-from .hw_pagetable import invalidate_entries
+from .hw_pagetable import _invalidate_entries
 from .iommufd_object import IommufdObject, device_id
 
 if TYPE_CHECKING:
@@ -53,7 +53,7 @@ class Viommu(IommufdObject):
         IOMMU_VIOMMU_INVALIDATE_DATA_ARM_SMMUV3); returns how many the
         kernel handled.  On failure the :class:`~pyvfio.errors.IoctlError`'s
         ``entry_num`` says how many were handled before the failing one."""
-        return invalidate_entries(self, data_type, entries)
+        return _invalidate_entries(self, data_type, entries)
 
     def veventq(self, veventq_type: int, depth: int) -> Veventq:
         """IOMMU_VEVENTQ_ALLOC: a queue of vIOMMU events (with its fd)."""

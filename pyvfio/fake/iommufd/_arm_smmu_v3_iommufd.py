@@ -145,7 +145,7 @@ def arm_smmu_get_viommu_size(system: System, viommu_type: int) -> bool:
         # (IORT CANWBS) or the SMMU has S2FWB: the VM could bypass the cache
         return False
     # arm_smmu_get_viommu_size: only the ARM_SMMUV3 type (no impl_ops)
-    return viommu_type == lib.IOMMU_VIOMMU_TYPE_ARM_SMMUV3
+    return bool(viommu_type == lib.IOMMU_VIOMMU_TYPE_ARM_SMMUV3)
 
 
 class ArmVsmmu:

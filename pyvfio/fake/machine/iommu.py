@@ -102,7 +102,7 @@ class IommuInfo:
             default_domain=t["default_domain"],
             cap_reg=t.get("cap_reg"),
             ecap_reg=t.get("ecap_reg"),
-            smmu_idr=(tuple(t["smmu_idr"])  # type: ignore[arg-type]
+            smmu_idr=(tuple(t["smmu_idr"])
                       if t.get("smmu_idr") is not None else None),
             smmu_iidr=t.get("smmu_iidr"),
             smmu_aidr=t.get("smmu_aidr"),
