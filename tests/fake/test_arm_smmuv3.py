@@ -20,7 +20,8 @@ from pyvfio.core.device import Device
 from pyvfio.core.hw_pagetable import HwInfoType, HwptDataType
 from pyvfio.core.iommufd import IOAS
 from pyvfio.errors import IoctlError
-from pyvfio.fake import System
+from pyvfio.fake import System, fault_walk
+from pyvfio.fake.fail_nth import machine_state
 from pyvfio.fake.core import IommuFault
 from pyvfio.fake.iommufd._arm_smmu_v3 import QEMU_IDR, stream_id
 from pyvfio.fake.machine.topology import load
@@ -519,3 +520,33 @@ def test_bad_pointers_are_efault(edu: Any) -> None:
     assert exc.value.errno == errno.EFAULT and inv.entry_num == 0
     viommu.close()
     parent.close()
+
+
+# -- failure walk ------------------------------------------------------------------------------
+def test_nesting_sequence_unwinds_at_every_failure() -> None:
+    """Each kernel operation of the nesting set-up failing in turn: the error
+    reaches the caller and nothing is left behind (fault_walk)."""
+    system = machine(s2fwb=True)
+    backend = system.backend
+
+    def sequence() -> None:
+        with IommuFd(backend=backend) as fd, Device.open(EDU, backend=backend) as dev:
+            dev.bind(fd)
+            ioas = fd.ioas()
+            dev.attach(ioas)
+            parent = fd.hwpt_alloc(dev, ioas, nest_parent=True)
+            viommu = fd.viommu_alloc(dev, parent, SMMUV3)
+            vdev = viommu.vdevice(dev, 0x8)
+            nested = fd.hwpt_alloc(dev, viommu, data_type=STE_DATA, data=ste(V | S1_TRANS))
+            dev.replace(nested)
+            viommu.invalidate(INV_DATA, [cmd(CFGI_CD_ALL | (0x8 << 32)), cmd(NH_ALL)])
+            dev.replace(ioas)
+            for obj in (nested, vdev, viommu, parent):
+                obj.close()
+
+    idle = machine_state(system)
+    result = fault_walk(system, sequence)
+    assert result.walked >= 8 and result.steps[-1].injected is None
+    result.assert_clean()
+    assert machine_state(system) == idle
+    assert not backend.open_files
