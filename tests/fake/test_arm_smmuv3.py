@@ -189,6 +189,41 @@ def test_no_nesting_with_one_stage() -> None:
         assert errno_of(fd.hwpt_alloc, dev, ioas, nest_parent=True) == errno.EOPNOTSUPP
 
 
+def test_pasids_need_substreams_and_stage_1() -> None:
+    system = machine(s2fwb=True)
+    with open_attached(EDU, backend=system.backend) as (dev, ioas):
+        fd = dev.iommufd
+        assert isinstance(fd, IommuFd)
+        assert fd.hw_info(dev).max_pasid_log2 == 0                        # SSIDSIZE 0
+    idr = list(QEMU_IDR)
+    idr[1] |= 16 << 6                       # SMMU_IDR1.SSIDSIZE: 16-bit substream IDs
+    topo: dict[str, Any] = copy.deepcopy(load("arm64-smmuv3"))
+    topo["iommu"]["smmu_idr"] = idr
+    system = System(topo)
+    b = system.backend
+    b.sysfs_write(f"/sys/bus/pci/devices/{EDU}/driver_override", "vfio-pci")
+    b.sysfs_write("/sys/bus/pci/drivers_probe", EDU)
+    system.device(EDU).pasid_bits = 8       # type: ignore[attr-defined]
+    with open_attached(EDU, backend=b) as (dev, ioas):
+        fd = dev.iommufd
+        assert isinstance(fd, IommuFd)
+        assert fd.hw_info(dev).max_pasid_log2 == 8
+        s1 = fd.hwpt_alloc(dev, ioas, pasid=True)
+        s2 = fd.hwpt_alloc(dev, ioas, nest_parent=True)
+        dev.replace(s1)
+        # arm_smmu_s1_set_dev_pasid: only a stage-1 domain goes to a PASID
+        assert errno_of(dev.attach, s2, pasid=3) == errno.EINVAL
+        dev.attach(s1, pasid=3)
+        # iommufd_hwpt_pasid_compat: a nesting parent is never PASID
+        # compatible (NEST_PARENT | PASID is refused), so it cannot replace
+        # a domain that has PASIDs (before the driver's own EBUSY)
+        assert errno_of(dev.replace, s2) == errno.EINVAL
+        dev.detach(pasid=3)
+        dev.replace(ioas)
+        s2.close()
+        s1.close()
+
+
 # -- vIOMMU and vDEVICE ---------------------------------------------------------------------------
 @pytest.mark.parametrize("s2fwb, canwbs, ok", [(False, False, False), (True, False, True),
                                                (False, True, True)])

@@ -82,8 +82,8 @@ def dirty_tracking_capable(system: System, idev: Idev) -> bool:
 def max_pasids(system: System, pdev: PciDevice) -> int:
     """dev->iommu->max_pasids: PASID enabled when both the IOMMU and the
     device support it."""
-    iommu = system.iommu
-    if iommu is None or not iommu.pasid_bits:
+    iommu_bits = _iommu_pasid_bits(system)
+    if not iommu_bits:
         return 0
     bits = getattr(pdev, "pasid_bits", None)
     if bits is None:
@@ -91,7 +91,18 @@ def max_pasids(system: System, pdev: PciDevice) -> int:
     bits = int(bits or 0)
     if not bits:
         return 0
-    return 1 << min(bits, int(iommu.pasid_bits))
+    return 1 << min(bits, iommu_bits)
+
+
+def _iommu_pasid_bits(system: System) -> int:
+    """The IOMMU's PASID width in bits (the SMMUv3's SSIDSIZE)."""
+    iommu = system.iommu
+    if iommu is None:
+        return 0
+    if is_arm_smmuv3(system):
+        # arm_smmu_device_hw_probe: ssid_bits from SMMU_IDR1.SSIDSIZE
+        return smmu_v3.arm_smmu_device_hw_probe(system).ssid_bits
+    return int(iommu.pasid_bits)
 
 
 def pri_supported(pdev: PciDevice) -> bool:
@@ -128,10 +139,18 @@ def pasid_attach_check(system: System, hwpt: Hwpt, idev: Idev,
         if mp > 0 and pasid >= mp:
             # iommu_attach_device_pasid: EINVAL beyond a device's PASID width
             raise errno_error(errno.EINVAL, f"PASID {pasid} is beyond {dev.bdf}'s width")
-    iommu = system.iommu
-    if iommu is None or not iommu.pasid_bits:
+    if not _iommu_pasid_bits(system):
         # intel_iommu_set_dev_pasid: EOPNOTSUPP without PASID support
+        # (arm_smmu_s1_set_dev_pasid: no substreams, SMMU_IDR1.SSIDSIZE 0)
         raise errno_error(errno.EOPNOTSUPP, "the IOMMU does not support PASID")
+    if is_arm_smmuv3(system):
+        if not isinstance(hwpt, HwptPaging) or hwpt.stage != smmu_v3.STAGE_S1:
+            # arm_smmu_s1_set_dev_pasid: EINVAL unless a stage-1 domain (a
+            # nested domain has no set_dev_pasid: EOPNOTSUPP)
+            if isinstance(hwpt, HwptNested):
+                raise errno_error(errno.EOPNOTSUPP, "a nested domain cannot attach to a PASID")
+            raise errno_error(errno.EINVAL, "only a stage-1 domain attaches to a PASID")
+        return list(group.devices)
     driver_attach_check(hwpt, idev)
     return list(group.devices)
 
