@@ -28,7 +28,7 @@ from pyvfio.fake.machine.topology import load
 from pyvfio.setup import cli
 from pyvfio.toolkit.attach import open_attached
 
-EDU = "0000:01:00.0"
+EDU = "0000:01:00.0"            # behind pcie-root-port 00:10.0
 NVME = "0000:02:00.0"
 S1_LAST = (1 << 48) - 1          # a stage-1 domain: 48-bit input (VA_BITS >= 48, no VAX)
 S2_LAST = (1 << 44) - 1          # a stage-2 domain: QEMU's 44-bit OAS
