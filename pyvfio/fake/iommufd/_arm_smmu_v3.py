@@ -9,10 +9,11 @@ checks of attaching a paging domain (arm_smmu_attach_dev).  The iommufd
 side of the driver (hw_info, vIOMMU, nested domains, invalidation) is
 :mod:`._arm_smmu_v3_iommufd`.
 
-The registers are the machine's ``iommu.smmu_idr`` as captured, or QEMU
-10.0's SMMUv3 with both stages (``-device arm-smmuv3,stage=nested``, from
-smmuv3_init_regs of hw/arm/smmuv3.c) adjusted to the topology's
-``dirty_tracking`` (IDR0.HTTU) and ``pasid_bits`` (IDR1.SSIDSIZE).
+The registers are the machine's ``iommu.smmu_idr`` when given, or QEMU
+10.0's SMMUv3 with both stages (``arm-smmuv3.stage=nested``; smmuv3_init_regs
+of hw/arm/smmuv3.c, as the arm64 test VM reported them) adjusted to the
+topology's ``dirty_tracking`` (IDR0.HTTU) and ``pasid_bits``
+(IDR1.SSIDSIZE).
 """
 
 from __future__ import annotations
@@ -59,12 +60,13 @@ _IDR5_GRAN64K = 1 << 6
 _IDR5_DS = 1 << 7
 _IDR5_VAX_SHIFT = 10
 
-#: QEMU 10.0's SMMUv3 with ``stage=nested``: IDR0 = S1P, S2P, AArch64 tables,
+#: QEMU 10.0's SMMUv3 with ``stage=nested``, as IOMMU_GET_HW_INFO reported
+#: it in the arm64 test VM (QEMU 10.0.2): IDR0 = S1P, S2P, AArch64 tables,
 #: coherent, 16-bit ASIDs and VMIDs, little endian, no stall, aborting
 #: terminate model, 2-level stream tables; IDR1 = 2^19-entry command and
-#: event queues, 16-bit stream IDs, no substreams; IDR3 = RIL, HAD, BBML2;
-#: IDR5 = 4K/16K/64K granules, 44-bit OAS.
-QEMU_IDR = (0x0D44101B, 0x02730010, 0x0, 0x1404, 0x0, 0x74)
+#: event queues, 16-bit stream IDs, no substreams; IDR3 = HAD, XNX, RIL,
+#: BBML2; IDR5 = 4K/16K/64K granules, 44-bit OAS.
+QEMU_IDR = (0x0D44101B, 0x02730010, 0x0, 0x1414, 0x0, 0x74)
 #: QEMU's SMMU_IIDR (never set: 0).
 QEMU_IIDR = 0x0
 #: QEMU's SMMU_AIDR (SMMUv3.1).
