@@ -152,7 +152,7 @@ def iommufd_hwpt_alloc(ictx: IommufdFile, u: Ucmd) -> int:
                                                 UserPtr.from_value(cmd.data_uptr), data_len)
     else:
         # iommufd_hwpt_alloc: EINVAL for other object types
-        raise errno_error(errno.EINVAL, f"object {cmd.pt_id} is not an IOAS or HWPT")
+        raise errno_error(errno.EINVAL, f"object {cmd.pt_id} is not an IOAS, HWPT or vIOMMU")
     try:
         if flags & lib.IOMMU_HWPT_FAULT_ID_VALID:
             fault: Fault = ictx.get_object(int(cmd.fault_id), OBJ_FAULT)
