@@ -23,6 +23,7 @@ kept (converted: the VMID and the physical stream ID in place) in
 
 from __future__ import annotations
 
+import collections
 import errno
 import struct
 from typing import TYPE_CHECKING
@@ -157,8 +158,8 @@ class ArmVsmmu:
         #: the stage-2 domain's VMID (arm_vsmmu_init)
         self.vmid = s2_parent.vmid
         #: the converted commands issued to the SMMU's command queue, as
-        #: ``(word0, word1)`` pairs, oldest first
-        self.issued: list[tuple[int, int]] = []
+        #: ``(word0, word1)`` pairs, oldest first (the last 4096)
+        self.issued: collections.deque[tuple[int, int]] = collections.deque(maxlen=4096)
 
     # viommu->ops->alloc_domain_nested
     def alloc_domain_nested(self, flags: int, data_type: int, data: UserPtr,
