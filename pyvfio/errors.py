@@ -73,9 +73,15 @@ def _rebuild(cls: type[VfioError], err: int, message: str, state: dict[str, obje
 class IoctlError(VfioError):
     """An ioctl (or another syscall on a VFIO/iommufd file) failed.
 
+    :ivar entry_num: for IOMMU_HWPT_INVALIDATE, how many entries the kernel
+        handled before the one that failed (the ``entry_num`` it wrote
+        back); ``None`` for other ioctls.
+
     Thread safety: an exception value, made and raised by one thread;
     nothing shared.
     """
+
+    entry_num: int | None = None
 
 
 class ClosedError(VfioError, ValueError):

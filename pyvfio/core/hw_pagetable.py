@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
 from .._uapi import ffi, lib
-from ..errors import InvalidArgumentError
-from .iommufd_object import IommufdObject, PageTable, user_data
+from ..errors import InvalidArgumentError, IoctlError
+from .iommufd_object import IommufdObject, PageTable, struct_size, user_data
 from .resource import Resource, check_u64
 
 if TYPE_CHECKING:
@@ -141,19 +141,10 @@ class HWPT(PageTable):
 
     def invalidate(self, data_type: int, entries: Sequence[bytes]) -> int:
         """IOMMU_HWPT_INVALIDATE with same-sized ``entries`` of ``data_type``;
-        returns how many the kernel handled."""
-        name = "IOMMU_HWPT_INVALIDATE"
-        self._check_open()
-        entry_len = len(entries[0]) if entries else 0
-        if any(len(e) != entry_len for e in entries):
-            raise InvalidArgumentError("invalidation entries must all have the same size",
-                                       ioctl=name, target=self.describe())
-        buf = user_data(b"".join(entries))
-        cmd = self.iommufd._cmd(name, lib.IOMMU_HWPT_INVALIDATE, "struct iommu_hwpt_invalidate",
-                                target=self.describe(), hwpt_id=self.id, data_type=data_type,
-                                entry_len=entry_len, entry_num=len(entries),
-                                data_uptr=int(ffi.cast("uintptr_t", buf)))
-        return int(cmd.entry_num)
+        returns how many the kernel handled.  On failure the
+        :class:`~pyvfio.errors.IoctlError`'s ``entry_num`` says how many
+        entries were handled before the failing one."""
+        return _invalidate_entries(self, data_type, entries)
 
     def _release(self) -> None:
         self._detach_all()
@@ -172,6 +163,33 @@ class HWPT(PageTable):
             self.parent._dependents.pop(id(self), None)
         if self.fault is not None:
             self.fault._dependents.pop(id(self), None)
+
+
+def _invalidate_entries(obj: IommufdObject, data_type: int, entries: Sequence[bytes]) -> int:
+    """IOMMU_HWPT_INVALIDATE on ``obj`` (a nested HWPT or a vIOMMU) with
+    same-sized ``entries`` of ``data_type``: how many the kernel handled;
+    on failure the IoctlError's ``entry_num`` is the kernel's count."""
+    name = "IOMMU_HWPT_INVALIDATE"
+    obj._check_open()
+    entry_len = len(entries[0]) if entries else 0
+    if any(len(e) != entry_len for e in entries):
+        raise InvalidArgumentError("invalidation entries must all have the same size",
+                                   ioctl=name, target=obj.describe())
+    buf = user_data(b"".join(entries))
+    ctype = "struct iommu_hwpt_invalidate"
+    cmd = ffi.new(ctype + " *")
+    cmd.size = struct_size(ctype)
+    cmd.hwpt_id = obj.id
+    cmd.data_type = data_type
+    cmd.entry_len = entry_len
+    cmd.entry_num = len(entries)
+    cmd.data_uptr = int(ffi.cast("uintptr_t", buf))
+    try:
+        obj.iommufd._ioctl(name, lib.IOMMU_HWPT_INVALIDATE, cmd, target=obj.describe())
+    except IoctlError as exc:
+        exc.entry_num = int(cmd.entry_num)
+        raise
+    return int(cmd.entry_num)
 
 
 class FaultQueue(IommufdObject):

@@ -8,10 +8,11 @@ through :meth:`pyvfio.IommuFd.viommu_alloc`.
 from __future__ import annotations
 
 import errno
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 from .._uapi import lib
 from ..errors import IoctlError
+from .hw_pagetable import _invalidate_entries
 from .iommufd_object import IommufdObject, device_id
 
 if TYPE_CHECKING:
@@ -45,6 +46,14 @@ class Viommu(IommufdObject):
                                 "struct iommu_vdevice_alloc", target=self.describe(),
                                 viommu_id=self.id, dev_id=device_id(device), virt_id=virt_id)
         return self._adopt(Vdevice(self.iommufd, int(cmd.out_vdevice_id), self))
+
+    def invalidate(self, data_type: int, entries: Sequence[bytes]) -> int:
+        """IOMMU_HWPT_INVALIDATE on the vIOMMU: same-sized ``entries`` of
+        ``data_type`` (for the SMMUv3, 16-byte command-queue entries of
+        IOMMU_VIOMMU_INVALIDATE_DATA_ARM_SMMUV3); returns how many the
+        kernel handled.  On failure the :class:`~pyvfio.errors.IoctlError`'s
+        ``entry_num`` says how many were handled before the failing one."""
+        return _invalidate_entries(self, data_type, entries)
 
     def veventq(self, veventq_type: int, depth: int) -> Veventq:
         """IOMMU_VEVENTQ_ALLOC: a queue of vIOMMU events (with its fd)."""

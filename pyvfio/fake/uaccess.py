@@ -35,6 +35,7 @@ import bisect
 import errno
 import fcntl
 import os
+import platform
 import struct
 import threading
 from typing import Any
@@ -52,8 +53,11 @@ __all__ = [
     "check_user_range",
 ]
 
-#: TASK_SIZE_MAX on x86-64 (4-level paging): user addresses end below it.
-TASK_SIZE_MAX = (1 << 47) - 4096
+#: TASK_SIZE_MAX of the architecture the fake runs on: user addresses end
+#: below it (x86-64 with 4-level paging: 2^47 minus a guard page; arm64:
+#: 2^VA_BITS, 52 at most, so that the 48-bit user half arm64 processes are
+#: given is all in it).
+TASK_SIZE_MAX = (1 << 52) if platform.machine() in ("aarch64", "arm64") else (1 << 47) - 4096
 _ULONG = (1 << 64) - 1
 _CHARP = ffi.typeof("char *")
 _UINTPTR = ffi.typeof("uintptr_t")

@@ -168,6 +168,11 @@ def _iommu(b: Backend, groups: list[devices.IommuGroupInfo]) -> dict[str, Any] |
         iommu["hw_info_type"] = "intel_vtd"
     elif "smmu" in name:
         iommu["hw_info_type"] = "arm_smmuv3"
+        if not b.exists("/sys/firmware/acpi/tables/IORT"):
+            # booted with a device tree: no IORT to mark the root complex
+            # CANWBS, so the SMMUv3 cannot enforce cache coherency
+            # (arm_smmu_master_canwbs); its ID registers are not in sysfs
+            iommu["enforce_cache_coherency"] = False
     else:
         iommu["hw_info_type"] = "none"
         if _read(b, f"/sys/bus/pci/devices/{name}/device") == _VIRTIO_IOMMU_DEVICE and \

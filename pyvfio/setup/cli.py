@@ -656,7 +656,8 @@ def build_parser() -> argparse.ArgumentParser:
     def common_options(p: argparse.ArgumentParser, default: Any) -> None:
         p.add_argument("--fake", metavar="NAME|FILE", default=default,
                        help="run against a fake system: a shipped topology name "
-                            "(default, minimal, multi-group, qemu-vtd, qemu-vtd-sm, qemu-virtio) or a JSON "
+                            "(default, minimal, multi-group, qemu-vtd, qemu-vtd-sm, qemu-virtio, "
+                            "arm64-smmuv3) or a JSON "
                             "topology file")
         p.add_argument("--json", action="store_true", default=default,
                        help="machine-readable output")

@@ -1,12 +1,14 @@
-"""The IOMMU below iommufd: what the IOMMU core and the intel-iommu driver
-answer when iommufd asks.
+"""The IOMMU below iommufd: what the IOMMU core and the IOMMU driver answer
+when iommufd asks.
 
 After drivers/iommu/iommu.c and drivers/iommu/intel/iommu.c of Linux 7.3,
 as far as iommufd calls them: reserved regions of a device, device
 capabilities, PASID width, paging-domain allocation, the driver's checks
 on attach, and the VT-d registers IOMMU_GET_HW_INFO reports.  The IOMMU is
 the :class:`~pyvfio.fake.machine.system.System`'s ``iommu`` (None: no
-IOMMU).
+IOMMU); its ``hw_info_type`` picks the driver, as the device's iommu_ops
+would: "arm_smmuv3" is the arm-smmu-v3 driver (:mod:`._arm_smmu_v3`,
+:mod:`._arm_smmu_v3_iommufd`), anything else intel-iommu's behaviour.
 """
 
 from __future__ import annotations
@@ -14,17 +16,21 @@ from __future__ import annotations
 import errno
 from typing import TYPE_CHECKING
 
-from ..._uapi import lib
+from ..._uapi import ffi, lib
 from ..core import errno_error
+from . import _arm_smmu_v3 as smmu_v3
+from . import _arm_smmu_v3_iommufd as smmu_v3_iommufd
+from ._private import HwptNested, HwptPaging
 
 if TYPE_CHECKING:
     from ..machine.system import PciDevice, System
-    from ._private import HwptPaging, Idev
+    from ._private import Hwpt, Idev
 
 __all__ = [
     "HW_INFO_TYPES", "HW_INFO_STRUCTS", "iommu_get_resv_regions", "dirty_tracking_capable",
     "max_pasids", "pri_supported", "driver_attach_check", "pasid_attach_check",
-    "domain_alloc_paging_flags", "paging_domain_aperture", "vtd_regs",
+    "domain_alloc_paging_flags", "paging_domain_aperture", "vtd_regs", "is_arm_smmuv3",
+    "iommu_hw_info", "domain_alloc_nested_supported", "viommu_supported", "viommu_init",
 ]
 
 #: ``System.iommu.hw_info_type`` -> enum iommu_hw_info_type
@@ -56,17 +62,28 @@ def iommu_get_resv_regions(system: System, idev: Idev) -> list[tuple[int, int, s
     return regions
 
 
+def is_arm_smmuv3(system: System) -> bool:
+    """The machine's IOMMU is an Arm SMMUv3 (the arm-smmu-v3 driver's ops)."""
+    iommu = system.iommu
+    return iommu is not None and iommu.hw_info_type == "arm_smmuv3"
+
+
 def dirty_tracking_capable(system: System, idev: Idev) -> bool:
     """device_iommu_capable(IOMMU_CAP_DIRTY_TRACKING)."""
     iommu = system.iommu
-    return not idev.noiommu and iommu is not None and bool(iommu.dirty_tracking)
+    if idev.noiommu or iommu is None:
+        return False
+    if is_arm_smmuv3(system):
+        # arm_smmu_capable: arm_smmu_dbm_capable (HTTU dirty and coherent)
+        return smmu_v3.arm_smmu_dbm_capable(system)
+    return bool(iommu.dirty_tracking)
 
 
 def max_pasids(system: System, pdev: PciDevice) -> int:
     """dev->iommu->max_pasids: PASID enabled when both the IOMMU and the
     device support it."""
-    iommu = system.iommu
-    if iommu is None or not iommu.pasid_bits:
+    iommu_bits = _iommu_pasid_bits(system)
+    if not iommu_bits:
         return 0
     bits = getattr(pdev, "pasid_bits", None)
     if bits is None:
@@ -74,7 +91,18 @@ def max_pasids(system: System, pdev: PciDevice) -> int:
     bits = int(bits or 0)
     if not bits:
         return 0
-    return 1 << min(bits, int(iommu.pasid_bits))
+    return 1 << min(bits, iommu_bits)
+
+
+def _iommu_pasid_bits(system: System) -> int:
+    """The IOMMU's PASID width in bits (the SMMUv3's SSIDSIZE)."""
+    iommu = system.iommu
+    if iommu is None:
+        return 0
+    if is_arm_smmuv3(system):
+        # arm_smmu_device_hw_probe: ssid_bits from SMMU_IDR1.SSIDSIZE
+        return smmu_v3.arm_smmu_device_hw_probe(system).ssid_bits
+    return int(iommu.pasid_bits)
 
 
 def pri_supported(pdev: PciDevice) -> bool:
@@ -82,14 +110,25 @@ def pri_supported(pdev: PciDevice) -> bool:
     return bool(getattr(pdev, "pri_supported", False) or pdev.spec.get("pri", False))
 
 
-def driver_attach_check(hwpt: HwptPaging, idev: Idev) -> None:
-    """intel_iommu_attach_device / set_dev_pasid: iopf_for_domain_set."""
+def driver_attach_check(hwpt: Hwpt, idev: Idev) -> None:
+    """The driver's attach_dev checks (intel_iommu_attach_device /
+    set_dev_pasid: iopf_for_domain_set; arm_smmu_attach_dev,
+    arm_smmu_attach_dev_nested)."""
+    if isinstance(hwpt, HwptNested):
+        domain = hwpt.io_domain
+        assert isinstance(domain, smmu_v3_iommufd.ArmSmmuNestedDomain)
+        assert hwpt.viommu is not None
+        smmu_v3_iommufd.arm_smmu_attach_dev_nested(domain, hwpt.viommu, idev)
+        return
+    if is_arm_smmuv3(idev.pdev.system):
+        smmu_v3.arm_smmu_attach_dev(hwpt, idev)
+        return
     if hwpt.fault is not None and not pri_supported(idev.pdev):
         # intel_iommu_enable_iopf: ENODEV without PCI PRI
         raise errno_error(errno.ENODEV, f"{idev.pdev.bdf} cannot report page faults (no PRI)")
 
 
-def pasid_attach_check(system: System, hwpt: HwptPaging, idev: Idev,
+def pasid_attach_check(system: System, hwpt: Hwpt, idev: Idev,
                        pasid: int) -> list[PciDevice]:
     """iommu_attach_device_pasid / intel_iommu_set_dev_pasid checks;
     returns the devices of the group."""
@@ -100,23 +139,34 @@ def pasid_attach_check(system: System, hwpt: HwptPaging, idev: Idev,
         if mp > 0 and pasid >= mp:
             # iommu_attach_device_pasid: EINVAL beyond a device's PASID width
             raise errno_error(errno.EINVAL, f"PASID {pasid} is beyond {dev.bdf}'s width")
-    iommu = system.iommu
-    if iommu is None or not iommu.pasid_bits:
+    if not _iommu_pasid_bits(system):
         # intel_iommu_set_dev_pasid: EOPNOTSUPP without PASID support
+        # (arm_smmu_s1_set_dev_pasid: no substreams, SMMU_IDR1.SSIDSIZE 0)
         raise errno_error(errno.EOPNOTSUPP, "the IOMMU does not support PASID")
+    if is_arm_smmuv3(system):
+        if not isinstance(hwpt, HwptPaging) or hwpt.stage != smmu_v3.STAGE_S1:
+            # arm_smmu_s1_set_dev_pasid: EINVAL unless a stage-1 domain (a
+            # nested domain has no set_dev_pasid: EOPNOTSUPP)
+            if isinstance(hwpt, HwptNested):
+                raise errno_error(errno.EOPNOTSUPP, "a nested domain cannot attach to a PASID")
+            raise errno_error(errno.EINVAL, "only a stage-1 domain attaches to a PASID")
+        return list(group.devices)
     driver_attach_check(hwpt, idev)
     return list(group.devices)
 
 
-def domain_alloc_paging_flags(system: System, idev: Idev, flags: int, user_data: bool) -> None:
-    """ops->domain_alloc_paging_flags of the device's IOMMU driver."""
+def domain_alloc_paging_flags(system: System, idev: Idev, flags: int, user_data: bool) -> int:
+    """ops->domain_alloc_paging_flags of the device's IOMMU driver; the
+    driver's stage of the domain (the SMMUv3's 1 or 2, else 0)."""
     if idev.noiommu:
         if flags or user_data:
             # noiommu_alloc_paging_flags: EOPNOTSUPP for flags or data
             raise errno_error(errno.EOPNOTSUPP, "no-IOMMU domains take no flags")
-        return
+        return 0
     iommu = system.iommu
     assert iommu is not None
+    if is_arm_smmuv3(system):
+        return smmu_v3.arm_smmu_domain_alloc_paging_flags(system, flags, user_data)
     if user_data:
         # intel_iommu_domain_alloc_paging_flags: EOPNOTSUPP for driver data
         raise errno_error(errno.EOPNOTSUPP, "paging domains take no driver data")
@@ -126,6 +176,7 @@ def domain_alloc_paging_flags(system: System, idev: Idev, flags: int, user_data:
     if flags & lib.IOMMU_HWPT_ALLOC_DIRTY_TRACKING and not iommu.dirty_tracking:
         # intel_iommu_domain_alloc_second_stage: EOPNOTSUPP without SSADS
         raise errno_error(errno.EOPNOTSUPP, "the IOMMU cannot track dirty pages")
+    return 0
 
 
 #: VT-d ECAP_REG bits: scalable mode (SMTS) and first-stage translation (FLTS).
@@ -140,6 +191,13 @@ def paging_domain_aperture(system: System, flags: int) -> tuple[int, int]:
     translates (its geometry's aperture)."""
     iommu = system.iommu
     assert iommu is not None
+    if is_arm_smmuv3(system):
+        # arm_smmu_domain_alloc_paging_flags: a nesting parent (or an SMMU
+        # without stage 1) gets a stage-2 domain, anything else stage 1
+        s1 = smmu_v3.arm_smmu_device_hw_probe(system).trans_s1
+        stage = (smmu_v3.STAGE_S2 if flags & lib.IOMMU_HWPT_ALLOC_NEST_PARENT or not s1
+                 else smmu_v3.STAGE_S1)
+        return smmu_v3.arm_smmu_domain_aperture(system, stage)
     start, last = int(iommu.aperture[0]), int(iommu.aperture[1])
     if iommu.hw_info_type != "intel_vtd" or iommu.ecap_reg is None:
         return start, last
@@ -185,3 +243,41 @@ def vtd_regs(system: System) -> tuple[int, int]:
     if iommu.pasid_bits:
         ecap |= (1 << 40) | ((int(iommu.pasid_bits) - 1) << 35)
     return cap, ecap
+
+
+def iommu_hw_info(system: System, in_type: int) -> tuple[int, bytes]:
+    """ops->hw_info: ``(out_data_type, data)`` for IOMMU_GET_HW_INFO."""
+    iommu = system.iommu
+    assert iommu is not None
+    if is_arm_smmuv3(system):
+        return smmu_v3_iommufd.arm_smmu_hw_info(system, in_type)
+    hw_type = HW_INFO_TYPES.get(str(iommu.hw_info_type), lib.IOMMU_HW_INFO_TYPE_NONE)
+    if hw_type == lib.IOMMU_HW_INFO_TYPE_NONE:
+        return hw_type, b""
+    if in_type not in (lib.IOMMU_HW_INFO_TYPE_DEFAULT, hw_type):
+        # intel_iommu_hw_info: EOPNOTSUPP for another requested type
+        raise errno_error(errno.EOPNOTSUPP, f"type {in_type} not supported")
+    info = ffi.new(HW_INFO_STRUCTS[hw_type] + " *")
+    if hw_type == lib.IOMMU_HW_INFO_TYPE_INTEL_VTD:
+        info.flags = lib.IOMMU_HW_INFO_VTD_ERRATA_772415_SPR17
+        info.cap_reg, info.ecap_reg = vtd_regs(system)
+    return hw_type, bytes(ffi.buffer(info))
+
+
+def domain_alloc_nested_supported(system: System) -> bool:
+    """ops->domain_alloc_nested is set: intel-iommu has it; the SMMUv3
+    allocates nested domains only through a vIOMMU."""
+    return not is_arm_smmuv3(system)
+
+
+def viommu_supported(system: System, viommu_type: int) -> bool:
+    """ops->get_viommu_size and ops->viommu_init exist and the size is
+    nonzero for ``viommu_type`` (only the SMMUv3 has them)."""
+    if not is_arm_smmuv3(system):
+        return False
+    return smmu_v3_iommufd.arm_smmu_get_viommu_size(system, viommu_type)
+
+
+def viommu_init(system: System, parent: HwptPaging) -> smmu_v3_iommufd.ArmVsmmu:
+    """ops->viommu_init (arm_vsmmu_init)."""
+    return smmu_v3_iommufd.arm_vsmmu_init(system, parent)

@@ -9,7 +9,7 @@ package import from here and never from each other in a cycle.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Union
 
 from ..._uapi import ffi
 from ..core import IoDomain, IommuFault
@@ -20,8 +20,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "U64_MAX", "INT_MAX", "NO_PASID", "OBJ_DEVICE", "OBJ_HWPT_PAGING", "OBJ_HWPT_NESTED",
-    "OBJ_IOAS", "OBJ_FAULT", "OBJ_VIOMMU", "offsetofend", "reserved_nonzero",
-    "IommufdObject", "Ioas", "HwptDomain", "HwptPaging", "Fault", "IGroup", "Attach", "Idev",
+    "OBJ_IOAS", "OBJ_FAULT", "OBJ_VIOMMU", "OBJ_VDEVICE", "offsetofend", "reserved_nonzero",
+    "IommufdObject", "Ioas", "HwptDomain", "HwptPaging", "HwptNested", "Hwpt", "Viommu",
+    "Vdevice", "Fault", "IGroup", "Attach", "Idev",
 ]
 
 #: The largest ``__u64``.
@@ -44,6 +45,8 @@ OBJ_IOAS = "ioas"
 OBJ_FAULT = "fault"
 #: IOMMUFD_OBJ_VIOMMU
 OBJ_VIOMMU = "viommu"
+#: IOMMUFD_OBJ_VDEVICE
+OBJ_VDEVICE = "vdevice"
 
 
 def offsetofend(ctype: str, field: str) -> int:
@@ -149,6 +152,10 @@ class HwptPaging(IommufdObject):
         self.dirty_page = 4096
         self.fault: Fault | None = None
         self.destroyed = False
+        #: the driver's stage of the domain (the SMMUv3's 1 or 2; 0: unknown)
+        self.stage = 0
+        #: the SMMUv3's VMID of a stage-2 domain (0: none)
+        self.vmid = 0
 
     def destroy(self) -> None:
         """iommufd_hwpt_paging_destroy."""
@@ -159,6 +166,96 @@ class HwptPaging(IommufdObject):
             self.fault.users -= 1
         self.ioas.users -= 1
         self.destroyed = True
+
+
+class HwptNested(IommufdObject):
+    """struct iommufd_hwpt_nested: a stage-1 table the user owns over a
+    nesting parent, built by the IOMMU driver from ``data`` (for the
+    SMMUv3, a virtual STE); ``domain`` is the driver's nested domain (an
+    :class:`~pyvfio.fake.core.IoDomain` the devices DMA through)."""
+
+    kind = OBJ_HWPT_NESTED
+
+    def __init__(self, parent: HwptPaging, viommu: Viommu | None) -> None:
+        super().__init__()
+        #: the nesting parent (the vIOMMU's parent when made on a vIOMMU)
+        self.parent = parent
+        #: the vIOMMU it was allocated on (None: on the parent HWPT)
+        self.viommu = viommu
+        #: the driver's nested domain (None until the driver made it)
+        self.domain: IoDomain | None = None
+        self.auto_domain = False
+        self.pasid_compat = False
+        self.fault: Fault | None = None
+        self.destroyed = False
+
+    @property
+    def io_domain(self) -> IoDomain:
+        """The I/O page table a device attached to this HWPT DMAs through."""
+        assert self.domain is not None
+        return self.domain
+
+    @property
+    def ioas(self) -> Ioas:
+        """The parent's IOAS (find_hwpt_paging: reserved regions of an
+        attached device are enforced there)."""
+        return self.parent.ioas
+
+    def destroy(self) -> None:
+        """iommufd_hwpt_nested_destroy: the vIOMMU's (or the parent's)
+        reference goes."""
+        if self.fault is not None:
+            self.fault.users -= 1
+        if self.viommu is not None:
+            self.viommu.users -= 1
+        else:
+            self.parent.users -= 1
+        self.destroyed = True
+
+
+#: struct iommufd_hw_pagetable: what a device attaches to.
+Hwpt = Union[HwptPaging, HwptNested]
+
+
+class Viommu(IommufdObject):
+    """struct iommufd_viommu (IOMMU_VIOMMU_ALLOC) over a nesting parent;
+    ``driver`` is the IOMMU driver's part (for the SMMUv3 an
+    ``ArmVsmmu``)."""
+
+    kind = OBJ_VIOMMU
+
+    def __init__(self, hwpt: HwptPaging, viommu_type: int) -> None:
+        super().__init__()
+        self.hwpt = hwpt
+        self.type = viommu_type
+        #: virt_id -> vDEVICE (the vdevs xarray)
+        self.vdevs: dict[int, Vdevice] = {}
+        self.driver: Any = None
+
+    def destroy(self) -> None:
+        """iommufd_viommu_destroy."""
+        self.hwpt.users -= 1
+
+
+class Vdevice(IommufdObject):
+    """struct iommufd_vdevice (IOMMU_VDEVICE_ALLOC): a device's ID in the
+    guest's view of the vIOMMU (for the SMMUv3, its virtual stream ID)."""
+
+    kind = OBJ_VDEVICE
+
+    def __init__(self, viommu: Viommu, idev: Idev, virt_id: int) -> None:
+        super().__init__()
+        self.viommu = viommu
+        self.idev = idev
+        self.virt_id = virt_id
+
+    def destroy(self) -> None:
+        """iommufd_vdevice_destroy (iommufd_vdevice_abort)."""
+        if self.viommu.vdevs.get(self.virt_id) is self:
+            del self.viommu.vdevs[self.virt_id]
+        self.viommu.users -= 1
+        if self.idev.vdev is self:
+            self.idev.vdev = None
 
 
 class Fault(IommufdObject):
@@ -190,7 +287,7 @@ class Attach:
     """struct iommufd_attach."""
 
     def __init__(self) -> None:
-        self.hwpt: HwptPaging | None = None
+        self.hwpt: Hwpt | None = None
         self.devices: dict[int, Idev] = {}
 
 
@@ -207,3 +304,5 @@ class Idev(IommufdObject):
         self.igroup: IGroup | None = None
         self.enforce_cache_coherency = False
         self.claimed = False
+        #: the device's vDEVICE, if any (idev->vdev)
+        self.vdev: Vdevice | None = None

@@ -14,23 +14,23 @@ from __future__ import annotations
 import errno
 from typing import TYPE_CHECKING
 
-from ..._uapi import ffi, lib
+from ..._uapi import lib
 from ..core import errno_error
 from ..uaccess import UserPtr
 from ._iommu import (
-    HW_INFO_STRUCTS,
-    HW_INFO_TYPES,
     dirty_tracking_capable,
     driver_attach_check,
     iommu_get_resv_regions,
+    iommu_hw_info,
     max_pasids,
     pasid_attach_check,
-    vtd_regs,
 )
 from ._private import (
     NO_PASID,
     OBJ_DEVICE,
     Attach,
+    Hwpt,
+    HwptNested,
     HwptPaging,
     IGroup,
     Idev,
@@ -124,6 +124,11 @@ def iommufd_device_unbind(ictx: IommufdFile, dev_id: int) -> None:
     assert igroup is not None
     for pasid in sorted(p for p, a in igroup.pasid_attach.items() if idev.id in a.devices):
         iommufd_device_detach(ictx, dev_id, None if pasid == NO_PASID else pasid)
+    vdev = idev.vdev
+    if vdev is not None and ictx.objects.get(vdev.id) is vdev:
+        # iommufd_device_remove_vdev: the vDEVICE is destroyed and its ID
+        # left as a tombstone (iommufd_object_tombstone_user)
+        ictx.object_tombstone(vdev)
     ictx.object_unlink(idev)
     # iommufd_device_destroy
     if idev.claimed:
@@ -185,7 +190,7 @@ def _change_pt(ictx: IommufdFile, idev: Idev, pasid: int, pt_id: int, replace: b
         # iommufd_get_object: ENOENT for an unknown pt_id
         raise errno_error(errno.ENOENT, f"no object {pt_id}")
     do = _do_replace if replace else _do_attach
-    if isinstance(pt, HwptPaging):
+    if isinstance(pt, (HwptPaging, HwptNested)):
         destroy = do(ictx, idev, pasid, pt)
     elif isinstance(pt, Ioas):
         destroy, pt_id = _auto_get_domain(ictx, idev, pasid, pt, replace)
@@ -198,7 +203,7 @@ def _change_pt(ictx: IommufdFile, idev: Idev, pasid: int, pt_id: int, replace: b
 
 
 def _auto_get_domain(ictx: IommufdFile, idev: Idev, pasid: int, ioas: Ioas,
-                     replace: bool) -> tuple[HwptPaging | None, int]:
+                     replace: bool) -> tuple[Hwpt | None, int]:
     """iommufd_device_auto_get_domain: reuse an automatic HWPT of the IOAS
     that accepts the device, else allocate one."""
     do = _do_replace if replace else _do_attach
@@ -229,13 +234,13 @@ def _auto_get_domain(ictx: IommufdFile, idev: Idev, pasid: int, ioas: Ioas,
     return destroy, hwpt.id
 
 
-def _do_attach(ictx: IommufdFile, idev: Idev, pasid: int, hwpt: HwptPaging) -> HwptPaging | None:
+def _do_attach(ictx: IommufdFile, idev: Idev, pasid: int, hwpt: Hwpt) -> Hwpt | None:
     """iommufd_device_do_attach."""
     iommufd_hw_pagetable_attach(ictx, hwpt, idev, pasid)
     return None
 
 
-def _pasid_compat(hwpt: HwptPaging, idev: Idev, pasid: int) -> None:
+def _pasid_compat(hwpt: Hwpt, idev: Idev, pasid: int) -> None:
     """iommufd_hwpt_pasid_compat."""
     igroup = idev.igroup
     assert igroup is not None
@@ -253,7 +258,7 @@ def _pasid_compat(hwpt: HwptPaging, idev: Idev, pasid: int) -> None:
             raise errno_error(errno.EINVAL, "the device's HWPT is not PASID compatible")
 
 
-def _hwpt_attach_device(ictx: IommufdFile, hwpt: HwptPaging, idev: Idev, pasid: int) -> None:
+def _hwpt_attach_device(ictx: IommufdFile, hwpt: Hwpt, idev: Idev, pasid: int) -> None:
     """iommufd_hwpt_attach_device: the first device of the group attaches
     the group (or the PASID) to the HWPT's domain."""
     _pasid_compat(hwpt, idev, pasid)
@@ -291,7 +296,7 @@ def _hwpt_detach_device(ictx: IommufdFile, idev: Idev, pasid: int) -> None:
             dev.pasid_domains.pop(pasid, None)
 
 
-def _hwpt_replace_device(ictx: IommufdFile, idev: Idev, pasid: int, hwpt: HwptPaging) -> None:
+def _hwpt_replace_device(ictx: IommufdFile, idev: Idev, pasid: int, hwpt: Hwpt) -> None:
     """iommufd_hwpt_replace_device."""
     _pasid_compat(hwpt, idev, pasid)
     if idev.noiommu:
@@ -308,7 +313,7 @@ def _hwpt_replace_device(ictx: IommufdFile, idev: Idev, pasid: int, hwpt: HwptPa
         dev.pasid_domains[pasid] = hwpt.io_domain
 
 
-def iommufd_hw_pagetable_attach(ictx: IommufdFile, hwpt: HwptPaging, idev: Idev,
+def iommufd_hw_pagetable_attach(ictx: IommufdFile, hwpt: Hwpt, idev: Idev,
                                 pasid: int) -> None:
     """iommufd_hw_pagetable_attach."""
     igroup = idev.igroup
@@ -340,7 +345,7 @@ def iommufd_hw_pagetable_attach(ictx: IommufdFile, hwpt: HwptPaging, idev: Idev,
     attach.devices[idev.id] = idev
 
 
-def iommufd_hw_pagetable_detach(ictx: IommufdFile, idev: Idev, pasid: int) -> HwptPaging | None:
+def iommufd_hw_pagetable_detach(ictx: IommufdFile, idev: Idev, pasid: int) -> Hwpt | None:
     """iommufd_hw_pagetable_detach: the HWPT detached from, or None."""
     igroup = idev.igroup
     assert igroup is not None
@@ -359,7 +364,7 @@ def iommufd_hw_pagetable_detach(ictx: IommufdFile, idev: Idev, pasid: int) -> Hw
     return hwpt
 
 
-def iommufd_hw_pagetable_put(ictx: IommufdFile, hwpt: HwptPaging) -> None:
+def iommufd_hw_pagetable_put(ictx: IommufdFile, hwpt: Hwpt) -> None:
     """iommufd_hw_pagetable_put: an automatic HWPT goes away with its last
     user (iommufd_object_put_and_try_destroy)."""
     hwpt.users -= 1
@@ -367,7 +372,7 @@ def iommufd_hw_pagetable_put(ictx: IommufdFile, hwpt: HwptPaging) -> None:
         ictx.object_remove(hwpt)
 
 
-def _do_replace(ictx: IommufdFile, idev: Idev, pasid: int, hwpt: HwptPaging) -> HwptPaging | None:
+def _do_replace(ictx: IommufdFile, idev: Idev, pasid: int, hwpt: Hwpt) -> Hwpt | None:
     """iommufd_device_do_replace."""
     igroup = idev.igroup
     assert igroup is not None
@@ -428,19 +433,8 @@ def iommufd_get_hw_info(ictx: IommufdFile, u: Ucmd) -> int:
         # iommufd_get_hw_info: EOPNOTSUPP for a no-IOMMU device
         raise errno_error(errno.EOPNOTSUPP, "no IOMMU behind the device")
     system = ictx.system
-    iommu = system.iommu
-    assert iommu is not None
-    hw_type = HW_INFO_TYPES.get(str(iommu.hw_info_type), lib.IOMMU_HW_INFO_TYPE_NONE)
-    data = b""
-    if hw_type != lib.IOMMU_HW_INFO_TYPE_NONE:
-        if cmd.in_data_type not in (lib.IOMMU_HW_INFO_TYPE_DEFAULT, hw_type):
-            # intel_iommu_hw_info: EOPNOTSUPP for another requested type
-            raise errno_error(errno.EOPNOTSUPP, f"type {cmd.in_data_type} not supported")
-        info = ffi.new(HW_INFO_STRUCTS[hw_type] + " *")
-        if hw_type == lib.IOMMU_HW_INFO_TYPE_INTEL_VTD:
-            info.flags = lib.IOMMU_HW_INFO_VTD_ERRATA_772415_SPR17
-            info.cap_reg, info.ecap_reg = vtd_regs(system)
-        data = bytes(ffi.buffer(info))
+    # ops->hw_info (intel_iommu_hw_info, arm_smmu_hw_info)
+    hw_type, data = iommu_hw_info(system, int(cmd.in_data_type))
     cmd.out_data_type = hw_type
     user_len = int(cmd.data_len)
     copy_len = min(user_len, len(data))

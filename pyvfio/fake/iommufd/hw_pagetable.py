@@ -2,9 +2,11 @@
 
 After drivers/iommu/iommufd/hw_pagetable.c of Linux 7.3: paging HWPTs on an
 IOAS (iommufd_hwpt_paging_alloc, also used for the automatic HWPTs of
-:mod:`.device`), nested HWPTs (refused: this IOMMU builds no stage-1
-tables), IOMMU_HWPT_SET_DIRTY_TRACKING, IOMMU_HWPT_GET_DIRTY_BITMAP and
-IOMMU_HWPT_INVALIDATE.
+:mod:`.device`), nested HWPTs on a nesting parent (refused: intel-iommu's
+stage-1 tables are not simulated, and the SMMUv3 makes nested domains only
+on a vIOMMU) or on a vIOMMU (the SMMUv3's vSTE),
+IOMMU_HWPT_SET_DIRTY_TRACKING, IOMMU_HWPT_GET_DIRTY_BITMAP and
+IOMMU_HWPT_INVALIDATE (of a vIOMMU: the driver's command checks).
 
 The kernel's hw_pagetable.c and device.c call each other (an HWPT
 allocated for immediate attach is attached by device.c's
@@ -21,16 +23,25 @@ from ..._uapi import lib
 from ..core import errno_error
 from ..uaccess import UserPtr
 from .iova_bitmap import iova_bitmap_set
-from ._iommu import dirty_tracking_capable, domain_alloc_paging_flags, paging_domain_aperture
+from ._arm_smmu_v3 import STAGE_S2, arm_smmu_vmid_alloc
+from ._iommu import (
+    dirty_tracking_capable,
+    domain_alloc_nested_supported,
+    domain_alloc_paging_flags,
+    paging_domain_aperture,
+)
 from ._private import (
     NO_PASID,
     OBJ_DEVICE,
     OBJ_FAULT,
     OBJ_HWPT_PAGING,
     Fault,
+    Hwpt,
+    HwptNested,
     HwptPaging,
     Idev,
     Ioas,
+    Viommu,
     reserved_nonzero,
 )
 from .io_pagetable import ULONG_MAX, IoptDomain
@@ -40,7 +51,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ImmediateAttach", "iommufd_hwpt_paging_alloc", "iommufd_hwpt_alloc",
-    "iommufd_hwpt_nested_alloc", "iommufd_hwpt_set_dirty_tracking",
+    "iommufd_hwpt_nested_alloc", "iommufd_viommu_alloc_hwpt_nested",
+    "iommufd_hwpt_set_dirty_tracking",
     "iommufd_hwpt_get_dirty_bitmap", "iommufd_hwpt_invalidate",
 ]
 
@@ -85,8 +97,11 @@ def iommufd_hwpt_paging_alloc(ictx: IommufdFile, ioas: Ioas, idev: Idev, pasid: 
         if fi.armed:
             # iommu_paging_domain_alloc: the domain's allocation failing
             fi.maybe_fail("alloc")
-        domain_alloc_paging_flags(system, idev, flags & ~lib.IOMMU_HWPT_FAULT_ID_VALID,
-                                  user_data)
+        hwpt.stage = domain_alloc_paging_flags(system, idev,
+                                               flags & ~lib.IOMMU_HWPT_FAULT_ID_VALID, user_data)
+        if hwpt.stage == STAGE_S2:
+            # arm_smmu_domain_finalise_s2: the stage-2 domain's VMID
+            hwpt.vmid = arm_smmu_vmid_alloc(system)
         hwpt.dirty_ops = bool(flags & lib.IOMMU_HWPT_ALLOC_DIRTY_TRACKING)
         if idev.enforce_cache_coherency:
             hwpt.enforce_cache_coherency = True
@@ -122,15 +137,22 @@ def iommufd_hwpt_alloc(ictx: IommufdFile, u: Ucmd) -> int:
         # iommufd_hwpt_alloc: EINVAL for an unknown pt_id
         raise errno_error(errno.EINVAL, f"no object {cmd.pt_id}")
     flags = int(cmd.flags)
+    hwpt: Hwpt
     if isinstance(pt, Ioas):
         hwpt = iommufd_hwpt_paging_alloc(ictx, pt, idev, NO_PASID, flags,
                                          user_data=bool(data_len))
     elif isinstance(pt, HwptPaging):
-        iommufd_hwpt_nested_alloc(pt, idev, flags, data_len)
+        iommufd_hwpt_nested_alloc(ictx, pt, idev, flags, data_len)
         raise AssertionError("unreachable")  # pragma: no cover
+    elif isinstance(pt, Viommu):
+        if idev.noiommu:
+            # iommufd_hwpt_alloc: EINVAL, the device is not on the vIOMMU's IOMMU
+            raise errno_error(errno.EINVAL, f"{idev.pdev.bdf} is not behind vIOMMU {pt.id}")
+        hwpt = iommufd_viommu_alloc_hwpt_nested(ictx, pt, flags, data_type,
+                                                UserPtr.from_value(cmd.data_uptr), data_len)
     else:
         # iommufd_hwpt_alloc: EINVAL for other object types
-        raise errno_error(errno.EINVAL, f"object {cmd.pt_id} is not an IOAS or HWPT")
+        raise errno_error(errno.EINVAL, f"object {cmd.pt_id} is not an IOAS, HWPT or vIOMMU")
     try:
         if flags & lib.IOMMU_HWPT_FAULT_ID_VALID:
             fault: Fault = ictx.get_object(int(cmd.fault_id), OBJ_FAULT)
@@ -145,10 +167,12 @@ def iommufd_hwpt_alloc(ictx: IommufdFile, u: Ucmd) -> int:
     return 0
 
 
-def iommufd_hwpt_nested_alloc(parent: HwptPaging, idev: Idev, flags: int, data_len: int) -> None:
-    """iommufd_hwpt_nested_alloc: this IOMMU builds no nested domains."""
+def iommufd_hwpt_nested_alloc(ictx: IommufdFile, parent: HwptPaging, idev: Idev, flags: int,
+                              data_len: int) -> None:
+    """iommufd_hwpt_nested_alloc: no IOMMU of the fake builds a nested
+    domain on a parent HWPT."""
     if flags & ~(lib.IOMMU_HWPT_FAULT_ID_VALID | lib.IOMMU_HWPT_ALLOC_PASID) or not data_len \
-            or idev.noiommu:
+            or idev.noiommu or not domain_alloc_nested_supported(ictx.system):
         # iommufd_hwpt_nested_alloc: EOPNOTSUPP for flags, no data or no nesting op
         raise errno_error(errno.EOPNOTSUPP, "unsupported nested HWPT request")
     if parent.auto_domain or not parent.nest_parent:
@@ -156,6 +180,32 @@ def iommufd_hwpt_nested_alloc(parent: HwptPaging, idev: Idev, flags: int, data_l
         raise errno_error(errno.EINVAL, f"HWPT {parent.id} is not a nesting parent")
     # intel_iommu_domain_alloc_nested: the fake simulates no stage-1 tables
     raise errno_error(errno.EOPNOTSUPP, "nested translation is not simulated")
+
+
+def iommufd_viommu_alloc_hwpt_nested(ictx: IommufdFile, viommu: Viommu, flags: int,
+                                     data_type: int, data: UserPtr,
+                                     data_len: int) -> HwptNested:
+    """iommufd_viommu_alloc_hwpt_nested (the caller finalizes or aborts)."""
+    if flags & ~(lib.IOMMU_HWPT_FAULT_ID_VALID | lib.IOMMU_HWPT_ALLOC_PASID):
+        # iommufd_viommu_alloc_hwpt_nested: EOPNOTSUPP for other flags
+        raise errno_error(errno.EOPNOTSUPP, f"unsupported flags {flags:#x}")
+    if not data_len:
+        # iommufd_viommu_alloc_hwpt_nested: EOPNOTSUPP without driver data
+        raise errno_error(errno.EOPNOTSUPP, "a nested HWPT needs driver data")
+    # (every vIOMMU of the fake has alloc_domain_nested)
+    hwpt = HwptNested(viommu.hwpt, viommu)
+    ictx.object_alloc(hwpt)
+    hwpt.pasid_compat = bool(flags & lib.IOMMU_HWPT_ALLOC_PASID)
+    viommu.users += 1
+    try:
+        # viommu->ops->alloc_domain_nested (arm_vsmmu_alloc_domain_nested)
+        hwpt.domain = viommu.driver.alloc_domain_nested(
+            flags & ~lib.IOMMU_HWPT_FAULT_ID_VALID, data_type, data, data_len)
+    except BaseException:
+        # iommufd_viommu_alloc_hwpt_nested: out_abort
+        ictx.object_abort_and_destroy(hwpt)
+        raise
+    return hwpt
 
 
 def iommufd_hwpt_set_dirty_tracking(ictx: IommufdFile, u: Ucmd) -> int:
@@ -247,17 +297,19 @@ def _read_and_clear_dirty(hwpt: HwptPaging, iova: int, last: int, page_size: int
 
 
 def iommufd_hwpt_invalidate(ictx: IommufdFile, u: Ucmd) -> int:
-    """iommufd_hwpt_invalidate: entry_num is written back even on error."""
+    """iommufd_hwpt_invalidate: entry_num (the entries handled) is written
+    back even on error."""
     cmd = u.cmd
+    done = [0]
     try:
-        _hwpt_invalidate_checks(ictx, cmd)
+        _hwpt_invalidate(ictx, cmd, done)
     finally:
-        cmd.entry_num = 0
+        cmd.entry_num = done[0]
         u.respond()
-    return 0  # pragma: no cover - no target can exist
+    return 0
 
 
-def _hwpt_invalidate_checks(ictx: IommufdFile, cmd: Any) -> None:
+def _hwpt_invalidate(ictx: IommufdFile, cmd: Any, done: list[int]) -> None:
     if reserved_nonzero(cmd):
         # iommufd_hwpt_invalidate: EOPNOTSUPP for a nonzero __reserved
         raise errno_error(errno.EOPNOTSUPP, "__reserved must be 0")
@@ -266,10 +318,22 @@ def _hwpt_invalidate_checks(ictx: IommufdFile, cmd: Any) -> None:
                           or cmd.entry_num > _INVALIDATE_ENTRY_NUM_MAX):
         # iommufd_hwpt_invalidate: EINVAL for a bad entry array
         raise errno_error(errno.EINVAL, "bad entry array")
-    if int(cmd.hwpt_id) not in ictx.objects:
+    pt = ictx.objects.get(int(cmd.hwpt_id))
+    if pt is None:
         # iommufd_get_object: ENOENT for an unknown ID
         raise errno_error(errno.ENOENT, f"no object {cmd.hwpt_id}")
-    # iommufd_hwpt_invalidate: EINVAL for anything but a nested HWPT or a
-    # vIOMMU (neither can exist on this IOMMU); the entries at data_uptr
-    # would be read by the driver's cache_invalidate_user, which no target has
+    if isinstance(pt, HwptNested):
+        # iommufd_hwpt_invalidate: EOPNOTSUPP, the SMMUv3's nested domain has
+        # no cache_invalidate_user (its vIOMMU takes the commands)
+        raise errno_error(errno.EOPNOTSUPP, f"nested HWPT {pt.id} takes no invalidation; "
+                          "invalidate through its vIOMMU")
+    if isinstance(pt, Viommu):
+        # viommu->ops->cache_invalidate (arm_vsmmu_cache_invalidate)
+        done[0], err = pt.driver.cache_invalidate(pt, int(cmd.data_type),
+                                                  UserPtr.from_value(cmd.data_uptr),
+                                                  int(cmd.entry_len), int(cmd.entry_num))
+        if err is not None:
+            raise err
+        return
+    # iommufd_hwpt_invalidate: EINVAL for anything but a nested HWPT or a vIOMMU
     raise errno_error(errno.EINVAL, f"object {cmd.hwpt_id} is not a nested HWPT or vIOMMU")

@@ -33,10 +33,16 @@ VFIO_GROUP_SET_CONTAINER with an iommufd.
 
 Differences from the kernel:
 
-* the IOMMU is an Intel VT-d (or no IOMMU at all): vIOMMU, vDEVICE,
-  vEVENTQ and HW queue objects cannot be created (EOPNOTSUPP, as the
-  intel-iommu driver gives), nested HWPTs need a nesting parent, which this
-  IOMMU cannot allocate, and IOMMU_HWPT_INVALIDATE never finds a target;
+* the IOMMU driver is intel-iommu's (VT-d, or no IOMMU at all), or, on a
+  machine whose ``iommu.hw_info_type`` is "arm_smmuv3", arm-smmu-v3's.  On
+  VT-d vIOMMU, vDEVICE, vEVENTQ and HW queue objects cannot be created
+  (EOPNOTSUPP, as the intel-iommu driver gives), nested HWPTs need a
+  nesting parent, which this IOMMU cannot allocate, and
+  IOMMU_HWPT_INVALIDATE never finds a target.  On the SMMUv3, nesting
+  parents, vIOMMUs, vDEVICEs, nested HWPTs on a vIOMMU and the vIOMMU's
+  invalidation work as the driver allows; a vEVENTQ and a HW queue are not
+  simulated (EOPNOTSUPP), nor is stage-1 translation through the guest's
+  tables (a DMA through a stage-1 vSTE faults);
 * the self-test ioctl (IOMMU_TEST_CMD) is not provided (ENOTTY);
 * pinned pages of every accounting mode are charged to the one
   ``System.user_memory`` counter;
@@ -236,6 +242,13 @@ class IommufdFile(FakeFile):
         if obj is None or (kind is not None and obj.kind != kind):
             raise errno_error(errno.ENOENT, f"no object {oid}" + (f" of type {kind}" if kind else ""))
         return obj
+
+    def object_tombstone(self, obj: IommufdObject) -> None:
+        """iommufd_object_tombstone_user: destroy ``obj`` and keep its ID
+        taken (a tombstone: the ID is not reused while the context lives)."""
+        del self.objects[obj.id]
+        obj.users = 0
+        obj.destroy()
 
     def object_unlink(self, obj: IommufdObject) -> None:
         """Take ``obj`` out of the table and free its ID, without its

@@ -76,6 +76,13 @@ class IommuInfo:
     #: Intel VT-d's extended capability register (sysfs ``intel-iommu/ecap``);
     #: None: made up from the fields above.
     ecap_reg: int | None = None
+    #: Arm SMMUv3's SMMU_IDR0..SMMU_IDR5 as the IOMMU reports them; None:
+    #: QEMU's SMMUv3 (both stages) adjusted to the fields above.
+    smmu_idr: tuple[int, int, int, int, int, int] | None = None
+    #: Arm SMMUv3's SMMU_IIDR; None: QEMU's (0).
+    smmu_iidr: int | None = None
+    #: Arm SMMUv3's SMMU_AIDR; None: QEMU's (0x1, SMMUv3.1).
+    smmu_aidr: int | None = None
 
     @classmethod
     def from_topology(cls, t: dict[str, Any]) -> IommuInfo:
@@ -95,6 +102,10 @@ class IommuInfo:
             default_domain=t["default_domain"],
             cap_reg=t.get("cap_reg"),
             ecap_reg=t.get("ecap_reg"),
+            smmu_idr=(tuple(t["smmu_idr"])
+                      if t.get("smmu_idr") is not None else None),
+            smmu_iidr=t.get("smmu_iidr"),
+            smmu_aidr=t.get("smmu_aidr"),
         )
 
     def to_topology(self) -> dict[str, Any]:
@@ -114,9 +125,11 @@ class IommuInfo:
             "interrupt_remapping": self.interrupt_remapping,
             "default_domain": self.default_domain,
         }
-        for key in ("cap_reg", "ecap_reg"):
+        for key in ("cap_reg", "ecap_reg", "smmu_iidr", "smmu_aidr"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
+        if self.smmu_idr is not None:
+            out["smmu_idr"] = list(self.smmu_idr)
         return out
 
 

@@ -28,7 +28,9 @@ Schema (all keys but ``devices`` are optional)::
         "cache_coherency": true, "enforce_cache_coherency": true,
         "interrupt_remapping": true, "default_domain": "DMA-FQ",
         "cap_reg": "0x1d2008c222f0686",   # optional, VT-d: sysfs intel-iommu/cap and
-        "ecap_reg": "0x880000f00f4a"      # ecap as captured (scalable mode, first stage)
+        "ecap_reg": "0x880000f00f4a",     # ecap as captured (scalable mode, first stage)
+        "smmu_idr": ["0xd44101b", ...],   # optional, Arm SMMUv3: SMMU_IDR0..IDR5, and
+        "smmu_iidr": "0x0", "smmu_aidr": "0x1"  # SMMU_IIDR / SMMU_AIDR (IOMMU_GET_HW_INFO)
       },
       "kernel": {                         # the kernel build doctor reads
         "release": "7.3.0-fake",          # /proc/sys/kernel/osrelease
@@ -153,6 +155,10 @@ DEFAULT_IOMMU: dict[str, Any] = {
     "interrupt_remapping": True,
     "default_domain": "DMA-FQ",
 }
+
+#: Optional IOMMU registers of the ``iommu`` section and their widths in
+#: bits: VT-d's CAP_REG/ECAP_REG, the SMMUv3's IIDR and AIDR.
+_OPTIONAL_IOMMU_REGS = {"cap_reg": 64, "ecap_reg": 64, "smmu_iidr": 32, "smmu_aidr": 32}
 
 DEFAULT_MODULES = {
     "vfio": True,
@@ -361,7 +367,7 @@ def _iommu(value: object) -> dict[str, Any] | None:
         value = {}
     if not isinstance(value, dict):
         raise TopologyError("iommu: an object, or null for a machine without an IOMMU")
-    check_keys(value, set(DEFAULT_IOMMU) | {"cap_reg", "ecap_reg"}, "iommu")
+    check_keys(value, set(DEFAULT_IOMMU) | set(_OPTIONAL_IOMMU_REGS) | {"smmu_idr"}, "iommu")
     out = copy.deepcopy(DEFAULT_IOMMU)
     out.update(copy.deepcopy(value))
     if not isinstance(out["name"], str) or not out["name"]:
@@ -381,9 +387,15 @@ def _iommu(value: object) -> dict[str, Any] | None:
                 "interrupt_remapping"):
         out[key] = check_bool(out[key], f"iommu.{key}")
     out["pasid_bits"] = check_int(out["pasid_bits"], "iommu.pasid_bits", 0, 20)
-    for key in ("cap_reg", "ecap_reg"):  # VT-d's registers, as captured
+    for key, bits in _OPTIONAL_IOMMU_REGS.items():  # registers, as captured
         if key in out:
-            out[key] = check_int(out[key], f"iommu.{key}", 0, (1 << 64) - 1)
+            out[key] = check_int(out[key], f"iommu.{key}", 0, (1 << bits) - 1)
+    if "smmu_idr" in out:  # SMMU_IDR0..5, as IOMMU_GET_HW_INFO reports them
+        idr = out["smmu_idr"]
+        if not isinstance(idr, (list, tuple)) or len(idr) != 6:
+            raise TopologyError("iommu.smmu_idr: a list of the six registers SMMU_IDR0..IDR5")
+        out["smmu_idr"] = [check_int(v, f"iommu.smmu_idr[{i}]", 0, (1 << 32) - 1)
+                           for i, v in enumerate(idr)]
     if out["hw_info_type"] not in _HW_INFO_TYPES:
         raise TopologyError(
             f"iommu.hw_info_type: {_shown(out['hw_info_type'])} is not one of {', '.join(_HW_INFO_TYPES)}"
