@@ -34,7 +34,7 @@ from pyvfio.toolkit.dma import HUGE_2M
 pytestmark = pytest.mark.kernel
 
 EDU_IDENT = 0x010000ED
-MSI_WINDOW = 0xFEE00000
+MSI_WINDOW = guestpci.msi_window()[0]
 KB = KernelBackend()
 
 

@@ -28,6 +28,38 @@ IGB = (0x8086, 0x10C9)             # 82576 (QEMU igb, behind rp4)
 PCIE_PCI_BRIDGE = (0x1B36, 0x000E)
 PCIE_ROOT_PORT = (0x1B36, 0x000C)
 
+#: Per guest IOMMU (``PYVFIO_GUEST_IOMMU``, set by guest.py --iommu): the
+#: IOVA window the kernel reserves for MSI doorbells (first, last) and the
+#: IOMMU_GET_HW_INFO type's name, and how its /sys/class/iommu entry
+#: begins.  VT-d: the interrupt address range of
+#: x86; SMMUv3: the driver's software MSI window (MSI_IOVA_BASE, 1 MiB).
+IOMMU_FACTS = {
+    "intel": ((0xFEE00000, 0xFEEFFFFF), "INTEL_VTD", "dmar"),
+    "intel-sm": ((0xFEE00000, 0xFEEFFFFF), "INTEL_VTD", "dmar"),
+    "smmuv3": ((0x8000000, 0x80FFFFF), "ARM_SMMUV3", "smmu3."),
+    "smmuv3-s1": ((0x8000000, 0x80FFFFF), "ARM_SMMUV3", "smmu3."),
+}
+
+
+def guest_iommu() -> str:
+    """The guest's IOMMU as guest.py --iommu named it (default ``intel``)."""
+    return os.environ.get("PYVFIO_GUEST_IOMMU", "intel")
+
+
+def msi_window() -> tuple[int, int]:
+    """(first, last) IOVA of the MSI window the guest's IOMMU reserves."""
+    return IOMMU_FACTS[guest_iommu()][0]
+
+
+def hw_info_type() -> str:
+    """The pyvfio.HwInfoType name the guest's IOMMU reports."""
+    return IOMMU_FACTS[guest_iommu()][1]
+
+
+def iommu_class_prefix() -> str:
+    """How the guest IOMMU's /sys/class/iommu entry begins (dmar0, smmu3.0x...)."""
+    return IOMMU_FACTS[guest_iommu()][2]
+
 
 @dataclass(frozen=True)
 class PciDevice:
