@@ -87,6 +87,28 @@ def vfio_env(request: pytest.FixtureRequest) -> Iterator[VfioEnv]:
 
 
 @pytest.fixture
+def msi_iova(vfio_env: VfioEnv) -> int:
+    """An IOVA inside the MSI window the IOMMU behind edu reserves: VT-d's
+    (0xFEE00000) on the fake machine and in the x86 guest; in the arm64
+    guest (PYVFIO_GUEST_IOMMU=smmuv3*) the SMMUv3 driver's software MSI
+    window at 0x8000000."""
+    if vfio_env.kind == "kernel" and os.environ.get("PYVFIO_GUEST_IOMMU", "").startswith("smmuv3"):
+        return 0x8000000
+    return 0xFEE00000
+
+
+@pytest.fixture
+def hw_info_type(vfio_env: VfioEnv) -> int:
+    """IOMMU_GET_HW_INFO's type for edu: VT-d on the fake machine and in the
+    x86 guest, ARM_SMMUV3 in the arm64 guest."""
+    from pyvfio import HwInfoType
+
+    if vfio_env.kind == "kernel" and os.environ.get("PYVFIO_GUEST_IOMMU", "").startswith("smmuv3"):
+        return int(HwInfoType.ARM_SMMUV3)
+    return int(HwInfoType.INTEL_VTD)
+
+
+@pytest.fixture
 def fake_system() -> Iterator[object]:
     """A fake machine with one edu device bound to vfio-pci; checks at the
     end that the test left no file open."""

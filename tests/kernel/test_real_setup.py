@@ -46,7 +46,10 @@ def test_discovery_matches_the_guest() -> None:
     assert nvme.driver == "nvme" and "flr" in nvme.reset_methods
     e1000s = guestpci.find(*guestpci.E1000)
     group = devices.iommu_group(guestpci.device_info(e1000s[0]).group)  # type: ignore[arg-type]
-    assert set(e1000s) < set(group.devices) and len(group.devices) == 3
+    if guestpci.bridge_group_of_three():
+        assert set(e1000s) < set(group.devices) and len(group.devices) == 3
+    else:
+        assert e1000s[0] in group.devices
     assert devices.ReservedRegion(*guestpci.msi_window(), "msi") in group.reserved_regions
     assert group.type in ("DMA", "DMA-FQ")
     support = kernel_support.vfio_support()
@@ -84,6 +87,9 @@ def test_unbind_keeps_the_device_driverless(state: BindingState) -> None:
     assert binding.restore(e1000e, state=state).driver == "e1000e"
 
 
+@pytest.mark.skipif(guestpci.guest_iommu().startswith("smmuv3"),
+                    reason="the arm64 guest's / is a tmpfs holding an arm64 user space; "
+                           "the host's 9p root is mounted elsewhere")
 def test_the_root_file_system_is_never_unbound(state: BindingState) -> None:
     # the guest's / is 9p over a virtio-pci device
     scan = binding.UsageScan()
@@ -150,6 +156,7 @@ def test_open_vfio_files_are_found(state: BindingState) -> None:
     assert binding.restore(edu, state=state).driver is None
 
 
+@pytest.mark.skipif(not guestpci.bridge_group_of_three(), reason=guestpci.SPLIT_BRIDGE_GROUP)
 def test_groups_and_a_user_owned_group(state: BindingState) -> None:
     """Measured on Linux 7.3: a kernel driver cannot take a device of a
     user-owned group (bind: EBUSY, drivers_probe: EINVAL); restore says so,
@@ -176,6 +183,7 @@ def test_groups_and_a_user_owned_group(state: BindingState) -> None:
     assert [r.driver for r in binding.restore_group(gid, state=state)] == ["e1000", "e1000"]
 
 
+@pytest.mark.skipif(not guestpci.bridge_group_of_three(), reason=guestpci.SPLIT_BRIDGE_GROUP)
 def test_cdev_bind_of_a_shared_group_fails_with_eperm(state: BindingState) -> None:
     """VFIO_DEVICE_BIND_IOMMUFD on a device whose group has another device on
     a host driver: EPERM; explain_device says why."""
@@ -192,6 +200,7 @@ def test_cdev_bind_of_a_shared_group_fails_with_eperm(state: BindingState) -> No
         in str(err)
 
 
+@pytest.mark.skipif(not guestpci.bridge_group_of_three(), reason=guestpci.SPLIT_BRIDGE_GROUP)
 def test_the_command_on_the_guest(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert cli.main(["status", "--json"]) == cli.EXIT_OK
     data = json.loads(capsys.readouterr().out)

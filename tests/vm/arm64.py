@@ -183,6 +183,44 @@ def ensure_uapi(repo: Path = REPO) -> Path:
     return dest
 
 
+#: Packages of the launcher's venv that pytest loads in the guest and that
+#: carry x86_64 extensions (hypothesis' pytest plugin imports its _native).
+COMPILED_TEST_DEPS = ("hypothesis",)
+#: Debian arm64 libraries those extensions load (Rust's unwinder: libgcc_s),
+#: unpacked under the same folder (its usr/lib/aarch64-linux-gnu goes on
+#: LD_LIBRARY_PATH).
+TEST_DEP_LIBS = ("libgcc-s1",)
+
+
+def ensure_test_site() -> Path:
+    """aarch64 wheels of :data:`COMPILED_TEST_DEPS`, at the versions the
+    launcher's venv has, unpacked once into the cache (first on the guest's
+    PYTHONPATH, before the venv's x86_64 copies)."""
+    from importlib import metadata
+    pins = [f"{name}=={metadata.version(name)}" for name in COMPILED_TEST_DEPS]
+    key = hashlib.sha256(" ".join([*pins, *TEST_DEP_LIBS]).encode()).hexdigest()[:12]
+    dest = build_kernel.cache_root() / f"arm64-site-{key}"
+    if (dest / "complete").exists():
+        return dest
+    with tempfile.TemporaryDirectory(prefix="arm64-site-") as tmp:
+        proc = subprocess.run(
+            [sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check",
+             "--no-deps", "--only-binary=:all:", "--platform", "manylinux2014_aarch64",
+             "--python-version", "3.11", "-d", tmp, *pins],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        wheels = sorted(Path(tmp).glob("*.whl"))
+        if proc.returncode != 0 or len(wheels) != len(pins):
+            raise SystemExit(f"pip download {' '.join(pins)} for aarch64 failed:\n"
+                             + proc.stdout[-2000:])
+        shutil.rmtree(dest, ignore_errors=True)
+        for wheel in wheels:
+            with zipfile.ZipFile(wheel) as zf:
+                zf.extractall(dest)
+    aarch64_python.extract_arm64(list(TEST_DEP_LIBS), dest)
+    (dest / "complete").write_text("ok\n")
+    return dest
+
+
 def venv_purelib() -> str:
     """The launcher's pure-Python site folder (pytest, pluggy, ...)."""
     return sysconfig.get_paths()["purelib"]
@@ -194,7 +232,7 @@ def kernel_args(cwd: str) -> str:
     site = str(aarch64_python.site_dir())
     uapi = ensure_uapi(Path(cwd))
     binds: list[str] = []
-    for p in (cwd, venv_purelib(), site, str(uapi.parent)):
+    for p in (cwd, venv_purelib(), site, str(ensure_test_site()), str(uapi.parent)):
         real = os.path.realpath(p)
         if any(c in real for c in " ,:") :
             raise SystemExit(f"cannot share {real!r} with the arm64 guest (space, comma or colon)")
@@ -204,11 +242,15 @@ def kernel_args(cwd: str) -> str:
     return f"pyvfio.root={root()} pyvfio.bind={','.join(binds)} pyvfio.so={so}"
 
 
-def guest_env() -> dict[str, str]:
+def guest_env(cwd: str) -> dict[str, str]:
     """Environment for the arm64 guest's commands (replaces the host's
-    PATH/PYTHONPATH/VIRTUAL_ENV, which name x86_64 programs)."""
+    PATH/PYTHONPATH/VIRTUAL_ENV, which name x86_64 programs).  The checkout
+    ``cwd`` comes first on PYTHONPATH: the venv's editable install of
+    pyvfio (a .pth file) is not read from PYTHONPATH."""
+    site = ensure_test_site()
     return {"PATH": "/bin:/usr/bin",
-            "PYTHONPATH": f"{aarch64_python.site_dir()}:{venv_purelib()}"}
+            "LD_LIBRARY_PATH": f"{site}/lib/aarch64-linux-gnu:{site}/usr/lib/aarch64-linux-gnu",
+            "PYTHONPATH": f"{cwd}:{site}:{aarch64_python.site_dir()}:{venv_purelib()}"}
 
 
 def machine_args(iommu: str) -> list[str]:

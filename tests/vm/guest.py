@@ -508,7 +508,7 @@ def _run_guest_once(command: str, args: argparse.Namespace, *,
     cmdline = DEFAULT_CMDLINE + ("" if args.verbose else " quiet")
     if a64:
         env.pop("VIRTUAL_ENV", None)
-        env.update(arm64.guest_env())
+        env.update(arm64.guest_env(os.path.realpath(args.cwd)))
         env.update(kv.partition("=")[::2] for kv in args.env)
         cmdline = cmdline.replace("ttyS0", arm64.CONSOLE) + " " + arm64.kernel_args(args.cwd)
     elif IOMMUS[args.iommu][1]:

@@ -27,10 +27,13 @@ import struct
 import sys
 from typing import Any, Callable
 
-import pyvfio
-from pyvfio import ffi, lib
-from pyvfio.core.iommufd_object import user_data
-from pyvfio.errors import IoctlError
+if __name__ == "__main__":  # run as a script: the checkout's pyvfio
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+import pyvfio  # noqa: E402
+from pyvfio import ffi, lib  # noqa: E402
+from pyvfio.core.iommufd_object import user_data  # noqa: E402
+from pyvfio.errors import IoctlError  # noqa: E402
 
 VIOMMU_TYPE_ARM_SMMUV3 = lib.IOMMU_VIOMMU_TYPE_ARM_SMMUV3
 INVALIDATE_DATA_ARM_SMMUV3 = lib.IOMMU_VIOMMU_INVALIDATE_DATA_ARM_SMMUV3
