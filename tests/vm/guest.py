@@ -22,6 +22,8 @@ Guest hardware (QEMU q35, intel-iommu with interrupt remapping); QEMU ids:
     e1000a    e1000          (8086:100e) at br0 slot 1
     e1000b    e1000          (8086:100e) at br0 slot 2  (one IOMMU group of 3)
 Guest tests can ask the host to hot-unplug these (tests/vm/hostctl.py).
+``--arch arm64`` boots the same devices on qemu-system-aarch64's virt
+machine behind an SMMUv3, with an arm64 user space (tests/vm/arm64.py).
 
 Environment in the guest: PYVFIO_GUEST=1, PYVFIO_VM_SHARE=<share path>,
 PYTHONDONTWRITEBYTECODE=1, HOME=/tmp, PATH/VIRTUAL_ENV/PYTHONPATH from the
@@ -203,7 +205,7 @@ mount -t devpts devpts $R/dev/pts
 KEEP=$(sed -n 's/.*pyvfio\.keep=\([^ ]*\).*/\1/p' /proc/cmdline | tr ',' ' ')
 n=0
 for p in $KEEP; do
-    mkdir -p /keep/$n && mount -o bind $R$p /keep/$n
+    mkdir -p /keep/$n && mount -o rbind $R$p /keep/$n   # with submounts (arm64: the bindings)
     n=$((n + 1))
 done
 mount -t tmpfs -o mode=1777 tmpfs $R/dev/shm
