@@ -28,7 +28,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 # -- fake systems for the object-layer tests ------------------------------------------
-from typing import Iterator  # noqa: E402
+from typing import Any, Iterator  # noqa: E402
 
 EDU_BDF = "0000:00:02.0"
 
@@ -43,12 +43,10 @@ def bind_vfio(backend: object, bdf: str) -> None:
 class VfioEnv:
     """A backend with QEMU's edu device bound to vfio-pci (``edu`` is its BDF)."""
 
-    def __init__(self, kind: str, backend: object, edu: str, hw_info_type: str) -> None:
+    def __init__(self, kind: str, backend: object, edu: str) -> None:
         self.kind = kind
         self.backend = backend
         self.edu = edu
-        #: the pyvfio.HwInfoType member name IOMMU_GET_HW_INFO reports here
-        self.hw_info_type = hw_info_type
 
 
 def _find_edu(backend: object) -> str:
@@ -72,8 +70,7 @@ def vfio_env(request: pytest.FixtureRequest) -> Iterator[VfioEnv]:
 
         system = System("minimal")
         bind_vfio(system.backend, EDU_BDF)
-        assert system.iommu is not None
-        yield VfioEnv("fake", system.backend, EDU_BDF, system.iommu.hw_info_type.upper())
+        yield VfioEnv("fake", system.backend, EDU_BDF)
         leaked = system.backend.open_files
         assert not leaked, f"files left open: {leaked}"
         return
@@ -82,16 +79,46 @@ def vfio_env(request: pytest.FixtureRequest) -> Iterator[VfioEnv]:
     kb = KernelBackend()
     edu = _find_edu(kb)
     bind_vfio(kb, edu)
-    import sys
-
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "vm"))
-    import guestpci
-
     try:
-        yield VfioEnv("kernel", kb, edu, guestpci.HW_INFO_TYPE[guestpci.GUEST_IOMMU])
+        yield VfioEnv("kernel", kb, edu)
     finally:
         kb.sysfs_write(f"/sys/bus/pci/devices/{edu}/driver_override", "\n")
         kb.sysfs_write("/sys/bus/pci/drivers/vfio-pci/unbind", edu)
+
+
+def _guest_iommu_facts() -> Any:
+    """tests/vm/guestpci.py, which knows the guest IOMMU's facts."""
+    import sys
+
+    vm = os.path.join(os.path.dirname(__file__), "vm")
+    if vm not in sys.path:
+        sys.path.insert(0, vm)
+    import guestpci
+
+    return guestpci
+
+
+@pytest.fixture
+def msi_iova(vfio_env: VfioEnv) -> int:
+    """An IOVA inside the MSI window the IOMMU behind edu reserves: VT-d's
+    (0xFEE00000) on the fake machine; in the guest, its IOMMU's
+    (``PYVFIO_GUEST_IOMMU``; the SMMUv3 driver's software MSI window at
+    0x8000000 in the arm64 guest)."""
+    if vfio_env.kind == "kernel":
+        return int(_guest_iommu_facts().msi_window()[0])
+    return 0xFEE00000
+
+
+@pytest.fixture
+def hw_info_type(vfio_env: VfioEnv) -> int:
+    """IOMMU_GET_HW_INFO's type for edu: VT-d on the fake machine; in the
+    guest, its IOMMU's (NONE behind a virtio-iommu, ARM_SMMUV3 in the arm64
+    guest)."""
+    from pyvfio import HwInfoType
+
+    if vfio_env.kind == "kernel":
+        return int(HwInfoType[_guest_iommu_facts().hw_info_type()])
+    return int(HwInfoType.INTEL_VTD)
 
 
 @pytest.fixture

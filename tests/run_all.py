@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Run the whole test suite: host tests, then the real-kernel tests in the VM.
 
-    python tests/run_all.py [--host-only] [--guest-only] [-- PYTEST ARGS]
+    python tests/run_all.py [--host-only] [--guest-only] [--no-arm64] [-- PYTEST ARGS]
 
 1. The host suite: ``pytest`` on this machine (bindings, layout proof,
    objects on the fake kernel, the fake itself).  Tests marked ``kernel``
@@ -13,8 +13,13 @@
    virtio-iommu (``--iommu virtio``); each boot's parity scenarios run
    against the fake machine captured in that VM.  A last boot with
    ``intel_iommu=off`` runs those marked ``iommu_off`` (the kernel's
-   self-test IOMMU, no-IOMMU mode).  QEMU's AMD-Vi (``--iommu amd``) does
-   not give a usable guest here; tests/vm/README.md says why.
+   self-test IOMMU, no-IOMMU mode).  Then the arm64 guest
+   (``guest.py --arch arm64``: QEMU virt with an SMMUv3 that has both
+   stages, so nesting runs on a real IOMMU driver; parity against
+   ``arm64-smmuv3``); its kernel is cross-built on first use (about 8
+   minutes), the boot takes 3-4 minutes; ``--no-arm64`` leaves it out.
+   QEMU's AMD-Vi (``--iommu amd``) does not give a usable guest here;
+   tests/vm/README.md says why.
 
 The last line is the combined count in pytest's form.  When the VM cannot
 run here (no root to install QEMU, for example) the guest suite is
@@ -90,6 +95,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--host-only", action="store_true")
     ap.add_argument("--guest-only", action="store_true")
+    ap.add_argument("--arm64", action=argparse.BooleanOptionalAction, default=True,
+                    help="boot the arm64 guest too (SMMUv3 with both stages; default: yes)")
     ap.add_argument("pytest_args", nargs="*")
     args = ap.parse_args()
     total = {"passed": 0, "failed": 0, "skipped": 0, "errors": 0}
@@ -121,6 +128,10 @@ def main() -> int:
                  "no-IOMMU mode)", "guest-iommu-off-junit.xml",
                  ["--append", "intel_iommu=off"], "iommu_off"),
             ]
+            if args.arm64:
+                boots.append(
+                    ("guest arm64 suite (Linux 7.3 arm64 VM, SMMUv3 with both stages)",
+                     "guest-arm64-junit.xml", ["--arch", "arm64"], "kernel and not iommu_off"))
             for title, name, launcher_args, marks in boots:
                 # The guest sees the host's file system, but not its /tmp.
                 junit = REPO / "build" / name

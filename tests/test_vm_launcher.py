@@ -76,3 +76,31 @@ def test_tcg_uses_one_vcpu_on_a_qemu_with_the_dispatch_race(
     qemu.write_text(f"#!/bin/sh\necho '{version}'\n")
     qemu.chmod(0o755)
     assert guest.default_smp(str(qemu), accel) == smp
+
+
+def test_arm64_boots_virt_with_a_two_stage_smmuv3(tmp_path: Path) -> None:
+    argv = guest.qemu_args("qemu-system-aarch64", "tcg", tmp_path / "Image", tmp_path / "i.gz",
+                           "console=ttyAMA0", tmp_path, tmp_path / "q.sock", [], "2G", 1,
+                           "smmuv3", "arm64")
+    machine = argv[argv.index("-machine") + 1]
+    assert machine == "virt,gic-version=3,iommu=smmuv3"
+    assert argv[argv.index("-global") + 1] == "arm-smmuv3.stage=nested"
+    assert "intel-iommu" not in " ".join(argv)
+    x86 = guest.qemu_args("qemu-system-x86_64", "tcg", tmp_path / "bz", tmp_path / "i.gz",
+                          "console=ttyS0", tmp_path, tmp_path / "q.sock", [], "2G", 1)
+    assert "q35,kernel-irqchip=split" in x86 and "-global" not in x86
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--arch", "arm64", "--iommu", "intel", "--run", "true"], "intel does not exist on arm64"),
+    (["--iommu", "smmuv3", "--run", "true"], "smmuv3 does not exist on x86_64"),
+])
+def test_an_iommu_of_the_other_architecture_is_refused(argv: list[str], message: str) -> None:
+    with pytest.raises(SystemExit) as exc:
+        guest.main(argv)
+    assert message in str(exc.value)
+
+
+def test_the_arm64_pytest_runs_the_arm64_python() -> None:
+    assert guest.pytest_command(["-q"], "arm64").startswith("/usr/bin/python3.11 -m pytest ")
+    assert guest.pytest_command(["-q"]).startswith(sys.executable)

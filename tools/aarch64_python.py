@@ -67,6 +67,39 @@ def site_dir(cache: Path | None = None) -> Path:
     return (cache or cache_root()) / f"aarch64-python-{VERSION}" / "site"
 
 
+def _apt(base: Path) -> list[str]:
+    """apt-get with the private index under ``base`` (the machine's sources,
+    both architectures): the machine's own apt state and configured
+    architectures stay untouched."""
+    state = base / "apt-state"
+    host = subprocess.run(["dpkg", "--print-architecture"], capture_output=True,
+                          text=True).stdout.strip() or "amd64"
+    return ["apt-get", "-q", "-o", f"Dir::State={state}", "-o", f"Dir::State::status={state}/status",
+            "-o", f"Dir::Cache={base / 'apt-cache'}", "-o", f"APT::Architecture={host}",
+            "-o", f"APT::Architectures::={host}", "-o", "APT::Architectures::=arm64",
+            "-o", "APT::Sandbox::User=root"]
+
+
+def extract_arm64(packages: list[str], dest: Path, cache: Path | None = None) -> None:
+    """Download Debian's arm64 ``packages`` through the private index of
+    :func:`prepare` and unpack them into ``dest`` (nothing is installed)."""
+    prepare(cache)
+    base = (cache or cache_root()) / f"aarch64-python-{VERSION}"
+    with open(base.parent / ".aarch64-python.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        debs = base / "extra-debs"
+        shutil.rmtree(debs, ignore_errors=True)
+        for d in (debs, base / "apt-cache" / "archives" / "partial"):
+            d.mkdir(parents=True, exist_ok=True)
+        try:
+            _run([*_apt(base), "download", *(f"{p}:arm64" for p in packages)], cwd=debs)
+            for deb in sorted(debs.glob("*.deb")):
+                _run(["dpkg-deb", "-x", str(deb), str(dest)])
+        finally:
+            shutil.rmtree(debs, ignore_errors=True)
+            shutil.rmtree(base / "apt-cache", ignore_errors=True)
+
+
 def _build(base: Path) -> None:
     if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
         raise SystemExit("aarch64_python: needs apt-get and dpkg-deb (a Debian machine)")
@@ -75,14 +108,7 @@ def _build(base: Path) -> None:
     for d in (state / "lists" / "partial", base / "apt-cache" / "archives" / "partial", debs):
         d.mkdir(parents=True)
     (state / "status").touch()
-    host = subprocess.run(["dpkg", "--print-architecture"], capture_output=True,
-                          text=True).stdout.strip() or "amd64"
-    # A private index (the machine's sources, both architectures): the
-    # machine's own apt state and configured architectures stay untouched.
-    apt = ["apt-get", "-q", "-o", f"Dir::State={state}", "-o", f"Dir::State::status={state}/status",
-           "-o", f"Dir::Cache={base / 'apt-cache'}", "-o", f"APT::Architecture={host}",
-           "-o", f"APT::Architectures::={host}", "-o", "APT::Architectures::=arm64",
-           "-o", "APT::Sandbox::User=root"]
+    apt = _apt(base)
     _run([*apt, "update"])
     _run([*apt, "download", *HOST_PACKAGES, *(f"{p}:arm64" for p in ARM64_PACKAGES)], cwd=debs)
     for deb in sorted(debs.glob("*.deb")):

@@ -387,6 +387,10 @@ def device_irqs_and_regions(env: Env) -> Result:
         try:
             with IommuFd(backend=env.backend) as fd, Device.open(bdf, backend=env.backend) as dev:
                 dev.bind(fd)
+                # attached before MSI is enabled: behind an SMMUv3 the MSI
+                # doorbell is mapped into the attached domain (software MSI
+                # window); unattached, the arm64 kernel refuses MSI (ENOSPC)
+                dev.attach(fd.ioas())
                 r[f"{name}_irqs"] = {irq.name: [irq.count, irq.flags] for irq in dev.irqs.values()}
                 r[f"{name}_regions"] = {reg.name: [reg.size, reg.flags]
                                         for reg in dev.regions.values()}

@@ -22,6 +22,8 @@ Guest hardware (QEMU q35, intel-iommu with interrupt remapping); QEMU ids:
     e1000a    e1000          (8086:100e) at br0 slot 1
     e1000b    e1000          (8086:100e) at br0 slot 2  (one IOMMU group of 3)
 Guest tests can ask the host to hot-unplug these (tests/vm/hostctl.py).
+``--arch arm64`` boots the same devices on qemu-system-aarch64's virt
+machine behind an SMMUv3, with an arm64 user space (tests/vm/arm64.py).
 
 Environment in the guest: PYVFIO_GUEST=1, PYVFIO_VM_SHARE=<share path>,
 PYTHONDONTWRITEBYTECODE=1, HOME=/tmp, PATH/VIRTUAL_ENV/PYTHONPATH from the
@@ -56,6 +58,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 sys.path.insert(0, str(HERE))
 
+import arm64  # noqa: E402
 import build_kernel  # noqa: E402  (same folder)
 import hostctl  # noqa: E402
 
@@ -181,7 +184,7 @@ mount -t devtmpfs devtmpfs /dev
 die() { echo "pyvfio-init: $*"; sync; poweroff -f; }
 
 R=/host
-S=$R/run/pyvfio-share
+ENV=/usr/bin/env
 # The host's / (read-only, shared by -fsdev ...,readonly=on,multidevs=remap).
 # Behind a virtio-iommu the 9p devices probe only after the IOMMU's driver
 # (deferred probe): wait for the tag for up to 30 s.
@@ -193,6 +196,9 @@ until mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=512000 \
                        die "cannot mount the host root (9p tag hostroot)"; }
     sleep 1
 done
+# Another architecture's user space (arm64.py's NEWROOT_SCRIPT): moves $R.
+[ -f /newroot.sh ] && . /newroot.sh
+S=$R/run/pyvfio-share
 mount -t proc proc $R/proc
 mount -t sysfs sysfs $R/sys
 mount -t devtmpfs devtmpfs $R/dev
@@ -203,7 +209,7 @@ mount -t devpts devpts $R/dev/pts
 KEEP=$(sed -n 's/.*pyvfio\.keep=\([^ ]*\).*/\1/p' /proc/cmdline | tr ',' ' ')
 n=0
 for p in $KEEP; do
-    mkdir -p /keep/$n && mount -o bind $R$p /keep/$n
+    mkdir -p /keep/$n && mount -o rbind $R$p /keep/$n   # with submounts (arm64: the bindings)
     n=$((n + 1))
 done
 mount -t tmpfs -o mode=1777 tmpfs $R/dev/shm
@@ -223,7 +229,7 @@ mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 share $S \
 [ -f $S/run.sh ] || die "no run.sh in the share"
 
 echo "pyvfio-init: running command"
-chroot $R /usr/bin/env -i /bin/sh /run/pyvfio-share/run.sh </dev/null
+chroot $R $ENV -i /bin/sh /run/pyvfio-share/run.sh </dev/null
 echo $? > $S/exit-status.tmp && mv $S/exit-status.tmp $S/exit-status
 sync
 poweroff -f
@@ -250,15 +256,23 @@ def _cpio_newc(entries: list[tuple[str, int, bytes, int]]) -> bytes:
     return out.getvalue()
 
 
-def ensure_initramfs() -> Path:
-    """The cached initramfs: busybox-static plus INIT_SCRIPT as /init."""
-    if not Path(BUSYBOX).exists():
-        build_kernel.install_packages(["busybox-static"])
-    busybox = Path(BUSYBOX).read_bytes()
+def ensure_initramfs(arch: str = "x86_64") -> Path:
+    """The cached initramfs: busybox-static plus INIT_SCRIPT as /init (for
+    arm64: the arm64 busybox and arm64.NEWROOT_SCRIPT as /newroot.sh)."""
+    extra: list[tuple[str, int, bytes, int]] = []
+    if arch == "arm64":
+        busybox_path = str(arm64.ensure_busybox())
+        extra.append(("newroot.sh", stat.S_IFREG | 0o644, arm64.NEWROOT_SCRIPT.encode(), 0))
+    else:
+        busybox_path = BUSYBOX
+        if not Path(BUSYBOX).exists():
+            build_kernel.install_packages(["busybox-static"])
+    busybox = Path(busybox_path).read_bytes()
     if b"ld-linux" in busybox[:4096]:      # PT_INTERP sits in the first page
-        raise SystemExit(f"{BUSYBOX} is dynamically linked; "
+        raise SystemExit(f"{busybox_path} is dynamically linked; "
                          "install busybox-static instead of busybox")
-    key = hashlib.sha256(INIT_SCRIPT.encode() + busybox).hexdigest()[:12]
+    key = hashlib.sha256(INIT_SCRIPT.encode() + busybox
+                         + b"".join(e[2] for e in extra)).hexdigest()[:12]
     path = build_kernel.cache_root() / f"initramfs-{key}.cpio.gz"
     if path.exists():
         return path
@@ -269,6 +283,7 @@ def ensure_initramfs() -> Path:
         ("dev/console", stat.S_IFCHR | 0o600, b"", os.makedev(5, 1)),
         ("bin/busybox", x, busybox, 0),
         ("init", x, INIT_SCRIPT.encode(), 0),
+        *extra,
     ])
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -336,7 +351,14 @@ def device_args(tmpdir: Path, iommu: str = "intel") -> list[str]:
 def qemu_args(qemu: str, accel: str, kernel: Path, initrd: Path,
               cmdline: str, share: Path, qmp_sock: Path,
               devices: list[str], memory: str, smp: int,
-              iommu: str = "intel") -> list[str]:
+              iommu: str = "intel", arch: str = "x86_64") -> list[str]:
+    if arch == "arm64":
+        # virt: GICv3 (its ITS delivers MSI/MSI-X), the SMMUv3 as a machine option.
+        machine = arm64.machine_args(iommu)
+    else:
+        # kernel-irqchip=split: interrupt remapping (VT-d, AMD-Vi) needs it;
+        # the IOMMU comes before every PCI device it translates for.
+        machine = ["-machine", "q35,kernel-irqchip=split", *IOMMUS[iommu][0]]
     if accel == "kvm":
         accel_args = ["-accel", "kvm", "-cpu", "max"]
     else:
@@ -344,11 +366,7 @@ def qemu_args(qemu: str, accel: str, kernel: Path, initrd: Path,
     return [
         qemu, "-nodefaults", "-no-user-config", "-display", "none",
         "-no-reboot",
-        # kernel-irqchip=split: interrupt remapping (VT-d, AMD-Vi) needs it.
-        "-machine", "q35,kernel-irqchip=split", *accel_args,
-        "-smp", str(smp), "-m", memory,
-        # The IOMMU comes before every PCI device it translates for.
-        *IOMMUS[iommu][0],
+        *machine, *accel_args, "-smp", str(smp), "-m", memory,
         "-kernel", str(kernel), "-initrd", str(initrd), "-append", cmdline,
         "-chardev", "stdio,id=con0,signal=off", "-serial", "chardev:con0",
         "-qmp", f"unix:{qmp_sock},server=on,wait=off",
@@ -495,9 +513,11 @@ def _run_guest_once(command: str, args: argparse.Namespace, *,
     timeout = timeout if timeout is not None else args.timeout
     echo = (not args.quiet) if echo is None else echo
 
-    qemu = ensure_qemu()
-    kernel = Path(args.kernel) if args.kernel else build_kernel.ensure_kernel()
-    initrd = ensure_initramfs()
+    a64 = args.arch == "arm64"
+    qemu = arm64.ensure_qemu() if a64 else ensure_qemu()
+    kernel = (Path(args.kernel) if args.kernel
+              else arm64.ensure_kernel() if a64 else build_kernel.ensure_kernel())
+    initrd = ensure_initramfs(args.arch)
 
     sweep_stale_tmpdirs()
     tmpdir = Path(tempfile.mkdtemp(prefix=TMP_PREFIX))
@@ -505,11 +525,16 @@ def _run_guest_once(command: str, args: argparse.Namespace, *,
     share = tmpdir / "share"
     share.mkdir()
     qmp_sock = tmpdir / "qmp.sock"
-    write_run_script(share, command, Path(args.cwd),
-                     guest_env([f"PYVFIO_GUEST_IOMMU={args.iommu}", *args.env]))
+    env = guest_env([f"PYVFIO_GUEST_IOMMU={args.iommu}", *args.env])
     cmdline = DEFAULT_CMDLINE + ("" if args.verbose else " quiet")
-    if IOMMUS[args.iommu][1]:
+    if a64:
+        env.pop("VIRTUAL_ENV", None)
+        env.update(arm64.guest_env(os.path.realpath(args.cwd)))
+        env.update(kv.partition("=")[::2] for kv in args.env)
+        cmdline = cmdline.replace("ttyS0", arm64.CONSOLE) + " " + arm64.kernel_args(args.cwd)
+    elif IOMMUS[args.iommu][1]:
         cmdline += " " + IOMMUS[args.iommu][1]
+    write_run_script(share, command, Path(args.cwd), env)
     keep = hidden_paths([args.cwd, sys.prefix])
     if keep:
         cmdline += " pyvfio.keep=" + ",".join(keep)
@@ -517,7 +542,7 @@ def _run_guest_once(command: str, args: argparse.Namespace, *,
         cmdline += " " + args.append
     smp = args.smp if args.smp is not None else default_smp(qemu, accel)
     argv = qemu_args(qemu, accel, kernel, initrd, cmdline, share, qmp_sock,
-                     device_args(tmpdir, args.iommu), args.memory, smp, args.iommu)
+                     device_args(tmpdir, args.iommu), args.memory, smp, args.iommu, args.arch)
     console_log = Path(args.console_log) if args.console_log else tmpdir / "console.log"
 
     proc = None
@@ -600,6 +625,8 @@ def resolve_accel(args: argparse.Namespace) -> str:
     """
     if args.accel != "auto":
         return args.accel
+    if args.arch == "arm64":     # another architecture than the host's
+        return "tcg"
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return "tcg"
     boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
@@ -662,8 +689,9 @@ def split_junitxml(pytest_args: list[str]) -> tuple[list[str], str | None]:
     return rest, path
 
 
-def pytest_command(pytest_args: list[str]) -> str:
-    argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
+def pytest_command(pytest_args: list[str], arch: str = "x86_64") -> str:
+    python = arm64.GUEST_PYTHON if arch == "arm64" else sys.executable
+    argv = [python, "-m", "pytest", "-p", "no:cacheprovider",
             "-m", "kernel", f"--junitxml={GUEST_SHARE}/junit.xml", *pytest_args]
     return shlex.join(argv)
 
@@ -696,8 +724,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--kernel", metavar="BZIMAGE",
                     default=os.environ.get("PYVFIO_KERNEL"),
                     help="kernel to boot (default: $PYVFIO_KERNEL or build_kernel.py's)")
-    ap.add_argument("--iommu", choices=tuple(IOMMUS), default="intel",
-                    help="the guest's IOMMU (default: intel, VT-d in legacy mode)")
+    ap.add_argument("--arch", choices=("x86_64", "arm64"), default="x86_64",
+                    help="x86_64 (default: q35) or arm64 (virt with an SMMUv3, "
+                         "tests/vm/arm64.py)")
+    ap.add_argument("--iommu", choices=(*IOMMUS, *arm64.IOMMUS), default=None,
+                    help="the guest's IOMMU (default: intel, VT-d in legacy mode; "
+                         "on arm64 smmuv3, both stages)")
     ap.add_argument("--append", metavar="ARGS", default="",
                     help="extra kernel command line, e.g. intel_iommu=off")
     ap.add_argument("--cwd", default=str(REPO),
@@ -721,6 +753,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.iommu is None:
+        args.iommu = "smmuv3" if args.arch == "arm64" else "intel"
+    if (args.iommu in arm64.IOMMUS) != (args.arch == "arm64"):
+        raise SystemExit(f"--iommu {args.iommu} does not exist on {args.arch}")
 
     # Turn SIGTERM/SIGHUP into an exception so the finally-blocks kill QEMU.
     def _terminate(signum, frame):
@@ -729,9 +765,14 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGHUP, _terminate)
 
     if args.prepare:
-        log(f"qemu: {ensure_qemu()}")
-        log(f"kernel: {build_kernel.ensure_kernel()}")
-        log(f"initramfs: {ensure_initramfs()}")
+        if args.arch == "arm64":
+            log(f"qemu: {arm64.ensure_qemu()}")
+            log(f"kernel: {arm64.ensure_kernel()}")
+            log(f"bindings: {arm64.ensure_uapi()}")
+        else:
+            log(f"qemu: {ensure_qemu()}")
+            log(f"kernel: {build_kernel.ensure_kernel()}")
+        log(f"initramfs: {ensure_initramfs(args.arch)}")
         return 0
 
     args.resolved_accel = resolve_accel(args)
@@ -752,7 +793,7 @@ def main(argv: list[str] | None = None) -> int:
 
     pytest_args, junitxml = split_junitxml(args.pytest)
     args.junitxml = junitxml or args.junitxml
-    status = run_guest(pytest_command(pytest_args), args, after=collect)
+    status = run_guest(pytest_command(pytest_args, args.arch), args, after=collect)
     print(f"pytest in VM: {summary[0] if summary else '?'}"
           f" (exit status {status})", flush=True)
     return status

@@ -29,13 +29,6 @@ PCIE_PCI_BRIDGE = (0x1B36, 0x000E)
 PCIE_ROOT_PORT = (0x1B36, 0x000C)
 VIRTIO_IOMMU = (0x1AF4, 0x1057)     # virtio-iommu-pci (guest.py --iommu virtio)
 
-#: The guest's IOMMU, as ``tests/vm/guest.py --iommu`` named it.
-GUEST_IOMMU = os.environ.get("PYVFIO_GUEST_IOMMU", "intel")
-#: What IOMMU_GET_HW_INFO reports for each guest IOMMU (pyvfio.HwInfoType
-#: member names): virtio-iommu's driver has no hw_info op.
-HW_INFO_TYPE = {"intel": "INTEL_VTD", "intel-sm": "INTEL_VTD", "virtio": "NONE",
-                "off": "NONE", "smmuv3": "ARM_SMMUV3"}
-
 
 def bridge_group_or_skip() -> list[str]:
     """The two e1000s behind the pcie-pci-bridge (one IOMMU group with the
@@ -45,9 +38,57 @@ def bridge_group_or_skip() -> list[str]:
 
     found = find(*E1000)
     if not found and not find(*PCIE_PCI_BRIDGE):
-        pytest.skip(f"the guest with IOMMU {GUEST_IOMMU!r} has no pcie-pci-bridge "
+        pytest.skip(f"the guest with IOMMU {guest_iommu()!r} has no pcie-pci-bridge "
                     "with conventional devices behind it (see tests/vm/guest.py)")
     return found
+
+#: Per guest IOMMU (``PYVFIO_GUEST_IOMMU``, set by guest.py --iommu): the
+#: IOVA window the kernel reserves for MSI doorbells (first, last) and the
+#: IOMMU_GET_HW_INFO type's name, and how its /sys/class/iommu entry
+#: begins.  VT-d: the interrupt address range of
+#: x86; SMMUv3: the driver's software MSI window (MSI_IOVA_BASE, 1 MiB).
+#: The virtio-iommu has no hw_info op (type NONE) and is named after its
+#: PCI function.
+IOMMU_FACTS = {
+    "intel": ((0xFEE00000, 0xFEEFFFFF), "INTEL_VTD", "dmar"),
+    "intel-sm": ((0xFEE00000, 0xFEEFFFFF), "INTEL_VTD", "dmar"),
+    "virtio": ((0xFEE00000, 0xFEEFFFFF), "NONE", "0000:"),
+    "smmuv3": ((0x8000000, 0x80FFFFF), "ARM_SMMUV3", "smmu3."),
+    "smmuv3-s1": ((0x8000000, 0x80FFFFF), "ARM_SMMUV3", "smmu3."),
+}
+
+
+def guest_iommu() -> str:
+    """The guest's IOMMU as guest.py --iommu named it (default ``intel``)."""
+    return os.environ.get("PYVFIO_GUEST_IOMMU", "intel")
+
+
+def msi_window() -> tuple[int, int]:
+    """(first, last) IOVA of the MSI window the guest's IOMMU reserves."""
+    return IOMMU_FACTS[guest_iommu()][0]
+
+
+def hw_info_type() -> str:
+    """The pyvfio.HwInfoType name the guest's IOMMU reports."""
+    return IOMMU_FACTS[guest_iommu()][1]
+
+
+#: Why the tests built on the x86 guest's bridge group skip in the arm64 one.
+SPLIT_BRIDGE_GROUP = (
+    "the arm64 guest (SMMUv3) groups the pcie-pci-bridge (on shpchp) with one e1000 "
+    "only and puts the other e1000 in a group of its own, unlike the x86 guest's "
+    "group of three (tests/vm/README.md)")
+
+
+def bridge_group_of_three() -> bool:
+    """Whether the guest's pcie-pci-bridge and both e1000 behind it share one
+    IOMMU group (the x86 guest; not the arm64 one, see SPLIT_BRIDGE_GROUP)."""
+    return not guest_iommu().startswith("smmuv3")
+
+
+def iommu_class_prefix() -> str:
+    """How the guest IOMMU's /sys/class/iommu entry begins (dmar0, smmu3.0x...)."""
+    return IOMMU_FACTS[guest_iommu()][2]
 
 
 @dataclass(frozen=True)
