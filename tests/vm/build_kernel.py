@@ -10,15 +10,14 @@ one-line sources list, and apt-get is pointed at it with
 Build recipe per architecture (``--arch``, kept in sync with the fragments):
 
 x86_64 (default; tests/vm/kernel.config):
-    make defconfig
-    make kvm_guest.config
-    scripts/config -e/-d <every option of kernel.config>
-    make olddefconfig        (then every requested option is checked)
-    make -j<jobs> bzImage
+    make ARCH=x86_64 allnoconfig
+    scripts/config -e/-d/--set-val <every option of kernel.config>
+    make ARCH=x86_64 olddefconfig   (then every requested option is checked)
+    make ARCH=x86_64 -j<jobs> bzImage
 
 arm64 (tests/vm/kernel-arm64.config; Debian's gcc-aarch64-linux-gnu):
     make ARCH=arm64 CROSS_COMPILE=aarch64-linux-gnu- allnoconfig
-    scripts/config -e/-d <every option of kernel-arm64.config>
+    scripts/config -e/-d/--set-val <every option of kernel-arm64.config>
     make ... olddefconfig    (then every requested option is checked)
     make ... -j<jobs> Image
 
@@ -47,8 +46,10 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 HERE = Path(__file__).resolve().parent
 FRAGMENT = HERE / "kernel.config"
@@ -63,8 +64,9 @@ ARCHIVE_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 DEBIAN_SOURCES = "/etc/apt/sources.list.d/debian.sources"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 
-# Bump when the recipe above changes in a way that changes the kernel.
-RECIPE_VERSION = "1"
+# Bump when the recipe above changes in a way that changes the kernel
+# (1: defconfig + kvm_guest.config + fragment; 2: allnoconfig + fragment).
+RECIPE_VERSION = "2"
 
 
 @dataclass(frozen=True)
@@ -93,9 +95,9 @@ class Arch:
 
 
 ARCHES = {
-    "x86_64": Arch("x86_64", FRAGMENT, (), ("defconfig", "kvm_guest.config"),
+    "x86_64": Arch("x86_64", FRAGMENT, ("ARCH=x86_64",), ("allnoconfig",),
                    "bzImage", "arch/x86/boot/bzImage", "kernel-",
-                   RECIPE_VERSION),
+                   RECIPE_VERSION, (), "~10"),
     "arm64": Arch("arm64", HERE / "kernel-arm64.config",
                   ("ARCH=arm64", "CROSS_COMPILE=aarch64-linux-gnu-"),
                   ("allnoconfig",), "Image", "arch/arm64/boot/Image",
@@ -126,24 +128,28 @@ def cache_root() -> Path:
 # Config fragment
 # --------------------------------------------------------------------------
 
-_SET_RE = re.compile(r"^CONFIG_([A-Za-z0-9_]+)=(y)$")
+_SET_RE = re.compile(r"^CONFIG_([A-Za-z0-9_]+)=(y|[0-9]+)$")
 _UNSET_RE = re.compile(r"^# CONFIG_([A-Za-z0-9_]+) is not set$")
 
+#: One fragment line: (OPTION, value), value "y", "n" (not set) or decimal.
+Option = tuple[str, str]
 
-def read_fragment(path: Path = FRAGMENT) -> list[tuple[str, bool]]:
-    """Return [(OPTION, enabled)] in file order.
 
-    Accepted lines: ``CONFIG_FOO=y``, ``# CONFIG_FOO is not set``, comments
-    and blank lines.  Anything else is an error (modules, =m, and string
-    values are deliberately not supported: the guest loads no modules).
+def read_fragment(path: Path = FRAGMENT) -> list[Option]:
+    """Return [(OPTION, value)] in file order; value is "y", "n" or a number.
+
+    Accepted lines: ``CONFIG_FOO=y``, ``# CONFIG_FOO is not set``,
+    ``CONFIG_FOO=<decimal>`` (e.g. NR_CPUS), comments and blank lines.
+    Anything else is an error (modules, =m, and string values are
+    deliberately not supported: the guest loads no modules).
     """
-    options: list[tuple[str, bool]] = []
+    options: list[Option] = []
     for lineno, raw in enumerate(path.read_text().splitlines(), 1):
         line = raw.strip()
         if m := _SET_RE.match(line):
-            options.append((m.group(1), True))
+            options.append((m.group(1), m.group(2)))
         elif m := _UNSET_RE.match(line):
-            options.append((m.group(1), False))
+            options.append((m.group(1), "n"))
         elif not line or line.startswith("#"):
             continue
         else:
@@ -151,19 +157,15 @@ def read_fragment(path: Path = FRAGMENT) -> list[tuple[str, bool]]:
     return options
 
 
-def fragment_key(options: list[tuple[str, bool]],
+def fragment_key(options: list[Option],
                  arch: Arch | None = None) -> str:
-    """Short hash of the normalized option list (comments do not count).
-
-    For x86_64 the hashed text is what it was before --arch existed, so its
-    cached kernels stay valid; other architectures add their recipe.
-    """
+    """Short hash of the architecture's recipe and the normalized option
+    list (comments do not count)."""
     arch = arch or ARCHES["x86_64"]
-    text = f"recipe={arch.recipe}\n"
-    if arch.name != "x86_64":
-        text += (f"arch={arch.name}\nbase={' '.join(arch.base)}\n"
-                 f"make={' '.join(arch.make_vars)}\ntarget={arch.target}\n")
-    text += "".join(f"{name}={'y' if on else 'n'}\n" for name, on in options)
+    text = (f"recipe={arch.recipe}\narch={arch.name}\n"
+            f"base={' '.join(arch.base)}\nmake={' '.join(arch.make_vars)}\n"
+            f"target={arch.target}\n")
+    text += "".join(f"{name}={value}\n" for name, value in options)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -242,9 +244,10 @@ class PrivateApt:
         return debs[-1]
 
 
-def run(cmd: list[str], cwd: Path | None = None, logfile=None,
+def run(cmd: list[str], cwd: Path | None = None, logfile: TextIO | None = None,
         quiet: bool = False) -> None:
     """Run a command; output to ``logfile`` (or stderr unless ``quiet``)."""
+    out: TextIO | int
     if logfile is not None:
         logfile.write(f"\n$ {' '.join(cmd)}\n")
         logfile.flush()
@@ -308,22 +311,25 @@ def find_cached(key: str, arch: Arch | None = None) -> Path | None:
     return hits[-1] if hits else None
 
 
-def check_config(config: Path, options: list[tuple[str, bool]],
+def check_config(config: Path, options: list[Option],
                  fragment: Path = FRAGMENT) -> None:
-    """Fail if olddefconfig dropped a requested option (unmet dependency)."""
+    """Fail if olddefconfig dropped or changed a requested option (unmet
+    dependency, out-of-range number)."""
     text = config.read_text()
     wrong = []
-    for name, on in options:
-        is_on = re.search(rf"^CONFIG_{name}=y$", text, re.M) is not None
-        if is_on != on:
-            wrong.append(f"CONFIG_{name} wanted {'y' if on else 'off'}")
+    for name, value in options:
+        m = re.search(rf"^CONFIG_{name}=(.*)$", text, re.MULTILINE)
+        have = m.group(1) if m else "n"
+        if have != value:
+            wrong.append(f"CONFIG_{name} wanted {'off' if value == 'n' else value}, "
+                         f"got {'off' if have == 'n' else have}")
     if wrong:
         raise SystemExit(f"kernel config does not match {fragment.name}:\n  "
                          + "\n  ".join(wrong))
 
 
 @contextlib.contextmanager
-def build_lock(arch: Arch | None = None):
+def build_lock(arch: Arch | None = None) -> Iterator[None]:
     """Exclusive lock so that concurrent runs build the kernel only once."""
     arch = arch or ARCHES["x86_64"]
     root = cache_root()
@@ -337,7 +343,7 @@ def build_lock(arch: Arch | None = None):
         yield
 
 
-def build(version: str, key: str, options: list[tuple[str, bool]],
+def build(version: str, key: str, options: list[Option],
           apt: PrivateApt, jobs: int, keep_tree: bool,
           arch: Arch | None = None) -> Path:
     arch = arch or ARCHES["x86_64"]
@@ -369,8 +375,9 @@ def build(version: str, key: str, options: list[tuple[str, bool]],
         for target in arch.base:
             run([*make, target], cwd=src, logfile=lf)
         args: list[str] = []
-        for name, on in options:
-            args += ["-e" if on else "-d", name]
+        for name, value in options:
+            args += (["-e", name] if value == "y" else ["-d", name]
+                     if value == "n" else ["--set-val", name, value])
         run(["scripts/config", *args], cwd=src, logfile=lf)
         run([*make, "olddefconfig"], cwd=src, logfile=lf)
         check_config(src / ".config", options, arch.fragment)
