@@ -602,6 +602,12 @@ def test_fail_nth_cdev_open_to_ready(edu: str, fail_nth: int,
     _report(result, edu, capsys, record_testsuite_property)
 
 
+@pytest.mark.skipif(
+    os.environ.get("PYVFIO_GUEST_IOMMU") == "virtio",
+    reason="virtio-iommu guest (Linux 7.3.4, small guest kernel): at one injected "
+           "allocation failure of the type1 set-up the kernel absorbs the failure, "
+           "WARNs and keeps 64 kB charged to locked_vm after every fd is closed "
+           "(a kernel leak, tests/vm/README.md)")
 def test_fail_nth_legacy_open_to_ready(edu: str, fail_nth: int,
                                        capsys: pytest.CaptureFixture[str],
                                        record_testsuite_property: Record) -> None:
