@@ -1,5 +1,10 @@
 #!/usr/bin/env python3
-"""Boot the pyvfio test VM (QEMU, emulated Intel IOMMU) and run a command in it.
+"""Boot the pyvfio test VM (QEMU with an emulated IOMMU: --iommu, --arch) and run a
+command in it.
+
+Longer than 800 lines because the launcher (QEMU command line, initramfs and
+its init, console, QMP, results share) is one program that every boot shares;
+what differs on arm64 lives in arm64.py.
 
     python tests/vm/guest.py --run "CMD"            run a shell command in the guest
     python tests/vm/guest.py --pytest [PYTEST ARGS]  run `pytest -m kernel` in the guest
