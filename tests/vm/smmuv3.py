@@ -31,8 +31,7 @@ if __name__ == "__main__":  # run as a script: the checkout's pyvfio
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 import pyvfio  # noqa: E402
-from pyvfio import ffi, lib  # noqa: E402
-from pyvfio.core.iommufd_object import user_data  # noqa: E402
+from pyvfio import lib  # noqa: E402
 from pyvfio.errors import IoctlError  # noqa: E402
 
 VIOMMU_TYPE_ARM_SMMUV3 = lib.IOMMU_VIOMMU_TYPE_ARM_SMMUV3
@@ -59,14 +58,9 @@ def command(opcode: int, sid: int = 0, dword1: int = 0) -> bytes:
 
 
 def viommu_invalidate(viommu: pyvfio.Viommu, commands: list[bytes]) -> int:
-    """IOMMU_HWPT_INVALIDATE on a vIOMMU (its ID in hwpt_id) with SMMUv3
-    commands; returns how many the kernel handled."""
-    buf = user_data(b"".join(commands))
-    cmd = viommu.iommufd._cmd(
-        "IOMMU_HWPT_INVALIDATE", lib.IOMMU_HWPT_INVALIDATE, "struct iommu_hwpt_invalidate",
-        target=viommu, hwpt_id=viommu.id, data_type=INVALIDATE_DATA_ARM_SMMUV3,
-        entry_len=16, entry_num=len(commands), data_uptr=int(ffi.cast("uintptr_t", buf)))
-    return int(cmd.entry_num)
+    """IOMMU_HWPT_INVALIDATE on a vIOMMU with SMMUv3 commands; returns how
+    many the kernel handled."""
+    return viommu.invalidate(INVALIDATE_DATA_ARM_SMMUV3, commands)
 
 
 def outcome(step: Callable[[], Any]) -> str:
