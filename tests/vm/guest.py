@@ -540,7 +540,8 @@ def _run_guest_once(command: str, args: argparse.Namespace, *,
     elif IOMMUS[args.iommu][1]:
         cmdline += " " + IOMMUS[args.iommu][1]
     write_run_script(share, command, Path(args.cwd), env)
-    keep = hidden_paths([args.cwd, sys.prefix])
+    # the cache too: the arm64 guest reads its test packages and bindings there
+    keep = hidden_paths([args.cwd, sys.prefix, str(build_kernel.cache_root())])
     if keep:
         cmdline += " pyvfio.keep=" + ",".join(keep)
     if args.append:
